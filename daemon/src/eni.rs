@@ -1,0 +1,1 @@
+//! The ENI registry: interfaces, their addresses and metadata, and which flow log instances capture them.

@@ -1,0 +1,1 @@
+//! The flow table and capture windows (pure logic; time comes from an injected clock).

@@ -1,0 +1,14 @@
+//! The flowlogd sink plugin API.
+//!
+//! A sink is a `cdylib` that exports one function, `flowlogd_sink_descriptor`,
+//! returning a [`abi::FfiDescriptor`] whose first fields are the ABI version
+//! and the struct size. The C contract is `include/flowlogd_sink.h`; Rust
+//! plugins implement [`Sink`] and call [`export_sink!`].
+
+pub mod abi;
+pub mod format;
+pub mod record;
+pub mod sink;
+
+pub use record::{Action, Direction, EniIds, FlowFields, FlowRecord, LogStatus, RecordView, RECORD_VERSION};
+pub use sink::{ErrorKind, FlushFlags, Host, HostLog, Options, Sink, SinkError};

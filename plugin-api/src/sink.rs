@@ -1,0 +1,435 @@
+//! The safe side of the ABI for plugins written in Rust: implement [`Sink`]
+//! and call [`export_sink!`](crate::export_sink). The generated C functions
+//! catch every panic at the boundary and turn it into an error, because
+//! unwinding into the host is undefined behaviour.
+
+use std::ffi::{c_int, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use serde::de::DeserializeOwned;
+
+use crate::abi::*;
+use crate::record::RecordView;
+
+/// Whether the host should retry a failed call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Transient (peer down, timeout): the host retries the batch.
+    Retry,
+    /// Permanent (bad config, refused by the peer): retrying will not help.
+    Rejected,
+}
+
+/// A sink's error: a message for the operator, and the option key it is
+/// about when there is one (the host then points at that key in the file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub key: Option<String>,
+}
+
+impl SinkError {
+    pub fn retry(message: impl Into<String>) -> SinkError {
+        SinkError {
+            kind: ErrorKind::Retry,
+            message: message.into(),
+            key: None,
+        }
+    }
+    pub fn rejected(message: impl Into<String>) -> SinkError {
+        SinkError {
+            kind: ErrorKind::Rejected,
+            message: message.into(),
+            key: None,
+        }
+    }
+    /// A configuration error about option `key`.
+    pub fn config(key: &str, message: impl Into<String>) -> SinkError {
+        SinkError {
+            kind: ErrorKind::Rejected,
+            message: message.into(),
+            key: Some(key.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for SinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.key {
+            Some(k) => write!(f, "{k}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for SinkError {}
+
+/// The sink's options: its config table without `plugin`.
+pub struct Options {
+    entries: Vec<(String, u8, String, String)>,
+}
+
+impl Options {
+    /// # Safety
+    /// `ptr` must point to `count` valid `FfiOption`s whose strings are UTF-8.
+    pub unsafe fn from_ffi(ptr: *const FfiOption, count: usize) -> Options {
+        let slice = if count == 0 || ptr.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: guaranteed by the caller.
+            unsafe { std::slice::from_raw_parts(ptr, count) }
+        };
+        let entries = slice
+            .iter()
+            .map(|o| {
+                // SAFETY: guaranteed by the caller.
+                unsafe {
+                    (
+                        o.key.as_str().to_owned(),
+                        o.kind,
+                        o.text.as_str().to_owned(),
+                        o.toml.as_str().to_owned(),
+                    )
+                }
+            })
+            .collect();
+        Options { entries }
+    }
+
+    /// Options from a TOML table (for tests and for in-process use).
+    pub fn from_toml_table(table: &toml::Table) -> Options {
+        let entries = table
+            .iter()
+            .map(|(k, v)| {
+                let kind = match v {
+                    toml::Value::String(_) => OPTION_STRING,
+                    toml::Value::Integer(_) => OPTION_INTEGER,
+                    toml::Value::Float(_) => OPTION_FLOAT,
+                    toml::Value::Boolean(_) => OPTION_BOOLEAN,
+                    _ => OPTION_OTHER,
+                };
+                let text = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), kind, text, v.to_string())
+            })
+            .collect();
+        Options { entries }
+    }
+
+    /// The raw value text of `key` (strings unquoted).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries.iter().find(|e| e.0 == key).map(|e| e.2.as_str())
+    }
+
+    /// Deserializes the options into `T` (use `#[serde(deny_unknown_fields)]`).
+    ///
+    /// # Errors
+    /// A [`SinkError`] naming the offending key where serde can tell it.
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, SinkError> {
+        // Rebuild a TOML document, one key per line, so that the line of a
+        // deserialization error tells which key it is about.
+        let mut doc = String::new();
+        let mut line_keys = Vec::new();
+        for (key, _, _, toml_text) in &self.entries {
+            doc.push_str(&toml::Value::String(key.clone()).to_string());
+            doc.push_str(" = ");
+            doc.push_str(toml_text);
+            doc.push('\n');
+            line_keys.push(key.clone());
+        }
+        toml::from_str::<T>(&doc).map_err(|e| {
+            let key = e.span().and_then(|span| {
+                let line = doc[..span.start.min(doc.len())].matches('\n').count();
+                line_keys.get(line).cloned()
+            });
+            let message = e.message().trim().to_owned();
+            // Errors about a missing key carry no span; name it from the text.
+            let key = key.or_else(|| {
+                message
+                    .strip_prefix("missing field `")
+                    .and_then(|rest| rest.split('`').next())
+                    .map(str::to_owned)
+            });
+            SinkError {
+                kind: ErrorKind::Rejected,
+                message,
+                key,
+            }
+        })
+    }
+}
+
+/// A handle to the host's log, usable from any thread until `close`.
+#[derive(Clone, Copy)]
+pub struct HostLog {
+    log: Option<unsafe extern "C" fn(*mut c_void, c_int, *const u8, usize)>,
+    ctx: *mut c_void,
+}
+
+// SAFETY: the host promises its log callback may be called from any thread
+// while the plugin instance is open.
+unsafe impl Send for HostLog {}
+// SAFETY: as above.
+unsafe impl Sync for HostLog {}
+
+impl HostLog {
+    /// A log that writes to stderr (plugins used outside the daemon).
+    pub fn stderr() -> HostLog {
+        HostLog {
+            log: None,
+            ctx: std::ptr::null_mut(),
+        }
+    }
+
+    fn emit(&self, level: c_int, msg: &str) {
+        match self.log {
+            // SAFETY: the callback and ctx come from the host and stay valid
+            // until close (see `flowlogd_host` in the header).
+            Some(f) => unsafe { f(self.ctx, level, msg.as_ptr(), msg.len()) },
+            None => eprintln!("{msg}"),
+        }
+    }
+    pub fn error(&self, msg: &str) {
+        self.emit(LOG_ERROR, msg)
+    }
+    pub fn warn(&self, msg: &str) {
+        self.emit(LOG_WARN, msg)
+    }
+    pub fn info(&self, msg: &str) {
+        self.emit(LOG_INFO, msg)
+    }
+    pub fn debug(&self, msg: &str) {
+        self.emit(LOG_DEBUG, msg)
+    }
+}
+
+/// What the host tells a plugin at open.
+pub struct Host {
+    pub sink_name: String,
+    pub daemon_version: String,
+    pub log: HostLog,
+}
+
+impl Host {
+    /// # Safety
+    /// `h` must be null or point to a valid `FfiHost`.
+    pub unsafe fn from_ffi(h: *const FfiHost) -> Host {
+        if h.is_null() {
+            return Host::standalone("sink");
+        }
+        // SAFETY: guaranteed by the caller.
+        let h = unsafe { &*h };
+        Host {
+            // SAFETY: host strings are valid UTF-8 for the call.
+            sink_name: unsafe { h.sink_name.as_str() }.to_owned(),
+            // SAFETY: as above.
+            daemon_version: unsafe { h.daemon_version.as_str() }.to_owned(),
+            log: HostLog {
+                log: h.log,
+                ctx: h.log_ctx,
+            },
+        }
+    }
+
+    /// A host for using a plugin in-process (tests, tools).
+    pub fn standalone(sink_name: &str) -> Host {
+        Host {
+            sink_name: sink_name.to_owned(),
+            daemon_version: String::new(),
+            log: HostLog::stderr(),
+        }
+    }
+}
+
+/// Flags of a flush.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushFlags {
+    /// A capture window closed: make what was written durable (fsync).
+    pub window_end: bool,
+    /// Reopen outputs (SIGHUP, e.g. after logrotate moved the file).
+    pub reopen: bool,
+}
+
+impl FlushFlags {
+    pub fn from_bits(bits: u32) -> FlushFlags {
+        FlushFlags {
+            window_end: bits & FLUSH_WINDOW_END != 0,
+            reopen: bits & FLUSH_REOPEN != 0,
+        }
+    }
+    pub fn bits(self) -> u32 {
+        (if self.window_end { FLUSH_WINDOW_END } else { 0 }) | (if self.reopen { FLUSH_REOPEN } else { 0 })
+    }
+}
+
+/// A sink plugin written in Rust.
+pub trait Sink: Sized + Send + 'static {
+    /// Validates `options` and opens the output. Report every config error
+    /// here, not at the first write.
+    ///
+    /// # Errors
+    /// [`SinkError::config`] for a bad option, others for I/O.
+    fn open(host: &Host, options: &Options) -> Result<Self, SinkError>;
+    /// Delivers a batch. On `Err(Retry)` the host sends the same batch again.
+    ///
+    /// # Errors
+    /// Why the batch was not delivered.
+    fn write(&mut self, records: &[RecordView<'_>]) -> Result<(), SinkError>;
+    /// Pushes buffered output out (durably when `flags.window_end`).
+    ///
+    /// # Errors
+    /// Why the flush failed.
+    fn flush(&mut self, flags: FlushFlags) -> Result<(), SinkError>;
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
+
+fn report(err: *mut FfiError, e: &SinkError) -> c_int {
+    if !err.is_null() {
+        // SAFETY: the host passes a valid, exclusive error buffer.
+        unsafe { (*err).set(&e.message, e.key.as_deref()) };
+    }
+    match e.kind {
+        ErrorKind::Retry => STATUS_RETRY,
+        ErrorKind::Rejected => STATUS_REJECTED,
+    }
+}
+
+fn report_panic(err: *mut FfiError, what: &str, p: Box<dyn std::any::Any + Send>) -> c_int {
+    let e = SinkError::rejected(format!("plugin panicked in {what}: {}", panic_message(p)));
+    report(err, &e)
+}
+
+/// Generated `open` for `T` (used by `export_sink!`).
+///
+/// # Safety
+/// Called by the host with the arguments the header documents.
+#[doc(hidden)]
+pub unsafe extern "C" fn ffi_open<T: Sink>(
+    host: *const FfiHost,
+    options: *const FfiOption,
+    option_count: usize,
+    instance: *mut *mut c_void,
+    err: *mut FfiError,
+) -> c_int {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: arguments as documented in the header.
+        let host = unsafe { Host::from_ffi(host) };
+        // SAFETY: as above.
+        let options = unsafe { Options::from_ffi(options, option_count) };
+        T::open(&host, &options)
+    }));
+    match result {
+        Ok(Ok(sink)) => {
+            let boxed: Box<T> = Box::new(sink);
+            // SAFETY: `instance` is a valid out-pointer from the host.
+            unsafe { *instance = Box::into_raw(boxed).cast() };
+            STATUS_OK
+        }
+        Ok(Err(e)) => report(err, &e),
+        Err(p) => report_panic(err, "open", p),
+    }
+}
+
+/// Generated `write` for `T`.
+///
+/// # Safety
+/// `instance` must come from `ffi_open::<T>`; records as in the header.
+#[doc(hidden)]
+pub unsafe extern "C" fn ffi_write<T: Sink>(
+    instance: *mut c_void,
+    records: *const *const FfiRecord,
+    count: usize,
+    err: *mut FfiError,
+) -> c_int {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `instance` is our Box<T>, used by one thread at a time.
+        let sink = unsafe { &mut *instance.cast::<T>() };
+        let ptrs = if count == 0 || records.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: the host passes `count` valid record pointers.
+            unsafe { std::slice::from_raw_parts(records, count) }
+        };
+        // SAFETY: each record and its strings live for the call.
+        let views: Vec<RecordView<'_>> = ptrs.iter().map(|p| unsafe { RecordView::new(&**p) }).collect();
+        sink.write(&views)
+    }));
+    match result {
+        Ok(Ok(())) => STATUS_OK,
+        Ok(Err(e)) => report(err, &e),
+        Err(p) => report_panic(err, "write", p),
+    }
+}
+
+/// Generated `flush` for `T`.
+///
+/// # Safety
+/// `instance` must come from `ffi_open::<T>`.
+#[doc(hidden)]
+pub unsafe extern "C" fn ffi_flush<T: Sink>(instance: *mut c_void, flags: u32, err: *mut FfiError) -> c_int {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `instance` is our Box<T>, used by one thread at a time.
+        let sink = unsafe { &mut *instance.cast::<T>() };
+        sink.flush(FlushFlags::from_bits(flags))
+    }));
+    match result {
+        Ok(Ok(())) => STATUS_OK,
+        Ok(Err(e)) => report(err, &e),
+        Err(p) => report_panic(err, "flush", p),
+    }
+}
+
+/// Generated `close` for `T`.
+///
+/// # Safety
+/// `instance` must come from `ffi_open::<T>` and not be used afterwards.
+#[doc(hidden)]
+pub unsafe extern "C" fn ffi_close<T: Sink>(instance: *mut c_void) {
+    // A panic in Drop is swallowed: there is nobody left to report it to
+    // but the host's stderr, and unwinding into C is undefined behaviour.
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `instance` is our Box<T>, closed exactly once.
+        drop(unsafe { Box::from_raw(instance.cast::<T>()) });
+    }));
+}
+
+/// Exports `$ty: Sink` as a flowlogd sink plugin named `$name`.
+///
+/// ```ignore
+/// flowlogd_plugin_api::export_sink!(MySink, "my-sink");
+/// ```
+#[macro_export]
+macro_rules! export_sink {
+    ($ty:ty, $name:expr) => {
+        #[doc(hidden)]
+        static FLOWLOGD_SINK_DESCRIPTOR: $crate::abi::FfiDescriptor = $crate::abi::FfiDescriptor {
+            abi_major: $crate::abi::ABI_MAJOR,
+            abi_minor: $crate::abi::ABI_MINOR,
+            struct_size: ::std::mem::size_of::<$crate::abi::FfiDescriptor>() as u32,
+            name: concat!($name, "\0").as_ptr() as *const ::std::ffi::c_char,
+            version: concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const ::std::ffi::c_char,
+            open: Some($crate::sink::ffi_open::<$ty>),
+            write: Some($crate::sink::ffi_write::<$ty>),
+            flush: Some($crate::sink::ffi_flush::<$ty>),
+            close: Some($crate::sink::ffi_close::<$ty>),
+        };
+
+        /// The plugin's entry point, looked up by name by the host.
+        #[no_mangle]
+        pub extern "C" fn flowlogd_sink_descriptor() -> *const $crate::abi::FfiDescriptor {
+            &FLOWLOGD_SINK_DESCRIPTOR
+        }
+    };
+}
