@@ -15,7 +15,7 @@
  *  - strings (flowlogd_str) are UTF-8 and NOT NUL-terminated.
  *
  * Threads: the daemon calls open, write, flush and close of one instance
- * from one worker thread, one call at a time. A call may block (that only
+ * from one worker thread, one call at a time (check may run on any thread). A call may block (that only
  * delays this sink), but should return within seconds so that shutdown is
  * prompt. Everything the daemon passes is valid only during the call.
  *
@@ -153,6 +153,10 @@ typedef struct flowlogd_sink_descriptor {
     int (*flush)(void *instance, uint32_t flags, flowlogd_error *err);
     /* Release the instance; it is not used afterwards. */
     void (*close)(void *instance);
+    /* Optional (may be NULL): validate options without side effects (no
+     * files created, no connections made); `flowlogd check-config` calls it. */
+    int (*check)(const flowlogd_host *host, const flowlogd_option *options,
+                 size_t option_count, flowlogd_error *err);
 } flowlogd_sink_descriptor;
 
 typedef const flowlogd_sink_descriptor *(*flowlogd_sink_descriptor_fn)(void);
@@ -175,7 +179,7 @@ _Static_assert(sizeof(flowlogd_record) == 192, "record layout");
 _Static_assert(sizeof(flowlogd_error) == 576, "error layout");
 _Static_assert(sizeof(flowlogd_option) == 56, "option layout");
 _Static_assert(sizeof(flowlogd_host) == 56, "host layout");
-_Static_assert(sizeof(flowlogd_sink_descriptor) == 56, "descriptor layout");
+_Static_assert(sizeof(flowlogd_sink_descriptor) == 64, "descriptor layout");
 #endif
 
 #ifdef __cplusplus

@@ -35,7 +35,7 @@ impl FfiStr {
         len: 0,
     };
 
-    pub fn from_str(s: &str) -> FfiStr {
+    pub fn new(s: &str) -> FfiStr {
         FfiStr {
             ptr: s.as_ptr(),
             len: s.len(),
@@ -161,7 +161,11 @@ fn copy_truncated(dst: &mut [c_char], src: &str) {
 }
 
 fn read_c_buf(buf: &[c_char]) -> String {
-    let bytes: Vec<u8> = buf.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    let bytes: Vec<u8> = buf
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -201,7 +205,8 @@ pub struct FfiHost {
     /// The daemon's version string.
     pub daemon_version: FfiStr,
     /// Writes a line to the daemon's log, attributed to this sink.
-    pub log: Option<unsafe extern "C" fn(ctx: *mut c_void, level: c_int, msg: *const u8, len: usize)>,
+    pub log:
+        Option<unsafe extern "C" fn(ctx: *mut c_void, level: c_int, msg: *const u8, len: usize)>,
     pub log_ctx: *mut c_void,
 }
 
@@ -231,8 +236,15 @@ pub type WriteFn = unsafe extern "C" fn(
     count: usize,
     err: *mut FfiError,
 ) -> c_int;
-pub type FlushFn = unsafe extern "C" fn(instance: *mut c_void, flags: u32, err: *mut FfiError) -> c_int;
+pub type FlushFn =
+    unsafe extern "C" fn(instance: *mut c_void, flags: u32, err: *mut FfiError) -> c_int;
 pub type CloseFn = unsafe extern "C" fn(instance: *mut c_void);
+pub type CheckFn = unsafe extern "C" fn(
+    host: *const FfiHost,
+    options: *const FfiOption,
+    option_count: usize,
+    err: *mut FfiError,
+) -> c_int;
 
 /// `flowlogd_sink_descriptor`: what `flowlogd_sink_descriptor()` returns.
 #[repr(C)]
@@ -248,6 +260,10 @@ pub struct FfiDescriptor {
     pub write: Option<WriteFn>,
     pub flush: Option<FlushFn>,
     pub close: Option<CloseFn>,
+    /// Optional: validates options without side effects (no files created,
+    /// no connections); `flowlogd check-config` calls it. NULL if the plugin
+    /// can only check its options in `open`.
+    pub check: Option<CheckFn>,
 }
 
 // SAFETY: the descriptor is immutable static data (pointers to static
@@ -282,5 +298,5 @@ const _: () = {
     assert!(size_of::<FfiError>() == 576);
     assert!(size_of::<FfiOption>() == 56);
     assert!(size_of::<FfiHost>() == 56);
-    assert!(size_of::<FfiDescriptor>() == 56);
+    assert!(size_of::<FfiDescriptor>() == 64);
 };

@@ -4,8 +4,9 @@
 //! - **text**: the design's 18 fields in order, space separated, `-` for a
 //!   field without a value (the flow fields of NODATA / SKIPDATA records);
 //! - **JSON**: one object with the design's field names as keys, numbers as
-//!   numbers, `null` where text has `-` (so a SIEM's field types stay
-//!   stable), plus `rule` when a REJECT record carries one.
+//!   numbers, `null` for the flow fields that text writes as `-` (so a
+//!   SIEM's field types stay stable), ids as strings (an unknown id is `""`
+//!   in JSON and `-` in text), plus `rule` when a REJECT record carries one.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -74,7 +75,13 @@ pub fn write_text(out: &mut String, r: &RecordView<'_>) {
         }
         None => out.push_str("- - - - - - - - "),
     }
-    let _ = write!(out, "{} {} {} ", r.start(), r.end(), r.log_status().as_str());
+    let _ = write!(
+        out,
+        "{} {} {} ",
+        r.start(),
+        r.end(),
+        r.log_status().as_str()
+    );
     match r.flow() {
         Some(f) => out.push_str(f.action.as_str()),
         None => out.push('-'),
@@ -98,18 +105,42 @@ pub fn to_json_value(r: &RecordView<'_>) -> Value {
     m.insert("account-id".into(), r.account_id().into());
     m.insert("eni-id".into(), r.eni_id().into());
     let f = r.flow();
-    m.insert("srcaddr".into(), f.map_or(Value::Null, |f| f.srcaddr.to_string().into()));
-    m.insert("srcport".into(), f.map_or(Value::Null, |f| f.srcport.into()));
-    m.insert("dstaddr".into(), f.map_or(Value::Null, |f| f.dstaddr.to_string().into()));
-    m.insert("dstport".into(), f.map_or(Value::Null, |f| f.dstport.into()));
-    m.insert("protocol".into(), f.map_or(Value::Null, |f| f.protocol.into()));
-    m.insert("direction".into(), f.map_or(Value::Null, |f| f.direction.as_str().into()));
-    m.insert("packets".into(), f.map_or(Value::Null, |f| f.packets.into()));
+    m.insert(
+        "srcaddr".into(),
+        f.map_or(Value::Null, |f| f.srcaddr.to_string().into()),
+    );
+    m.insert(
+        "srcport".into(),
+        f.map_or(Value::Null, |f| f.srcport.into()),
+    );
+    m.insert(
+        "dstaddr".into(),
+        f.map_or(Value::Null, |f| f.dstaddr.to_string().into()),
+    );
+    m.insert(
+        "dstport".into(),
+        f.map_or(Value::Null, |f| f.dstport.into()),
+    );
+    m.insert(
+        "protocol".into(),
+        f.map_or(Value::Null, |f| f.protocol.into()),
+    );
+    m.insert(
+        "direction".into(),
+        f.map_or(Value::Null, |f| f.direction.as_str().into()),
+    );
+    m.insert(
+        "packets".into(),
+        f.map_or(Value::Null, |f| f.packets.into()),
+    );
     m.insert("bytes".into(), f.map_or(Value::Null, |f| f.bytes.into()));
     m.insert("start".into(), r.start().into());
     m.insert("end".into(), r.end().into());
     m.insert("log-status".into(), r.log_status().as_str().into());
-    m.insert("action".into(), f.map_or(Value::Null, |f| f.action.as_str().into()));
+    m.insert(
+        "action".into(),
+        f.map_or(Value::Null, |f| f.action.as_str().into()),
+    );
     if let Some(rule) = r.rule() {
         m.insert("rule".into(), rule.into());
     }
@@ -157,7 +188,8 @@ impl std::error::Error for ParseRecordError {}
 /// # Errors
 /// A message naming the missing or malformed field.
 pub fn parse_json(line: &str) -> Result<FlowRecord, ParseRecordError> {
-    let v: Value = serde_json::from_str(line).map_err(|e| ParseRecordError(format!("not JSON: {e}")))?;
+    let v: Value =
+        serde_json::from_str(line).map_err(|e| ParseRecordError(format!("not JSON: {e}")))?;
     let obj = v
         .as_object()
         .ok_or_else(|| ParseRecordError("not a JSON object".into()))?;
@@ -170,10 +202,14 @@ pub fn parse_json(line: &str) -> Result<FlowRecord, ParseRecordError> {
         }
     };
     let get_i64 = |k: &str| -> Result<i64, ParseRecordError> {
-        obj.get(k).and_then(Value::as_i64).ok_or_else(|| err(k, "an integer"))
+        obj.get(k)
+            .and_then(Value::as_i64)
+            .ok_or_else(|| err(k, "an integer"))
     };
     let get_u64 = |k: &str| -> Result<u64, ParseRecordError> {
-        obj.get(k).and_then(Value::as_u64).ok_or_else(|| err(k, "a non-negative integer"))
+        obj.get(k)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| err(k, "a non-negative integer"))
     };
     let log_status = match get_str("log-status")?.as_str() {
         "OK" => LogStatus::Ok,
@@ -295,8 +331,14 @@ mod tests {
         // SAFETY: `r` outlives the view.
         let v = unsafe { RecordView::new(&ffi) };
         let j = to_json(&v);
-        assert!(j.starts_with("{\"version\":1,\"vswitch-id\":\"vsw-1\""), "{j}");
-        assert!(j.ends_with(",\"action\":\"ACCEPT\",\"rule\":\"sg-1:deny-ssh\"}"), "{j}");
+        assert!(
+            j.starts_with("{\"version\":1,\"vswitch-id\":\"vsw-1\""),
+            "{j}"
+        );
+        assert!(
+            j.ends_with(",\"action\":\"ACCEPT\",\"rule\":\"sg-1:deny-ssh\"}"),
+            "{j}"
+        );
         assert_eq!(parse_json(&j).unwrap(), r);
     }
 

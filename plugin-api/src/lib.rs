@@ -10,5 +10,7 @@ pub mod format;
 pub mod record;
 pub mod sink;
 
-pub use record::{Action, Direction, EniIds, FlowFields, FlowRecord, LogStatus, RecordView, RECORD_VERSION};
+pub use record::{
+    Action, Direction, EniIds, FlowFields, FlowRecord, LogStatus, RecordView, RECORD_VERSION,
+};
 pub use sink::{ErrorKind, FlushFlags, Host, HostLog, Options, Sink, SinkError};

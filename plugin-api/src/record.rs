@@ -104,11 +104,11 @@ impl FlowRecord {
         };
         let mut r = FfiRecord {
             version: RECORD_VERSION,
-            vswitch_id: FfiStr::from_str(&self.eni.vswitch_id),
-            vm_id: FfiStr::from_str(&self.eni.vm_id),
-            vpc_id: FfiStr::from_str(&self.eni.vpc_id),
-            account_id: FfiStr::from_str(&self.eni.account_id),
-            eni_id: FfiStr::from_str(&self.eni.eni_id),
+            vswitch_id: FfiStr::new(&self.eni.vswitch_id),
+            vm_id: FfiStr::new(&self.eni.vm_id),
+            vpc_id: FfiStr::new(&self.eni.vpc_id),
+            account_id: FfiStr::new(&self.eni.account_id),
+            eni_id: FfiStr::new(&self.eni.eni_id),
             srcaddr: none,
             srcport: 0,
             dstaddr: none,
@@ -125,7 +125,11 @@ impl FlowRecord {
                 LogStatus::SkipData => LOG_STATUS_SKIPDATA,
             },
             action: ACTION_NONE,
-            rule: self.rule.as_deref().map(FfiStr::from_str).unwrap_or(FfiStr::EMPTY),
+            rule: self
+                .rule
+                .as_deref()
+                .map(FfiStr::new)
+                .unwrap_or(FfiStr::EMPTY),
         };
         if let Some(f) = &self.flow {
             r.srcaddr = addr_to_ffi(f.srcaddr);
@@ -167,7 +171,9 @@ fn addr_to_ffi(addr: IpAddr) -> FfiAddr {
 
 fn addr_from_ffi(a: &FfiAddr) -> Option<IpAddr> {
     match a.family {
-        ADDR_IPV4 => Some(IpAddr::V4(Ipv4Addr::new(a.bytes[0], a.bytes[1], a.bytes[2], a.bytes[3]))),
+        ADDR_IPV4 => Some(IpAddr::V4(Ipv4Addr::new(
+            a.bytes[0], a.bytes[1], a.bytes[2], a.bytes[3],
+        ))),
         ADDR_IPV6 => Some(IpAddr::V6(Ipv6Addr::from(a.bytes))),
         _ => None,
     }

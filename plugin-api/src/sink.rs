@@ -121,7 +121,10 @@ impl Options {
 
     /// The raw value text of `key` (strings unquoted).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.iter().find(|e| e.0 == key).map(|e| e.2.as_str())
+        self.entries
+            .iter()
+            .find(|e| e.0 == key)
+            .map(|e| e.2.as_str())
     }
 
     /// Deserializes the options into `T` (use `#[serde(deny_unknown_fields)]`).
@@ -141,18 +144,20 @@ impl Options {
             line_keys.push(key.clone());
         }
         toml::from_str::<T>(&doc).map_err(|e| {
-            let key = e.span().and_then(|span| {
-                let line = doc[..span.start.min(doc.len())].matches('\n').count();
-                line_keys.get(line).cloned()
-            });
             let message = e.message().trim().to_owned();
-            // Errors about a missing key carry no span; name it from the text.
-            let key = key.or_else(|| {
-                message
-                    .strip_prefix("missing field `")
-                    .and_then(|rest| rest.split('`').next())
-                    .map(str::to_owned)
-            });
+            // A missing key has no line of its own (toml points at the whole
+            // table), so name it from the message; otherwise the line of the
+            // error's span tells which key it is about.
+            let key = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_owned)
+                .or_else(|| {
+                    e.span().and_then(|span| {
+                        let line = doc[..span.start.min(doc.len())].matches('\n').count();
+                        line_keys.get(line).cloned()
+                    })
+                });
             SinkError {
                 kind: ErrorKind::Rejected,
                 message,
@@ -261,7 +266,8 @@ impl FlushFlags {
         }
     }
     pub fn bits(self) -> u32 {
-        (if self.window_end { FLUSH_WINDOW_END } else { 0 }) | (if self.reopen { FLUSH_REOPEN } else { 0 })
+        (if self.window_end { FLUSH_WINDOW_END } else { 0 })
+            | (if self.reopen { FLUSH_REOPEN } else { 0 })
     }
 }
 
@@ -273,6 +279,16 @@ pub trait Sink: Sized + Send + 'static {
     /// # Errors
     /// [`SinkError::config`] for a bad option, others for I/O.
     fn open(host: &Host, options: &Options) -> Result<Self, SinkError>;
+    /// Validates `options` without side effects (no files created, no
+    /// connections); `flowlogd check-config` calls it. The default accepts
+    /// anything, leaving the checks to `open`.
+    ///
+    /// # Errors
+    /// [`SinkError::config`] naming the bad option.
+    fn check(host: &Host, options: &Options) -> Result<(), SinkError> {
+        let _ = (host, options);
+        Ok(())
+    }
     /// Delivers a batch. On `Err(Retry)` the host sends the same batch again.
     ///
     /// # Errors
@@ -342,6 +358,31 @@ pub unsafe extern "C" fn ffi_open<T: Sink>(
     }
 }
 
+/// Generated `check` for `T`.
+///
+/// # Safety
+/// Called by the host with the arguments the header documents.
+#[doc(hidden)]
+pub unsafe extern "C" fn ffi_check<T: Sink>(
+    host: *const FfiHost,
+    options: *const FfiOption,
+    option_count: usize,
+    err: *mut FfiError,
+) -> c_int {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: arguments as documented in the header.
+        let host = unsafe { Host::from_ffi(host) };
+        // SAFETY: as above.
+        let options = unsafe { Options::from_ffi(options, option_count) };
+        T::check(&host, &options)
+    }));
+    match result {
+        Ok(Ok(())) => STATUS_OK,
+        Ok(Err(e)) => report(err, &e),
+        Err(p) => report_panic(err, "check", p),
+    }
+}
+
 /// Generated `write` for `T`.
 ///
 /// # Safety
@@ -363,7 +404,10 @@ pub unsafe extern "C" fn ffi_write<T: Sink>(
             unsafe { std::slice::from_raw_parts(records, count) }
         };
         // SAFETY: each record and its strings live for the call.
-        let views: Vec<RecordView<'_>> = ptrs.iter().map(|p| unsafe { RecordView::new(&**p) }).collect();
+        let views: Vec<RecordView<'_>> = ptrs
+            .iter()
+            .map(|p| unsafe { RecordView::new(&**p) })
+            .collect();
         sink.write(&views)
     }));
     match result {
@@ -378,7 +422,11 @@ pub unsafe extern "C" fn ffi_write<T: Sink>(
 /// # Safety
 /// `instance` must come from `ffi_open::<T>`.
 #[doc(hidden)]
-pub unsafe extern "C" fn ffi_flush<T: Sink>(instance: *mut c_void, flags: u32, err: *mut FfiError) -> c_int {
+pub unsafe extern "C" fn ffi_flush<T: Sink>(
+    instance: *mut c_void,
+    flags: u32,
+    err: *mut FfiError,
+) -> c_int {
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `instance` is our Box<T>, used by one thread at a time.
         let sink = unsafe { &mut *instance.cast::<T>() };
@@ -424,6 +472,7 @@ macro_rules! export_sink {
             write: Some($crate::sink::ffi_write::<$ty>),
             flush: Some($crate::sink::ffi_flush::<$ty>),
             close: Some($crate::sink::ffi_close::<$ty>),
+            check: Some($crate::sink::ffi_check::<$ty>),
         };
 
         /// The plugin's entry point, looked up by name by the host.

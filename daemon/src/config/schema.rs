@@ -1,0 +1,146 @@
+//! The file's shape, as serde reads it. Values that later checks point at
+//! are `Spanned`, so an error can name their line and column. Defaults are
+//! `const fn`s so the documented defaults live in one place.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub daemon: RawDaemon,
+    #[serde(default)]
+    pub eni: Vec<Spanned<RawEni>>,
+    #[serde(default)]
+    pub flow_log: Vec<Spanned<RawFlowLog>>,
+    /// `[sinks.<name>]`: `plugin` plus the plugin's own options, which only
+    /// the plugin can validate; keys keep their spans so the plugin's
+    /// errors can be pointed at.
+    #[serde(default)]
+    pub sinks: BTreeMap<Spanned<String>, Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>,
+}
+
+pub const fn default_capture_window_secs() -> u32 {
+    600
+}
+pub const fn default_max_flow_logs() -> u32 {
+    10
+}
+pub const fn default_max_flows() -> u64 {
+    1_000_000
+}
+pub const fn default_true() -> bool {
+    true
+}
+/// Records a sink's queue holds before new records are counted as dropped:
+/// about 50 MB of records, several windows of a busy VM.
+pub const fn default_sink_queue_records() -> u64 {
+    262_144
+}
+/// How long shutdown waits for sinks to deliver what they hold.
+pub const fn default_shutdown_timeout_secs() -> u32 {
+    10
+}
+pub fn default_plugin_dir() -> String {
+    "/usr/lib/flowlogd/sinks".into()
+}
+pub fn default_state_dir() -> String {
+    "/var/lib/flowlogd".into()
+}
+pub fn default_nflog_groups() -> Vec<Spanned<i64>> {
+    Vec::new()
+}
+pub fn default_log_level() -> Spanned<String> {
+    Spanned::new(0..0, "info".into())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    #[serde(default = "spanned_window")]
+    pub capture_window_secs: Spanned<i64>,
+    #[serde(default = "default_plugin_dir")]
+    pub plugin_dir: String,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: String,
+    #[serde(default = "default_nflog_groups")]
+    pub nflog_groups: Vec<Spanned<i64>>,
+    #[serde(default = "spanned_max_flow_logs")]
+    pub max_flow_logs: Spanned<i64>,
+    #[serde(default = "spanned_max_flows")]
+    pub max_flows: Spanned<i64>,
+    #[serde(default = "default_log_level")]
+    pub log_level: Spanned<String>,
+    #[serde(default = "default_true")]
+    pub enable_conntrack_accounting: bool,
+    #[serde(default = "default_true")]
+    pub install_tracking_table: bool,
+    #[serde(default = "spanned_sink_queue_records")]
+    pub sink_queue_records: Spanned<i64>,
+    #[serde(default = "spanned_shutdown_timeout")]
+    pub shutdown_timeout_secs: Spanned<i64>,
+}
+
+fn spanned_window() -> Spanned<i64> {
+    Spanned::new(0..0, default_capture_window_secs().into())
+}
+fn spanned_max_flow_logs() -> Spanned<i64> {
+    Spanned::new(0..0, default_max_flow_logs().into())
+}
+fn spanned_max_flows() -> Spanned<i64> {
+    Spanned::new(0..0, default_max_flows() as i64)
+}
+fn spanned_sink_queue_records() -> Spanned<i64> {
+    Spanned::new(0..0, default_sink_queue_records() as i64)
+}
+fn spanned_shutdown_timeout() -> Spanned<i64> {
+    Spanned::new(0..0, default_shutdown_timeout_secs().into())
+}
+
+impl Default for RawDaemon {
+    fn default() -> Self {
+        RawDaemon {
+            capture_window_secs: spanned_window(),
+            plugin_dir: default_plugin_dir(),
+            state_dir: default_state_dir(),
+            nflog_groups: default_nflog_groups(),
+            max_flow_logs: spanned_max_flow_logs(),
+            max_flows: spanned_max_flows(),
+            log_level: default_log_level(),
+            enable_conntrack_accounting: true,
+            install_tracking_table: true,
+            sink_queue_records: spanned_sink_queue_records(),
+            shutdown_timeout_secs: spanned_shutdown_timeout(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEni {
+    pub id: Spanned<String>,
+    pub interface: Option<Spanned<String>>,
+    pub mac: Option<Spanned<String>>,
+    pub vswitch_id: String,
+    pub vpc_id: String,
+    pub vm_id: String,
+    pub account_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlowLog {
+    pub name: Spanned<String>,
+    pub resource_type: Spanned<String>,
+    pub resource_id: Spanned<String>,
+    #[serde(default = "default_traffic")]
+    pub traffic: Spanned<String>,
+    pub sinks: Spanned<Vec<Spanned<String>>>,
+}
+
+fn default_traffic() -> Spanned<String> {
+    Spanned::new(0..0, "all".into())
+}

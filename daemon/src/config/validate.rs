@@ -1,0 +1,558 @@
+//! Raw file -> validated plain structs, with an error for the first problem
+//! found, naming file, line, column and key.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use flowlogd_plugin_api::EniIds;
+use toml::Spanned;
+
+use super::location::key_path_at;
+use super::schema::*;
+use super::{ConfigError, Location};
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub daemon: DaemonConfig,
+    pub enis: Vec<EniConfig>,
+    pub flow_logs: Vec<FlowLogConfig>,
+    /// Sorted by name.
+    pub sinks: Vec<SinkConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub capture_window_secs: u32,
+    pub plugin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub nflog_groups: Vec<u16>,
+    pub max_flow_logs: u32,
+    pub max_flows: u64,
+    pub log_level: log::LevelFilter,
+    /// Turn on nf_conntrack_acct / nf_conntrack_timestamp if they are off.
+    pub enable_conntrack_accounting: bool,
+    /// Install the daemon's own nftables table so that the namespace tracks
+    /// connections; off when the host firewall already references `ct`.
+    pub install_tracking_table: bool,
+    pub sink_queue_records: u64,
+    pub shutdown_timeout_secs: u32,
+}
+
+/// How an `[[eni]]` finds its interface.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EniMatch {
+    Interface(String),
+    Mac([u8; 6]),
+}
+
+#[derive(Clone, Debug)]
+pub struct EniConfig {
+    pub ids: EniIds,
+    pub matcher: EniMatch,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResourceType {
+    Eni,
+    VSwitch,
+    Vpc,
+}
+
+impl ResourceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceType::Eni => "eni",
+            ResourceType::VSwitch => "vswitch",
+            ResourceType::Vpc => "vpc",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrafficFilter {
+    All,
+    Accept,
+    Reject,
+}
+
+impl TrafficFilter {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficFilter::All => "all",
+            TrafficFilter::Accept => "accept",
+            TrafficFilter::Reject => "reject",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FlowLogConfig {
+    pub name: String,
+    pub resource_type: ResourceType,
+    pub resource_id: String,
+    pub traffic: TrafficFilter,
+    pub sinks: Vec<String>,
+}
+
+impl FlowLogConfig {
+    /// Whether this instance captures the ENI with these ids.
+    pub fn covers(&self, eni: &EniIds) -> bool {
+        let id = match self.resource_type {
+            ResourceType::Eni => &eni.eni_id,
+            ResourceType::VSwitch => &eni.vswitch_id,
+            ResourceType::Vpc => &eni.vpc_id,
+        };
+        *id == self.resource_id
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SinkConfig {
+    pub name: String,
+    /// As written: a name in `plugin_dir` or an absolute path.
+    pub plugin: String,
+    /// Everything but `plugin`, for the plugin to validate.
+    pub options: toml::Table,
+    /// Where each option key is, to point at it when the plugin objects.
+    pub option_locations: BTreeMap<String, Location>,
+    /// Where `[sinks.<name>]` is.
+    pub location: Location,
+}
+
+impl Config {
+    /// An error about `key` of sink `sink`, located in the file: used when a
+    /// plugin rejects its options at start-up.
+    pub fn sink_option_error(
+        &self,
+        sink: &SinkConfig,
+        key: Option<&str>,
+        message: &str,
+    ) -> ConfigError {
+        let location = key
+            .and_then(|k| sink.option_locations.get(k).copied())
+            .or(Some(sink.location));
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            location,
+            key: Some(match key {
+                Some(k) => format!("sinks.{}.{k}", sink.name),
+                None => format!("sinks.{}", sink.name),
+            }),
+            message: message.to_owned(),
+        }
+    }
+}
+
+/// Reads and validates the config at `path`.
+///
+/// # Errors
+/// [`ConfigError::Read`] if the file cannot be read, otherwise
+/// [`ConfigError::Invalid`] for the first problem found.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &src)
+}
+
+/// Validates config text `src` that was read from `path`.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] for the first problem found.
+pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigError> {
+    let cx = Cx { path, src };
+    let raw: RawConfig = toml::from_str(src).map_err(|e| cx.toml_error(&e))?;
+    validate(&cx, raw)
+}
+
+struct Cx<'a> {
+    path: &'a Path,
+    src: &'a str,
+}
+
+impl Cx<'_> {
+    fn err(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        // Spans of defaulted values are 0..0: those errors have no place
+        // in the file, only a key.
+        let location = (span != (0..0)).then(|| Location::of_offset(self.src, span.start));
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            location,
+            key: Some(key.into()),
+            message: message.into(),
+        }
+    }
+
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let span = e.span();
+        let location = span
+            .as_ref()
+            .map(|s| Location::of_offset(self.src, s.start));
+        let key = span.as_ref().and_then(|s| key_path_at(self.src, s.start));
+        // toml's messages end in a newline and sometimes repeat the key;
+        // keep the first line, which says what is wrong and what was expected.
+        let message = e
+            .message()
+            .trim()
+            .lines()
+            .next()
+            .unwrap_or("invalid TOML")
+            .to_owned();
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            location,
+            key,
+            message,
+        }
+    }
+
+    fn int_in(
+        &self,
+        v: &Spanned<i64>,
+        key: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<i64, ConfigError> {
+        if range.contains(v.get_ref()) {
+            Ok(*v.get_ref())
+        } else {
+            Err(self.err(
+                v.span(),
+                key,
+                format!(
+                    "expected an integer in {}..={}, got {}",
+                    range.start(),
+                    range.end(),
+                    v.get_ref()
+                ),
+            ))
+        }
+    }
+}
+
+fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+    let daemon = validate_daemon(cx, &raw.daemon)?;
+    let enis = validate_enis(cx, &raw.eni)?;
+    let sinks = validate_sinks(cx, &raw.sinks)?;
+    let flow_logs = validate_flow_logs(cx, &raw.flow_log, &enis, &sinks, daemon.max_flow_logs)?;
+    Ok(Config {
+        path: cx.path.to_owned(),
+        daemon,
+        enis,
+        flow_logs,
+        sinks,
+    })
+}
+
+fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigError> {
+    let capture_window_secs = cx.int_in(
+        &d.capture_window_secs,
+        "daemon.capture_window_secs",
+        1..=3600,
+    )? as u32;
+    let max_flow_logs = cx.int_in(&d.max_flow_logs, "daemon.max_flow_logs", 1..=1000)? as u32;
+    let max_flows = cx.int_in(&d.max_flows, "daemon.max_flows", 1..=100_000_000)? as u64;
+    let sink_queue_records = cx.int_in(
+        &d.sink_queue_records,
+        "daemon.sink_queue_records",
+        1..=100_000_000,
+    )? as u64;
+    let shutdown_timeout_secs = cx.int_in(
+        &d.shutdown_timeout_secs,
+        "daemon.shutdown_timeout_secs",
+        0..=3600,
+    )? as u32;
+    let mut nflog_groups = Vec::new();
+    for g in &d.nflog_groups {
+        let n = cx.int_in(g, "daemon.nflog_groups", 0..=65535)? as u16;
+        if nflog_groups.contains(&n) {
+            return Err(cx.err(
+                g.span(),
+                "daemon.nflog_groups",
+                format!("group {n} is listed twice"),
+            ));
+        }
+        nflog_groups.push(n);
+    }
+    let log_level = match d.log_level.get_ref().as_str() {
+        "error" => log::LevelFilter::Error,
+        "warn" => log::LevelFilter::Warn,
+        "info" => log::LevelFilter::Info,
+        "debug" => log::LevelFilter::Debug,
+        "trace" => log::LevelFilter::Trace,
+        other => {
+            return Err(cx.err(
+                d.log_level.span(),
+                "daemon.log_level",
+                format!("expected one of \"error\", \"warn\", \"info\", \"debug\", \"trace\", got \"{other}\""),
+            ))
+        }
+    };
+    Ok(DaemonConfig {
+        capture_window_secs,
+        plugin_dir: PathBuf::from(&d.plugin_dir),
+        state_dir: PathBuf::from(&d.state_dir),
+        nflog_groups,
+        max_flow_logs,
+        max_flows,
+        log_level,
+        enable_conntrack_accounting: d.enable_conntrack_accounting,
+        install_tracking_table: d.install_tracking_table,
+        sink_queue_records,
+        shutdown_timeout_secs,
+    })
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in mac.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+fn validate_enis(cx: &Cx<'_>, raw: &[Spanned<RawEni>]) -> Result<Vec<EniConfig>, ConfigError> {
+    let mut ids = HashSet::new();
+    let mut matchers = HashSet::new();
+    let mut out = Vec::new();
+    for e in raw {
+        let r = e.get_ref();
+        let id = r.id.get_ref();
+        if id.is_empty() {
+            return Err(cx.err(r.id.span(), "eni.id", "expected a non-empty ENI id"));
+        }
+        if !ids.insert(id.clone()) {
+            return Err(cx.err(r.id.span(), "eni.id", format!("duplicate ENI id \"{id}\"")));
+        }
+        let matcher = match (&r.interface, &r.mac) {
+            (Some(i), None) => {
+                if i.get_ref().is_empty() {
+                    return Err(cx.err(i.span(), "eni.interface", "expected an interface name"));
+                }
+                if !matchers.insert(EniMatch::Interface(i.get_ref().clone())) {
+                    return Err(cx.err(
+                        i.span(),
+                        "eni.interface",
+                        format!("interface \"{}\" belongs to another [[eni]] already", i.get_ref()),
+                    ));
+                }
+                EniMatch::Interface(i.get_ref().clone())
+            }
+            (None, Some(m)) => {
+                let mac = parse_mac(&m.get_ref().to_ascii_lowercase()).ok_or_else(|| {
+                    cx.err(
+                        m.span(),
+                        "eni.mac",
+                        format!("expected a MAC address like \"00:16:3e:12:34:56\", got \"{}\"", m.get_ref()),
+                    )
+                })?;
+                if !matchers.insert(EniMatch::Mac(mac)) {
+                    return Err(cx.err(
+                        m.span(),
+                        "eni.mac",
+                        format!("MAC \"{}\" belongs to another [[eni]] already", m.get_ref()),
+                    ));
+                }
+                EniMatch::Mac(mac)
+            }
+            (Some(i), Some(_)) => {
+                return Err(cx.err(i.span(), "eni.interface", "set either `interface` or `mac`, not both"))
+            }
+            (None, None) => {
+                return Err(cx.err(
+                    e.span(),
+                    "eni",
+                    format!("ENI \"{id}\" needs `interface = \"<name>\"` or `mac = \"<xx:xx:xx:xx:xx:xx>\"`"),
+                ))
+            }
+        };
+        out.push(EniConfig {
+            ids: EniIds {
+                eni_id: id.clone(),
+                vswitch_id: r.vswitch_id.clone(),
+                vpc_id: r.vpc_id.clone(),
+                vm_id: r.vm_id.clone(),
+                account_id: r.account_id.clone(),
+            },
+            matcher,
+        });
+    }
+    Ok(out)
+}
+
+type RawSinks = BTreeMap<Spanned<String>, Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>;
+
+fn validate_sinks(cx: &Cx<'_>, raw: &RawSinks) -> Result<Vec<SinkConfig>, ConfigError> {
+    let mut out = Vec::new();
+    for (name, table) in raw {
+        let key = format!("sinks.{}", name.get_ref());
+        let mut plugin = None;
+        let mut options = toml::Table::new();
+        let mut option_locations = BTreeMap::new();
+        for (k, v) in table.get_ref() {
+            if k.get_ref() == "plugin" {
+                match v.get_ref() {
+                    toml::Value::String(s) if !s.is_empty() => plugin = Some(s.clone()),
+                    _ => {
+                        return Err(cx.err(
+                            v.span(),
+                            format!("{key}.plugin"),
+                            "expected a plugin name (a file in daemon.plugin_dir) or an absolute path to a .so",
+                        ))
+                    }
+                }
+            } else {
+                options.insert(k.get_ref().clone(), v.get_ref().clone());
+                option_locations.insert(
+                    k.get_ref().clone(),
+                    Location::of_offset(cx.src, k.span().start),
+                );
+            }
+        }
+        let plugin = plugin.ok_or_else(|| {
+            cx.err(
+                table.span(),
+                key.clone(),
+                "missing `plugin`: expected a plugin name (a file in daemon.plugin_dir) or an absolute path to a .so",
+            )
+        })?;
+        if plugin.contains('/') && !plugin.starts_with('/') {
+            return Err(cx.err(
+                table.span(),
+                format!("{key}.plugin"),
+                format!("expected a plugin name or an absolute path, got the relative path \"{plugin}\""),
+            ));
+        }
+        out.push(SinkConfig {
+            name: name.get_ref().clone(),
+            plugin,
+            options,
+            option_locations,
+            location: Location::of_offset(cx.src, name.span().start),
+        });
+    }
+    Ok(out)
+}
+
+fn validate_flow_logs(
+    cx: &Cx<'_>,
+    raw: &[Spanned<RawFlowLog>],
+    enis: &[EniConfig],
+    sinks: &[SinkConfig],
+    max_flow_logs: u32,
+) -> Result<Vec<FlowLogConfig>, ConfigError> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, f) in raw.iter().enumerate() {
+        if i as u32 >= max_flow_logs {
+            return Err(cx.err(
+                f.span(),
+                "flow_log",
+                format!(
+                    "{} flow logs are configured, more than daemon.max_flow_logs = {max_flow_logs}",
+                    raw.len()
+                ),
+            ));
+        }
+        let r = f.get_ref();
+        let name = r.name.get_ref();
+        if name.is_empty() {
+            return Err(cx.err(r.name.span(), "flow_log.name", "expected a non-empty name"));
+        }
+        if !names.insert(name.clone()) {
+            return Err(cx.err(
+                r.name.span(),
+                "flow_log.name",
+                format!("duplicate flow log name \"{name}\""),
+            ));
+        }
+        let resource_type = match r.resource_type.get_ref().as_str() {
+            "eni" => ResourceType::Eni,
+            "vswitch" => ResourceType::VSwitch,
+            "vpc" => ResourceType::Vpc,
+            other => {
+                return Err(cx.err(
+                    r.resource_type.span(),
+                    "flow_log.resource_type",
+                    format!("expected \"eni\", \"vswitch\" or \"vpc\", got \"{other}\""),
+                ))
+            }
+        };
+        let resource_id = r.resource_id.get_ref().clone();
+        let field = match resource_type {
+            ResourceType::Eni => "id",
+            ResourceType::VSwitch => "vswitch_id",
+            ResourceType::Vpc => "vpc_id",
+        };
+        let flow_log = FlowLogConfig {
+            name: name.clone(),
+            resource_type,
+            resource_id: resource_id.clone(),
+            traffic: match r.traffic.get_ref().as_str() {
+                "all" => TrafficFilter::All,
+                "accept" => TrafficFilter::Accept,
+                "reject" => TrafficFilter::Reject,
+                other => {
+                    return Err(cx.err(
+                        r.traffic.span(),
+                        "flow_log.traffic",
+                        format!("expected \"all\", \"accept\" or \"reject\", got \"{other}\""),
+                    ))
+                }
+            },
+            sinks: r
+                .sinks
+                .get_ref()
+                .iter()
+                .map(|s| s.get_ref().clone())
+                .collect(),
+        };
+        if !enis.iter().any(|e| flow_log.covers(&e.ids)) {
+            return Err(cx.err(
+                r.resource_id.span(),
+                "flow_log.resource_id",
+                format!("no [[eni]] has {field} = \"{resource_id}\""),
+            ));
+        }
+        if r.sinks.get_ref().is_empty() {
+            return Err(cx.err(
+                r.sinks.span(),
+                "flow_log.sinks",
+                "expected at least one sink name",
+            ));
+        }
+        for s in r.sinks.get_ref() {
+            if !sinks.iter().any(|k| k.name == *s.get_ref()) {
+                let known: Vec<String> = sinks.iter().map(|k| format!("\"{}\"", k.name)).collect();
+                return Err(cx.err(
+                    s.span(),
+                    "flow_log.sinks",
+                    format!(
+                        "no [sinks.{}] table (configured sinks: {})",
+                        s.get_ref(),
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+        out.push(flow_log);
+    }
+    Ok(out)
+}

@@ -1,0 +1,277 @@
+//! Finding a plugin file, checking it is safe to load, and checking its ABI.
+//!
+//! The daemon runs with CAP_NET_ADMIN and loads plugins into its own
+//! process, so a plugin file anyone but root can change is a privilege
+//! escalation: such files are refused, as sudo-rs refuses unsafe config.
+
+use std::ffi::CStr;
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use flowlogd_plugin_api::abi::{DescriptorFn, FfiDescriptor, ABI_MAJOR, DESCRIPTOR_SYMBOL};
+
+/// Why a plugin was not loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    NotFound {
+        plugin: String,
+        tried: Vec<PathBuf>,
+    },
+    UnsafePermissions {
+        path: PathBuf,
+        reason: String,
+    },
+    Open {
+        path: PathBuf,
+        reason: String,
+    },
+    MissingSymbol {
+        path: PathBuf,
+    },
+    AbiMismatch {
+        path: PathBuf,
+        found_major: u16,
+        found_minor: u16,
+    },
+    BadDescriptor {
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::NotFound { plugin, tried } => {
+                let tried: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+                write!(f, "plugin \"{plugin}\" not found (looked for {})", tried.join(", "))
+            }
+            LoadError::UnsafePermissions { path, reason } => {
+                write!(f, "{}: refused: {reason}", path.display())
+            }
+            LoadError::Open { path, reason } => write!(f, "{}: cannot load: {reason}", path.display()),
+            LoadError::MissingSymbol { path } => write!(
+                f,
+                "{}: refused: not a flowlogd sink plugin (no `flowlogd_sink_descriptor` symbol)",
+                path.display()
+            ),
+            LoadError::AbiMismatch {
+                path,
+                found_major,
+                found_minor,
+            } => write!(
+                f,
+                "{}: refused: plugin ABI version {found_major}.{found_minor}, this flowlogd speaks ABI {ABI_MAJOR}.x; \
+                 rebuild the plugin against this version's flowlogd_sink.h / flowlogd-plugin-api",
+                path.display()
+            ),
+            LoadError::BadDescriptor { path, reason } => {
+                write!(f, "{}: refused: invalid descriptor: {reason}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// The file `plugin` (from a sink's `plugin = ...`) refers to: an absolute
+/// path as is, a name as `<plugin_dir>/<name>.so` or, as cargo names
+/// cdylibs, `<plugin_dir>/libflowlogd_sink_<name>.so`.
+///
+/// # Errors
+/// [`LoadError::NotFound`] listing the paths tried.
+pub fn resolve_plugin(plugin_dir: &Path, plugin: &str) -> Result<PathBuf, LoadError> {
+    let candidates = if plugin.starts_with('/') {
+        vec![PathBuf::from(plugin)]
+    } else {
+        vec![
+            plugin_dir.join(format!("{plugin}.so")),
+            plugin_dir.join(format!("libflowlogd_sink_{}.so", plugin.replace('-', "_"))),
+        ]
+    };
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or(LoadError::NotFound {
+            plugin: plugin.to_owned(),
+            tried: candidates,
+        })
+}
+
+/// Refuses a file that group or others can write, or (when we run as root)
+/// that root does not own.
+///
+/// # Errors
+/// [`LoadError::UnsafePermissions`] saying what is wrong and how to fix it.
+pub fn check_permissions(path: &Path) -> Result<(), LoadError> {
+    let meta = std::fs::metadata(path).map_err(|e| LoadError::Open {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(LoadError::UnsafePermissions {
+            path: path.to_owned(),
+            reason: format!(
+                "file is writable by {} (mode {mode:04o}); run `chmod go-w {}`",
+                if mode & 0o020 != 0 && mode & 0o002 != 0 {
+                    "group and others"
+                } else if mode & 0o020 != 0 {
+                    "its group"
+                } else {
+                    "others"
+                },
+                path.display()
+            ),
+        });
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 && meta.uid() != 0 {
+        return Err(LoadError::UnsafePermissions {
+            path: path.to_owned(),
+            reason: format!(
+                "file is owned by uid {}, not root, and flowlogd runs as root; run `chown root {}`",
+                meta.uid(),
+                path.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A loaded plugin library and its checked descriptor.
+pub struct PluginLibrary {
+    pub path: PathBuf,
+    pub name: String,
+    pub version: String,
+    pub abi_minor: u16,
+    descriptor: *const FfiDescriptor,
+    // Keeps the code the descriptor points into mapped. Instances hold an
+    // Arc<PluginLibrary>, so the library is unloaded only after every
+    // instance has been closed.
+    _library: libloading::Library,
+}
+
+// SAFETY: the descriptor is immutable static data of the loaded library,
+// which stays loaded as long as this struct lives.
+unsafe impl Send for PluginLibrary {}
+// SAFETY: as above; nothing in it is mutated after load.
+unsafe impl Sync for PluginLibrary {}
+
+impl PluginLibrary {
+    /// Checks permissions, loads the library, looks up its descriptor and
+    /// checks the ABI version and the descriptor's functions.
+    ///
+    /// # Errors
+    /// A typed [`LoadError`] for each reason a plugin is refused.
+    pub fn load(path: &Path) -> Result<Arc<PluginLibrary>, LoadError> {
+        check_permissions(path)?;
+        // SAFETY: loading a library runs its initialisers. We only load
+        // files from the configured plugin directory or an absolute path
+        // the operator configured, after checking only root can change them.
+        let library = unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::Open {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        // SAFETY: the symbol, if present, has the type the ABI defines.
+        let descriptor_fn: DescriptorFn =
+            match unsafe { library.get::<DescriptorFn>(DESCRIPTOR_SYMBOL) } {
+                Ok(sym) => *sym,
+                Err(_) => {
+                    return Err(LoadError::MissingSymbol {
+                        path: path.to_owned(),
+                    })
+                }
+            };
+        // SAFETY: a plugin's descriptor function takes no arguments and
+        // returns a pointer to static data.
+        let descriptor = unsafe { descriptor_fn() };
+        let bad = |reason: &str| LoadError::BadDescriptor {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if descriptor.is_null() {
+            return Err(bad("flowlogd_sink_descriptor() returned NULL"));
+        }
+        // SAFETY: non-null, and the first three fields (the versions and
+        // size) exist in every ABI version, so reading them is sound even
+        // before we know the plugin's major version.
+        let (major, minor, size) = unsafe {
+            (
+                (*descriptor).abi_major,
+                (*descriptor).abi_minor,
+                (*descriptor).struct_size,
+            )
+        };
+        if major != ABI_MAJOR {
+            return Err(LoadError::AbiMismatch {
+                path: path.to_owned(),
+                found_major: major,
+                found_minor: minor,
+            });
+        }
+        if (size as usize) < std::mem::size_of::<FfiDescriptor>() {
+            return Err(bad(&format!(
+                "struct_size {size} is smaller than ABI {ABI_MAJOR}.0's {}",
+                std::mem::size_of::<FfiDescriptor>()
+            )));
+        }
+        // SAFETY: same major version and large enough: the layout is ours.
+        let d = unsafe { &*descriptor };
+        if d.open.is_none() || d.write.is_none() || d.flush.is_none() || d.close.is_none() {
+            return Err(bad("open, write, flush and close must all be set"));
+        }
+        let c_string = |p: *const std::ffi::c_char, what: &str| -> Result<String, LoadError> {
+            if p.is_null() {
+                return Err(bad(&format!("{what} is NULL")));
+            }
+            // SAFETY: non-null, and the ABI says it is a NUL-terminated
+            // static string.
+            Ok(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+        };
+        let name = c_string(d.name, "name")?;
+        let version = c_string(d.version, "version")?;
+        Ok(Arc::new(PluginLibrary {
+            path: path.to_owned(),
+            name,
+            version,
+            abi_minor: minor,
+            descriptor,
+            _library: library,
+        }))
+    }
+
+    pub(super) fn descriptor(&self) -> &FfiDescriptor {
+        // SAFETY: checked in `load`; the library is kept loaded by `self`.
+        unsafe { &*self.descriptor }
+    }
+}
+
+/// What `flowlogd plugins` reports for one file of the plugin directory.
+pub struct ScannedPlugin {
+    pub path: PathBuf,
+    pub result: Result<Arc<PluginLibrary>, LoadError>,
+}
+
+/// Loads every `*.so` in `dir` (sorted by file name) to report on it.
+///
+/// # Errors
+/// The I/O error if the directory cannot be read.
+pub fn scan_plugin_dir(dir: &Path) -> std::io::Result<Vec<ScannedPlugin>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "so"))
+        .collect();
+    paths.sort();
+    Ok(paths
+        .into_iter()
+        .map(|path| ScannedPlugin {
+            result: PluginLibrary::load(&path),
+            path,
+        })
+        .collect())
+}

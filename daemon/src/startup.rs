@@ -1,0 +1,136 @@
+//! Building what a validated config describes: loading sink plugins and
+//! starting their workers. Errors here still point into the config file.
+
+use std::time::Duration;
+
+use crate::config::{Config, ConfigError, SinkConfig};
+use crate::sinks::{check_options, resolve_plugin, Dispatcher, PluginLibrary, SinkSpec};
+
+/// Why a sink could not be set up: its config location and the reason.
+pub fn sink_error(
+    config: &Config,
+    sink: &SinkConfig,
+    key: Option<&str>,
+    message: &str,
+) -> ConfigError {
+    // Point at `plugin = ...` for load errors, at the option for plugin
+    // errors about one.
+    config.sink_option_error(sink, key, message)
+}
+
+/// Loads every configured sink's plugin and opens it in its worker.
+///
+/// # Errors
+/// A [`ConfigError`] at the sink's table or the offending option.
+pub fn start_sinks(config: &Config) -> Result<Dispatcher, ConfigError> {
+    let mut specs = Vec::new();
+    for sink in &config.sinks {
+        let library = load_sink_library(config, sink)?;
+        log::info!(
+            "sink {}: plugin {} {} (ABI {}.{}) from {}",
+            sink.name,
+            library.name,
+            library.version,
+            flowlogd_plugin_api::abi::ABI_MAJOR,
+            library.abi_minor,
+            library.path.display()
+        );
+        specs.push(SinkSpec {
+            name: sink.name.clone(),
+            library,
+            options: sink.options.clone(),
+        });
+    }
+    Dispatcher::start(specs, config.daemon.sink_queue_records).map_err(|e| {
+        let sink = config
+            .sinks
+            .iter()
+            .find(|s| s.name == e.sink)
+            .expect("started sinks come from config");
+        sink_error(config, sink, e.key.as_deref(), &e.message)
+    })
+}
+
+/// Resolves and loads one sink's plugin library.
+///
+/// # Errors
+/// A [`ConfigError`] at the sink's `plugin` key.
+pub fn load_sink_library(
+    config: &Config,
+    sink: &SinkConfig,
+) -> Result<std::sync::Arc<PluginLibrary>, ConfigError> {
+    let path = resolve_plugin(&config.daemon.plugin_dir, &sink.plugin).map_err(|e| {
+        sink_error(
+            config,
+            sink,
+            None,
+            &format!("plugin = \"{}\": {e}", sink.plugin),
+        )
+    })?;
+    PluginLibrary::load(&path).map_err(|e| sink_error(config, sink, None, &e.to_string()))
+}
+
+/// For `check-config`: loads each plugin and runs its option check.
+/// Returns a line per sink.
+///
+/// # Errors
+/// The first sink that fails to load or whose options are rejected.
+pub fn check_sinks(config: &Config) -> Result<Vec<String>, ConfigError> {
+    let mut lines = Vec::new();
+    for sink in &config.sinks {
+        let library = load_sink_library(config, sink)?;
+        let checked = check_options(&library, &sink.name, &sink.options).map_err(|e| match e {
+            crate::sinks::CallError::Rejected { message, key } => {
+                sink_error(config, sink, key.as_deref(), &message)
+            }
+            crate::sinks::CallError::Retry(message) => sink_error(config, sink, None, &message),
+        })?;
+        lines.push(format!(
+            "  {}: plugin \"{}\" -> {} ({} {}, ABI {}.{}){}",
+            sink.name,
+            sink.plugin,
+            library.path.display(),
+            library.name,
+            library.version,
+            flowlogd_plugin_api::abi::ABI_MAJOR,
+            library.abi_minor,
+            if checked {
+                ", options OK"
+            } else {
+                ", options are checked at start"
+            }
+        ));
+    }
+    Ok(lines)
+}
+
+/// Shuts the sinks down and logs what happened to their records.
+/// Returns the number of records that were not delivered.
+pub fn stop_sinks(dispatcher: &mut Dispatcher, timeout: Duration) -> u64 {
+    let mut lost = 0;
+    for s in dispatcher.shutdown(timeout) {
+        let not_delivered = s.dropped_queue_full + s.rejected + s.undelivered_at_shutdown;
+        lost += not_delivered;
+        if not_delivered > 0 {
+            log::error!(
+                "sink {}: {} records delivered, {} NOT delivered ({} dropped on a full queue, {} rejected by the \
+                 sink, {} still undelivered at shutdown), {} retries",
+                s.name,
+                s.delivered,
+                not_delivered,
+                s.dropped_queue_full,
+                s.rejected,
+                s.undelivered_at_shutdown,
+                s.retries
+            );
+        } else {
+            log::info!(
+                "sink {}: {} records delivered, {} retries",
+                s.name,
+                s.delivered,
+                s.retries
+            );
+        }
+    }
+    lost
+}

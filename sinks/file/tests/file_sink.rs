@@ -1,0 +1,451 @@
+//! The file sink through its `Sink` implementation, in temporary directories.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use flowlogd_plugin_api::abi::FfiRecord;
+use flowlogd_plugin_api::{
+    Action, Direction, EniIds, ErrorKind, FlowFields, FlowRecord, FlushFlags, Host, LogStatus,
+    Options, RecordView, Sink, SinkError,
+};
+use flowlogd_sink_file::FileSink;
+
+/// A directory under the system temp dir, removed when dropped (also when
+/// the test fails).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "flowlogd-sink-file-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn options(toml_text: &str) -> Options {
+    Options::from_toml_table(&toml_text.parse::<toml::Table>().unwrap())
+}
+
+fn open(toml_text: &str) -> Result<FileSink, SinkError> {
+    FileSink::open(&Host::standalone("test"), &options(toml_text))
+}
+
+fn open_at(path: &Path, extra: &str) -> FileSink {
+    open(&format!("path = {:?}\n{extra}", path.to_str().unwrap())).unwrap()
+}
+
+fn try_write(sink: &mut FileSink, records: &[FlowRecord]) -> Result<(), SinkError> {
+    let ffi: Vec<FfiRecord> = records.iter().map(FlowRecord::to_ffi).collect();
+    // SAFETY: `records` owns the strings `ffi` points to and outlives the views.
+    let views: Vec<RecordView<'_>> = ffi.iter().map(|r| unsafe { RecordView::new(r) }).collect();
+    sink.write(&views)
+}
+
+fn write(sink: &mut FileSink, records: &[FlowRecord]) {
+    try_write(sink, records).unwrap();
+}
+
+fn eni(eni_id: &str) -> Arc<EniIds> {
+    Arc::new(EniIds {
+        eni_id: eni_id.into(),
+        vswitch_id: "vsw-bp1e5f6g".into(),
+        vpc_id: "vpc-bp1h7i8j".into(),
+        vm_id: "i-bp1k9l0m".into(),
+        account_id: "1234567890123456".into(),
+    })
+}
+
+/// The batch of tests/golden/records.{txt,jsonl}.
+fn golden_records() -> Vec<FlowRecord> {
+    let (start, end) = (1_700_000_400, 1_700_001_000);
+    vec![
+        FlowRecord {
+            eni: eni("eni-bp1a2b3c4d"),
+            flow: Some(FlowFields {
+                srcaddr: "192.168.0.10".parse().unwrap(),
+                srcport: 52314,
+                dstaddr: "203.0.113.5".parse().unwrap(),
+                dstport: 443,
+                protocol: 6,
+                direction: Direction::Out,
+                packets: 12,
+                bytes: 3456,
+                action: Action::Accept,
+            }),
+            start,
+            end,
+            log_status: LogStatus::Ok,
+            rule: None,
+        },
+        FlowRecord {
+            eni: eni("eni-bp1a2b3c4d"),
+            flow: Some(FlowFields {
+                srcaddr: "2001:db8:0:1:0:0:0:10".parse().unwrap(),
+                srcport: 40123,
+                dstaddr: "2001:db8::5".parse().unwrap(),
+                dstport: 161,
+                protocol: 17,
+                direction: Direction::In,
+                packets: 3,
+                bytes: 258,
+                action: Action::Reject,
+            }),
+            start,
+            end,
+            log_status: LogStatus::Ok,
+            rule: Some(Arc::from("flowlogd-sg:drop-snmp")),
+        },
+        FlowRecord {
+            eni: eni("eni-bp1n1o2p"),
+            flow: None,
+            start,
+            end,
+            log_status: LogStatus::NoData,
+            rule: None,
+        },
+        FlowRecord {
+            eni: eni("eni-bp1a2b3c4d"),
+            flow: None,
+            start,
+            end,
+            log_status: LogStatus::SkipData,
+            rule: None,
+        },
+    ]
+}
+
+/// Record `i` of a numbered sequence: `i` is its packet count, and the
+/// other numbers vary so that lines differ in length.
+fn numbered(i: u64) -> FlowRecord {
+    FlowRecord {
+        eni: eni("eni-bp1a2b3c4d"),
+        flow: Some(FlowFields {
+            srcaddr: "10.0.0.1".parse().unwrap(),
+            srcport: (i % 65536) as u16,
+            dstaddr: "10.0.0.2".parse().unwrap(),
+            dstport: 443,
+            protocol: 6,
+            direction: Direction::Out,
+            packets: i,
+            bytes: i * i * 977,
+            action: Action::Accept,
+        }),
+        start: 1_700_000_400,
+        end: 1_700_001_000,
+        log_status: LogStatus::Ok,
+        rule: None,
+    }
+}
+
+/// The packet count of a text line of `numbered`.
+fn number_of(line: &str) -> u64 {
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!(fields.len(), 18, "not a whole record: {line:?}");
+    fields[12].parse().unwrap()
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn rotated(path: &Path, k: u32) -> PathBuf {
+    PathBuf::from(format!("{}.{k}", path.display()))
+}
+
+/// The rotated files path.k .. path.1 that exist, oldest first, then path.
+fn files_oldest_first(path: &Path) -> Vec<PathBuf> {
+    let mut k = 1;
+    while rotated(path, k).exists() {
+        k += 1;
+    }
+    let mut files: Vec<PathBuf> = (1..k).rev().map(|k| rotated(path, k)).collect();
+    files.push(path.to_owned());
+    files
+}
+
+/// Writes `count` numbered records starting at `first`, in batches of
+/// varying size.
+fn write_numbered(sink: &mut FileSink, first: u64, count: u64) {
+    let mut i = first;
+    let mut batch_no = 0u64;
+    while i < first + count {
+        let size = (batch_no * 37 % 97 + 1).min(first + count - i);
+        let batch: Vec<FlowRecord> = (i..i + size).map(numbered).collect();
+        write(sink, &batch);
+        i += size;
+        batch_no += 1;
+    }
+}
+
+#[test]
+fn text_matches_golden_file() {
+    let dir = TempDir::new("golden-text");
+    let path = dir.join("flow.log");
+    let mut sink = open_at(&path, "");
+    write(&mut sink, &golden_records());
+    drop(sink);
+    assert_eq!(read(&path), include_str!("golden/records.txt"));
+}
+
+#[test]
+fn json_matches_golden_file() {
+    let dir = TempDir::new("golden-json");
+    let path = dir.join("flow.jsonl");
+    let mut sink = open_at(&path, r#"format = "json""#);
+    write(&mut sink, &golden_records());
+    drop(sink);
+    assert_eq!(read(&path), include_str!("golden/records.jsonl"));
+}
+
+#[test]
+fn each_batch_is_in_the_file_when_write_returns() {
+    let dir = TempDir::new("batch-flushed");
+    let path = dir.join("flow.log");
+    let mut sink = open_at(&path, "");
+    write(&mut sink, &golden_records());
+    // Not dropped, not flushed: a reader (tail -f) sees the whole batch.
+    assert_eq!(read(&path), include_str!("golden/records.txt"));
+    sink.flush(FlushFlags {
+        window_end: true,
+        reopen: false,
+    })
+    .unwrap();
+}
+
+#[test]
+fn rotation_loses_duplicates_and_splits_nothing() {
+    const N: u64 = 5000;
+    let dir = TempDir::new("rotation");
+    let path = dir.join("flow.log");
+    let mut sink = open_at(&path, "rotate_bytes = 4096\nrotate_keep = 1000");
+    write_numbered(&mut sink, 0, N);
+    drop(sink);
+
+    let files = files_oldest_first(&path);
+    assert!(
+        files.len() > 100,
+        "expected many rotations, got {} files",
+        files.len()
+    );
+    let mut numbers = Vec::new();
+    for file in &files {
+        let text = read(file);
+        assert!(
+            text.len() <= 4096,
+            "{} has {} bytes",
+            file.display(),
+            text.len()
+        );
+        assert!(text.ends_with('\n'), "{} ends mid-line", file.display());
+        numbers.extend(text.lines().map(number_of));
+    }
+    assert_eq!(numbers, (0..N).collect::<Vec<_>>());
+}
+
+#[test]
+fn rotate_keep_deletes_older_files() {
+    let dir = TempDir::new("keep");
+    let path = dir.join("flow.log");
+    // Left by an earlier run with a larger rotate_keep.
+    fs::write(rotated(&path, 4), "stale\n").unwrap();
+    fs::write(rotated(&path, 5), "stale\n").unwrap();
+    let mut sink = open_at(&path, "rotate_bytes = 4096\nrotate_keep = 3");
+    write_numbered(&mut sink, 0, 500);
+    drop(sink);
+
+    let files = files_oldest_first(&path);
+    assert_eq!(
+        files,
+        [
+            rotated(&path, 3),
+            rotated(&path, 2),
+            rotated(&path, 1),
+            path.clone()
+        ]
+    );
+    assert!(!rotated(&path, 5).exists());
+    // What is kept is the newest records, whole and in order.
+    let numbers: Vec<u64> = files
+        .iter()
+        .flat_map(|f| read(f).lines().map(number_of).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(*numbers.last().unwrap(), 499);
+    assert!(numbers.len() < 500);
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1));
+}
+
+#[test]
+fn reopen_after_the_file_was_moved_away() {
+    let dir = TempDir::new("reopen");
+    let path = dir.join("flow.log");
+    let moved = dir.join("flow.log-20231114");
+    let mut sink = open_at(&path, "");
+    write_numbered(&mut sink, 0, 10);
+    // logrotate (without copytruncate) renames the file, then signals us.
+    fs::rename(&path, &moved).unwrap();
+    write_numbered(&mut sink, 10, 5);
+    sink.flush(FlushFlags {
+        window_end: true,
+        reopen: true,
+    })
+    .unwrap();
+    write_numbered(&mut sink, 15, 7);
+    drop(sink);
+
+    let old: Vec<u64> = read(&moved).lines().map(number_of).collect();
+    let new: Vec<u64> = read(&path).lines().map(number_of).collect();
+    assert_eq!(old, (0..15).collect::<Vec<_>>());
+    assert_eq!(new, (15..22).collect::<Vec<_>>());
+}
+
+#[test]
+fn appends_to_an_existing_file() {
+    let dir = TempDir::new("append");
+    let path = dir.join("flow.log");
+    fs::write(&path, "written by an earlier run\n").unwrap();
+    let mut sink = open_at(&path, "");
+    write(&mut sink, &golden_records());
+    drop(sink);
+    assert_eq!(
+        read(&path),
+        format!(
+            "written by an earlier run\n{}",
+            include_str!("golden/records.txt")
+        )
+    );
+}
+
+#[test]
+fn existing_size_counts_toward_rotation() {
+    let dir = TempDir::new("existing-size");
+    let path = dir.join("flow.log");
+    let earlier = "x".repeat(4000) + "\n";
+    fs::write(&path, &earlier).unwrap();
+    let mut sink = open_at(&path, "rotate_bytes = 4096");
+    write(&mut sink, &golden_records()[..1]);
+    drop(sink);
+    assert_eq!(read(&rotated(&path, 1)), earlier);
+    assert_eq!(
+        read(&path),
+        include_str!("golden/records.txt")
+            .lines()
+            .next()
+            .unwrap()
+            .to_owned()
+            + "\n"
+    );
+}
+
+#[test]
+fn creates_the_directory_and_the_file_with_their_modes() {
+    let dir = TempDir::new("modes");
+    let path = dir.join("a/b/flow.log");
+    let mut sink = open_at(&path, r#"file_mode = "0604""#);
+    write(&mut sink, &golden_records());
+    drop(sink);
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    // The umask may narrow the directory's 0750 but never widen it.
+    assert_eq!(mode(&dir.join("a/b")) & !0o750, 0);
+    // The file gets exactly the configured mode, whatever the umask.
+    assert_eq!(mode(&path), 0o604);
+}
+
+#[track_caller]
+fn assert_config_error(toml_text: &str, key: &str, message: &str) {
+    let e = open(toml_text).err().expect("open should fail");
+    assert_eq!(e.kind, ErrorKind::Rejected, "{e}");
+    assert_eq!((e.key.as_deref(), e.message.as_str()), (Some(key), message));
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    assert_config_error(
+        "path = \"/tmp/flow.log\"\ncolour = \"red\"",
+        "colour",
+        "unknown field `colour`, expected one of `path`, `format`, `rotate_bytes`, `rotate_keep`, `file_mode`",
+    );
+    assert_config_error(
+        "path = \"/tmp/flow.log\"\nformat = \"xml\"",
+        "format",
+        r#"expected "text" or "json", got "xml""#,
+    );
+    assert_config_error(
+        r#"path = "logs/flow.log""#,
+        "path",
+        r#"expected an absolute path, got "logs/flow.log""#,
+    );
+    assert_config_error(
+        r#"path = """#,
+        "path",
+        r#"expected an absolute path, got """#,
+    );
+    assert_config_error(r#"format = "text""#, "path", "missing field `path`");
+    assert_config_error(
+        "path = \"/tmp/flow.log\"\nrotate_bytes = 1000",
+        "rotate_bytes",
+        "expected 0 (never rotate) or at least 4096, got 1000",
+    );
+    assert_config_error(
+        "path = \"/tmp/flow.log\"\nrotate_keep = 0",
+        "rotate_keep",
+        "expected 1 to 1000, got 0",
+    );
+    assert_config_error(
+        "path = \"/tmp/flow.log\"\nfile_mode = \"rw-r-----\"",
+        "file_mode",
+        r#"expected an octal permission mode like "0640" (at most "0777"), got "rw-r-----""#,
+    );
+}
+
+#[test]
+fn open_fails_when_the_directory_cannot_be_created() {
+    let dir = TempDir::new("no-dir");
+    fs::write(dir.join("file"), "").unwrap();
+    let parent = dir.join("file/logs");
+    let e = open(&format!(
+        "path = {:?}",
+        parent.join("flow.log").to_str().unwrap()
+    ))
+    .err()
+    .expect("open should fail");
+    assert_eq!(e.key.as_deref(), Some("path"));
+    assert_eq!(
+        e.message,
+        format!(
+            "cannot create directory {}: Not a directory (os error 20)",
+            parent.display()
+        )
+    );
+}
+
+#[test]
+fn write_errors_ask_for_a_retry_and_name_the_file() {
+    // /dev/full accepts the open and fails every write with ENOSPC.
+    let mut sink = open(r#"path = "/dev/full""#).unwrap();
+    let e = try_write(&mut sink, &golden_records()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Retry);
+    assert_eq!(
+        e.message,
+        "cannot write /dev/full: No space left on device (os error 28)"
+    );
+    // The retry resumes: everything is buffered, only the flush is repeated.
+    assert_eq!(try_write(&mut sink, &golden_records()).unwrap_err(), e);
+}
