@@ -3,7 +3,7 @@
  *
  * A sink plugin is a shared object that exports one function:
  *
- *     const flowlogd_sink_descriptor *flowlogd_sink_descriptor(void);
+ *     const flowlogd_sink_descriptor_t *flowlogd_sink_descriptor(void);
  *
  * The daemon looks it up by name (no load-time constructors), checks
  * abi_major == FLOWLOGD_SINK_ABI_MAJOR and refuses the plugin otherwise.
@@ -136,10 +136,10 @@ typedef struct flowlogd_host {
 #define FLOWLOGD_FLUSH_WINDOW_END 1u /* a capture window closed: make it durable */
 #define FLOWLOGD_FLUSH_REOPEN 2u     /* reopen outputs (SIGHUP, logrotate) */
 
-typedef struct flowlogd_sink_descriptor {
+typedef struct flowlogd_sink_descriptor_t {
     uint16_t abi_major;   /* FLOWLOGD_SINK_ABI_MAJOR */
     uint16_t abi_minor;   /* FLOWLOGD_SINK_ABI_MINOR */
-    uint32_t struct_size; /* sizeof(flowlogd_sink_descriptor) */
+    uint32_t struct_size; /* sizeof(flowlogd_sink_descriptor_t) */
     const char *name;     /* NUL-terminated, e.g. "file" */
     const char *version;  /* NUL-terminated */
     /* Validate options (report every config error here, not at the first
@@ -157,9 +157,11 @@ typedef struct flowlogd_sink_descriptor {
      * files created, no connections made); `flowlogd check-config` calls it. */
     int (*check)(const flowlogd_host *host, const flowlogd_option *options,
                  size_t option_count, flowlogd_error *err);
-} flowlogd_sink_descriptor;
+} flowlogd_sink_descriptor_t;
 
-typedef const flowlogd_sink_descriptor *(*flowlogd_sink_descriptor_fn)(void);
+/* The one symbol a plugin exports. */
+const flowlogd_sink_descriptor_t *flowlogd_sink_descriptor(void);
+typedef const flowlogd_sink_descriptor_t *(*flowlogd_sink_descriptor_fn)(void);
 
 #if defined(__LP64__)
 /* The same numbers are asserted on the Rust side (plugin-api/src/abi.rs). */
@@ -179,7 +181,7 @@ _Static_assert(sizeof(flowlogd_record) == 192, "record layout");
 _Static_assert(sizeof(flowlogd_error) == 576, "error layout");
 _Static_assert(sizeof(flowlogd_option) == 56, "option layout");
 _Static_assert(sizeof(flowlogd_host) == 56, "host layout");
-_Static_assert(sizeof(flowlogd_sink_descriptor) == 64, "descriptor layout");
+_Static_assert(sizeof(flowlogd_sink_descriptor_t) == 64, "descriptor layout");
 #endif
 
 #ifdef __cplusplus

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what flowlogd's tests need on a Debian machine (run as root):
+# the C compiler for the C example plugin, iproute2 for network namespaces,
+# nftables/iptables and conntrack-tools to set up and cross-check capture,
+# and rsyslog as the real syslog consumer.
+set -euo pipefail
+
+packages=(gcc libc6-dev make iproute2 nftables iptables conntrack kmod procps)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

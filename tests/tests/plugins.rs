@@ -1,0 +1,207 @@
+//! Loading plugins: the C and Rust examples load and write, and the daemon
+//! refuses a wrong ABI, a file that is not a plugin, and unsafe permissions.
+
+use std::os::unix::fs::PermissionsExt;
+
+use flowlogd_tests::*;
+
+fn example_config(tmp: &TempDir, plugins: &std::path::Path, sinks: &str, sink_names: &str) -> std::path::PathBuf {
+    let cfg = tmp.join("flowlogd.toml");
+    std::fs::write(
+        &cfg,
+        config_with(
+            plugins,
+            &format!(
+                "{}[[flow_log]]\nname = \"all\"\nresource_type = \"vpc\"\nresource_id = \"vpc-1\"\nsinks = [{sink_names}]\n\n{sinks}",
+                eni_toml("eni-1", "eth0", "vpc-1")
+            ),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn c_example_plugin_loads_and_writes_csv() {
+    let tmp = TempDir::new("c-example");
+    let plugins = plugin_dir(&tmp);
+    build_c_plugin(&workspace_root().join("examples/sink-c/csv_sink.c"), &plugins.join("csv.so"), &[]);
+    let out = tmp.join("flows.csv");
+    let cfg = example_config(
+        &tmp,
+        &plugins,
+        &format!("[sinks.csv]\nplugin = \"csv\"\npath = \"{}\"\n", out.display()),
+        "\"csv\"",
+    );
+    let listed = flowlogd(&["plugins", "--config", cfg.to_str().unwrap()]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("  csv 0.1.0 (ABI 1.0)"), "{}", text(&listed));
+
+    let records = sample_records("eni-1", "vpc-1", 3);
+    let input = tmp.join("records.jsonl");
+    write_json_lines(&input, &records);
+    let o = flowlogd(&["replay", "--config", cfg.to_str().unwrap(), input.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let csv = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 4, "{csv}");
+    assert!(lines[0].starts_with("version,vswitch-id,vm-id,"), "{csv}");
+    assert_eq!(
+        lines[1],
+        "1,vsw-test,i-test,vpc-1,1234567890,eni-1,10.0.0.1,10000,10.0.0.2,443,6,out,1,60,1700000400,1700001000,OK,ACCEPT"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("sink csv: csv sink opened"), "{}", text(&o));
+}
+
+#[test]
+fn c_example_plugin_option_errors_point_at_the_key() {
+    let tmp = TempDir::new("c-example-bad");
+    let plugins = plugin_dir(&tmp);
+    build_c_plugin(&workspace_root().join("examples/sink-c/csv_sink.c"), &plugins.join("csv.so"), &[]);
+    let cfg = example_config(
+        &tmp,
+        &plugins,
+        "[sinks.csv]\nplugin = \"csv\"\npath = \"/tmp/x.csv\"\ncolour = \"blue\"\n",
+        "\"csv\"",
+    );
+    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let line_of_colour = std::fs::read_to_string(&cfg).unwrap().lines().position(|l| l.starts_with("colour")).unwrap() + 1;
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim(),
+        format!(
+            "flowlogd: {}:{line_of_colour}:1: sinks.csv.colour: unknown option `colour`, expected `path`",
+            cfg.display()
+        )
+    );
+}
+
+#[test]
+fn rust_example_plugin_loads_and_summarises_windows() {
+    let tmp = TempDir::new("rust-example");
+    let plugins = plugin_dir(&tmp);
+    let out = tmp.join("stats.log");
+    let cfg = example_config(
+        &tmp,
+        &plugins,
+        &format!("[sinks.stats]\nplugin = \"window-stats\"\npath = \"{}\"\n", out.display()),
+        "\"stats\"",
+    );
+    let records = sample_records("eni-1", "vpc-1", 4);
+    let input = tmp.join("records.jsonl");
+    write_json_lines(&input, &records);
+    let o = flowlogd(&["replay", "--config", cfg.to_str().unwrap(), input.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    // packets 1+2+3+4, bytes 60 * that.
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "1700000400 1700001000 eni-1 records=4 accept_packets=10 accept_bytes=600 reject_packets=0 reject_bytes=0\n"
+    );
+}
+
+#[test]
+fn wrong_abi_major_is_refused() {
+    let tmp = TempDir::new("bad-abi");
+    let plugins = plugin_dir(&tmp);
+    build_c_plugin(&workspace_root().join("tests/fixtures/bad_abi_sink.c"), &plugins.join("bad-abi.so"), &[]);
+    let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"bad-abi\"\n", "\"x\"");
+    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "sinks.x: {}: refused: plugin ABI version 99.0, this flowlogd speaks ABI 1.x",
+            plugins.join("bad-abi.so").display()
+        )),
+        "{}",
+        text(&o)
+    );
+    // `plugins` lists it among the refused, with the reason, and still
+    // lists the good ones.
+    let o = flowlogd(&["plugins", "--config", cfg.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("  file 0.1.0 (ABI 1.0)"), "{}", text(&o));
+    assert!(out.contains("refused:\n"), "{}", text(&o));
+    assert!(out.contains("bad-abi.so: refused: plugin ABI version 99.0"), "{}", text(&o));
+}
+
+#[test]
+fn shared_object_without_descriptor_is_refused() {
+    let tmp = TempDir::new("no-descriptor");
+    let plugins = plugin_dir(&tmp);
+    build_c_plugin(&workspace_root().join("tests/fixtures/no_descriptor.c"), &plugins.join("other.so"), &[]);
+    let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"other\"\n", "\"x\"");
+    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("refused: not a flowlogd sink plugin (no `flowlogd_sink_descriptor` symbol)"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn group_or_world_writable_plugin_is_refused() {
+    let tmp = TempDir::new("perm");
+    let plugins = plugin_dir(&tmp);
+    let so = plugins.join("file.so");
+    let cfg = example_config(&tmp, &plugins, "[sinks.local]\nplugin = \"file\"\npath = \"/tmp/x.log\"\n", "\"local\"");
+    for (mode, who) in [(0o666, "group and others"), (0o664, "its group"), (0o646, "others")] {
+        std::fs::set_permissions(&so, std::fs::Permissions::from_mode(mode)).unwrap();
+        let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(&format!(
+                "{}: refused: file is writable by {who} (mode {mode:04o}); run `chmod go-w {}`",
+                so.display(),
+                so.display()
+            )),
+            "{}",
+            text(&o)
+        );
+    }
+    std::fs::set_permissions(&so, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn plugin_not_owned_by_root_is_refused_when_running_as_root() {
+    if !require_root("plugin_not_owned_by_root_is_refused_when_running_as_root") {
+        return;
+    }
+    let tmp = TempDir::new("owner");
+    let plugins = plugin_dir(&tmp);
+    let so = plugins.join("file.so");
+    std::os::unix::fs::chown(&so, Some(65534), None).unwrap();
+    let cfg = example_config(&tmp, &plugins, "[sinks.local]\nplugin = \"file\"\npath = \"/tmp/x.log\"\n", "\"local\"");
+    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!(
+            "{}: refused: file is owned by uid 65534, not root, and flowlogd runs as root",
+            so.display()
+        )),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn missing_plugin_names_the_paths_tried() {
+    let tmp = TempDir::new("missing");
+    let plugins = plugin_dir(&tmp);
+    let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"kafka\"\n", "\"x\"");
+    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let line = std::fs::read_to_string(&cfg).unwrap().lines().position(|l| l == "[sinks.x]").unwrap() + 1;
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim(),
+        format!(
+            "flowlogd: {}:{line}:8: sinks.x: plugin = \"kafka\": plugin \"kafka\" not found (looked for {}, {})",
+            cfg.display(),
+            plugins.join("kafka.so").display(),
+            plugins.join("libflowlogd_sink_kafka.so").display()
+        )
+    );
+}
