@@ -1,5 +1,6 @@
 //! flowlogd: VPC flow logs for a Linux VM from its own netfilter state.
 
+mod capture;
 mod config;
 mod eni;
 mod flows;
@@ -7,8 +8,10 @@ mod logger;
 mod model;
 mod netlink;
 mod routing;
+mod signals;
 mod sinks;
 mod startup;
+mod tracking;
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -253,7 +256,29 @@ fn replay(config_path: &std::path::Path, records_path: &std::path::Path) -> Exit
     }
 }
 
-fn run(_path: &std::path::Path) -> ExitCode {
-    eprintln!("flowlogd: run: capture is not wired yet");
-    ExitCode::from(EXIT_RUNTIME)
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    logger::init(config.daemon.log_level);
+    log::info!("flowlogd {} starting with {}", env!("CARGO_PKG_VERSION"), config.path.display());
+    match capture::run(config) {
+        Ok(0) => {
+            log::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Ok(lost) => {
+            log::error!("stopped; {lost} records could not be delivered to their sinks (see above)");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+        Err(capture::RunError::Config(e)) => {
+            log::error!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }

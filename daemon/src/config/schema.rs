@@ -82,6 +82,20 @@ pub struct RawDaemon {
     pub sink_queue_records: Spanned<i64>,
     #[serde(default = "spanned_shutdown_timeout")]
     pub shutdown_timeout_secs: Spanned<i64>,
+    #[serde(default = "spanned_conntrack_rcvbuf")]
+    pub conntrack_rcvbuf_bytes: Spanned<i64>,
+    #[serde(default = "default_true")]
+    pub conntrack_reliable_events: bool,
+}
+
+/// The conntrack event socket's receive buffer. DESTROY events arrive in
+/// bursts when the kernel's garbage collector reaps expired entries (tens
+/// of thousands at once); 64 MiB holds several hundred thousand.
+pub const fn default_conntrack_rcvbuf_bytes() -> u64 {
+    64 << 20
+}
+fn spanned_conntrack_rcvbuf() -> Spanned<i64> {
+    Spanned::new(0..0, default_conntrack_rcvbuf_bytes() as i64)
 }
 
 fn spanned_window() -> Spanned<i64> {
@@ -114,6 +128,8 @@ impl Default for RawDaemon {
             install_tracking_table: true,
             sink_queue_records: spanned_sink_queue_records(),
             shutdown_timeout_secs: spanned_shutdown_timeout(),
+            conntrack_rcvbuf_bytes: spanned_conntrack_rcvbuf(),
+            conntrack_reliable_events: true,
         }
     }
 }

@@ -39,6 +39,11 @@ pub struct DaemonConfig {
     pub install_tracking_table: bool,
     pub sink_queue_records: u64,
     pub shutdown_timeout_secs: u32,
+    /// Receive buffer of the conntrack event socket.
+    pub conntrack_rcvbuf_bytes: u64,
+    /// Ask the kernel to keep a connection until its DESTROY event is
+    /// delivered (NETLINK_BROADCAST_ERROR), so final counters are never lost.
+    pub conntrack_reliable_events: bool,
 }
 
 /// How an `[[eni]]` finds its interface.
@@ -270,6 +275,11 @@ fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigErr
         "daemon.shutdown_timeout_secs",
         0..=3600,
     )? as u32;
+    let conntrack_rcvbuf_bytes = cx.int_in(
+        &d.conntrack_rcvbuf_bytes,
+        "daemon.conntrack_rcvbuf_bytes",
+        4096..=(1 << 31),
+    )? as u64;
     let mut nflog_groups = Vec::new();
     for g in &d.nflog_groups {
         let n = cx.int_in(g, "daemon.nflog_groups", 0..=65535)? as u16;
@@ -308,6 +318,8 @@ fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigErr
         install_tracking_table: d.install_tracking_table,
         sink_queue_records,
         shutdown_timeout_secs,
+        conntrack_rcvbuf_bytes,
+        conntrack_reliable_events: d.conntrack_reliable_events,
     })
 }
 

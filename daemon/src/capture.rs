@@ -1,0 +1,408 @@
+//! The capture loop: one thread, one mio `Poll`, every netlink socket, the
+//! window timer (the poll timeout) and the signals (a signalfd).
+//!
+//! Data flows one way: sockets -> parse (netlink/) -> ENI lookup (eni) ->
+//! flow table and windows (flows) -> records -> sink queues (sinks). The
+//! loop never blocks on a sink; it blocks only in `poll` and, once per
+//! window, in the conntrack table dump.
+
+use std::fmt;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::config::{Config, ConfigError};
+use crate::eni::EniRegistry;
+use crate::flows::{Clock, FlowTable, LossScope, SystemClock};
+use crate::netlink::{ConntrackDumper, ConntrackEvents, DrainStats, EventSubscription, EventsConfig, RouteWatcher};
+use crate::signals::{Signal, SignalFd};
+use crate::sinks::Dispatcher;
+use crate::tracking::{self, TrackingError, TrackingTable};
+use crate::{routing, startup};
+
+const CONNTRACK: Token = Token(0);
+const ROUTE: Token = Token(1);
+const SIGNALS: Token = Token(2);
+
+/// rtnetlink traffic is tiny (links and addresses); 1 MiB absorbs a burst of
+/// hot-plugged interfaces.
+const ROUTE_RCVBUF_BYTES: usize = 1 << 20;
+
+/// Why the daemon could not run.
+#[derive(Debug)]
+pub enum RunError {
+    Config(ConfigError),
+    Tracking(TrackingError),
+    Io { what: &'static str, source: io::Error },
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Config(e) => write!(f, "{e}"),
+            RunError::Tracking(e) => write!(f, "{e}"),
+            RunError::Io { what, source } => write!(f, "{what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
+    move |source| RunError::Io { what, source }
+}
+
+/// Counters of what the loop saw, logged at every window close.
+#[derive(Default)]
+struct LoopStats {
+    conntrack: DrainStats,
+    route: DrainStats,
+    dump_parse_errors: u64,
+    dumps_interrupted: u64,
+    resyncs: u64,
+}
+
+impl LoopStats {
+    fn add(total: &mut DrainStats, s: &DrainStats) {
+        total.messages += s.messages;
+        total.entries += s.entries;
+        total.parse_errors += s.parse_errors;
+        total.overruns += s.overruns;
+        total.read_errors += s.read_errors;
+    }
+}
+
+/// The capture state the loop owns.
+struct Capture {
+    config: Config,
+    registry: EniRegistry,
+    table: FlowTable<SystemClock>,
+    events: ConntrackEvents,
+    dumper: ConntrackDumper,
+    route: RouteWatcher,
+    dispatcher: Dispatcher,
+    stats: LoopStats,
+    /// An overrun lost events: dump the table to resync as soon as we can.
+    resync_pending: bool,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. Returns the number of records
+/// that sinks could not take (reported, and reflected in the exit code).
+///
+/// # Errors
+/// A [`RunError`] when start-up fails; once running, errors are counted and
+/// logged rather than fatal.
+pub fn run(config: Config) -> Result<u64, RunError> {
+    // Signals first: blocked before any thread starts, so sink workers
+    // inherit the mask and SIGTERM reaches only the signalfd.
+    let mut signals = SignalFd::open().map_err(io_err("cannot set up signal handling"))?;
+
+    let registry = EniRegistry::new(&config).map_err(|e| {
+        RunError::Config(ConfigError::Invalid {
+            path: config.path.clone(),
+            location: None,
+            key: Some("eni".into()),
+            message: e.to_string(),
+        })
+    })?;
+
+    // Tracking before the sysctls: the sysctl files exist only once
+    // nf_conntrack is loaded, which the table (or the socket) does.
+    let tracking_table = if config.daemon.install_tracking_table {
+        let t = TrackingTable::install().map_err(RunError::Tracking)?;
+        log::info!(
+            "installed nftables table inet flowlogd (a `ct state` rule, no verdicts) so this namespace tracks \
+             connections{}",
+            if t.replaced_existing() { "; replaced one left by an earlier run" } else { "" }
+        );
+        Some(t)
+    } else {
+        log::info!("install_tracking_table = false: relying on the host firewall to reference `ct`");
+        None
+    };
+    // The event socket is opened before the baseline dump, so that no
+    // DESTROY between the dump and the subscription is missed.
+    let events = ConntrackEvents::open(&EventsConfig {
+        // DESTROY carries the final counters; NEW adds nothing the window
+        // dumps do not give, and every subscribed event type costs the
+        // kernel on the packet path.
+        subscription: EventSubscription {
+            new: false,
+            update: false,
+            destroy: true,
+        },
+        receive_buffer_bytes: config.daemon.conntrack_rcvbuf_bytes as usize,
+        reliable: config.daemon.conntrack_reliable_events,
+    })
+    .map_err(io_err("cannot open the conntrack event socket (needs CAP_NET_ADMIN)"))?;
+    let report = tracking::ensure_sysctls(config.daemon.enable_conntrack_accounting).map_err(RunError::Tracking)?;
+    for name in &report.enabled {
+        log::info!("turned on net.netfilter.{name} (per-connection counters/timestamps need it)");
+    }
+    log::info!(
+        "conntrack events: DESTROY, receive buffer {} bytes, reliable delivery {}",
+        events.receive_buffer_granted(),
+        if config.daemon.conntrack_reliable_events { "on" } else { "off" }
+    );
+    let dumper = ConntrackDumper::open().map_err(io_err("cannot open the conntrack dump socket"))?;
+    let route = RouteWatcher::open(ROUTE_RCVBUF_BYTES).map_err(io_err("cannot open the rtnetlink socket"))?;
+
+    let dispatcher = startup::start_sinks(&config).map_err(RunError::Config)?;
+
+    let clock = SystemClock;
+    let mut capture = Capture {
+        table: FlowTable::new(clock, config.daemon.capture_window_secs, config.daemon.max_flows),
+        registry,
+        events,
+        dumper,
+        route,
+        dispatcher,
+        stats: LoopStats::default(),
+        resync_pending: false,
+        config,
+    };
+    // Interfaces and addresses now; changes arrive on the watcher.
+    let now = clock.now_unix();
+    let mut initial = Vec::new();
+    capture
+        .route
+        .dump_all(|ev| initial.push(ev))
+        .map_err(io_err("cannot list interfaces and addresses"))?;
+    for ev in &initial {
+        capture.registry.apply(ev, now);
+    }
+    for idx in capture.registry.indices() {
+        let ids = capture.registry.ids(idx);
+        match capture.registry.ifindex(idx) {
+            Some(_) => {}
+            None => log::warn!("ENI {}: no matching interface yet; waiting for it to appear", ids.eni_id),
+        }
+    }
+    capture.baseline()?;
+
+    let mut poll = Poll::new().map_err(io_err("cannot create the event loop"))?;
+    let registry = poll.registry();
+    registry
+        .register(&mut SourceFd(&capture.events.as_raw_fd()), CONNTRACK, Interest::READABLE)
+        .map_err(io_err("cannot poll the conntrack socket"))?;
+    registry
+        .register(&mut SourceFd(&capture.route.as_raw_fd()), ROUTE, Interest::READABLE)
+        .map_err(io_err("cannot poll the rtnetlink socket"))?;
+    registry
+        .register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)
+        .map_err(io_err("cannot poll the signalfd"))?;
+    log::info!(
+        "capturing: window {} s, first window closes at {}",
+        capture.config.daemon.capture_window_secs,
+        capture.table.next_deadline()
+    );
+
+    let mut poll_events = Events::with_capacity(64);
+    let lost = loop {
+        let timeout = until(capture.table.next_deadline());
+        if let Err(e) = poll.poll(&mut poll_events, Some(timeout)) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(RunError::Io {
+                what: "event loop poll failed",
+                source: e,
+            });
+        }
+        let mut terminate = false;
+        for event in poll_events.iter() {
+            match event.token() {
+                // Readiness may be reported once: every handler drains
+                // its source until it would block.
+                CONNTRACK => capture.drain_conntrack(),
+                ROUTE => capture.drain_route(),
+                SIGNALS => loop {
+                    match signals.next() {
+                        Ok(Some(Signal::Terminate)) => terminate = true,
+                        Ok(Some(Signal::Reload)) => capture.reload(),
+                        Ok(None) => break,
+                        Err(e) => {
+                            log::error!("reading signals failed: {e}");
+                            break;
+                        }
+                    }
+                },
+                _ => {}
+            }
+        }
+        if capture.resync_pending {
+            capture.resync();
+        }
+        if terminate {
+            let now = SystemClock.now_unix();
+            log::info!("terminating: closing the open window early at {now}");
+            capture.close_window(now);
+            break capture.shutdown(tracking_table);
+        }
+        if SystemClock.now_unix() >= capture.table.next_deadline() {
+            let deadline = capture.table.next_deadline();
+            capture.close_window(deadline);
+        }
+    };
+    Ok(lost)
+}
+
+/// Time from now until Unix second `deadline` (zero if past).
+fn until(deadline: i64) -> Duration {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let target = Duration::from_secs(deadline.max(0) as u64);
+    target.saturating_sub(now)
+}
+
+impl Capture {
+    /// The start-up dump: what live connections carried before we started is
+    /// not ours to attribute.
+    fn baseline(&mut self) -> Result<(), RunError> {
+        let (table, registry) = (&mut self.table, &self.registry);
+        table.begin_dump();
+        let stats = self
+            .dumper
+            .dump(|entry| table.baseline(registry, &entry))
+            .map_err(io_err("cannot dump the conntrack table"))?;
+        // The baseline defines what is known; nothing can be "missing" yet.
+        self.table.end_dump(false);
+        self.stats.dump_parse_errors += stats.parse_errors;
+        log::info!(
+            "baseline: {} live connections, {} tracked for configured ENIs",
+            stats.entries,
+            self.table.stats().entries
+        );
+        Ok(())
+    }
+
+    fn drain_conntrack(&mut self) {
+        let (table, registry) = (&mut self.table, &self.registry);
+        let s = self.events.drain(|entry| table.on_event(registry, &entry));
+        if s.parse_errors > 0 {
+            log::warn!("conntrack: {} malformed messages skipped", s.parse_errors);
+        }
+        if s.overruns > 0 {
+            // The kernel dropped events we will never see: the window is
+            // incomplete for every ENI (which ones is unknowable), and the
+            // table must be resynchronised from a dump.
+            log::error!(
+                "conntrack: receive buffer overrun ({} bytes): events were lost; marking this window SKIPDATA \
+                 and resynchronising from a table dump",
+                self.events.receive_buffer_granted()
+            );
+            self.table.mark_lost(LossScope::All);
+            self.resync_pending = true;
+        }
+        LoopStats::add(&mut self.stats.conntrack, &s);
+    }
+
+    fn drain_route(&mut self) {
+        let now = SystemClock.now_unix();
+        let (registry, stats) = (&mut self.registry, &mut self.stats);
+        let s = self.route.drain(|ev| {
+            log::debug!("rtnetlink: {ev:?}");
+            registry.apply(&ev, now);
+        });
+        if s.overruns > 0 {
+            // Interface changes were lost: re-read the whole state.
+            log::warn!("rtnetlink: overrun; re-reading interfaces and addresses");
+            let mut evs = Vec::new();
+            if let Err(e) = self.route.dump_all(|ev| evs.push(ev)) {
+                log::error!("rtnetlink: re-reading interfaces failed: {e}");
+            }
+            for ev in &evs {
+                self.registry.apply(ev, now);
+            }
+        }
+        LoopStats::add(&mut stats.route, &s);
+    }
+
+    /// Dumps the table so that every live connection's counters are
+    /// harvested. `complete_means_lost`: after an overrun, a connection the
+    /// dump does not list lost its DESTROY event.
+    fn dump(&mut self, complete_means_lost: bool) {
+        // Events queued before the dump are applied first, so the dump and
+        // the events agree on what is gone.
+        self.drain_conntrack();
+        self.table.begin_dump();
+        let (table, registry) = (&mut self.table, &self.registry);
+        let result = self.dumper.dump(|entry| table.on_dump_entry(registry, &entry));
+        // DESTROY events the dump itself caused (it evicts expired entries)
+        // or that raced with it are applied before the dump is judged.
+        self.drain_conntrack();
+        match result {
+            Ok(s) => {
+                self.stats.dump_parse_errors += s.parse_errors;
+                if s.interrupted {
+                    self.stats.dumps_interrupted += 1;
+                    log::warn!("conntrack dump was interrupted by a table resize; counters will be harvested later");
+                }
+                self.table.end_dump(complete_means_lost && !s.interrupted);
+            }
+            Err(e) => {
+                log::error!("conntrack dump failed: {e}; long-lived connections are harvested at the next dump");
+                self.table.end_dump(false);
+            }
+        }
+    }
+
+    fn resync(&mut self) {
+        self.resync_pending = false;
+        self.stats.resyncs += 1;
+        self.dump(true);
+    }
+
+    fn close_window(&mut self, end: i64) {
+        let started = std::time::Instant::now();
+        self.dump(false);
+        let records = self.table.close_window(&self.registry, end);
+        let count = records.record_count();
+        let window = records.window;
+        routing::dispatch_instance_records(
+            &self.config,
+            &self.dispatcher,
+            records.instances.into_iter().map(|i| (i.instance, i.records)).collect(),
+        );
+        self.dispatcher.flush_all(flowlogd_plugin_api::abi::FLUSH_WINDOW_END);
+        let t = self.table.stats();
+        let c = &self.stats.conntrack;
+        log::info!(
+            "window {}-{}: {count} records in {} ms; {} live connections (peak {}); conntrack: {} events, {} \
+             malformed, {} overruns, {} resyncs; lost connections {}, table-full drops {}, anomalies {}",
+            window.start,
+            window.end,
+            started.elapsed().as_millis(),
+            t.entries,
+            t.peak_entries,
+            c.entries,
+            c.parse_errors + self.stats.dump_parse_errors,
+            c.overruns,
+            self.stats.resyncs,
+            t.lost_connections,
+            t.table_full_drops,
+            t.anomalies
+        );
+    }
+
+    fn reload(&mut self) {
+        log::info!("SIGHUP: reopening sink outputs");
+        self.dispatcher.flush_all(flowlogd_plugin_api::abi::FLUSH_REOPEN);
+    }
+
+    fn shutdown(mut self, tracking_table: Option<TrackingTable>) -> u64 {
+        let lost = startup::stop_sinks(
+            &mut self.dispatcher,
+            Duration::from_secs(self.config.daemon.shutdown_timeout_secs.into()),
+        );
+        if let Some(t) = tracking_table {
+            match t.remove() {
+                Ok(()) => log::info!("removed nftables table inet flowlogd"),
+                Err(e) => log::error!("{e}"),
+            }
+        }
+        lost
+    }
+}

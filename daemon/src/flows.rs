@@ -1,1 +1,0 @@
-//! The flow table and capture windows (pure logic; time comes from an injected clock).

@@ -1,0 +1,603 @@
+//! The flow table: per live conntrack connection, the counters already
+//! attributed to a window and the ENIs it belongs to.
+//!
+//! Counters from the kernel are cumulative. Each NEW / DESTROY event and
+//! each line of the dump done at every window close is turned into the
+//! delta since what was attributed before, so a connection's records over
+//! all windows sum to its final counters.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use flowlogd_plugin_api::{Action, Direction};
+
+use super::aggregate::{FlowTuple, WindowAggregate, WindowRecords};
+use super::window::{CaptureWindow, Clock};
+use crate::eni::{EniIndex, EniRegistry};
+#[cfg(test)]
+use crate::model::Counters;
+use crate::model::{ConntrackEntry, ConntrackKind, Tuple};
+
+/// CTA_ID and CTA_ZONE: a connection's identity while it lives.
+type FlowKey = u64;
+
+fn key_of(e: &ConntrackEntry) -> FlowKey {
+    (u64::from(e.zone) << 32) | u64::from(e.id)
+}
+
+/// Counters as one array: orig packets, orig bytes, reply packets, reply bytes.
+type Attributed = [u64; 4];
+
+/// One live connection. Tuples are not kept: every message that brings new
+/// counters also brings the tuples, so 40 bytes are enough.
+#[derive(Clone, Copy, Debug)]
+struct FlowEntry {
+    attributed: Attributed,
+    enis: Attribution,
+    /// The dump generation that last saw the connection alive.
+    epoch: u16,
+    /// A hash of the original tuple: a different one under the same id is
+    /// another connection (old kernels derive CTA_ID from the pointer,
+    /// which the slab reuses).
+    fingerprint: u16,
+}
+
+/// The ENIs a connection belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Attribution {
+    /// Owns the original direction's destination before NAT (`orig.dst`):
+    /// sees the original direction arrive.
+    inbound: Option<EniIndex>,
+    /// Owns the original direction's source after NAT (`reply.dst`): sees
+    /// the original direction leave. Without NAT this is `orig.src`; with
+    /// masquerading it is the address the packets leave with.
+    outbound: Option<EniIndex>,
+}
+
+impl Attribution {
+    fn of(reg: &EniRegistry, e: &ConntrackEntry) -> Option<Attribution> {
+        let a = Attribution {
+            inbound: reg.owner_of(e.orig.dst),
+            outbound: reg.owner_of(e.reply.dst),
+        };
+        (a.inbound.is_some() || a.outbound.is_some()).then_some(a)
+    }
+
+    fn enis(self) -> impl Iterator<Item = EniIndex> {
+        self.inbound.into_iter().chain(self.outbound)
+    }
+}
+
+/// Which ENIs lost data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossScope {
+    All,
+    Eni(EniIndex),
+}
+
+/// Counters for the operator: how the table is doing and what it could not
+/// attribute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Live connections tracked now.
+    pub entries: u64,
+    pub peak_entries: u64,
+    /// Conntrack messages about connections no ENI owns a side of
+    /// (loopback, other interfaces); dump lines included.
+    pub unattributed: u64,
+    /// New connections not tracked because the table held `max_flows`.
+    pub table_full_drops: u64,
+    /// Connections that vanished without a DESTROY event (it was dropped).
+    pub lost_connections: u64,
+    /// Counters that went backwards or an id that changed tuple: id reuse
+    /// after a lost DESTROY, or another tool zeroed the counters.
+    pub anomalies: u64,
+    /// Messages without CTA_COUNTERS (accounting off).
+    pub missing_counters: u64,
+}
+
+/// The flow table and the open capture window.
+pub struct FlowTable<C: Clock> {
+    clock: C,
+    window_secs: u32,
+    max_flows: usize,
+    window: CaptureWindow,
+    flows: HashMap<FlowKey, FlowEntry>,
+    /// Connections destroyed since `begin_dump`: a dump in flight may still
+    /// list them, and they would look new.
+    tombstones: HashSet<FlowKey>,
+    in_dump: bool,
+    epoch: u16,
+    agg: WindowAggregate,
+    stats: FlowStats,
+}
+
+impl<C: Clock> FlowTable<C> {
+    /// An empty table whose first window is the aligned one containing now.
+    pub fn new(clock: C, window_secs: u32, max_flows: u64) -> FlowTable<C> {
+        let window = CaptureWindow::containing(clock.now_unix(), window_secs);
+        FlowTable {
+            clock,
+            window_secs: window_secs.max(1),
+            max_flows: usize::try_from(max_flows).unwrap_or(usize::MAX),
+            window,
+            flows: HashMap::new(),
+            tombstones: HashSet::new(),
+            in_dump: false,
+            epoch: 0,
+            agg: WindowAggregate::default(),
+            stats: FlowStats::default(),
+        }
+    }
+
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// The open window; its `end` is the next aligned boundary.
+    pub fn window(&self) -> CaptureWindow {
+        self.window
+    }
+
+    /// When the open window is due to close (Unix seconds): dump, then
+    /// [`FlowTable::close_window`] with this time.
+    pub fn next_deadline(&self) -> i64 {
+        self.window.end
+    }
+
+    pub fn stats(&self) -> FlowStats {
+        FlowStats {
+            entries: self.flows.len() as u64,
+            ..self.stats
+        }
+    }
+
+    /// A connection of the start-up dump: what it carried so far happened
+    /// before the daemon started and is not attributed.
+    pub fn baseline(&mut self, reg: &EniRegistry, e: &ConntrackEntry) {
+        let key = key_of(e);
+        if self.flows.contains_key(&key) {
+            // Created after start (its NEW event came first): it is ours.
+            return self.observe(reg, e);
+        }
+        if self.in_dump && self.tombstones.contains(&key) {
+            return;
+        }
+        let current = match counters(e) {
+            Some(c) => c,
+            None => {
+                self.stats.missing_counters += 1;
+                [0; 4]
+            }
+        };
+        if let Some(enis) = self.attribute(reg, e) {
+            self.insert(key, e, enis, current);
+        }
+    }
+
+    /// A conntrack event (NEW, UPDATE, DESTROY; a dump line is passed on
+    /// to [`FlowTable::on_dump_entry`]).
+    pub fn on_event(&mut self, reg: &EniRegistry, e: &ConntrackEntry) {
+        match e.kind {
+            ConntrackKind::New => self.on_new(reg, e),
+            ConntrackKind::Update => self.observe(reg, e),
+            ConntrackKind::Destroy => self.on_destroy(reg, e),
+            ConntrackKind::Dump => self.on_dump_entry(reg, e),
+        }
+    }
+
+    /// A dump of the conntrack table starts (at every window close, and
+    /// to resync after an overrun).
+    pub fn begin_dump(&mut self) {
+        self.in_dump = true;
+        self.tombstones.clear();
+        self.epoch = self.epoch.wrapping_add(1);
+    }
+
+    /// One line of the dump started by [`FlowTable::begin_dump`].
+    pub fn on_dump_entry(&mut self, reg: &EniRegistry, e: &ConntrackEntry) {
+        if self.in_dump && self.tombstones.contains(&key_of(e)) {
+            return;
+        }
+        self.observe(reg, e);
+    }
+
+    /// The dump is over. After a `complete` one (not interrupted, no
+    /// overrun), a connection it did not list and that got no DESTROY is
+    /// gone and its DESTROY event was lost: it is dropped and its ENIs'
+    /// window is marked SKIPDATA.
+    pub fn end_dump(&mut self, complete: bool) {
+        self.in_dump = false;
+        self.tombstones.clear();
+        if self.tombstones.capacity() > 4096 {
+            self.tombstones.shrink_to(0);
+        }
+        if !complete {
+            return;
+        }
+        let epoch = self.epoch;
+        let agg = &mut self.agg;
+        let stats = &mut self.stats;
+        self.flows.retain(|_, f| {
+            if f.epoch == epoch {
+                return true;
+            }
+            stats.lost_connections += 1;
+            f.enis.enis().for_each(|eni| agg.mark_skipped(eni));
+            false
+        });
+    }
+
+    /// Data was lost (a netlink overrun): the open window's records get a
+    /// SKIPDATA record for these ENIs besides the OK records kept.
+    pub fn mark_lost(&mut self, scope: LossScope) {
+        match scope {
+            LossScope::All => self.agg.mark_all_skipped(),
+            LossScope::Eni(eni) => self.agg.mark_skipped(eni),
+        }
+    }
+
+    /// Packets a firewall rule dropped (from NFLOG), as seen on `eni`.
+    pub fn add_reject(
+        &mut self,
+        eni: EniIndex,
+        direction: Direction,
+        tuple: FlowTuple,
+        packets: u64,
+        bytes: u64,
+        rule: Option<Arc<str>>,
+    ) {
+        self.agg.add(
+            eni,
+            direction,
+            Action::Reject,
+            tuple,
+            (packets, bytes),
+            rule.as_ref(),
+        );
+    }
+
+    /// Closes the open window at `end` and returns its records; the next
+    /// window starts at `end`. `end` is the deadline normally, the time of
+    /// closing on shutdown (SIGTERM closes the window early). Dump first
+    /// so that long-lived connections are harvested.
+    pub fn close_window(&mut self, reg: &EniRegistry, end: i64) -> WindowRecords {
+        // A clock stepped back must not give a window that ends before it starts.
+        let end = end.max(self.window.start);
+        let closed = CaptureWindow {
+            start: self.window.start,
+            end,
+        };
+        let records = self.agg.take_records(reg, closed);
+        self.window = CaptureWindow::after(end, self.clock.now_unix(), self.window_secs);
+        // Give memory back after a burst of connections has gone.
+        if self.flows.capacity() > 4 * self.flows.len().max(4096) {
+            self.flows.shrink_to(self.flows.len() * 2);
+        }
+        records
+    }
+
+    fn on_new(&mut self, reg: &EniRegistry, e: &ConntrackEntry) {
+        let key = key_of(e);
+        if let Some(f) = self.flows.get_mut(&key) {
+            // A dump listed it before its NEW event was read: keep what
+            // the dump attributed.
+            f.epoch = self.epoch;
+            return;
+        }
+        if let Some(enis) = self.attribute(reg, e) {
+            self.insert(key, e, enis, [0; 4]);
+        }
+    }
+
+    /// A live connection's current counters (UPDATE event or dump line):
+    /// attribute what is new.
+    fn observe(&mut self, reg: &EniRegistry, e: &ConntrackEntry) {
+        let key = key_of(e);
+        let Some(current) = counters(e) else {
+            self.stats.missing_counters += 1;
+            if let Some(f) = self.flows.get_mut(&key) {
+                f.epoch = self.epoch;
+            }
+            return;
+        };
+        if let Some(f) = self.flows.get_mut(&key) {
+            if let Some(delta) = delta(f, e, &current) {
+                f.attributed = current;
+                f.epoch = self.epoch;
+                harvest(&mut self.agg, f.enis, e, delta);
+                return;
+            }
+            let old = self.flows.remove(&key).map(|f| f.enis);
+            self.anomaly(old);
+        }
+        // Unknown: created since the last dump (NEW events may be off);
+        // everything it carries is new.
+        if let Some(enis) = self.attribute(reg, e) {
+            if self.insert(key, e, enis, current) {
+                harvest(&mut self.agg, enis, e, current);
+            }
+        }
+    }
+
+    fn on_destroy(&mut self, reg: &EniRegistry, e: &ConntrackEntry) {
+        let key = key_of(e);
+        if self.in_dump && !self.tombstones.insert(key) {
+            return;
+        }
+        let known = self.flows.remove(&key);
+        let Some(current) = counters(e) else {
+            self.stats.missing_counters += 1;
+            if let Some(f) = known {
+                // Its last counters are unknown.
+                f.enis.enis().for_each(|eni| self.agg.mark_skipped(eni));
+            }
+            return;
+        };
+        if let Some(f) = known {
+            if let Some(delta) = delta(&f, e, &current) {
+                harvest(&mut self.agg, f.enis, e, delta);
+                return;
+            }
+            self.anomaly(Some(f.enis));
+        }
+        // Unknown: created and destroyed between two dumps.
+        if let Some(enis) = self.attribute(reg, e) {
+            harvest(&mut self.agg, enis, e, current);
+        }
+    }
+
+    fn attribute(&mut self, reg: &EniRegistry, e: &ConntrackEntry) -> Option<Attribution> {
+        let enis = Attribution::of(reg, e);
+        if enis.is_none() {
+            self.stats.unattributed += 1;
+        }
+        enis
+    }
+
+    /// Tracks a connection from now on; `false` (and its ENIs' window
+    /// marked SKIPDATA) if the table is full.
+    fn insert(
+        &mut self,
+        key: FlowKey,
+        e: &ConntrackEntry,
+        enis: Attribution,
+        attributed: Attributed,
+    ) -> bool {
+        if self.flows.len() >= self.max_flows {
+            self.stats.table_full_drops += 1;
+            enis.enis().for_each(|eni| self.agg.mark_skipped(eni));
+            return false;
+        }
+        self.flows.insert(
+            key,
+            FlowEntry {
+                attributed,
+                enis,
+                epoch: self.epoch,
+                fingerprint: fingerprint(&e.orig),
+            },
+        );
+        self.stats.peak_entries = self.stats.peak_entries.max(self.flows.len() as u64);
+        true
+    }
+
+    /// The connection under this id is not the one we knew: the old one's
+    /// last counters are lost.
+    fn anomaly(&mut self, old: Option<Attribution>) {
+        self.stats.anomalies += 1;
+        if let Some(enis) = old {
+            enis.enis().for_each(|eni| self.agg.mark_skipped(eni));
+        }
+    }
+}
+
+/// Both directions' counters; `None` when the message has none at all.
+fn counters(e: &ConntrackEntry) -> Option<Attributed> {
+    if e.orig_counters.is_none() && e.reply_counters.is_none() {
+        return None;
+    }
+    let o = e.orig_counters.unwrap_or_default();
+    let r = e.reply_counters.unwrap_or_default();
+    Some([o.packets, o.bytes, r.packets, r.bytes])
+}
+
+/// What `current` adds to what `f` attributed, or `None` if this is not
+/// the same connection (another tuple, or counters that went backwards).
+fn delta(f: &FlowEntry, e: &ConntrackEntry, current: &Attributed) -> Option<Attributed> {
+    if f.fingerprint != fingerprint(&e.orig) {
+        return None;
+    }
+    let mut d = [0; 4];
+    for i in 0..4 {
+        d[i] = current[i].checked_sub(f.attributed[i])?;
+    }
+    Some(d)
+}
+
+/// Adds a connection's new packets to the window, for each ENI it belongs
+/// to, with the tuples as that ENI's wire shows them: what arrives is seen
+/// before NAT, what leaves after it.
+fn harvest(agg: &mut WindowAggregate, enis: Attribution, e: &ConntrackEntry, d: Attributed) {
+    let (o, r) = (&e.orig, &e.reply);
+    let tuple = |src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16| FlowTuple {
+        src,
+        src_port,
+        dst,
+        dst_port,
+        protocol: o.protocol,
+    };
+    if let Some(eni) = enis.outbound {
+        // Leaves as the reply tuple reversed (after SNAT); replies arrive
+        // as the reply tuple.
+        let out = tuple(r.dst, r.dst_port, r.src, r.src_port);
+        let back = tuple(r.src, r.src_port, r.dst, r.dst_port);
+        agg.add(eni, Direction::Out, Action::Accept, out, (d[0], d[1]), None);
+        agg.add(eni, Direction::In, Action::Accept, back, (d[2], d[3]), None);
+    }
+    if let Some(eni) = enis.inbound {
+        // Arrives as the original tuple (before DNAT); replies leave as
+        // the original tuple reversed (after un-DNAT).
+        let arrive = tuple(o.src, o.src_port, o.dst, o.dst_port);
+        let back = tuple(o.dst, o.dst_port, o.src, o.src_port);
+        agg.add(
+            eni,
+            Direction::In,
+            Action::Accept,
+            arrive,
+            (d[0], d[1]),
+            None,
+        );
+        agg.add(
+            eni,
+            Direction::Out,
+            Action::Accept,
+            back,
+            (d[2], d[3]),
+            None,
+        );
+    }
+}
+
+/// 16 bits of a hash of the original tuple (FNV-1a over its fields).
+fn fingerprint(t: &Tuple) -> u16 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for addr in [t.src, t.dst] {
+        match addr {
+            IpAddr::V4(a) => eat(&a.octets()),
+            IpAddr::V6(a) => eat(&a.octets()),
+        }
+    }
+    eat(&t.src_port.to_be_bytes());
+    eat(&t.dst_port.to_be_bytes());
+    eat(&[t.protocol]);
+    (h ^ (h >> 16) ^ (h >> 32) ^ (h >> 48)) as u16
+}
+
+#[cfg(test)]
+impl<C: Clock> FlowTable<C> {
+    fn contains(&self, e: &ConntrackEntry) -> bool {
+        self.flows.contains_key(&key_of(e))
+    }
+}
+
+/// Builds conntrack messages for tests.
+#[cfg(test)]
+pub(super) fn conn(
+    id: u32,
+    protocol: u8,
+    src: &str,
+    src_port: u16,
+    dst: &str,
+    dst_port: u16,
+) -> ConntrackEntry {
+    let src: IpAddr = src.parse().unwrap();
+    let dst: IpAddr = dst.parse().unwrap();
+    let orig = Tuple {
+        src,
+        dst,
+        src_port,
+        dst_port,
+        protocol,
+    };
+    ConntrackEntry {
+        kind: ConntrackKind::Dump,
+        id,
+        zone: 0,
+        orig,
+        reply: Tuple {
+            src: dst,
+            dst: src,
+            src_port: dst_port,
+            dst_port: src_port,
+            protocol,
+        },
+        orig_counters: Some(Counters::default()),
+        reply_counters: Some(Counters::default()),
+        start_ns: None,
+        stop_ns: None,
+        mark: 0,
+    }
+}
+
+#[cfg(test)]
+pub(super) trait EntryExt {
+    fn kind(self, kind: ConntrackKind) -> Self;
+    /// Cumulative counters: (orig packets, orig bytes), (reply packets, reply bytes).
+    fn counted(self, orig: (u64, u64), reply: (u64, u64)) -> Self;
+}
+
+#[cfg(test)]
+impl EntryExt for ConntrackEntry {
+    fn kind(mut self, kind: ConntrackKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    fn counted(mut self, orig: (u64, u64), reply: (u64, u64)) -> Self {
+        self.orig_counters = Some(Counters {
+            packets: orig.0,
+            bytes: orig.1,
+        });
+        self.reply_counters = Some(Counters {
+            packets: reply.0,
+            bytes: reply.1,
+        });
+        self
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn entry_size_is_bounded() {
+        assert_eq!(std::mem::size_of::<Attribution>(), 4);
+        assert!(
+            std::mem::size_of::<FlowEntry>() <= 40,
+            "{}",
+            std::mem::size_of::<FlowEntry>()
+        );
+        let slot = std::mem::size_of::<(FlowKey, FlowEntry)>();
+        assert!(slot <= 48, "{slot}");
+        // hashbrown: one control byte per bucket, at most 7/8 of the
+        // buckets used, bucket count a power of two. Right after the table
+        // doubles it is 7/16 full: the worst case per live flow.
+        let worst = (slot + 1) * 16 / 7;
+        assert!(worst <= 128, "{worst} bytes per flow at worst");
+    }
+
+    #[test]
+    fn entry_bytes_per_flow_measured_from_capacity() {
+        let mut m: HashMap<FlowKey, FlowEntry> = HashMap::new();
+        let e = FlowEntry {
+            attributed: [0; 4],
+            enis: Attribution {
+                inbound: None,
+                outbound: None,
+            },
+            epoch: 0,
+            fingerprint: 0,
+        };
+        for n in [10_000u64, 57_345, 100_000] {
+            m.clear();
+            for k in 0..n {
+                m.insert(k, e);
+            }
+            let buckets = (m.capacity() * 8 / 7).next_power_of_two();
+            let bytes = buckets * (std::mem::size_of::<(FlowKey, FlowEntry)>() + 1);
+            assert!(
+                bytes as u64 / n <= 128,
+                "{n} flows: {} bytes each",
+                bytes as u64 / n
+            );
+        }
+    }
+}

@@ -1,0 +1,847 @@
+//! The flow table end to end: conntrack messages and a registry in,
+//! routed records out, with a fake clock.
+
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use flowlogd_plugin_api::{Action, Direction, FlowFields, FlowRecord, LogStatus};
+
+use super::table::{conn, EntryExt};
+use super::*;
+use crate::config::{EniMatch, ResourceType, TrafficFilter};
+use crate::eni::tests::{addr, eni, flow_log, link, loopback, MAC_B};
+use crate::eni::{EniIndex, EniRegistry};
+use crate::model::{ConntrackEntry, ConntrackKind, RouteEvent};
+
+/// 2024-05-01 10:00:00 UTC.
+const TEN: i64 = 1_714_557_600;
+const W: u32 = 600;
+const A: &str = "10.0.0.5";
+const A6: &str = "fd00::5";
+const B: &str = "10.0.1.7";
+const R: &str = "198.51.100.9";
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+
+const ALL: usize = 0;
+const A_ACCEPT: usize = 1;
+const A_REJECT: usize = 2;
+
+use ConntrackKind::{Destroy, New, Update};
+
+struct Fixture {
+    clock: Rc<FakeClock>,
+    reg: EniRegistry,
+    table: FlowTable<Rc<FakeClock>>,
+}
+
+impl Fixture {
+    /// Starts at 10:03:17. eni-a is eth0 (10.0.0.5, fd00::5), eni-b is the
+    /// interface with MAC_B (10.0.1.7), eni-c (eth9) never appears.
+    /// Flow logs: 0 = the whole VPC, all traffic; 1 = eni-a, accept;
+    /// 2 = eni-a, reject.
+    fn new(max_flows: u64) -> Fixture {
+        let clock = Rc::new(FakeClock::new(TEN + 197));
+        let mut reg = EniRegistry::from_parts(
+            &[
+                eni("eni-a", "vsw-1", EniMatch::Interface("eth0".into())),
+                eni("eni-b", "vsw-2", EniMatch::Mac(MAC_B)),
+                eni("eni-c", "vsw-1", EniMatch::Interface("eth9".into())),
+            ],
+            &[
+                flow_log("vpc", ResourceType::Vpc, "vpc-1", TrafficFilter::All),
+                flow_log(
+                    "a-accept",
+                    ResourceType::Eni,
+                    "eni-a",
+                    TrafficFilter::Accept,
+                ),
+                flow_log(
+                    "a-reject",
+                    ResourceType::Eni,
+                    "eni-a",
+                    TrafficFilter::Reject,
+                ),
+            ],
+        )
+        .unwrap();
+        let now = clock.now_unix();
+        for ev in [
+            loopback(1),
+            addr(1, "127.0.0.1"),
+            link(2, "eth0", Some([2; 6])),
+            addr(2, A),
+            addr(2, A6),
+            link(3, "eth1", Some(MAC_B)),
+            addr(3, B),
+        ] {
+            reg.apply(&ev, now);
+        }
+        let table = FlowTable::new(Rc::clone(&clock), W, max_flows);
+        Fixture { clock, reg, table }
+    }
+
+    fn event(&mut self, e: ConntrackEntry) {
+        self.table.on_event(&self.reg, &e);
+    }
+
+    fn baseline(&mut self, e: ConntrackEntry) {
+        self.table.baseline(&self.reg, &e);
+    }
+
+    fn dump(&mut self, entries: &[ConntrackEntry]) {
+        self.table.begin_dump();
+        for e in entries {
+            self.table.on_dump_entry(&self.reg, e);
+        }
+        self.table.end_dump(true);
+    }
+
+    /// Closes the open window on time.
+    fn close(&mut self) -> WindowRecords {
+        let deadline = self.table.next_deadline();
+        self.clock.set(deadline);
+        self.table.close_window(&self.reg, deadline)
+    }
+
+    fn eni(&self, id: &str) -> EniIndex {
+        self.reg.find(id).unwrap()
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn records(w: &WindowRecords, instance: usize) -> &[FlowRecord] {
+    let i = &w.instances[instance];
+    assert_eq!(i.instance, instance);
+    &i.records
+}
+
+/// The OK records of one ENI in one instance.
+fn flows_of(w: &WindowRecords, instance: usize, eni_id: &str) -> Vec<FlowFields> {
+    records(w, instance)
+        .iter()
+        .filter(|r| r.eni.eni_id == eni_id && r.log_status == LogStatus::Ok)
+        .map(|r| r.flow.unwrap())
+        .collect()
+}
+
+/// The NODATA / SKIPDATA records of one ENI in one instance.
+fn statuses(w: &WindowRecords, instance: usize, eni_id: &str) -> Vec<LogStatus> {
+    records(w, instance)
+        .iter()
+        .filter(|r| r.eni.eni_id == eni_id && r.log_status != LogStatus::Ok)
+        .inspect(|r| assert!(r.flow.is_none()))
+        .map(|r| r.log_status)
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rec(
+    direction: Direction,
+    protocol: u8,
+    src: &str,
+    srcport: u16,
+    dst: &str,
+    dstport: u16,
+    packets: u64,
+    bytes: u64,
+) -> FlowFields {
+    FlowFields {
+        srcaddr: ip(src),
+        srcport,
+        dstaddr: ip(dst),
+        dstport,
+        protocol,
+        direction,
+        packets,
+        bytes,
+        action: Action::Accept,
+    }
+}
+
+fn sort(mut v: Vec<FlowFields>) -> Vec<FlowFields> {
+    v.sort_by_key(|f| (f.direction, f.srcaddr, f.srcport, f.dstaddr, f.dstport));
+    v
+}
+
+use Direction::{In, Out};
+
+#[test]
+fn connection_across_three_windows_carries_only_its_delta() {
+    let mut f = Fixture::new(1000);
+    let c = conn(1, TCP, A, 40000, R, 443);
+    f.event(c.clone().kind(New));
+    f.dump(&[c.clone().counted((10, 1000), (8, 8000))]);
+    let w1 = f.close();
+    f.dump(&[c.clone().counted((25, 2500), (20, 20000))]);
+    let w2 = f.close();
+    f.event(c.clone().kind(Destroy).counted((30, 3000), (22, 22000)));
+    f.dump(&[]);
+    let w3 = f.close();
+
+    assert_eq!(
+        w1.window,
+        CaptureWindow {
+            start: TEN,
+            end: TEN + 600
+        }
+    );
+    assert_eq!(
+        w2.window,
+        CaptureWindow {
+            start: TEN + 600,
+            end: TEN + 1200
+        }
+    );
+    assert_eq!(
+        w3.window,
+        CaptureWindow {
+            start: TEN + 1200,
+            end: TEN + 1800
+        }
+    );
+    let expect = |o: (u64, u64), r: (u64, u64)| {
+        sort(vec![
+            rec(Out, TCP, A, 40000, R, 443, o.0, o.1),
+            rec(In, TCP, R, 443, A, 40000, r.0, r.1),
+        ])
+    };
+    assert_eq!(
+        sort(flows_of(&w1, ALL, "eni-a")),
+        expect((10, 1000), (8, 8000))
+    );
+    assert_eq!(
+        sort(flows_of(&w2, ALL, "eni-a")),
+        expect((15, 1500), (12, 12000))
+    );
+    assert_eq!(
+        sort(flows_of(&w3, ALL, "eni-a")),
+        expect((5, 500), (2, 2000))
+    );
+    let (mut packets, mut bytes) = (0, 0);
+    for w in [&w1, &w2, &w3] {
+        for r in records(w, ALL).iter().filter(|r| r.eni.eni_id == "eni-a") {
+            assert_eq!((r.start, r.end), (w.window.start, w.window.end));
+            let flow = r.flow.unwrap();
+            packets += flow.packets;
+            bytes += flow.bytes;
+        }
+    }
+    assert_eq!((packets, bytes), (30 + 22, 3000 + 22000));
+    assert_eq!(f.table.stats().entries, 0);
+}
+
+#[test]
+fn baseline_attributes_nothing_from_before_start() {
+    let mut f = Fixture::new(1000);
+    let c = conn(1, TCP, A, 40000, R, 443);
+    f.table.begin_dump();
+    f.baseline(c.clone().counted((100, 10_000), (90, 90_000)));
+    f.table.end_dump(true);
+    f.dump(&[c.clone().counted((100, 10_000), (90, 90_000))]);
+    let w1 = f.close();
+    assert!(flows_of(&w1, ALL, "eni-a").is_empty());
+    assert_eq!(statuses(&w1, ALL, "eni-a"), [LogStatus::NoData]);
+    f.dump(&[c.clone().counted((105, 10_500), (93, 93_000))]);
+    let w2 = f.close();
+    assert_eq!(
+        sort(flows_of(&w2, ALL, "eni-a")),
+        sort(vec![
+            rec(Out, TCP, A, 40000, R, 443, 5, 500),
+            rec(In, TCP, R, 443, A, 40000, 3, 3000),
+        ])
+    );
+}
+
+#[test]
+fn destroy_of_baselined_connection_gives_only_the_delta_since_baseline() {
+    let mut f = Fixture::new(1000);
+    let c = conn(1, UDP, R, 5000, A, 53);
+    f.baseline(c.clone().counted((50, 5000), (50, 7000)));
+    f.event(c.clone().kind(Destroy).counted((52, 5200), (51, 7140)));
+    f.dump(&[]);
+    let w = f.close();
+    assert_eq!(
+        sort(flows_of(&w, ALL, "eni-a")),
+        sort(vec![
+            rec(In, UDP, R, 5000, A, 53, 2, 200),
+            rec(Out, UDP, A, 53, R, 5000, 1, 140),
+        ])
+    );
+    assert_eq!(f.table.stats().lost_connections, 0);
+}
+
+#[test]
+fn connection_created_and_destroyed_between_dumps_is_counted_once_in_full() {
+    let mut f = Fixture::new(1000);
+    // No NEW event: the daemon may not subscribe to them.
+    let c = conn(7, TCP, R, 51000, A, 22);
+    f.event(c.clone().kind(Destroy).counted((6, 400), (5, 900)));
+    f.dump(&[]);
+    let w1 = f.close();
+    assert_eq!(
+        sort(flows_of(&w1, ALL, "eni-a")),
+        sort(vec![
+            rec(In, TCP, R, 51000, A, 22, 6, 400),
+            rec(Out, TCP, A, 22, R, 51000, 5, 900),
+        ])
+    );
+    f.dump(&[]);
+    let w2 = f.close();
+    assert!(flows_of(&w2, ALL, "eni-a").is_empty());
+    assert_eq!(f.table.stats().lost_connections, 0);
+}
+
+#[test]
+fn connection_first_seen_in_a_dump_is_counted_in_full() {
+    let mut f = Fixture::new(1000);
+    let c = conn(7, TCP, A, 40001, R, 80);
+    f.dump(&[c.clone().counted((3, 300), (2, 2000))]);
+    let w1 = f.close();
+    assert_eq!(flows_of(&w1, ALL, "eni-a").len(), 2);
+    f.event(c.clone().kind(Destroy).counted((4, 350), (2, 2000)));
+    let w2 = f.close();
+    assert_eq!(
+        flows_of(&w2, ALL, "eni-a"),
+        [rec(Out, TCP, A, 40001, R, 80, 1, 50)]
+    );
+}
+
+#[test]
+fn dump_destroy_race_does_not_double_count() {
+    let mut f = Fixture::new(1000);
+    // Known connection: DESTROY read while the dump that still lists it is in flight.
+    let known = conn(1, TCP, A, 40000, R, 443);
+    f.event(known.clone().kind(New));
+    // Unknown connection (no NEW event), same race.
+    let unknown = conn(2, UDP, A, 5353, R, 53);
+    f.table.begin_dump();
+    f.event(known.clone().kind(Destroy).counted((10, 1000), (9, 900)));
+    f.event(unknown.clone().kind(Destroy).counted((1, 60), (1, 120)));
+    f.table
+        .on_dump_entry(&f.reg, &known.clone().counted((8, 800), (7, 700)));
+    f.table
+        .on_dump_entry(&f.reg, &unknown.clone().counted((1, 60), (1, 120)));
+    f.table.end_dump(true);
+    let w = f.close();
+    assert_eq!(
+        sort(flows_of(&w, ALL, "eni-a")),
+        sort(vec![
+            rec(Out, TCP, A, 40000, R, 443, 10, 1000),
+            rec(In, TCP, R, 443, A, 40000, 9, 900),
+            rec(Out, UDP, A, 5353, R, 53, 1, 60),
+            rec(In, UDP, R, 53, A, 5353, 1, 120),
+        ])
+    );
+    assert_eq!(f.table.stats().entries, 0);
+    assert_eq!(statuses(&w, ALL, "eni-a"), []);
+
+    // Tombstones last one dump: the id can be a new connection afterwards.
+    f.dump(&[known.clone().counted((2, 100), (0, 0))]);
+    let w2 = f.close();
+    assert_eq!(
+        flows_of(&w2, ALL, "eni-a"),
+        [rec(Out, TCP, A, 40000, R, 443, 2, 100)]
+    );
+}
+
+#[test]
+fn connection_missing_from_a_complete_dump_is_lost_and_marks_skipdata() {
+    let mut f = Fixture::new(1000);
+    let lost = conn(1, TCP, A, 40000, R, 443);
+    let alive = conn(2, TCP, R, 40000, B, 443);
+    f.event(lost.clone().kind(New));
+    f.event(alive.clone().kind(New));
+    // Interrupted dump: proves nothing.
+    f.table.begin_dump();
+    f.table
+        .on_dump_entry(&f.reg, &alive.clone().counted((1, 60), (1, 60)));
+    f.table.end_dump(false);
+    assert_eq!(f.table.stats().entries, 2);
+    // A connection whose NEW arrives during the dump but which the dump
+    // passed over already is alive, not lost.
+    let during = conn(3, UDP, A, 1000, R, 2000);
+    f.table.begin_dump();
+    f.event(during.clone().kind(New));
+    f.table
+        .on_dump_entry(&f.reg, &alive.clone().counted((2, 120), (2, 120)));
+    f.table.end_dump(true);
+    let stats = f.table.stats();
+    assert_eq!((stats.entries, stats.lost_connections), (2, 1));
+    let w = f.close();
+    assert_eq!(statuses(&w, ALL, "eni-a"), [LogStatus::SkipData]);
+    assert_eq!(statuses(&w, ALL, "eni-b"), []);
+    assert_eq!(flows_of(&w, ALL, "eni-b").len(), 2);
+    // Marks last one window.
+    f.dump(&[alive.clone().counted((2, 120), (2, 120)), during.clone()]);
+    let w2 = f.close();
+    assert_eq!(statuses(&w2, ALL, "eni-a"), [LogStatus::NoData]);
+}
+
+#[test]
+fn eni_to_eni_traffic_gives_records_on_both_enis() {
+    let mut f = Fixture::new(1000);
+    let c = conn(1, TCP, A, 40000, B, 80);
+    f.event(c.clone().kind(New));
+    f.event(c.clone().kind(Destroy).counted((4, 400), (3, 3000)));
+    let w = f.close();
+    assert_eq!(
+        sort(flows_of(&w, ALL, "eni-a")),
+        sort(vec![
+            rec(Out, TCP, A, 40000, B, 80, 4, 400),
+            rec(In, TCP, B, 80, A, 40000, 3, 3000),
+        ])
+    );
+    assert_eq!(
+        sort(flows_of(&w, ALL, "eni-b")),
+        sort(vec![
+            rec(In, TCP, A, 40000, B, 80, 4, 400),
+            rec(Out, TCP, B, 80, A, 40000, 3, 3000),
+        ])
+    );
+}
+
+#[test]
+fn nat_records_show_the_tuples_on_the_eni_wire() {
+    let mut f = Fixture::new(1000);
+    // A container masqueraded behind eni-a: orig.src is the container,
+    // the packets leave eni-a from A:61000.
+    let mut snat = conn(1, TCP, "172.17.0.2", 33000, R, 80);
+    snat.reply.dst = ip(A);
+    snat.reply.dst_port = 61000;
+    // A port forward on eni-a to a container: arrives for A:8080, the
+    // reply comes from the container.
+    let mut dnat = conn(2, TCP, R, 5000, A, 8080);
+    dnat.reply.src = ip("172.17.0.3");
+    dnat.reply.src_port = 80;
+    f.event(snat.kind(Destroy).counted((5, 500), (4, 4000)));
+    f.event(dnat.kind(Destroy).counted((3, 300), (2, 2000)));
+    let w = f.close();
+    assert_eq!(
+        sort(flows_of(&w, ALL, "eni-a")),
+        sort(vec![
+            rec(Out, TCP, A, 61000, R, 80, 5, 500),
+            rec(In, TCP, R, 80, A, 61000, 4, 4000),
+            rec(In, TCP, R, 5000, A, 8080, 3, 300),
+            rec(Out, TCP, A, 8080, R, 5000, 2, 2000),
+        ])
+    );
+}
+
+#[test]
+fn no_record_for_a_direction_without_packets() {
+    let mut f = Fixture::new(1000);
+    let c = conn(1, UDP, A, 5000, R, 9999);
+    f.dump(&[c.clone().counted((3, 300), (0, 0))]);
+    let w1 = f.close();
+    assert_eq!(
+        flows_of(&w1, ALL, "eni-a"),
+        [rec(Out, UDP, A, 5000, R, 9999, 3, 300)]
+    );
+    f.dump(&[c.clone().counted((3, 300), (2, 100))]);
+    let w2 = f.close();
+    assert_eq!(
+        flows_of(&w2, ALL, "eni-a"),
+        [rec(In, UDP, R, 9999, A, 5000, 2, 100)]
+    );
+    f.dump(&[c.clone().counted((3, 300), (2, 100))]);
+    let w3 = f.close();
+    assert!(flows_of(&w3, ALL, "eni-a").is_empty());
+    assert_eq!(statuses(&w3, ALL, "eni-a"), [LogStatus::NoData]);
+}
+
+#[test]
+fn icmp_ports_are_zero_and_connections_aggregate() {
+    let mut f = Fixture::new(1000);
+    // Echo ids 1 and 2, type 8 code 0, as conntrack keys them.
+    let mut p1 = conn(1, ICMP, A, 1, R, 8 << 8);
+    p1.reply.src_port = 1;
+    p1.reply.dst_port = 0;
+    let p2 = conn(2, ICMP, A, 2, R, 8 << 8);
+    let p6 = conn(3, ICMPV6, A6, 7, "2001:db8::1", 128 << 8);
+    let gre = conn(4, 47, A, 0, R, 0);
+    f.event(p1.kind(Destroy).counted((4, 336), (4, 336)));
+    f.event(p2.kind(Destroy).counted((1, 84), (0, 0)));
+    f.event(p6.kind(Destroy).counted((2, 208), (2, 208)));
+    f.dump(&[gre.counted((9, 900), (0, 0))]);
+    let w = f.close();
+    assert_eq!(
+        sort(flows_of(&w, ALL, "eni-a")),
+        sort(vec![
+            rec(Out, ICMP, A, 0, R, 0, 5, 420),
+            rec(In, ICMP, R, 0, A, 0, 4, 336),
+            rec(Out, ICMPV6, A6, 0, "2001:db8::1", 0, 2, 208),
+            rec(In, ICMPV6, "2001:db8::1", 0, A6, 0, 2, 208),
+            rec(Out, 47, A, 0, R, 0, 9, 900),
+        ])
+    );
+}
+
+#[test]
+fn udp_flow_restarted_within_a_window_is_one_record() {
+    let mut f = Fixture::new(1000);
+    f.event(
+        conn(1, UDP, A, 5353, R, 53)
+            .kind(Destroy)
+            .counted((1, 70), (1, 150)),
+    );
+    f.event(
+        conn(2, UDP, A, 5353, R, 53)
+            .kind(Destroy)
+            .counted((2, 140), (1, 130)),
+    );
+    let w = f.close();
+    assert_eq!(
+        sort(flows_of(&w, ALL, "eni-a")),
+        sort(vec![
+            rec(Out, UDP, A, 5353, R, 53, 3, 210),
+            rec(In, UDP, R, 53, A, 5353, 2, 280),
+        ])
+    );
+}
+
+#[test]
+fn nodata_for_an_idle_existing_eni_and_none_for_an_absent_one() {
+    let mut f = Fixture::new(1000);
+    let w1 = f.close();
+    assert_eq!(statuses(&w1, ALL, "eni-a"), [LogStatus::NoData]);
+    assert_eq!(statuses(&w1, ALL, "eni-b"), [LogStatus::NoData]);
+    assert_eq!(statuses(&w1, ALL, "eni-c"), []);
+    assert_eq!(records(&w1, ALL).len(), 2);
+    let nodata = &records(&w1, ALL)[0];
+    assert_eq!(
+        (nodata.start, nodata.end, nodata.flow),
+        (TEN, TEN + 600, None)
+    );
+
+    // eni-c's interface appears during window 2; eni-b's goes away.
+    f.clock.set(TEN + 900);
+    f.reg.apply(&link(9, "eth9", None), TEN + 900);
+    f.reg
+        .apply(&RouteEvent::LinkRemoved { index: 3 }, TEN + 900);
+    let w2 = f.close();
+    assert_eq!(statuses(&w2, ALL, "eni-b"), [LogStatus::NoData]);
+    assert_eq!(statuses(&w2, ALL, "eni-c"), [LogStatus::NoData]);
+    let w3 = f.close();
+    assert_eq!(statuses(&w3, ALL, "eni-b"), []);
+    assert_eq!(statuses(&w3, ALL, "eni-c"), [LogStatus::NoData]);
+}
+
+#[test]
+fn traffic_filters_route_records_to_instances() {
+    let mut f = Fixture::new(1000);
+    let a = f.eni("eni-a");
+    f.event(
+        conn(1, TCP, A, 40000, R, 443)
+            .kind(Destroy)
+            .counted((2, 200), (2, 200)),
+    );
+    f.event(
+        conn(2, TCP, R, 40000, B, 443)
+            .kind(Destroy)
+            .counted((1, 60), (1, 60)),
+    );
+    let rule: Arc<str> = Arc::from("inet filter input drop");
+    let blocked = FlowTuple {
+        src: ip(R),
+        src_port: 6000,
+        dst: ip(A),
+        dst_port: 23,
+        protocol: TCP,
+    };
+    f.table
+        .add_reject(a, In, blocked, 1, 60, Some(Arc::clone(&rule)));
+    f.table.add_reject(a, In, blocked, 2, 120, None);
+    let w = f.close();
+
+    let actions = |instance| {
+        let mut v: Vec<(String, Action)> = records(&w, instance)
+            .iter()
+            .map(|r| (r.eni.eni_id.clone(), r.flow.unwrap().action))
+            .collect();
+        v.sort();
+        v
+    };
+    let (acc, rej) = (Action::Accept, Action::Reject);
+    let s = |id: &str| id.to_owned();
+    assert_eq!(
+        actions(ALL),
+        [
+            (s("eni-a"), acc),
+            (s("eni-a"), acc),
+            (s("eni-a"), rej),
+            (s("eni-b"), acc),
+            (s("eni-b"), acc)
+        ]
+    );
+    assert_eq!(actions(A_ACCEPT), [(s("eni-a"), acc), (s("eni-a"), acc)]);
+    assert_eq!(actions(A_REJECT), [(s("eni-a"), rej)]);
+    let reject = &records(&w, A_REJECT)[0];
+    assert_eq!(reject.rule.as_deref(), Some("inet filter input drop"));
+    let flow = reject.flow.unwrap();
+    assert_eq!(
+        (flow.direction, flow.packets, flow.bytes, flow.dstport),
+        (In, 3, 180, 23)
+    );
+
+    // Only accepted traffic: the reject instance reads eni-a as idle.
+    f.event(
+        conn(3, TCP, A, 40001, R, 443)
+            .kind(Destroy)
+            .counted((1, 60), (0, 0)),
+    );
+    let w2 = f.close();
+    assert_eq!(flows_of(&w2, A_ACCEPT, "eni-a").len(), 1);
+    assert_eq!(statuses(&w2, A_REJECT, "eni-a"), [LogStatus::NoData]);
+    assert!(records(&w2, A_REJECT)
+        .iter()
+        .all(|r| r.log_status != LogStatus::Ok));
+}
+
+#[test]
+fn mark_lost_adds_skipdata_besides_ok_records() {
+    let mut f = Fixture::new(1000);
+    let b = f.eni("eni-b");
+    f.event(
+        conn(1, TCP, A, 40000, R, 443)
+            .kind(Destroy)
+            .counted((2, 200), (2, 200)),
+    );
+    f.table.mark_lost(LossScope::Eni(b));
+    let w1 = f.close();
+    assert_eq!(flows_of(&w1, ALL, "eni-a").len(), 2);
+    assert_eq!(statuses(&w1, ALL, "eni-a"), []);
+    assert_eq!(statuses(&w1, ALL, "eni-b"), [LogStatus::SkipData]);
+
+    f.event(
+        conn(2, TCP, A, 40000, R, 443)
+            .kind(Destroy)
+            .counted((2, 200), (2, 200)),
+    );
+    f.table.mark_lost(LossScope::All);
+    let w2 = f.close();
+    assert_eq!(flows_of(&w2, ALL, "eni-a").len(), 2);
+    assert_eq!(statuses(&w2, ALL, "eni-a"), [LogStatus::SkipData]);
+    assert_eq!(statuses(&w2, ALL, "eni-b"), [LogStatus::SkipData]);
+    assert_eq!(
+        statuses(&w2, ALL, "eni-c"),
+        [],
+        "no interface, nothing to lose"
+    );
+    // Every instance covering the ENI says so, whatever its filter.
+    assert_eq!(statuses(&w2, A_REJECT, "eni-a"), [LogStatus::SkipData]);
+
+    let w3 = f.close();
+    assert_eq!(statuses(&w3, ALL, "eni-b"), [LogStatus::NoData]);
+}
+
+#[test]
+fn max_flows_marks_skipdata() {
+    let mut f = Fixture::new(1);
+    let first = conn(1, TCP, A, 40000, R, 443);
+    let second = conn(2, TCP, R, 40000, B, 443);
+    f.event(first.clone().kind(New));
+    f.event(second.clone().kind(New));
+    f.dump(&[
+        first.clone().counted((1, 60), (1, 60)),
+        second.clone().counted((3, 180), (3, 180)),
+    ]);
+    let stats = f.table.stats();
+    assert_eq!(
+        (stats.entries, stats.peak_entries, stats.table_full_drops),
+        (1, 1, 2)
+    );
+    let w1 = f.close();
+    assert_eq!(statuses(&w1, ALL, "eni-a"), []);
+    assert_eq!(statuses(&w1, ALL, "eni-b"), [LogStatus::SkipData]);
+    assert!(
+        flows_of(&w1, ALL, "eni-b").is_empty(),
+        "nothing counted that is not tracked"
+    );
+    // A DESTROY needs no room: it is counted in full, once.
+    f.event(second.clone().kind(Destroy).counted((4, 240), (4, 240)));
+    let w2 = f.close();
+    assert_eq!(flows_of(&w2, ALL, "eni-b").len(), 2);
+    assert_eq!(statuses(&w2, ALL, "eni-b"), []);
+}
+
+#[test]
+fn counters_going_backwards_do_not_wrap() {
+    let mut f = Fixture::new(1000);
+    let c = conn(1, TCP, A, 40000, R, 443);
+    f.dump(&[c.clone().counted((10, 1000), (10, 1000))]);
+    f.close();
+    // Another tool zeroed the counters, or the id was reused.
+    f.dump(&[c.clone().counted((3, 300), (2, 200))]);
+    assert_eq!(f.table.stats().anomalies, 1);
+    let w = f.close();
+    assert_eq!(
+        sort(flows_of(&w, ALL, "eni-a")),
+        sort(vec![
+            rec(Out, TCP, A, 40000, R, 443, 3, 300),
+            rec(In, TCP, R, 443, A, 40000, 2, 200),
+        ])
+    );
+    assert_eq!(statuses(&w, ALL, "eni-a"), [LogStatus::SkipData]);
+    // And it is tracked from the new counters on.
+    f.event(c.clone().kind(Destroy).counted((4, 400), (2, 200)));
+    let w2 = f.close();
+    assert_eq!(
+        flows_of(&w2, ALL, "eni-a"),
+        [rec(Out, TCP, A, 40000, R, 443, 1, 100)]
+    );
+}
+
+#[test]
+fn same_id_with_another_tuple_is_another_connection() {
+    let mut f = Fixture::new(1000);
+    f.dump(&[conn(1, TCP, A, 40000, R, 443).counted((10, 1000), (10, 1000))]);
+    f.close();
+    f.dump(&[conn(1, TCP, A, 40002, R, 443).counted((20, 2000), (0, 0))]);
+    let w = f.close();
+    assert_eq!(
+        flows_of(&w, ALL, "eni-a"),
+        [rec(Out, TCP, A, 40002, R, 443, 20, 2000)]
+    );
+    assert_eq!(statuses(&w, ALL, "eni-a"), [LogStatus::SkipData]);
+    assert_eq!(f.table.stats().anomalies, 1);
+}
+
+#[test]
+fn new_event_read_after_a_dump_keeps_the_dump_counters() {
+    let mut f = Fixture::new(1000);
+    let c = conn(1, TCP, A, 40000, R, 443);
+    f.dump(&[c.clone().counted((5, 500), (0, 0))]);
+    f.event(c.clone().kind(New));
+    f.event(c.clone().kind(Destroy).counted((7, 700), (0, 0)));
+    let w = f.close();
+    assert_eq!(
+        flows_of(&w, ALL, "eni-a"),
+        [rec(Out, TCP, A, 40000, R, 443, 7, 700)]
+    );
+}
+
+#[test]
+fn update_events_harvest_like_dump_lines() {
+    let mut f = Fixture::new(1000);
+    let c = conn(1, TCP, A, 40000, R, 443);
+    f.event(c.clone().kind(New));
+    f.event(c.clone().kind(Update).counted((3, 180), (2, 120)));
+    f.dump(&[c.clone().counted((4, 240), (3, 180))]);
+    let w = f.close();
+    assert_eq!(
+        sort(flows_of(&w, ALL, "eni-a")),
+        sort(vec![
+            rec(Out, TCP, A, 40000, R, 443, 4, 240),
+            rec(In, TCP, R, 443, A, 40000, 3, 180),
+        ])
+    );
+}
+
+#[test]
+fn zones_keep_connections_with_the_same_id_apart() {
+    let mut f = Fixture::new(1000);
+    let c = conn(1, UDP, A, 1000, R, 2000);
+    let mut z = conn(1, UDP, A, 1000, R, 2000);
+    z.zone = 5;
+    f.dump(&[
+        c.clone().counted((1, 100), (0, 0)),
+        z.clone().counted((2, 200), (0, 0)),
+    ]);
+    assert_eq!(f.table.stats().entries, 2);
+    let w = f.close();
+    assert_eq!(
+        flows_of(&w, ALL, "eni-a"),
+        [rec(Out, UDP, A, 1000, R, 2000, 3, 300)]
+    );
+}
+
+#[test]
+fn loopback_and_foreign_traffic_is_unattributed() {
+    let mut f = Fixture::new(1000);
+    f.event(conn(1, TCP, "127.0.0.1", 40000, "127.0.0.1", 80).kind(New));
+    f.dump(&[conn(2, TCP, "192.168.5.5", 1, R, 2).counted((1, 60), (1, 60))]);
+    let stats = f.table.stats();
+    assert_eq!((stats.entries, stats.unattributed), (0, 2));
+    let w = f.close();
+    assert!(records(&w, ALL)
+        .iter()
+        .all(|r| r.log_status == LogStatus::NoData));
+}
+
+#[test]
+fn missing_counters_attribute_nothing() {
+    let mut f = Fixture::new(1000);
+    let mut c = conn(1, TCP, A, 40000, R, 443);
+    c.orig_counters = None;
+    c.reply_counters = None;
+    f.event(c.clone().kind(New));
+    f.dump(std::slice::from_ref(&c));
+    let w = f.close();
+    assert!(flows_of(&w, ALL, "eni-a").is_empty());
+    assert_eq!(f.table.stats().entries, 1, "seen alive by the dump");
+    assert_eq!(f.table.stats().missing_counters, 1);
+}
+
+#[test]
+fn early_close_uses_the_given_end() {
+    let mut f = Fixture::new(1000);
+    assert_eq!(
+        f.table.window(),
+        CaptureWindow {
+            start: TEN,
+            end: TEN + 600
+        }
+    );
+    f.event(
+        conn(1, TCP, A, 40000, R, 443)
+            .kind(Destroy)
+            .counted((1, 60), (0, 0)),
+    );
+    // SIGTERM at 10:07:30.
+    f.clock.set(TEN + 450);
+    let w = f.table.close_window(&f.reg, TEN + 450);
+    assert_eq!(
+        w.window,
+        CaptureWindow {
+            start: TEN,
+            end: TEN + 450
+        }
+    );
+    let r = &records(&w, ALL)[0];
+    assert_eq!((r.start, r.end), (TEN, TEN + 450));
+    assert_eq!(
+        f.table.window(),
+        CaptureWindow {
+            start: TEN + 450,
+            end: TEN + 600
+        }
+    );
+}
+
+#[test]
+fn next_window_starts_where_the_last_one_ended() {
+    let mut f = Fixture::new(1000);
+    assert_eq!(f.table.next_deadline(), TEN + 600);
+    // The loop woke up 3 s late.
+    f.clock.set(TEN + 603);
+    let w = f.table.close_window(&f.reg, TEN + 600);
+    assert_eq!(w.window.end, TEN + 600);
+    assert_eq!(f.table.next_deadline(), TEN + 1200);
+    // A clock stepped back never yields a window ending before it starts.
+    f.clock.set(TEN);
+    let w = f.table.close_window(&f.reg, TEN);
+    assert_eq!(
+        w.window,
+        CaptureWindow {
+            start: TEN + 600,
+            end: TEN + 600
+        }
+    );
+}

@@ -1,0 +1,387 @@
+//! rtnetlink: interfaces and their addresses, as `model::RouteEvent`.
+//!
+//! Headers and the few attributes we need are decoded with
+//! netlink-packet-route's types; the other attributes of a link message
+//! (stats, link info, af_spec, ...) are skipped unparsed, so a kernel that
+//! adds or changes one of those cannot make us drop an interface.
+
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, Parseable, ParseableParametrized,
+    NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressHeader, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkHeader, LinkMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::protocols::NETLINK_ROUTE;
+
+use super::socket::{DumpLimits, Messages, NetlinkSocket, Received, SocketOptions};
+use super::stats::{DrainStats, DumpStats};
+use crate::model::{Interface, InterfaceAddress, RouteEvent};
+
+// include/uapi/linux/rtnetlink.h
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_IPV4_IFADDR: u32 = 5;
+const RTNLGRP_IPV6_IFADDR: u32 = 9;
+
+// include/uapi/linux/if_link.h, if_addr.h
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+
+// struct ifinfomsg and struct ifaddrmsg sizes.
+const IFINFOMSG_LEN: usize = 16;
+const IFADDRMSG_LEN: usize = 8;
+
+/// Datagrams per `drain` call; rtnetlink notifications are rare.
+const DRAIN_BUDGET: usize = 4096;
+const DUMP_LIMITS: DumpLimits = DumpLimits {
+    time_limit: Duration::from_secs(30),
+    max_messages: 1 << 20,
+};
+const DUMP_READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why an rtnetlink message was rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteParseError {
+    Header,
+    Attribute(String),
+    Missing(&'static str),
+}
+
+impl fmt::Display for RouteParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RouteParseError::Header => write!(f, "malformed netlink header"),
+            RouteParseError::Attribute(e) => write!(f, "malformed rtnetlink message: {e}"),
+            RouteParseError::Missing(name) => write!(f, "rtnetlink message without {name}"),
+        }
+    }
+}
+
+impl std::error::Error for RouteParseError {}
+
+impl From<netlink_packet_core::DecodeError> for RouteParseError {
+    fn from(e: netlink_packet_core::DecodeError) -> Self {
+        RouteParseError::Attribute(e.to_string())
+    }
+}
+
+/// Subscribed rtnetlink socket for link and address changes (non-blocking;
+/// register its fd with the event loop). Needs no privilege.
+#[derive(Debug)]
+pub struct RouteWatcher {
+    socket: NetlinkSocket,
+    seq: u32,
+}
+
+impl RouteWatcher {
+    /// Join RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR and RTNLGRP_IPV6_IFADDR.
+    /// Open it before `dump_all` so that no change falls between the two.
+    ///
+    /// # Errors
+    ///
+    /// Socket errors.
+    pub fn open(receive_buffer_bytes: usize) -> io::Result<Self> {
+        let options = SocketOptions {
+            groups: vec![RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR],
+            receive_buffer_bytes: Some(receive_buffer_bytes),
+            ..SocketOptions::default()
+        };
+        Ok(RouteWatcher {
+            socket: NetlinkSocket::open(NETLINK_ROUTE, &options)?,
+            seq: 0,
+        })
+    }
+
+    /// Read every queued notification (up to a budget, see
+    /// `DrainStats::more_pending`) and hand each event to `on_event`.
+    ///
+    /// RTM_NEWLINK is sent for every change of a link (flags, MTU, ...), so
+    /// `LinkAdded` repeats for known interfaces: treat it as an upsert.
+    pub fn drain(&mut self, mut on_event: impl FnMut(RouteEvent)) -> DrainStats {
+        let mut stats = DrainStats::default();
+        for _ in 0..DRAIN_BUDGET {
+            let datagram = match self.socket.recv() {
+                Ok(Received::Datagram(d)) => d,
+                Ok(Received::WouldBlock) => return stats,
+                Ok(Received::Overrun) => {
+                    stats.overruns += 1;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    log::warn!("rtnetlink events: {e}");
+                    stats.parse_errors += 1;
+                    continue;
+                }
+                Err(e) => {
+                    log::warn!("rtnetlink events: read failed: {e}");
+                    stats.read_errors += 1;
+                    return stats;
+                }
+            };
+            for message in Messages::new(datagram) {
+                stats.messages += 1;
+                let Ok(message) = message else {
+                    stats.parse_errors += 1;
+                    break;
+                };
+                if matches!(
+                    message.message_type,
+                    NLMSG_NOOP | NLMSG_DONE | NLMSG_OVERRUN | NLMSG_ERROR
+                ) {
+                    continue;
+                }
+                match parse_route_message(message.bytes) {
+                    Ok(Some(event)) => {
+                        stats.entries += 1;
+                        on_event(event);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        log::debug!("rtnetlink events: skipped message: {e}");
+                        stats.parse_errors += 1;
+                    }
+                }
+            }
+        }
+        stats.more_pending = true;
+        stats
+    }
+
+    /// Dump every link, then every address (all families), as `LinkAdded`
+    /// and `AddressAdded` events, over a separate blocking socket.
+    ///
+    /// # Errors
+    ///
+    /// Socket errors, an error reply, or `TimedOut` past the dump limits.
+    pub fn dump_all(&mut self, mut on_event: impl FnMut(RouteEvent)) -> io::Result<DumpStats> {
+        let mut socket = NetlinkSocket::open(
+            NETLINK_ROUTE,
+            &SocketOptions {
+                blocking: true,
+                receive_timeout: Some(DUMP_READ_TIMEOUT),
+                ..SocketOptions::default()
+            },
+        )?;
+        let mut stats = DumpStats::default();
+        let requests = [
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        ];
+        for request in requests {
+            self.seq = self.seq.wrapping_add(1);
+            let bytes = dump_request(request, self.seq);
+            let progress = socket.dump(&bytes, self.seq, DUMP_LIMITS, |bytes| {
+                match parse_route_message(bytes) {
+                    Ok(Some(event)) => {
+                        stats.entries += 1;
+                        on_event(event);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        log::debug!("rtnetlink dump: skipped message: {e}");
+                        stats.parse_errors += 1;
+                    }
+                }
+            })?;
+            stats.messages += progress.messages;
+            stats.interrupted |= progress.interrupted;
+        }
+        Ok(stats)
+    }
+}
+
+impl AsRawFd for RouteWatcher {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+fn dump_request(request: RouteNetlinkMessage, seq: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = seq;
+    let mut message = NetlinkMessage::new(header, NetlinkPayload::from(request));
+    message.finalize();
+    let mut buf = vec![0; message.buffer_len()];
+    message.serialize(&mut buf);
+    buf
+}
+
+/// Parse one rtnetlink message (header included). `Ok(None)` for messages
+/// that are not about interfaces or addresses we track: other types, and
+/// link messages of a family other than AF_UNSPEC (the bridge sends
+/// AF_BRIDGE RTM_NEWLINK/RTM_DELLINK on RTNLGRP_LINK when a port joins or
+/// leaves it; the interface itself is not removed then).
+///
+/// # Errors
+///
+/// A message of a handled type that is truncated or lacks its name or
+/// address. Never panics.
+pub fn parse_route_message(bytes: &[u8]) -> Result<Option<RouteEvent>, RouteParseError> {
+    let message = match Messages::new(bytes).next() {
+        Some(Ok(message)) => message,
+        _ => return Err(RouteParseError::Header),
+    };
+    let payload = message.payload;
+    match message.message_type {
+        RTM_NEWLINK | RTM_DELLINK => {
+            let header = LinkHeader::parse(payload)?;
+            if header.interface_family != AddressFamily::Unspec {
+                return Ok(None);
+            }
+            if message.message_type == RTM_DELLINK {
+                return Ok(Some(RouteEvent::LinkRemoved {
+                    index: header.index,
+                }));
+            }
+            let attributes = payload.get(IFINFOMSG_LEN..).unwrap_or(&[]);
+            let mut name = None;
+            let mut mac = None;
+            for nla in NlasIterator::new(attributes) {
+                let nla = nla?;
+                if !matches!(nla.kind(), IFLA_IFNAME | IFLA_ADDRESS) {
+                    continue;
+                }
+                match LinkAttribute::parse_with_param(&nla, header.interface_family)? {
+                    LinkAttribute::IfName(n) => name = Some(n),
+                    // Only Ethernet-like hardware addresses are MACs; tunnels
+                    // report 4 or 16 bytes, loopback 6 zero bytes.
+                    LinkAttribute::Address(a) => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+                    _ => {}
+                }
+            }
+            Ok(Some(RouteEvent::LinkAdded(Interface {
+                index: header.index,
+                name: name.ok_or(RouteParseError::Missing("IFLA_IFNAME"))?,
+                mac,
+                is_loopback: header.flags.contains(LinkFlags::Loopback),
+            })))
+        }
+        RTM_NEWADDR | RTM_DELADDR => {
+            let header = AddressHeader::parse(payload)?;
+            let attributes = payload.get(IFADDRMSG_LEN..).unwrap_or(&[]);
+            let mut address = None;
+            let mut local = None;
+            for nla in NlasIterator::new(attributes) {
+                let nla = nla?;
+                if !matches!(nla.kind(), IFA_ADDRESS | IFA_LOCAL) {
+                    continue;
+                }
+                match AddressAttribute::parse(&nla)? {
+                    AddressAttribute::Address(a) => address = Some(a),
+                    AddressAttribute::Local(a) => local = Some(a),
+                    _ => {}
+                }
+            }
+            // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the
+            // peer on point-to-point links and equals IFA_LOCAL otherwise.
+            // IPv6 sends IFA_LOCAL only when there is a peer.
+            let addr: IpAddr = local
+                .or(address)
+                .ok_or(RouteParseError::Missing("IFA_LOCAL/IFA_ADDRESS"))?;
+            let address = InterfaceAddress {
+                index: header.index,
+                addr,
+                prefix_len: header.prefix_len,
+            };
+            Ok(Some(if message.message_type == RTM_NEWADDR {
+                RouteEvent::AddressAdded(address)
+            } else {
+                RouteEvent::AddressRemoved(address)
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::test_support::to_hex;
+    use std::path::PathBuf;
+    use std::time::Instant;
+
+    /// Label of a captured message in the fixture files.
+    fn label(bytes: &[u8]) -> String {
+        match parse_route_message(bytes) {
+            Ok(Some(RouteEvent::LinkAdded(i))) => format!("newlink-{}", i.name),
+            Ok(Some(RouteEvent::LinkRemoved { index })) => format!("dellink-{index}"),
+            Ok(Some(RouteEvent::AddressAdded(a))) => format!("newaddr-{}", a.addr),
+            Ok(Some(RouteEvent::AddressRemoved(a))) => format!("deladdr-{}", a.addr),
+            Ok(None) => "ignored".to_string(),
+            Err(_) => "unparsed".to_string(),
+        }
+    }
+
+    /// Not a test: the capture helper for tests/fixtures/netlink (see the
+    /// README there). Records notifications, dumps links and addresses at
+    /// `dump-now` in $FLOWLOGD_CAPTURE_DIR, stops at `stop`.
+    #[test]
+    #[ignore = "capture helper, run by tests/fixtures/netlink/capture.sh"]
+    fn capture_route_fixtures() {
+        let dir = PathBuf::from(std::env::var("FLOWLOGD_CAPTURE_DIR").expect("FLOWLOGD_CAPTURE_DIR"));
+        let mut watcher = RouteWatcher::open(1 << 20).expect("subscribe to rtnetlink");
+        std::fs::write(dir.join("ready"), "").unwrap();
+        let mut event_lines = String::new();
+        let mut dumped = false;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            assert!(Instant::now() < deadline, "capture script never wrote `stop`");
+            loop {
+                match watcher.socket.recv().expect("recv") {
+                    Received::Datagram(d) => {
+                        for m in Messages::new(d) {
+                            let bytes = m.expect("header").bytes;
+                            event_lines.push_str(&format!("{} {}\n", label(bytes), to_hex(bytes)));
+                        }
+                    }
+                    Received::WouldBlock => break,
+                    Received::Overrun => panic!("overrun during capture"),
+                }
+            }
+            if !dumped && dir.join("dump-now").exists() {
+                let mut socket = NetlinkSocket::open(
+                    NETLINK_ROUTE,
+                    &SocketOptions {
+                        blocking: true,
+                        receive_timeout: Some(DUMP_READ_TIMEOUT),
+                        ..SocketOptions::default()
+                    },
+                )
+                .unwrap();
+                let mut dump_lines = String::new();
+                let requests = [
+                    RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                    RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+                ];
+                for (seq, request) in (1..).zip(requests) {
+                    socket
+                        .dump(&dump_request(request, seq), seq, DUMP_LIMITS, |bytes| {
+                            dump_lines.push_str(&format!("{} {}\n", label(bytes), to_hex(bytes)))
+                        })
+                        .expect("dump");
+                }
+                std::fs::write(dir.join("dump.hex"), dump_lines).unwrap();
+                std::fs::write(dir.join("dumped"), "").unwrap();
+                dumped = true;
+            }
+            if dir.join("stop").exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::write(dir.join("events.hex"), event_lines).unwrap();
+    }
+}

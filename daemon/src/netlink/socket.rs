@@ -1,0 +1,455 @@
+//! A non-blocking netlink socket with one reused receive buffer, and the
+//! synchronous request/dump exchange that the conntrack and route dumps
+//! share.
+
+use std::io;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use netlink_packet_core::{
+    NetlinkBuffer, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_DUMP_INTR,
+};
+use netlink_sys::{Socket, SocketAddr};
+
+// include/uapi/linux/netlink.h
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ALIGNTO: usize = 4;
+
+/// Large enough for any single datagram the kernel builds: netlink dumps
+/// fill skbs of at most 32 KiB (netlink_dump caps `max_recvmsg_len`), and an
+/// event is one message of well under a page. Reads pass MSG_TRUNC, so a
+/// larger datagram is detected rather than silently cut.
+pub const RECEIVE_BUFFER_LEN: usize = 64 * 1024;
+
+/// Knobs of a netlink socket, applied once at open.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// Multicast groups to join (NETLINK_ADD_MEMBERSHIP), by group number.
+    pub groups: Vec<u32>,
+    /// Kernel receive buffer (SO_RCVBUFFORCE, falling back to SO_RCVBUF),
+    /// in bytes; `None` keeps the system default (net.core.rmem_default).
+    pub receive_buffer_bytes: Option<usize>,
+    /// NETLINK_NO_ENOBUFS: the kernel stops reporting ENOBUFS to this
+    /// socket when it drops messages for it.
+    pub no_enobufs: bool,
+    /// NETLINK_BROADCAST_ERROR: a failed delivery to this socket is reported
+    /// back to the kernel code that broadcast the message.
+    pub broadcast_error: bool,
+    /// Reads block; `receive_timeout` (SO_RCVTIMEO) bounds each read.
+    pub blocking: bool,
+    pub receive_timeout: Option<Duration>,
+}
+
+/// The outcome of one read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received<'a> {
+    /// One datagram; it may hold several netlink messages.
+    Datagram(&'a [u8]),
+    /// Nothing queued (EAGAIN), or the receive timeout passed.
+    WouldBlock,
+    /// ENOBUFS: the socket's receive queue was full and the kernel dropped
+    /// messages meant for it. The messages still queued can be read next.
+    Overrun,
+}
+
+/// A netlink socket bound to an address the kernel picks, optionally
+/// subscribed to multicast groups.
+#[derive(Debug)]
+pub struct NetlinkSocket {
+    socket: Socket,
+    port_id: u32,
+    buf: Vec<u8>,
+    receive_buffer_granted: usize,
+}
+
+impl NetlinkSocket {
+    /// Open a socket of netlink `protocol` (`netlink_sys::protocols`).
+    ///
+    /// # Errors
+    ///
+    /// Any failing socket call: joining a multicast group needs
+    /// CAP_NET_ADMIN for the netfilter groups (EPERM otherwise).
+    pub fn open(protocol: isize, options: &SocketOptions) -> io::Result<Self> {
+        let mut socket = Socket::new(protocol)?;
+        let addr = socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        socket.set_non_blocking(!options.blocking)?;
+        if let Some(timeout) = options.receive_timeout {
+            set_receive_timeout(socket.as_raw_fd(), timeout)?;
+        }
+        if options.no_enobufs {
+            socket.set_no_enobufs(true)?;
+        }
+        if options.broadcast_error {
+            socket.set_broadcast_error(true)?;
+        }
+        for &group in &options.groups {
+            socket.add_membership(group)?;
+        }
+        let mut this = NetlinkSocket {
+            port_id: addr.port_number(),
+            socket,
+            buf: vec![0; RECEIVE_BUFFER_LEN],
+            receive_buffer_granted: 0,
+        };
+        this.receive_buffer_granted = match options.receive_buffer_bytes {
+            Some(bytes) => this.set_receive_buffer(bytes)?,
+            None => this.socket.get_rx_buf_sz()?,
+        };
+        Ok(this)
+    }
+
+    /// Ask for a kernel receive buffer of `bytes`. SO_RCVBUFFORCE (needs
+    /// CAP_NET_ADMIN) ignores net.core.rmem_max; without the capability
+    /// SO_RCVBUF is capped at rmem_max. Returns the size the kernel reports
+    /// afterwards, which is twice what was granted (socket(7): the kernel
+    /// doubles the value for its bookkeeping).
+    ///
+    /// # Errors
+    ///
+    /// When both setsockopt calls fail.
+    pub fn set_receive_buffer(&mut self, bytes: usize) -> io::Result<usize> {
+        // The kernel doubles the int it is given; keep the double in range.
+        let value = bytes.min(i32::MAX as usize / 2) as libc::c_int;
+        let fd = self.socket.as_raw_fd();
+        if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value).is_err() {
+            setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, value)?;
+        }
+        self.receive_buffer_granted = self.socket.get_rx_buf_sz()?;
+        Ok(self.receive_buffer_granted)
+    }
+
+    /// The receive buffer size as the kernel last reported it (doubled).
+    pub fn receive_buffer_granted(&self) -> usize {
+        self.receive_buffer_granted
+    }
+
+    /// The port id the kernel assigned; replies to our requests carry it.
+    pub fn port_id(&self) -> u32 {
+        self.port_id
+    }
+
+    /// Send one request to the kernel.
+    ///
+    /// # Errors
+    ///
+    /// The send(2) error; a short send is reported as `WriteZero`.
+    pub fn send(&self, request: &[u8]) -> io::Result<()> {
+        let sent = self.socket.send(request, 0)?;
+        if sent != request.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("netlink send wrote {sent} of {} bytes", request.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Read one datagram into the socket's buffer. EINTR is retried.
+    ///
+    /// # Errors
+    ///
+    /// Errors of recv(2) other than EAGAIN, EINTR and ENOBUFS (which are
+    /// results), and `InvalidData` when a datagram was larger than the
+    /// buffer and therefore cut.
+    pub fn recv(&mut self) -> io::Result<Received<'_>> {
+        loop {
+            // MSG_TRUNC makes recv return the datagram's real length, so a
+            // datagram larger than the buffer is detected, not parsed cut.
+            match self.socket.recv(&mut &mut self.buf[..], libc::MSG_TRUNC) {
+                Ok(len) if len > self.buf.len() => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "netlink datagram of {len} bytes exceeds the {} byte buffer",
+                            self.buf.len()
+                        ),
+                    ))
+                }
+                Ok(len) => return Ok(Received::Datagram(&self.buf[..len])),
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ENOBUFS) => return Ok(Received::Overrun),
+                    _ if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok(Received::WouldBlock)
+                    }
+                    _ => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// Send a dump `request` (its header's sequence number is `seq`) and
+    /// hand every reply message to `on_message` until NLMSG_DONE.
+    /// Messages of other sequence numbers (left over from an earlier,
+    /// aborted exchange) are skipped.
+    ///
+    /// The socket must be blocking with a receive timeout, so that the
+    /// `limits` are checked at least once per timeout.
+    ///
+    /// # Errors
+    ///
+    /// The send error; an NLMSG_ERROR reply or an error code in NLMSG_DONE
+    /// as the corresponding OS error; `TimedOut` when `limits` are exceeded;
+    /// `InvalidData` for a reply that is not a netlink message at all. After
+    /// an error the socket may still hold the rest of the dump: do not reuse
+    /// it for another dump (the kernel answers EBUSY while one is running).
+    pub fn dump(
+        &mut self,
+        request: &[u8],
+        seq: u32,
+        limits: DumpLimits,
+        mut on_message: impl FnMut(&[u8]),
+    ) -> io::Result<DumpProgress> {
+        self.send(request)?;
+        let started = Instant::now();
+        let port_id = self.port_id;
+        let mut progress = DumpProgress::default();
+        loop {
+            if started.elapsed() > limits.time_limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "netlink dump not finished after {:?} ({} messages)",
+                        limits.time_limit, progress.messages
+                    ),
+                ));
+            }
+            let datagram = match self.recv()? {
+                Received::Datagram(d) => d,
+                Received::WouldBlock => continue,
+                // A dump is flow-controlled by the kernel (the next skb is
+                // only built when this socket has room), so this can only be
+                // a stale error from an earlier multicast subscription.
+                Received::Overrun => continue,
+            };
+            for message in Messages::new(datagram) {
+                let Ok(message) = message else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "malformed netlink header in a dump reply",
+                    ));
+                };
+                if message.seq != seq || (message.port_id != port_id && message.port_id != 0) {
+                    continue;
+                }
+                if message.flags & NLM_F_DUMP_INTR != 0 {
+                    progress.interrupted = true;
+                }
+                match message.message_type {
+                    NLMSG_DONE => {
+                        // The kernel puts the dump's final errno in DONE.
+                        let code = payload_i32(message.payload).unwrap_or(0);
+                        if code < 0 {
+                            return Err(io::Error::from_raw_os_error(-code));
+                        }
+                        return Ok(progress);
+                    }
+                    NLMSG_ERROR => {
+                        let code = payload_i32(message.payload).unwrap_or(-libc::EIO);
+                        if code < 0 {
+                            return Err(io::Error::from_raw_os_error(-code));
+                        }
+                        // An ACK (code 0) ends nothing in a dump; ignore it.
+                    }
+                    NLMSG_NOOP | NLMSG_OVERRUN => {}
+                    _ => {
+                        progress.messages += 1;
+                        if progress.messages > limits.max_messages {
+                            return Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!(
+                                    "netlink dump exceeded {} messages without NLMSG_DONE",
+                                    limits.max_messages
+                                ),
+                            ));
+                        }
+                        on_message(message.bytes);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl AsRawFd for NetlinkSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+/// Bounds of one dump exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DumpLimits {
+    pub time_limit: Duration,
+    pub max_messages: u64,
+}
+
+/// What a dump exchange saw besides its messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DumpProgress {
+    /// Data messages handed to the callback.
+    pub messages: u64,
+    /// Some reply carried NLM_F_DUMP_INTR: the table changed under the dump
+    /// in a way the kernel could detect, entries may be missing or doubled.
+    pub interrupted: bool,
+}
+
+/// One netlink message inside a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Message<'a> {
+    /// The whole message, header included, without trailing alignment.
+    pub bytes: &'a [u8],
+    pub payload: &'a [u8],
+    pub message_type: u16,
+    pub flags: u16,
+    pub seq: u32,
+    pub port_id: u32,
+}
+
+/// The messages of one datagram, in order. A malformed header ends the
+/// iteration with one `Err` (nothing after it can be located).
+pub struct Messages<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Messages<'a> {
+    pub fn new(datagram: &'a [u8]) -> Self {
+        Messages { rest: datagram }
+    }
+}
+
+/// A netlink header whose length field does not fit the datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MalformedHeader;
+
+impl<'a> Iterator for Messages<'a> {
+    type Item = Result<Message<'a>, MalformedHeader>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let Ok(buffer) = NetlinkBuffer::new_checked(self.rest) else {
+            self.rest = &[];
+            return Some(Err(MalformedHeader));
+        };
+        let len = buffer.length() as usize;
+        let message = Message {
+            bytes: &self.rest[..len],
+            payload: &self.rest[NLMSG_HDRLEN..len],
+            message_type: buffer.message_type(),
+            flags: buffer.flags(),
+            seq: buffer.sequence_number(),
+            port_id: buffer.port_number(),
+        };
+        let advance = (len + NLMSG_ALIGNTO - 1) & !(NLMSG_ALIGNTO - 1);
+        self.rest = self.rest.get(advance..).unwrap_or(&[]);
+        Some(Ok(message))
+    }
+}
+
+fn payload_i32(payload: &[u8]) -> Option<i32> {
+    let bytes: [u8; 4] = payload.get(..4)?.try_into().ok()?;
+    Some(i32::from_ne_bytes(bytes))
+}
+
+fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` lives across the call and its size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_receive_timeout(fd: RawFd, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: `tv` lives across the call and its size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
+        let len = NLMSG_HDRLEN + payload.len();
+        let mut m = Vec::new();
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&7u32.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(payload);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m
+    }
+
+    #[test]
+    fn messages_splits_a_multipart_datagram() {
+        let mut datagram = message(0x100, 2, &[1, 2, 3]);
+        datagram.extend(message(NLMSG_DONE, 2, &0i32.to_ne_bytes()));
+        let parsed: Vec<_> = Messages::new(&datagram).collect();
+        assert_eq!(parsed.len(), 2);
+        let first = parsed[0].unwrap();
+        assert_eq!(first.message_type, 0x100);
+        assert_eq!(first.payload, &[1, 2, 3]);
+        assert_eq!(first.bytes.len(), NLMSG_HDRLEN + 3);
+        assert_eq!(parsed[1].unwrap().message_type, NLMSG_DONE);
+    }
+
+    #[test]
+    fn messages_stops_at_a_bad_length() {
+        let mut datagram = message(0x100, 0, &[0; 8]);
+        // Claims 4 KiB in a 24-byte datagram.
+        datagram[..4].copy_from_slice(&4096u32.to_ne_bytes());
+        let parsed: Vec<_> = Messages::new(&datagram).collect();
+        assert_eq!(parsed, vec![Err(MalformedHeader)]);
+        // Shorter than a header.
+        let parsed: Vec<_> = Messages::new(&datagram[..10]).collect();
+        assert_eq!(parsed, vec![Err(MalformedHeader)]);
+        // Length field below the header size.
+        datagram[..4].copy_from_slice(&3u32.to_ne_bytes());
+        let parsed: Vec<_> = Messages::new(&datagram).collect();
+        assert_eq!(parsed, vec![Err(MalformedHeader)]);
+    }
+
+    #[test]
+    fn empty_socket_would_block_and_buffer_is_granted() {
+        // NETLINK_ROUTE without groups needs no privilege.
+        let options = SocketOptions {
+            receive_buffer_bytes: Some(256 * 1024),
+            ..SocketOptions::default()
+        };
+        let mut socket = NetlinkSocket::open(netlink_sys::protocols::NETLINK_ROUTE, &options)
+            .expect("open NETLINK_ROUTE socket");
+        assert!(socket.receive_buffer_granted() >= 2 * 1024);
+        assert_eq!(socket.recv().unwrap(), Received::WouldBlock);
+    }
+}

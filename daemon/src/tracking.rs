@@ -1,0 +1,461 @@
+#![allow(dead_code)] // until main.rs wires tracking in
+//! Making sure the current network namespace tracks connections, with
+//! per-connection counters and timestamps.
+//!
+//! A namespace tracks nothing until some rule needs conntrack: the
+//! conntrack hooks are registered per namespace on first use (nft_ct,
+//! xt_conntrack, NAT ...). `TrackingTable` is the daemon's own minimal such
+//! rule. Counters and timestamps are conntrack extensions added when an
+//! entry is created, so the sysctls only affect connections that start
+//! after they are set.
+//!
+//! Ordering: the sysctl files exist only once nf_conntrack is loaded.
+//! Installing the table or opening a ctnetlink socket loads it, so do one of
+//! those before `read_sysctls`/`ensure_sysctls`.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Per-namespace sysctls (they apply to the namespace of the process).
+const SYSCTL_DIR: &str = "/proc/sys/net/netfilter";
+const ACCT: &str = "nf_conntrack_acct";
+const TIMESTAMP: &str = "nf_conntrack_timestamp";
+
+const TABLE_FAMILY: &str = "inet";
+const TABLE_NAME: &str = "flowlogd";
+
+/// Where the `nft` binary is looked for before PATH.
+const NFT_DIRS: [&str; 2] = ["/usr/sbin", "/sbin"];
+
+/// The daemon's table. Its only job is to reference `ct`, which makes the
+/// namespace register the conntrack hooks for IPv4 and IPv6 (the table is
+/// `inet`). The rules have no verdict and the chains accept by policy, so
+/// no packet's fate changes. Priority -150 (mangle) runs after conntrack
+/// (-200), so the counters show new connections for an operator looking.
+/// The leading `table` + `delete table` make the load replace a table left
+/// by an earlier run, in the same transaction.
+const RULESET: &str = r#"table inet flowlogd
+delete table inet flowlogd
+table inet flowlogd {
+	chain track_in {
+		type filter hook prerouting priority -150; policy accept;
+		ct state new counter comment "flowlogd: enables connection tracking, no verdict"
+	}
+	chain track_out {
+		type filter hook output priority -150; policy accept;
+		ct state new counter comment "flowlogd: enables connection tracking, no verdict"
+	}
+}
+"#;
+
+/// Declaring the table first makes the delete succeed whether or not it
+/// exists.
+const REMOVE_RULESET: &str = "table inet flowlogd\ndelete table inet flowlogd\n";
+
+/// The state of the conntrack sysctls; `None` when the file is absent
+/// (nf_conntrack not loaded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackSysctls {
+    pub acct: Option<bool>,
+    pub timestamp: Option<bool>,
+}
+
+/// What `ensure_sysctls` changed: the sysctl names it set to 1.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SysctlReport {
+    pub enabled: Vec<&'static str>,
+}
+
+/// Errors of this module, worded for the operator.
+#[derive(Debug)]
+pub enum TrackingError {
+    /// nf_conntrack is not loaded, so its sysctls do not exist yet.
+    ConntrackNotLoaded { path: PathBuf },
+    /// A sysctl is off and the daemon may not turn it on.
+    SysctlOff { name: &'static str, what: &'static str },
+    SysctlRead { path: PathBuf, source: io::Error },
+    SysctlWrite { path: PathBuf, source: io::Error },
+    NftMissing,
+    NftSpawn { path: PathBuf, source: io::Error },
+    NftFailed { action: &'static str, path: PathBuf, stderr: String },
+}
+
+impl fmt::Display for TrackingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrackingError::ConntrackNotLoaded { path } => write!(
+                f,
+                "{} does not exist: nf_conntrack is not loaded (install the tracking table or \
+                 open the conntrack sockets first, or run `modprobe nf_conntrack`)",
+                path.display()
+            ),
+            TrackingError::SysctlOff { name, what } => write!(
+                f,
+                "conntrack {what} is off: set net.netfilter.{name}=1 (sysctl -w \
+                 net.netfilter.{name}=1, or a file in /etc/sysctl.d/), or set \
+                 daemon.enable_conntrack_accounting = true"
+            ),
+            TrackingError::SysctlRead { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+            TrackingError::SysctlWrite { path, source } => write!(
+                f,
+                "cannot write 1 to {}: {source} (the daemon needs CAP_NET_ADMIN in its network \
+                 namespace)",
+                path.display()
+            ),
+            TrackingError::NftMissing => write!(
+                f,
+                "the nft binary was not found in /usr/sbin, /sbin or PATH: install nftables, or \
+                 set daemon.install_tracking_table = false if the host firewall already uses \
+                 conntrack"
+            ),
+            TrackingError::NftSpawn { path, source } => {
+                write!(f, "cannot run {}: {source}", path.display())
+            }
+            TrackingError::NftFailed {
+                action,
+                path,
+                stderr,
+            } => write!(
+                f,
+                "{} failed to {action} table {TABLE_FAMILY} {TABLE_NAME}: {}",
+                path.display(),
+                stderr.trim()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TrackingError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TrackingError::SysctlRead { source, .. }
+            | TrackingError::SysctlWrite { source, .. }
+            | TrackingError::NftSpawn { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Read net.netfilter.nf_conntrack_acct and nf_conntrack_timestamp of the
+/// current network namespace.
+pub fn read_sysctls() -> ConntrackSysctls {
+    read_sysctls_in(Path::new(SYSCTL_DIR))
+}
+
+/// Make sure accounting and timestamps are on. With `enable`, turn off ones
+/// on and report which; without, fail naming what to set.
+///
+/// # Errors
+///
+/// `ConntrackNotLoaded` when the sysctl files are absent, `SysctlOff` when
+/// one is off and `enable` is false, `SysctlRead`/`SysctlWrite` on I/O
+/// errors.
+pub fn ensure_sysctls(enable: bool) -> Result<SysctlReport, TrackingError> {
+    ensure_sysctls_in(Path::new(SYSCTL_DIR), enable)
+}
+
+fn read_sysctls_in(dir: &Path) -> ConntrackSysctls {
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .ok()
+            .map(|v| v.trim() != "0")
+    };
+    ConntrackSysctls {
+        acct: read(ACCT),
+        timestamp: read(TIMESTAMP),
+    }
+}
+
+fn ensure_sysctls_in(dir: &Path, enable: bool) -> Result<SysctlReport, TrackingError> {
+    let mut report = SysctlReport::default();
+    for (name, what) in [(ACCT, "accounting"), (TIMESTAMP, "timestamping")] {
+        let path = dir.join(name);
+        let value = match std::fs::read_to_string(&path) {
+            Ok(v) => v,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(TrackingError::ConntrackNotLoaded { path })
+            }
+            Err(source) => return Err(TrackingError::SysctlRead { path, source }),
+        };
+        if value.trim() != "0" {
+            continue;
+        }
+        if !enable {
+            return Err(TrackingError::SysctlOff { name, what });
+        }
+        std::fs::write(&path, "1\n").map_err(|source| TrackingError::SysctlWrite {
+            path: path.clone(),
+            source,
+        })?;
+        report.enabled.push(name);
+    }
+    Ok(report)
+}
+
+/// The daemon's nftables table `inet flowlogd` in the current network
+/// namespace; removed on `remove()` or drop.
+#[derive(Debug)]
+pub struct TrackingTable {
+    nft: PathBuf,
+    replaced_existing: bool,
+    installed: bool,
+}
+
+impl TrackingTable {
+    /// Install the table, replacing one of the same name (left by a run
+    /// that did not exit cleanly).
+    ///
+    /// # Errors
+    ///
+    /// `NftMissing` when no nft binary is found, `NftSpawn`/`NftFailed`
+    /// when it cannot run or rejects the ruleset (e.g. without
+    /// CAP_NET_ADMIN).
+    pub fn install() -> Result<Self, TrackingError> {
+        let nft = find_nft().ok_or(TrackingError::NftMissing)?;
+        let replaced_existing = Command::new(&nft)
+            .args(["list", "table", TABLE_FAMILY, TABLE_NAME])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        run_nft(&nft, RULESET, "install")?;
+        Ok(TrackingTable {
+            nft,
+            replaced_existing,
+            installed: true,
+        })
+    }
+
+    /// Whether a table of that name existed before and was replaced.
+    pub fn replaced_existing(&self) -> bool {
+        self.replaced_existing
+    }
+
+    /// Delete the table. Deleting a table that someone else already
+    /// removed is not an error.
+    ///
+    /// # Errors
+    ///
+    /// `NftSpawn`/`NftFailed` when nft cannot run or fails.
+    pub fn remove(mut self) -> Result<(), TrackingError> {
+        self.installed = false;
+        run_nft(&self.nft, REMOVE_RULESET, "remove")
+    }
+}
+
+impl Drop for TrackingTable {
+    fn drop(&mut self) {
+        if self.installed {
+            if let Err(e) = run_nft(&self.nft, REMOVE_RULESET, "remove") {
+                log::warn!("{e}");
+            }
+        }
+    }
+}
+
+fn find_nft() -> Option<PathBuf> {
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    NFT_DIRS
+        .iter()
+        .map(PathBuf::from)
+        .chain(path_dirs)
+        .map(|dir| dir.join("nft"))
+        .find(|candidate| candidate.is_file())
+}
+
+fn run_nft(nft: &Path, ruleset: &str, action: &'static str) -> Result<(), TrackingError> {
+    let spawn_error = |source| TrackingError::NftSpawn {
+        path: nft.to_path_buf(),
+        source,
+    };
+    let mut child = Command::new(nft)
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A write error (nft exited early) shows in its status and stderr.
+        let _ = stdin.write_all(ruleset.as_bytes());
+    }
+    let output = child.wait_with_output().map_err(spawn_error)?;
+    if !output.status.success() {
+        return Err(TrackingError::NftFailed {
+            action,
+            path: nft.to_path_buf(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::test_support::{in_new_netns, require_root, run};
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("flowlogd-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn sysctls_absent_mean_module_not_loaded() {
+        let dir = temp_dir("sysctl-absent");
+        assert_eq!(
+            read_sysctls_in(&dir),
+            ConntrackSysctls { acct: None, timestamp: None }
+        );
+        let err = ensure_sysctls_in(&dir, true).unwrap_err();
+        assert!(matches!(err, TrackingError::ConntrackNotLoaded { .. }), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sysctls_off_without_enable_say_what_to_set() {
+        let dir = temp_dir("sysctl-off");
+        std::fs::write(dir.join(ACCT), "0\n").unwrap();
+        std::fs::write(dir.join(TIMESTAMP), "1\n").unwrap();
+        assert_eq!(
+            read_sysctls_in(&dir),
+            ConntrackSysctls { acct: Some(false), timestamp: Some(true) }
+        );
+        let err = ensure_sysctls_in(&dir, false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "conntrack accounting is off: set net.netfilter.nf_conntrack_acct=1 (sysctl -w \
+             net.netfilter.nf_conntrack_acct=1, or a file in /etc/sysctl.d/), or set \
+             daemon.enable_conntrack_accounting = true"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sysctls_off_with_enable_are_written_and_reported() {
+        let dir = temp_dir("sysctl-enable");
+        std::fs::write(dir.join(ACCT), "0\n").unwrap();
+        std::fs::write(dir.join(TIMESTAMP), "0\n").unwrap();
+        let report = ensure_sysctls_in(&dir, true).unwrap();
+        assert_eq!(report.enabled, vec![ACCT, TIMESTAMP]);
+        assert_eq!(
+            read_sysctls_in(&dir),
+            ConntrackSysctls { acct: Some(true), timestamp: Some(true) }
+        );
+        // Nothing left to change.
+        assert_eq!(ensure_sysctls_in(&dir, false).unwrap(), SysctlReport::default());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Entries `conntrack -L` lists in the calling thread's namespace.
+    fn conntrack_entries() -> Vec<String> {
+        // conntrack -L prints the entries on stdout and a summary line on
+        // stderr.
+        run(&["conntrack", "-L"])
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// UDP to a closed port and a TCP connection, both over `lo`.
+    fn make_traffic(udp_port: u16) {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.send_to(b"flowlogd", ("127.0.0.1", udp_port)).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        drop(listener.accept().unwrap());
+        drop(stream);
+    }
+
+    #[test]
+    fn tracking_table_turns_tracking_on_in_a_namespace() {
+        if !require_root("tracking_table_turns_tracking_on_in_a_namespace") {
+            return;
+        }
+        in_new_netns(|| {
+            // A fresh namespace has no rules: nothing is tracked.
+            make_traffic(40001);
+            let before = conntrack_entries();
+            assert!(before.is_empty(), "tracked without any rule: {before:?}");
+
+            let table = TrackingTable::install().expect("install tracking table");
+            assert!(!table.replaced_existing());
+            let listed = run(&["nft", "list", "table", "inet", "flowlogd"]);
+            assert!(listed.contains("ct state new counter"), "{listed}");
+
+            make_traffic(40002);
+            let after = conntrack_entries();
+            assert!(
+                after.iter().any(|l| l.contains("udp") && l.contains("dport=40002")),
+                "no UDP entry with the table: {after:?}"
+            );
+            assert!(after.iter().any(|l| l.starts_with("tcp")), "no TCP entry: {after:?}");
+
+            // A second install (as after a crash) replaces, not duplicates.
+            let again = TrackingTable::install().expect("reinstall tracking table");
+            assert!(again.replaced_existing());
+            let listed = run(&["nft", "list", "table", "inet", "flowlogd"]);
+            assert_eq!(listed.matches("ct state new counter").count(), 2, "{listed}");
+
+            table.remove().expect("remove tracking table");
+            // Both handles name the same table: the second removal finds it
+            // gone, which is not an error.
+            again.remove().expect("remove an already removed table");
+            let status = Command::new("nft")
+                .args(["list", "table", "inet", "flowlogd"])
+                .stderr(Stdio::null())
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(!status.success(), "table still present after remove()");
+        });
+    }
+
+    #[test]
+    fn tracking_table_is_removed_on_drop() {
+        if !require_root("tracking_table_is_removed_on_drop") {
+            return;
+        }
+        in_new_netns(|| {
+            drop(TrackingTable::install().expect("install tracking table"));
+            let status = Command::new("nft")
+                .args(["list", "table", "inet", "flowlogd"])
+                .stderr(Stdio::null())
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(!status.success(), "table still present after drop");
+        });
+    }
+
+    #[test]
+    fn ensure_sysctls_in_a_namespace() {
+        if !require_root("ensure_sysctls_in_a_namespace") {
+            return;
+        }
+        in_new_netns(|| {
+            // /proc/sys/net follows the namespace of the thread that opens
+            // it; a new namespace starts with both off (module defaults).
+            let table = TrackingTable::install().expect("install tracking table");
+            let before = read_sysctls();
+            assert_eq!(before, ConntrackSysctls { acct: Some(false), timestamp: Some(false) });
+            let err = ensure_sysctls(false).unwrap_err();
+            assert!(err.to_string().contains("nf_conntrack_acct=1"), "{err}");
+            let report = ensure_sysctls(true).unwrap();
+            assert_eq!(report.enabled, vec![ACCT, TIMESTAMP]);
+            assert_eq!(read_sysctls(), ConntrackSysctls { acct: Some(true), timestamp: Some(true) });
+            table.remove().unwrap();
+        });
+    }
+}
