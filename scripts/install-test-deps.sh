@@ -5,7 +5,7 @@
 # and rsyslog as the real syslog consumer.
 set -euo pipefail
 
-packages=(gcc libc6-dev make iproute2 nftables iptables conntrack kmod procps)
+packages=(gcc libc6-dev make iproute2 iputils-ping nftables iptables conntrack kmod procps)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

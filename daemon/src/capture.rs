@@ -17,15 +17,24 @@ use mio::{Events, Interest, Poll, Token};
 use crate::config::{Config, ConfigError};
 use crate::eni::EniRegistry;
 use crate::flows::{Clock, FlowTable, LossScope, SystemClock};
-use crate::netlink::{ConntrackDumper, ConntrackEvents, DrainStats, EventSubscription, EventsConfig, RouteWatcher};
+use crate::netlink::{
+    ConntrackDumper, ConntrackEvents, DrainStats, EventSubscription, EventsConfig, NflogConfig, NflogSocket, RouteWatcher,
+};
+use crate::rejects::RejectCapture;
 use crate::signals::{Signal, SignalFd};
 use crate::sinks::Dispatcher;
 use crate::tracking::{self, TrackingError, TrackingTable};
-use crate::{routing, startup};
+use crate::{handoff, routing, startup};
 
 const CONNTRACK: Token = Token(0);
 const ROUTE: Token = Token(1);
 const SIGNALS: Token = Token(2);
+const NFLOG: Token = Token(3);
+
+/// Bytes of each dropped packet NFLOG copies to us: an IPv6 header with a
+/// few extension headers and the transport ports fit; the record's size
+/// comes from the IP header, not from the copy.
+const NFLOG_COPY_RANGE: u32 = 128;
 
 /// rtnetlink traffic is tiny (links and addresses); 1 MiB absorbs a burst of
 /// hot-plugged interfaces.
@@ -60,6 +69,7 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
 struct LoopStats {
     conntrack: DrainStats,
     route: DrainStats,
+    nflog: DrainStats,
     dump_parse_errors: u64,
     dumps_interrupted: u64,
     resyncs: u64,
@@ -84,9 +94,14 @@ struct Capture {
     dumper: ConntrackDumper,
     route: RouteWatcher,
     dispatcher: Dispatcher,
+    /// REJECT records from NFLOG, if groups are configured.
+    nflog: Option<(NflogSocket, RejectCapture)>,
     stats: LoopStats,
     /// An overrun lost events: dump the table to resync as soon as we can.
     resync_pending: bool,
+    /// A drain stopped at its budget with data queued: readiness will not
+    /// be reported again, so poll without waiting and drain again.
+    drain_pending: bool,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns the number of records
@@ -149,6 +164,25 @@ pub fn run(config: Config) -> Result<u64, RunError> {
     );
     let dumper = ConntrackDumper::open().map_err(io_err("cannot open the conntrack dump socket"))?;
     let route = RouteWatcher::open(ROUTE_RCVBUF_BYTES).map_err(io_err("cannot open the rtnetlink socket"))?;
+    let nflog = if config.daemon.nflog_groups.is_empty() {
+        log::info!("no NFLOG groups configured (daemon.nflog_groups): no REJECT records");
+        None
+    } else {
+        let socket = NflogSocket::open(&NflogConfig {
+            groups: config.daemon.nflog_groups.clone(),
+            copy_range: NFLOG_COPY_RANGE,
+            receive_buffer_bytes: config.daemon.nflog_rcvbuf_bytes as usize,
+        })
+        .map_err(io_err("cannot bind the NFLOG groups"))?;
+        log::info!(
+            "NFLOG groups {:?} (drops logged with prefix flowlogd:<security-group>:<rule> become REJECT records{}), \
+             receive buffer {} bytes",
+            config.daemon.nflog_groups,
+            if config.daemon.nflog_require_prefix { "; other prefixes are ignored and counted" } else { "" },
+            socket.receive_buffer_granted()
+        );
+        Some((socket, RejectCapture::new(config.daemon.nflog_require_prefix)))
+    };
 
     let dispatcher = startup::start_sinks(&config).map_err(RunError::Config)?;
 
@@ -160,8 +194,10 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         dumper,
         route,
         dispatcher,
+        nflog,
         stats: LoopStats::default(),
         resync_pending: false,
+        drain_pending: false,
         config,
     };
     // Interfaces and addresses now; changes arrive on the watcher.
@@ -194,6 +230,11 @@ pub fn run(config: Config) -> Result<u64, RunError> {
     registry
         .register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)
         .map_err(io_err("cannot poll the signalfd"))?;
+    if let Some((socket, _)) = &capture.nflog {
+        registry
+            .register(&mut SourceFd(&socket.as_raw_fd()), NFLOG, Interest::READABLE)
+            .map_err(io_err("cannot poll the NFLOG socket"))?;
+    }
     log::info!(
         "capturing: window {} s, first window closes at {}",
         capture.config.daemon.capture_window_secs,
@@ -202,7 +243,11 @@ pub fn run(config: Config) -> Result<u64, RunError> {
 
     let mut poll_events = Events::with_capacity(64);
     let lost = loop {
-        let timeout = until(capture.table.next_deadline());
+        let timeout = if capture.drain_pending {
+            Duration::ZERO
+        } else {
+            until(capture.table.next_deadline())
+        };
         if let Err(e) = poll.poll(&mut poll_events, Some(timeout)) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -213,11 +258,16 @@ pub fn run(config: Config) -> Result<u64, RunError> {
             });
         }
         let mut terminate = false;
+        if std::mem::take(&mut capture.drain_pending) {
+            capture.drain_conntrack();
+            capture.drain_nflog();
+        }
         for event in poll_events.iter() {
             match event.token() {
                 // Readiness may be reported once: every handler drains
                 // its source until it would block.
                 CONNTRACK => capture.drain_conntrack(),
+                NFLOG => capture.drain_nflog(),
                 ROUTE => capture.drain_route(),
                 SIGNALS => loop {
                     match signals.next() {
@@ -275,6 +325,22 @@ impl Capture {
             stats.entries,
             self.table.stats().entries
         );
+        let state_dir = &self.config.daemon.state_dir;
+        match handoff::take(state_dir, SystemClock.now_unix()) {
+            Ok(Some(entries)) => {
+                let resumed = self.table.resume_from(&entries);
+                log::info!(
+                    "resumed {resumed} of {} connections handed off by the previous run (what they carried \
+                     while no daemon ran is counted in this window)",
+                    entries.len()
+                );
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!(
+                "{}: not resuming from the previous run's handoff: {e}",
+                handoff::path_in(state_dir).display()
+            ),
+        }
         Ok(())
     }
 
@@ -296,7 +362,31 @@ impl Capture {
             self.table.mark_lost(LossScope::All);
             self.resync_pending = true;
         }
+        self.drain_pending |= s.more_pending;
         LoopStats::add(&mut self.stats.conntrack, &s);
+    }
+
+    fn drain_nflog(&mut self) {
+        let Some((socket, rejects)) = &mut self.nflog else { return };
+        let (table, registry) = (&mut self.table, &self.registry);
+        let s = socket.drain(|packet| rejects.on_packet(registry, table, &packet));
+        let gaps = socket.take_loss().sequence_gaps;
+        if s.overruns > 0 || gaps > 0 {
+            // Dropped packets the kernel logged but could not hand us: which
+            // ENIs they were on is unknown, so every ENI's window is marked.
+            log::error!(
+                "nflog: lost logged packets ({} overruns, {gaps} missing sequence numbers) with a {} byte receive \
+                 buffer; marking this window SKIPDATA",
+                s.overruns,
+                socket.receive_buffer_granted()
+            );
+            self.table.mark_lost(LossScope::All);
+        }
+        if s.parse_errors > 0 {
+            log::warn!("nflog: {} malformed messages skipped", s.parse_errors);
+        }
+        self.drain_pending |= s.more_pending;
+        LoopStats::add(&mut self.stats.nflog, &s);
     }
 
     fn drain_route(&mut self) {
@@ -321,9 +411,9 @@ impl Capture {
     }
 
     /// Dumps the table so that every live connection's counters are
-    /// harvested. `complete_means_lost`: after an overrun, a connection the
-    /// dump does not list lost its DESTROY event.
-    fn dump(&mut self, complete_means_lost: bool) {
+    /// harvested, and connections that vanished without a DESTROY event are
+    /// found (the table gives them one dump of grace).
+    fn dump(&mut self) {
         // Events queued before the dump are applied first, so the dump and
         // the events agree on what is gone.
         self.drain_conntrack();
@@ -340,7 +430,7 @@ impl Capture {
                     self.stats.dumps_interrupted += 1;
                     log::warn!("conntrack dump was interrupted by a table resize; counters will be harvested later");
                 }
-                self.table.end_dump(complete_means_lost && !s.interrupted);
+                self.table.end_dump(!s.interrupted);
             }
             Err(e) => {
                 log::error!("conntrack dump failed: {e}; long-lived connections are harvested at the next dump");
@@ -352,12 +442,13 @@ impl Capture {
     fn resync(&mut self) {
         self.resync_pending = false;
         self.stats.resyncs += 1;
-        self.dump(true);
+        self.dump();
     }
 
     fn close_window(&mut self, end: i64) {
         let started = std::time::Instant::now();
-        self.dump(false);
+        self.drain_nflog();
+        self.dump();
         let records = self.table.close_window(&self.registry, end);
         let count = records.record_count();
         let window = records.window;
@@ -369,6 +460,20 @@ impl Capture {
         self.dispatcher.flush_all(flowlogd_plugin_api::abi::FLUSH_WINDOW_END);
         let t = self.table.stats();
         let c = &self.stats.conntrack;
+        if let Some((_, rejects)) = &self.nflog {
+            let r = rejects.stats();
+            let n = &self.stats.nflog;
+            log::info!(
+                "nflog: {} packets, {} malformed, {} overruns; {} with a foreign prefix ignored, {} not on an ENI, {} \
+                 unreadable headers",
+                n.entries,
+                n.parse_errors,
+                n.overruns,
+                r.foreign_prefix,
+                r.not_on_an_eni,
+                r.bad_headers
+            );
+        }
         log::info!(
             "window {}-{}: {count} records in {} ms; {} live connections (peak {}); conntrack: {} events, {} \
              malformed, {} overruns, {} resyncs; lost connections {}, table-full drops {}, anomalies {}",
@@ -393,6 +498,21 @@ impl Capture {
     }
 
     fn shutdown(mut self, tracking_table: Option<TrackingTable>) -> u64 {
+        // The window was closed with a dump just now: hand off what was
+        // attributed so a restart neither loses nor double counts.
+        let entries = self.table.handoff();
+        let state_dir = &self.config.daemon.state_dir;
+        match handoff::write(state_dir, SystemClock.now_unix(), &entries) {
+            Ok(()) => log::info!(
+                "handed off {} live connections to the next run in {}",
+                entries.len(),
+                handoff::path_in(state_dir).display()
+            ),
+            Err(e) => log::warn!(
+                "cannot write {}: {e}; a restart will not count what flows until then",
+                handoff::path_in(state_dir).display()
+            ),
+        }
         let lost = startup::stop_sinks(
             &mut self.dispatcher,
             Duration::from_secs(self.config.daemon.shutdown_timeout_secs.into()),

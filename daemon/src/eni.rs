@@ -2,8 +2,6 @@
 //!
 //! Pure data: rtnetlink events come in as [`RouteEvent`]s with the time they
 //! were seen; nothing here opens a socket.
-// Until the event loop in main.rs uses this module.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::fmt;

@@ -4,9 +4,12 @@ mod capture;
 mod config;
 mod eni;
 mod flows;
+mod handoff;
 mod logger;
 mod model;
 mod netlink;
+mod packet;
+mod rejects;
 mod routing;
 mod signals;
 mod sinks;
@@ -146,7 +149,38 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     for line in sink_lines {
         println!("{line}");
     }
+    print_tracking_report(&config);
     ExitCode::SUCCESS
+}
+
+/// What `run` will do about connection tracking in this namespace.
+fn print_tracking_report(config: &Config) {
+    let d = &config.daemon;
+    println!("connection tracking (this network namespace):");
+    if d.install_tracking_table {
+        println!("  at start: installs nftables table inet flowlogd (a `ct state` rule, no verdicts); removed at exit");
+    } else {
+        println!("  install_tracking_table = false: the host firewall must reference `ct` or nothing is tracked");
+    }
+    let sysctls = tracking::read_sysctls();
+    for (name, value) in [
+        ("nf_conntrack_acct", sysctls.acct),
+        ("nf_conntrack_timestamp", sysctls.timestamp),
+        ("nf_conntrack_events", sysctls.events),
+    ] {
+        let state = match value {
+            Some(true) => "1".to_owned(),
+            Some(false) if d.enable_conntrack_accounting => {
+                "not 1; run sets it to 1 (enable_conntrack_accounting = true)".to_owned()
+            }
+            Some(false) => format!(
+                "not 1; run will REFUSE to start: set net.netfilter.{name}=1 (sysctl -w net.netfilter.{name}=1, or a \
+                 file in /etc/sysctl.d/), or set daemon.enable_conntrack_accounting = true"
+            ),
+            None => "not present yet (nf_conntrack not loaded; loaded at start)".to_owned(),
+        };
+        println!("  net.netfilter.{name} = {state}");
+    }
 }
 
 fn plugins(path: &std::path::Path) -> ExitCode {

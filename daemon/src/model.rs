@@ -84,3 +84,19 @@ pub enum RouteEvent {
     AddressAdded(InterfaceAddress),
     AddressRemoved(InterfaceAddress),
 }
+
+/// One packet a firewall rule logged to NFLOG before dropping it, borrowed
+/// from the receive buffer (valid during the drain callback).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoggedPacket<'a> {
+    /// The NFLOG group it was logged to.
+    pub group: u16,
+    /// The rule's log prefix, without the trailing NUL.
+    pub prefix: &'a [u8],
+    /// Interface the packet arrived on (input, forward, prerouting hooks).
+    pub indev: Option<u32>,
+    /// Interface it was leaving by (output, forward, postrouting hooks).
+    pub outdev: Option<u32>,
+    /// The packet from its network header, cut at the copy range.
+    pub payload: &'a [u8],
+}

@@ -1,4 +1,3 @@
-#![allow(dead_code)] // until main.rs wires tracking in
 //! Making sure the current network namespace tracks connections, with
 //! per-connection counters and timestamps.
 //!
@@ -22,6 +21,11 @@ use std::process::{Command, Stdio};
 const SYSCTL_DIR: &str = "/proc/sys/net/netfilter";
 const ACCT: &str = "nf_conntrack_acct";
 const TIMESTAMP: &str = "nf_conntrack_timestamp";
+/// 1: every new connection gets the event extension. The default, 2, adds
+/// it only while some process listens, so a connection created while the
+/// daemon was not running never sends its DESTROY event (and its final
+/// counters) even after the daemon starts listening.
+const EVENTS: &str = "nf_conntrack_events";
 
 const TABLE_FAMILY: &str = "inet";
 const TABLE_NAME: &str = "flowlogd";
@@ -60,6 +64,8 @@ const REMOVE_RULESET: &str = "table inet flowlogd\ndelete table inet flowlogd\n"
 pub struct ConntrackSysctls {
     pub acct: Option<bool>,
     pub timestamp: Option<bool>,
+    /// nf_conntrack_events == 1 (events for every connection).
+    pub events: Option<bool>,
 }
 
 /// What `ensure_sysctls` changed: the sysctl names it set to 1.
@@ -72,14 +78,32 @@ pub struct SysctlReport {
 #[derive(Debug)]
 pub enum TrackingError {
     /// nf_conntrack is not loaded, so its sysctls do not exist yet.
-    ConntrackNotLoaded { path: PathBuf },
+    ConntrackNotLoaded {
+        path: PathBuf,
+    },
     /// A sysctl is off and the daemon may not turn it on.
-    SysctlOff { name: &'static str, what: &'static str },
-    SysctlRead { path: PathBuf, source: io::Error },
-    SysctlWrite { path: PathBuf, source: io::Error },
+    SysctlOff {
+        name: &'static str,
+        what: &'static str,
+    },
+    SysctlRead {
+        path: PathBuf,
+        source: io::Error,
+    },
+    SysctlWrite {
+        path: PathBuf,
+        source: io::Error,
+    },
     NftMissing,
-    NftSpawn { path: PathBuf, source: io::Error },
-    NftFailed { action: &'static str, path: PathBuf, stderr: String },
+    NftSpawn {
+        path: PathBuf,
+        source: io::Error,
+    },
+    NftFailed {
+        action: &'static str,
+        path: PathBuf,
+        stderr: String,
+    },
 }
 
 impl fmt::Display for TrackingError {
@@ -93,8 +117,8 @@ impl fmt::Display for TrackingError {
             ),
             TrackingError::SysctlOff { name, what } => write!(
                 f,
-                "conntrack {what} is off: set net.netfilter.{name}=1 (sysctl -w \
-                 net.netfilter.{name}=1, or a file in /etc/sysctl.d/), or set \
+                "conntrack {what} is not on for every connection: set net.netfilter.{name}=1 \
+                 (sysctl -w net.netfilter.{name}=1, or a file in /etc/sysctl.d/), or set \
                  daemon.enable_conntrack_accounting = true"
             ),
             TrackingError::SysctlRead { path, source } => {
@@ -167,21 +191,27 @@ fn read_sysctls_in(dir: &Path) -> ConntrackSysctls {
     ConntrackSysctls {
         acct: read(ACCT),
         timestamp: read(TIMESTAMP),
+        events: std::fs::read_to_string(dir.join(EVENTS)).ok().map(|v| v.trim() == "1"),
     }
 }
 
 fn ensure_sysctls_in(dir: &Path, enable: bool) -> Result<SysctlReport, TrackingError> {
     let mut report = SysctlReport::default();
-    for (name, what) in [(ACCT, "accounting"), (TIMESTAMP, "timestamping")] {
+    for (name, what) in [(ACCT, "accounting"), (TIMESTAMP, "timestamping"), (EVENTS, "event delivery")] {
         let path = dir.join(name);
         let value = match std::fs::read_to_string(&path) {
             Ok(v) => v,
+            // nf_conntrack_events is missing on kernels built without
+            // CONFIG_NF_CONNTRACK_EVENTS; only then would events be absent
+            // too, and the socket open would have failed already.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && name == EVENTS => continue,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(TrackingError::ConntrackNotLoaded { path })
             }
             Err(source) => return Err(TrackingError::SysctlRead { path, source }),
         };
-        if value.trim() != "0" {
+        let on = if name == EVENTS { value.trim() == "1" } else { value.trim() != "0" };
+        if on {
             continue;
         }
         if !enable {
@@ -315,10 +345,17 @@ mod tests {
         let dir = temp_dir("sysctl-absent");
         assert_eq!(
             read_sysctls_in(&dir),
-            ConntrackSysctls { acct: None, timestamp: None }
+            ConntrackSysctls {
+                acct: None,
+                timestamp: None,
+                events: None,
+            }
         );
         let err = ensure_sysctls_in(&dir, true).unwrap_err();
-        assert!(matches!(err, TrackingError::ConntrackNotLoaded { .. }), "{err}");
+        assert!(
+            matches!(err, TrackingError::ConntrackNotLoaded { .. }),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -329,12 +366,16 @@ mod tests {
         std::fs::write(dir.join(TIMESTAMP), "1\n").unwrap();
         assert_eq!(
             read_sysctls_in(&dir),
-            ConntrackSysctls { acct: Some(false), timestamp: Some(true) }
+            ConntrackSysctls {
+                acct: Some(false),
+                timestamp: Some(true),
+                events: None,
+            }
         );
         let err = ensure_sysctls_in(&dir, false).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "conntrack accounting is off: set net.netfilter.nf_conntrack_acct=1 (sysctl -w \
+            "conntrack accounting is not on for every connection: set net.netfilter.nf_conntrack_acct=1 (sysctl -w \
              net.netfilter.nf_conntrack_acct=1, or a file in /etc/sysctl.d/), or set \
              daemon.enable_conntrack_accounting = true"
         );
@@ -346,14 +387,23 @@ mod tests {
         let dir = temp_dir("sysctl-enable");
         std::fs::write(dir.join(ACCT), "0\n").unwrap();
         std::fs::write(dir.join(TIMESTAMP), "0\n").unwrap();
+        // 2 (the default): events only while someone listens.
+        std::fs::write(dir.join(EVENTS), "2\n").unwrap();
         let report = ensure_sysctls_in(&dir, true).unwrap();
-        assert_eq!(report.enabled, vec![ACCT, TIMESTAMP]);
+        assert_eq!(report.enabled, vec![ACCT, TIMESTAMP, EVENTS]);
         assert_eq!(
             read_sysctls_in(&dir),
-            ConntrackSysctls { acct: Some(true), timestamp: Some(true) }
+            ConntrackSysctls {
+                acct: Some(true),
+                timestamp: Some(true),
+                events: Some(true),
+            }
         );
         // Nothing left to change.
-        assert_eq!(ensure_sysctls_in(&dir, false).unwrap(), SysctlReport::default());
+        assert_eq!(
+            ensure_sysctls_in(&dir, false).unwrap(),
+            SysctlReport::default()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -397,16 +447,25 @@ mod tests {
             make_traffic(40002);
             let after = conntrack_entries();
             assert!(
-                after.iter().any(|l| l.contains("udp") && l.contains("dport=40002")),
+                after
+                    .iter()
+                    .any(|l| l.contains("udp") && l.contains("dport=40002")),
                 "no UDP entry with the table: {after:?}"
             );
-            assert!(after.iter().any(|l| l.starts_with("tcp")), "no TCP entry: {after:?}");
+            assert!(
+                after.iter().any(|l| l.starts_with("tcp")),
+                "no TCP entry: {after:?}"
+            );
 
             // A second install (as after a crash) replaces, not duplicates.
             let again = TrackingTable::install().expect("reinstall tracking table");
             assert!(again.replaced_existing());
             let listed = run(&["nft", "list", "table", "inet", "flowlogd"]);
-            assert_eq!(listed.matches("ct state new counter").count(), 2, "{listed}");
+            assert_eq!(
+                listed.matches("ct state new counter").count(),
+                2,
+                "{listed}"
+            );
 
             table.remove().expect("remove tracking table");
             // Both handles name the same table: the second removal finds it
@@ -449,12 +508,26 @@ mod tests {
             // it; a new namespace starts with both off (module defaults).
             let table = TrackingTable::install().expect("install tracking table");
             let before = read_sysctls();
-            assert_eq!(before, ConntrackSysctls { acct: Some(false), timestamp: Some(false) });
+            assert_eq!(
+                before,
+                ConntrackSysctls {
+                    acct: Some(false),
+                    timestamp: Some(false),
+                    events: Some(false),
+                }
+            );
             let err = ensure_sysctls(false).unwrap_err();
             assert!(err.to_string().contains("nf_conntrack_acct=1"), "{err}");
             let report = ensure_sysctls(true).unwrap();
-            assert_eq!(report.enabled, vec![ACCT, TIMESTAMP]);
-            assert_eq!(read_sysctls(), ConntrackSysctls { acct: Some(true), timestamp: Some(true) });
+            assert_eq!(report.enabled, vec![ACCT, TIMESTAMP, EVENTS]);
+            assert_eq!(
+                read_sysctls(),
+                ConntrackSysctls {
+                    acct: Some(true),
+                    timestamp: Some(true),
+                    events: Some(true),
+                }
+            );
             table.remove().unwrap();
         });
     }

@@ -8,10 +8,9 @@ mod validate;
 
 pub use error::ConfigError;
 pub use location::Location;
-pub use validate::{
-    load, parse, Config, DaemonConfig, EniConfig, EniMatch, FlowLogConfig, ResourceType,
-    SinkConfig, TrafficFilter,
-};
+pub use validate::{load, Config, EniConfig, EniMatch, FlowLogConfig, SinkConfig, TrafficFilter};
+#[cfg(test)]
+pub use validate::{parse, ResourceType};
 
 #[cfg(test)]
 mod tests;

@@ -20,8 +20,12 @@ pub struct RawConfig {
     /// the plugin can validate; keys keep their spans so the plugin's
     /// errors can be pointed at.
     #[serde(default)]
-    pub sinks: BTreeMap<Spanned<String>, Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>,
+    pub sinks: RawSinks,
 }
+
+/// `[sinks.<name>]` tables: name -> (key -> value), every part located.
+pub type RawSinks = BTreeMap<Spanned<String>, Spanned<RawSinkTable>>;
+pub type RawSinkTable = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
 
 pub const fn default_capture_window_secs() -> u32 {
     600
@@ -86,6 +90,19 @@ pub struct RawDaemon {
     pub conntrack_rcvbuf_bytes: Spanned<i64>,
     #[serde(default = "default_true")]
     pub conntrack_reliable_events: bool,
+    #[serde(default = "default_true")]
+    pub nflog_require_prefix: bool,
+    #[serde(default = "spanned_nflog_rcvbuf")]
+    pub nflog_rcvbuf_bytes: Spanned<i64>,
+}
+
+/// The NFLOG socket's receive buffer: a flood of dropped packets (a port
+/// scan, a SYN flood) arrives faster than any other input.
+pub const fn default_nflog_rcvbuf_bytes() -> u64 {
+    32 << 20
+}
+fn spanned_nflog_rcvbuf() -> Spanned<i64> {
+    Spanned::new(0..0, default_nflog_rcvbuf_bytes() as i64)
 }
 
 /// The conntrack event socket's receive buffer. DESTROY events arrive in
@@ -130,6 +147,8 @@ impl Default for RawDaemon {
             shutdown_timeout_secs: spanned_shutdown_timeout(),
             conntrack_rcvbuf_bytes: spanned_conntrack_rcvbuf(),
             conntrack_reliable_events: true,
+            nflog_require_prefix: true,
+            nflog_rcvbuf_bytes: spanned_nflog_rcvbuf(),
         }
     }
 }

@@ -44,6 +44,10 @@ pub struct DaemonConfig {
     /// Ask the kernel to keep a connection until its DESTROY event is
     /// delivered (NETLINK_BROADCAST_ERROR), so final counters are never lost.
     pub conntrack_reliable_events: bool,
+    /// Ignore (and count) NFLOG packets whose prefix is not
+    /// `flowlogd:<security-group>:<rule>`.
+    pub nflog_require_prefix: bool,
+    pub nflog_rcvbuf_bytes: u64,
 }
 
 /// How an `[[eni]]` finds its interface.
@@ -280,6 +284,11 @@ fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigErr
         "daemon.conntrack_rcvbuf_bytes",
         4096..=(1 << 31),
     )? as u64;
+    let nflog_rcvbuf_bytes = cx.int_in(
+        &d.nflog_rcvbuf_bytes,
+        "daemon.nflog_rcvbuf_bytes",
+        4096..=(1 << 31),
+    )? as u64;
     let mut nflog_groups = Vec::new();
     for g in &d.nflog_groups {
         let n = cx.int_in(g, "daemon.nflog_groups", 0..=65535)? as u16;
@@ -320,6 +329,8 @@ fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigErr
         shutdown_timeout_secs,
         conntrack_rcvbuf_bytes,
         conntrack_reliable_events: d.conntrack_reliable_events,
+        nflog_require_prefix: d.nflog_require_prefix,
+        nflog_rcvbuf_bytes,
     })
 }
 
@@ -405,7 +416,6 @@ fn validate_enis(cx: &Cx<'_>, raw: &[Spanned<RawEni>]) -> Result<Vec<EniConfig>,
     Ok(out)
 }
 
-type RawSinks = BTreeMap<Spanned<String>, Spanned<BTreeMap<Spanned<String>, Spanned<toml::Value>>>>;
 
 fn validate_sinks(cx: &Cx<'_>, raw: &RawSinks) -> Result<Vec<SinkConfig>, ConfigError> {
     let mut out = Vec::new();

@@ -1,6 +1,5 @@
 //! The flow table and capture windows (pure logic; time comes from an injected clock).
-// Until the event loop in main.rs uses this module.
-#![allow(dead_code, unused_imports)]
+
 
 mod aggregate;
 mod table;
@@ -9,7 +8,7 @@ mod tests;
 mod window;
 
 pub use aggregate::{has_ports, FlowTuple, InstanceRecords, WindowRecords};
-pub use table::{FlowStats, FlowTable, LossScope};
+pub use table::{FlowStats, FlowTable, HandoffEntry, LossScope};
 #[cfg(test)]
 pub use window::FakeClock;
 pub use window::{CaptureWindow, Clock, SystemClock};

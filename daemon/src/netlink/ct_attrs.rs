@@ -45,7 +45,10 @@ pub enum CtAttr {
     Id(u32),
     Zone(u16),
     Mark(u32),
-    Timestamp { start: Option<u64>, stop: Option<u64> },
+    Timestamp {
+        start: Option<u64>,
+        stop: Option<u64>,
+    },
 }
 
 /// Decode one top-level attribute of a conntrack message; `Ok(None)` for
@@ -95,9 +98,9 @@ impl IcmpKey {
         let kind = nla.kind() & netlink_packet_core::NLA_TYPE_MASK;
         if len > value.len() {
             return match kind {
-                CTA_PROTO_ICMP_ID..=CTA_PROTO_ICMPV6_CODE => {
-                    Err(DecodeError::from(format!("ICMP tuple attribute {kind} of {len} bytes")))
-                }
+                CTA_PROTO_ICMP_ID..=CTA_PROTO_ICMPV6_CODE => Err(DecodeError::from(format!(
+                    "ICMP tuple attribute {kind} of {len} bytes"
+                ))),
                 _ => Ok(()),
             };
         }
@@ -138,7 +141,9 @@ fn counters(nested: &[u8]) -> Result<Counters, DecodeError> {
     }
     match (packets, bytes) {
         (Some(packets), Some(bytes)) => Ok(Counters { packets, bytes }),
-        _ => Err(DecodeError::from("CTA_COUNTERS_* without packets and bytes")),
+        _ => Err(DecodeError::from(
+            "CTA_COUNTERS_* without packets and bytes",
+        )),
     }
 }
 
@@ -160,17 +165,23 @@ fn timestamp(nested: &[u8]) -> Result<(Option<u64>, Option<u64>), DecodeError> {
 }
 
 fn be64(value: &[u8], name: &str) -> Result<u64, DecodeError> {
-    let bytes: [u8; 8] = value.try_into().map_err(|_| wrong_size(name, 8, value.len()))?;
+    let bytes: [u8; 8] = value
+        .try_into()
+        .map_err(|_| wrong_size(name, 8, value.len()))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
 fn be32(value: &[u8], name: &str) -> Result<u32, DecodeError> {
-    let bytes: [u8; 4] = value.try_into().map_err(|_| wrong_size(name, 4, value.len()))?;
+    let bytes: [u8; 4] = value
+        .try_into()
+        .map_err(|_| wrong_size(name, 4, value.len()))?;
     Ok(u32::from_be_bytes(bytes))
 }
 
 fn be16(value: &[u8], name: &str) -> Result<u16, DecodeError> {
-    let bytes: [u8; 2] = value.try_into().map_err(|_| wrong_size(name, 2, value.len()))?;
+    let bytes: [u8; 2] = value
+        .try_into()
+        .map_err(|_| wrong_size(name, 2, value.len()))?;
     Ok(u16::from_be_bytes(bytes))
 }
 
@@ -217,7 +228,10 @@ mod tests {
         let attr = nla(CTA_COUNTERS_ORIG | 0x8000, &nested);
         assert_eq!(
             decode_one(&attr).unwrap(),
-            Some(CtAttr::CountersOrig(Counters { packets: 7, bytes: 420 }))
+            Some(CtAttr::CountersOrig(Counters {
+                packets: 7,
+                bytes: 420
+            }))
         );
 
         let mut nested = nla(CTA_COUNTERS32_PACKETS, &3u32.to_be_bytes());
@@ -225,7 +239,10 @@ mod tests {
         let attr = nla(CTA_COUNTERS_REPLY, &nested);
         assert_eq!(
             decode_one(&attr).unwrap(),
-            Some(CtAttr::CountersReply(Counters { packets: 3, bytes: 180 }))
+            Some(CtAttr::CountersReply(Counters {
+                packets: 3,
+                bytes: 180
+            }))
         );
     }
 
@@ -244,8 +261,14 @@ mod tests {
             decode_one(&nla(CTA_ID, &0xdead_beefu32.to_be_bytes())).unwrap(),
             Some(CtAttr::Id(0xdead_beef))
         );
-        assert_eq!(decode_one(&nla(CTA_ZONE, &5u16.to_be_bytes())).unwrap(), Some(CtAttr::Zone(5)));
-        assert_eq!(decode_one(&nla(CTA_MARK, &9u32.to_be_bytes())).unwrap(), Some(CtAttr::Mark(9)));
+        assert_eq!(
+            decode_one(&nla(CTA_ZONE, &5u16.to_be_bytes())).unwrap(),
+            Some(CtAttr::Zone(5))
+        );
+        assert_eq!(
+            decode_one(&nla(CTA_MARK, &9u32.to_be_bytes())).unwrap(),
+            Some(CtAttr::Mark(9))
+        );
         assert!(decode_one(&nla(CTA_ID, &[1, 2])).is_err());
         // CTA_STATUS (3) is the crate's business.
         assert_eq!(decode_one(&nla(3, &[0, 0, 0, 8])).unwrap(), None);
@@ -253,22 +276,42 @@ mod tests {
 
     #[test]
     fn timestamp_without_stop() {
-        let nested = nla(CTA_TIMESTAMP_START, &1_700_000_000_000_000_000u64.to_be_bytes());
+        let nested = nla(
+            CTA_TIMESTAMP_START,
+            &1_700_000_000_000_000_000u64.to_be_bytes(),
+        );
         assert_eq!(
             decode_one(&nla(CTA_TIMESTAMP, &nested)).unwrap(),
-            Some(CtAttr::Timestamp { start: Some(1_700_000_000_000_000_000), stop: None })
+            Some(CtAttr::Timestamp {
+                start: Some(1_700_000_000_000_000_000),
+                stop: None
+            })
         );
     }
 
     #[test]
     fn icmp_key() {
         let mut key = IcmpKey::default();
-        key.add(&DefaultNla::new(CTA_PROTO_ICMP_ID, vec![0x12, 0x34])).unwrap();
-        key.add(&DefaultNla::new(CTA_PROTO_ICMP_TYPE, vec![8])).unwrap();
-        key.add(&DefaultNla::new(CTA_PROTO_ICMP_CODE, vec![0])).unwrap();
+        key.add(&DefaultNla::new(CTA_PROTO_ICMP_ID, vec![0x12, 0x34]))
+            .unwrap();
+        key.add(&DefaultNla::new(CTA_PROTO_ICMP_TYPE, vec![8]))
+            .unwrap();
+        key.add(&DefaultNla::new(CTA_PROTO_ICMP_CODE, vec![0]))
+            .unwrap();
         key.add(&DefaultNla::new(42, vec![0; 40])).unwrap();
-        assert_eq!(key, IcmpKey { id: Some(0x1234), icmp_type: Some(8), code: Some(0) });
-        assert!(key.add(&DefaultNla::new(CTA_PROTO_ICMPV6_ID, vec![1])).is_err());
-        assert!(key.add(&DefaultNla::new(CTA_PROTO_ICMPV6_TYPE, vec![0; 8])).is_err());
+        assert_eq!(
+            key,
+            IcmpKey {
+                id: Some(0x1234),
+                icmp_type: Some(8),
+                code: Some(0)
+            }
+        );
+        assert!(key
+            .add(&DefaultNla::new(CTA_PROTO_ICMPV6_ID, vec![1]))
+            .is_err());
+        assert!(key
+            .add(&DefaultNla::new(CTA_PROTO_ICMPV6_TYPE, vec![0; 8]))
+            .is_err());
     }
 }

@@ -119,14 +119,18 @@ impl NetlinkSocket {
         Ok(self.receive_buffer_granted)
     }
 
+    /// Switch between blocking and non-blocking reads (a socket that was
+    /// configured with blocking request/ACK exchanges joins the event loop).
+    ///
+    /// # Errors
+    /// The fcntl error.
+    pub fn set_non_blocking(&self, non_blocking: bool) -> io::Result<()> {
+        self.socket.set_non_blocking(non_blocking)
+    }
+
     /// The receive buffer size as the kernel last reported it (doubled).
     pub fn receive_buffer_granted(&self) -> usize {
         self.receive_buffer_granted
-    }
-
-    /// The port id the kernel assigned; replies to our requests carry it.
-    pub fn port_id(&self) -> u32 {
-        self.port_id
     }
 
     /// Send one request to the kernel.
@@ -170,9 +174,7 @@ impl NetlinkSocket {
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EINTR) => continue,
                     Some(libc::ENOBUFS) => return Ok(Received::Overrun),
-                    _ if e.kind() == io::ErrorKind::WouldBlock => {
-                        return Ok(Received::WouldBlock)
-                    }
+                    _ if e.kind() == io::ErrorKind::WouldBlock => return Ok(Received::WouldBlock),
                     _ => return Err(e),
                 },
             }
@@ -354,7 +356,12 @@ fn payload_i32(payload: &[u8]) -> Option<i32> {
     Some(i32::from_ne_bytes(bytes))
 }
 
-fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: `value` lives across the call and its size is passed with it.
     let rc = unsafe {
         libc::setsockopt(

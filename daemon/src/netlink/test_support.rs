@@ -1,5 +1,6 @@
 //! Helpers for the privileged tests and the fixture-based parser tests.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -15,7 +16,11 @@ pub fn require_root(test: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test} needs root (it creates a network namespace) and CI=true: run it as root");
     }
-    eprintln!("skipping {test}: needs root to create a network namespace");
+    // Straight to stderr, past libtest's capture, so the skip shows.
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipping {test}: needs root to create a network namespace"
+    );
     false
 }
 
@@ -27,7 +32,12 @@ pub fn in_new_netns<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -
     let thread = std::thread::spawn(move || {
         // SAFETY: unshare only changes this thread's namespaces.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
         run(&["ip", "link", "set", "lo", "up"]);
         f()
     });
@@ -55,7 +65,9 @@ pub fn run(argv: &[&str]) -> String {
 
 /// tests/fixtures/netlink/<name>
 pub fn fixture_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/netlink").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/netlink")
+        .join(name)
 }
 
 /// A fixture file of captured messages: one message per line,

@@ -215,17 +215,6 @@ impl Dispatcher {
         }
     }
 
-    /// Records queued for sink `index` and not yet delivered.
-    pub fn queued(&self, index: usize) -> u64 {
-        self.workers.get(index).map_or(0, |w| {
-            w.shared
-                .state
-                .lock()
-                .expect("sink queue lock")
-                .queued_records
-        })
-    }
-
     /// Lets every worker finish what is queued within `timeout`, closes the
     /// plugins, and returns what happened to each sink's records.
     pub fn shutdown(&mut self, timeout: Duration) -> Vec<SinkStats> {
@@ -262,10 +251,6 @@ impl Dispatcher {
         }
         self.workers.clear();
         out
-    }
-
-    pub fn stats(&self) -> Vec<SinkStats> {
-        self.workers.iter().map(|w| stats_of(&w.shared)).collect()
     }
 }
 

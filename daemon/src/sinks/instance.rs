@@ -218,10 +218,6 @@ impl PluginInstance {
         let status = unsafe { flush(self.instance, flags, &mut err) };
         status_to_result(status, &err, "flush")
     }
-
-    pub fn plugin_name(&self) -> &str {
-        &self.library.name
-    }
 }
 
 fn nonempty(s: String, default: &str) -> String {

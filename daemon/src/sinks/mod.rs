@@ -5,6 +5,6 @@ mod dispatch;
 mod instance;
 mod loader;
 
-pub use dispatch::{Dispatcher, SinkSpec, SinkStats, StartError};
+pub use dispatch::{Dispatcher, SinkSpec};
 pub use instance::{check_options, CallError};
-pub use loader::{resolve_plugin, scan_plugin_dir, LoadError, PluginLibrary};
+pub use loader::{resolve_plugin, scan_plugin_dir, PluginLibrary};

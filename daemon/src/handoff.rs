@@ -1,0 +1,136 @@
+//! Carrying attributed counters across a restart.
+//!
+//! Conntrack counters are cumulative and are never reset by us, so a
+//! stopping daemon writes, per live connection, what it had attributed; the
+//! next run baselines the table and then resumes those connections from the
+//! handed-off counters. Bytes that flowed while no daemon ran are counted
+//! in the new run's first window instead of being lost, and nothing is
+//! counted twice. The file is consumed (deleted) at start.
+//!
+//! Format: a header line, then one line per connection:
+//! `<zone<<32|id> <fingerprint> <orig packets> <orig bytes> <reply packets> <reply bytes>`.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use crate::flows::HandoffEntry;
+
+const FILE_NAME: &str = "conntrack-handoff";
+const HEADER: &str = "flowlogd-handoff 1";
+/// A handoff older than this is ignored: counting hours of traffic into
+/// one window would mislead more than leaving it out.
+pub const MAX_AGE_SECS: i64 = 3600;
+
+pub fn path_in(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE_NAME)
+}
+
+/// Writes the handoff atomically (temp file + rename).
+///
+/// # Errors
+/// The I/O error, with the path.
+pub fn write(state_dir: &Path, written_at: i64, entries: &[HandoffEntry]) -> io::Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    let path = path_in(state_dir);
+    let tmp = state_dir.join(format!("{FILE_NAME}.tmp"));
+    let mut out = io::BufWriter::new(std::fs::File::create(&tmp)?);
+    writeln!(out, "{HEADER} {written_at}")?;
+    for e in entries {
+        let [op, ob, rp, rb] = e.attributed;
+        writeln!(out, "{} {} {op} {ob} {rp} {rb}", e.key, e.fingerprint)?;
+    }
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// Why a handoff file was not used.
+#[derive(Debug)]
+pub enum ReadError {
+    Io(io::Error),
+    Malformed { line: usize },
+    TooOld { age_secs: i64 },
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "{e}"),
+            ReadError::Malformed { line } => write!(f, "malformed at line {line}"),
+            ReadError::TooOld { age_secs } => write!(f, "written {age_secs} s ago, older than {MAX_AGE_SECS} s"),
+        }
+    }
+}
+
+/// Reads and deletes the handoff; `Ok(None)` if there is none.
+///
+/// # Errors
+/// Why it could not be used (it is deleted all the same).
+pub fn take(state_dir: &Path, now: i64) -> Result<Option<Vec<HandoffEntry>>, ReadError> {
+    let path = path_in(state_dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ReadError::Io(e)),
+    };
+    let _ = std::fs::remove_file(&path);
+    let mut lines = text.lines();
+    let written_at: i64 = lines
+        .next()
+        .and_then(|h| h.strip_prefix(HEADER))
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or(ReadError::Malformed { line: 1 })?;
+    if now - written_at > MAX_AGE_SECS {
+        return Err(ReadError::TooOld {
+            age_secs: now - written_at,
+        });
+    }
+    let mut entries = Vec::new();
+    for (i, line) in lines.enumerate() {
+        let f: Vec<u64> = line.split(' ').filter_map(|x| x.parse().ok()).collect();
+        if f.len() != 6 || f[1] > u64::from(u16::MAX) {
+            return Err(ReadError::Malformed { line: i + 2 });
+        }
+        entries.push(HandoffEntry {
+            key: f[0],
+            fingerprint: f[1] as u16,
+            attributed: [f[2], f[3], f[4], f[5]],
+        });
+    }
+    Ok(Some(entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(label: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("flowlogd-handoff-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn round_trips_and_is_consumed() {
+        let dir = tmp("rt");
+        let entries = vec![HandoffEntry {
+            key: (3 << 32) | 77,
+            fingerprint: 4242,
+            attributed: [1, 60, 2, 120],
+        }];
+        write(&dir, 1000, &entries).unwrap();
+        assert_eq!(take(&dir, 1010).unwrap(), Some(entries));
+        assert!(take(&dir, 1010).unwrap().is_none(), "consumed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn too_old_or_malformed_is_refused() {
+        let dir = tmp("old");
+        write(&dir, 1000, &[]).unwrap();
+        assert!(matches!(take(&dir, 1000 + MAX_AGE_SECS + 1), Err(ReadError::TooOld { .. })));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(path_in(&dir), "flowlogd-handoff 1 1000\n1 2 3\n").unwrap();
+        assert!(matches!(take(&dir, 1000), Err(ReadError::Malformed { line: 2 })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

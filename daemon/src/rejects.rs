@@ -1,0 +1,111 @@
+//! REJECT records: turning packets that firewall drop rules logged through
+//! NFLOG into flow table entries. Dropped packets never confirm a conntrack
+//! entry, so this is the only place they are seen.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use flowlogd_plugin_api::Direction;
+
+use crate::eni::EniRegistry;
+use crate::flows::{Clock, FlowTable, FlowTuple, LossScope};
+use crate::model::LoggedPacket;
+use crate::packet;
+
+/// What happened to logged packets that gave no record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RejectStats {
+    /// The prefix is not `flowlogd:<security-group>:<rule>` (another tool's
+    /// log rule on the same group) and prefixes are required.
+    pub foreign_prefix: u64,
+    /// Neither indev nor outdev is a configured ENI (loopback, an
+    /// interface nobody configured).
+    pub not_on_an_eni: u64,
+    /// The copied headers could not be read; the ENI's window is SKIPDATA.
+    pub bad_headers: u64,
+}
+
+/// Turns logged packets into REJECT records.
+pub struct RejectCapture {
+    require_prefix: bool,
+    /// Rule names by prefix, so a packet costs no allocation once its
+    /// rule has been seen.
+    rules: HashMap<Box<[u8]>, Option<Arc<str>>>,
+    stats: RejectStats,
+}
+
+/// Bound on distinct prefixes remembered: prefixes come from the operator's
+/// ruleset, a few dozen; beyond this they are looked up without caching.
+const MAX_CACHED_PREFIXES: usize = 4096;
+
+impl RejectCapture {
+    pub fn new(require_prefix: bool) -> RejectCapture {
+        RejectCapture {
+            require_prefix,
+            rules: HashMap::new(),
+            stats: RejectStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> RejectStats {
+        self.stats
+    }
+
+    fn rule_of(&mut self, prefix: &[u8]) -> Option<Arc<str>> {
+        if let Some(rule) = self.rules.get(prefix) {
+            return rule.clone();
+        }
+        let rule = std::str::from_utf8(prefix)
+            .ok()
+            .and_then(packet::rule_of_prefix)
+            .map(Arc::from);
+        if self.rules.len() < MAX_CACHED_PREFIXES {
+            self.rules.insert(prefix.into(), rule.clone());
+        }
+        rule
+    }
+
+    /// One logged packet: arriving on an ENI (indev) it is an `in` record of
+    /// that ENI, leaving by one (outdev) an `out` record. A packet with
+    /// both (a forwarded packet) arrived on indev and never left, so it is
+    /// `in` on indev's ENI.
+    pub fn on_packet<C: Clock>(&mut self, registry: &EniRegistry, table: &mut FlowTable<C>, p: &LoggedPacket<'_>) {
+        let rule = self.rule_of(p.prefix);
+        if rule.is_none() && self.require_prefix {
+            self.stats.foreign_prefix += 1;
+            return;
+        }
+        let on_eni = match (p.indev, p.outdev) {
+            (Some(i), _) => registry.by_ifindex(i).map(|e| (e, Direction::In)),
+            (None, Some(o)) => registry.by_ifindex(o).map(|e| (e, Direction::Out)),
+            (None, None) => None,
+        };
+        let Some((eni, direction)) = on_eni else {
+            self.stats.not_on_an_eni += 1;
+            return;
+        };
+        let headers = match packet::parse(p.payload) {
+            Ok(h) => h,
+            Err(e) => {
+                self.stats.bad_headers += 1;
+                log::debug!("nflog: unreadable packet on ENI {}: {e}", registry.ids(eni).eni_id);
+                table.mark_lost(LossScope::Eni(eni));
+                return;
+            }
+        };
+        table.add_reject(
+            eni,
+            direction,
+            FlowTuple {
+                src: headers.src,
+                src_port: headers.src_port,
+                dst: headers.dst,
+                dst_port: headers.dst_port,
+                protocol: headers.protocol,
+            },
+            1,
+            headers.ip_len,
+            rule,
+        );
+    }
+}
