@@ -18,7 +18,8 @@ use crate::config::{Config, ConfigError};
 use crate::eni::EniRegistry;
 use crate::flows::{Clock, FlowTable, LossScope, SystemClock};
 use crate::netlink::{
-    ConntrackDumper, ConntrackEvents, DrainStats, EventSubscription, EventsConfig, NflogConfig, NflogSocket, RouteWatcher,
+    ConntrackDumper, ConntrackEvents, DrainStats, EventSubscription, EventsConfig, NflogConfig,
+    NflogSocket, RouteWatcher,
 };
 use crate::rejects::RejectCapture;
 use crate::signals::{Signal, SignalFd};
@@ -45,7 +46,10 @@ const ROUTE_RCVBUF_BYTES: usize = 1 << 20;
 pub enum RunError {
     Config(ConfigError),
     Tracking(TrackingError),
-    Io { what: &'static str, source: io::Error },
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for RunError {
@@ -135,7 +139,9 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         );
         Some(t)
     } else {
-        log::info!("install_tracking_table = false: relying on the host firewall to reference `ct`");
+        log::info!(
+            "install_tracking_table = false: relying on the host firewall to reference `ct`"
+        );
         None
     };
     // The event socket is opened before the baseline dump, so that no
@@ -152,18 +158,27 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         receive_buffer_bytes: config.daemon.conntrack_rcvbuf_bytes as usize,
         reliable: config.daemon.conntrack_reliable_events,
     })
-    .map_err(io_err("cannot open the conntrack event socket (needs CAP_NET_ADMIN)"))?;
-    let report = tracking::ensure_sysctls(config.daemon.enable_conntrack_accounting).map_err(RunError::Tracking)?;
+    .map_err(io_err(
+        "cannot open the conntrack event socket (needs CAP_NET_ADMIN)",
+    ))?;
+    let report = tracking::ensure_sysctls(config.daemon.enable_conntrack_accounting)
+        .map_err(RunError::Tracking)?;
     for name in &report.enabled {
         log::info!("turned on net.netfilter.{name} (per-connection counters/timestamps need it)");
     }
     log::info!(
         "conntrack events: DESTROY, receive buffer {} bytes, reliable delivery {}",
         events.receive_buffer_granted(),
-        if config.daemon.conntrack_reliable_events { "on" } else { "off" }
+        if config.daemon.conntrack_reliable_events {
+            "on"
+        } else {
+            "off"
+        }
     );
-    let dumper = ConntrackDumper::open().map_err(io_err("cannot open the conntrack dump socket"))?;
-    let route = RouteWatcher::open(ROUTE_RCVBUF_BYTES).map_err(io_err("cannot open the rtnetlink socket"))?;
+    let dumper =
+        ConntrackDumper::open().map_err(io_err("cannot open the conntrack dump socket"))?;
+    let route = RouteWatcher::open(ROUTE_RCVBUF_BYTES)
+        .map_err(io_err("cannot open the rtnetlink socket"))?;
     let nflog = if config.daemon.nflog_groups.is_empty() {
         log::info!("no NFLOG groups configured (daemon.nflog_groups): no REJECT records");
         None
@@ -181,14 +196,21 @@ pub fn run(config: Config) -> Result<u64, RunError> {
             if config.daemon.nflog_require_prefix { "; other prefixes are ignored and counted" } else { "" },
             socket.receive_buffer_granted()
         );
-        Some((socket, RejectCapture::new(config.daemon.nflog_require_prefix)))
+        Some((
+            socket,
+            RejectCapture::new(config.daemon.nflog_require_prefix),
+        ))
     };
 
     let dispatcher = startup::start_sinks(&config).map_err(RunError::Config)?;
 
     let clock = SystemClock;
     let mut capture = Capture {
-        table: FlowTable::new(clock, config.daemon.capture_window_secs, config.daemon.max_flows),
+        table: FlowTable::new(
+            clock,
+            config.daemon.capture_window_secs,
+            config.daemon.max_flows,
+        ),
         registry,
         events,
         dumper,
@@ -214,7 +236,10 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         let ids = capture.registry.ids(idx);
         match capture.registry.ifindex(idx) {
             Some(_) => {}
-            None => log::warn!("ENI {}: no matching interface yet; waiting for it to appear", ids.eni_id),
+            None => log::warn!(
+                "ENI {}: no matching interface yet; waiting for it to appear",
+                ids.eni_id
+            ),
         }
     }
     capture.baseline()?;
@@ -222,17 +247,33 @@ pub fn run(config: Config) -> Result<u64, RunError> {
     let mut poll = Poll::new().map_err(io_err("cannot create the event loop"))?;
     let registry = poll.registry();
     registry
-        .register(&mut SourceFd(&capture.events.as_raw_fd()), CONNTRACK, Interest::READABLE)
+        .register(
+            &mut SourceFd(&capture.events.as_raw_fd()),
+            CONNTRACK,
+            Interest::READABLE,
+        )
         .map_err(io_err("cannot poll the conntrack socket"))?;
     registry
-        .register(&mut SourceFd(&capture.route.as_raw_fd()), ROUTE, Interest::READABLE)
+        .register(
+            &mut SourceFd(&capture.route.as_raw_fd()),
+            ROUTE,
+            Interest::READABLE,
+        )
         .map_err(io_err("cannot poll the rtnetlink socket"))?;
     registry
-        .register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)
+        .register(
+            &mut SourceFd(&signals.as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )
         .map_err(io_err("cannot poll the signalfd"))?;
     if let Some((socket, _)) = &capture.nflog {
         registry
-            .register(&mut SourceFd(&socket.as_raw_fd()), NFLOG, Interest::READABLE)
+            .register(
+                &mut SourceFd(&socket.as_raw_fd()),
+                NFLOG,
+                Interest::READABLE,
+            )
             .map_err(io_err("cannot poll the NFLOG socket"))?;
     }
     log::info!(
@@ -302,7 +343,9 @@ pub fn run(config: Config) -> Result<u64, RunError> {
 
 /// Time from now until Unix second `deadline` (zero if past).
 fn until(deadline: i64) -> Duration {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let target = Duration::from_secs(deadline.max(0) as u64);
     target.saturating_sub(now)
 }
@@ -367,7 +410,9 @@ impl Capture {
     }
 
     fn drain_nflog(&mut self) {
-        let Some((socket, rejects)) = &mut self.nflog else { return };
+        let Some((socket, rejects)) = &mut self.nflog else {
+            return;
+        };
         let (table, registry) = (&mut self.table, &self.registry);
         let s = socket.drain(|packet| rejects.on_packet(registry, table, &packet));
         let gaps = socket.take_loss().sequence_gaps;
@@ -419,7 +464,9 @@ impl Capture {
         self.drain_conntrack();
         self.table.begin_dump();
         let (table, registry) = (&mut self.table, &self.registry);
-        let result = self.dumper.dump(|entry| table.on_dump_entry(registry, &entry));
+        let result = self
+            .dumper
+            .dump(|entry| table.on_dump_entry(registry, &entry));
         // DESTROY events the dump itself caused (it evicts expired entries)
         // or that raced with it are applied before the dump is judged.
         self.drain_conntrack();
@@ -455,9 +502,14 @@ impl Capture {
         routing::dispatch_instance_records(
             &self.config,
             &self.dispatcher,
-            records.instances.into_iter().map(|i| (i.instance, i.records)).collect(),
+            records
+                .instances
+                .into_iter()
+                .map(|i| (i.instance, i.records))
+                .collect(),
         );
-        self.dispatcher.flush_all(flowlogd_plugin_api::abi::FLUSH_WINDOW_END);
+        self.dispatcher
+            .flush_all(flowlogd_plugin_api::abi::FLUSH_WINDOW_END);
         let t = self.table.stats();
         let c = &self.stats.conntrack;
         if let Some((_, rejects)) = &self.nflog {
@@ -494,7 +546,8 @@ impl Capture {
 
     fn reload(&mut self) {
         log::info!("SIGHUP: reopening sink outputs");
-        self.dispatcher.flush_all(flowlogd_plugin_api::abi::FLUSH_REOPEN);
+        self.dispatcher
+            .flush_all(flowlogd_plugin_api::abi::FLUSH_REOPEN);
     }
 
     fn shutdown(mut self, tracking_table: Option<TrackingTable>) -> u64 {

@@ -62,6 +62,7 @@ struct EniState {
     ids: Arc<EniIds>,
     matcher: EniMatch,
     /// The flow log instances whose scope covers this ENI, in config order.
+    #[cfg(test)]
     instances: Vec<usize>,
     /// The interface currently bound to this ENI.
     ifindex: Option<u32>,
@@ -86,12 +87,6 @@ struct Link {
     iface: Option<Interface>,
     eni: Option<EniIndex>,
     addrs: Vec<IpAddr>,
-}
-
-impl Link {
-    fn is_loopback(&self) -> bool {
-        self.iface.as_ref().is_some_and(|i| i.is_loopback)
-    }
 }
 
 /// The configured ENIs, the interfaces that currently stand for them and
@@ -137,6 +132,7 @@ impl EniRegistry {
             .map(|e| EniState {
                 ids: Arc::new(e.ids.clone()),
                 matcher: e.matcher.clone(),
+                #[cfg(test)]
                 instances: flow_logs
                     .iter()
                     .enumerate()
@@ -174,10 +170,6 @@ impl EniRegistry {
         self.enis.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.enis.is_empty()
-    }
-
     /// Every configured ENI, in config order.
     pub fn indices(&self) -> impl Iterator<Item = EniIndex> + '_ {
         (0..self.enis.len()).filter_map(EniIndex::new)
@@ -188,6 +180,7 @@ impl EniRegistry {
         &self.enis[eni.get()].ids
     }
 
+    #[cfg(test)]
     /// The ENI with this id.
     pub fn find(&self, eni_id: &str) -> Option<EniIndex> {
         self.enis
@@ -201,6 +194,7 @@ impl EniRegistry {
         self.owners.get(&addr).copied()
     }
 
+    #[cfg(test)]
     /// Whether `addr` is an address of any interface of this host,
     /// loopback and interfaces that are no ENI included.
     pub fn is_local(&self, addr: IpAddr) -> bool {
@@ -217,6 +211,7 @@ impl EniRegistry {
         self.enis[eni.get()].ifindex
     }
 
+    #[cfg(test)]
     /// When the ENI's current interface appeared, if it has one.
     pub fn present_since(&self, eni: EniIndex) -> Option<i64> {
         self.enis[eni.get()].present_since
@@ -233,6 +228,7 @@ impl EniRegistry {
         now || before
     }
 
+    #[cfg(test)]
     /// The flow log instances (indices into `config.flow_logs`) whose scope
     /// covers the ENI, in config order.
     pub fn instances_for(&self, eni: EniIndex) -> &[usize] {

@@ -56,7 +56,9 @@ impl std::fmt::Display for ReadError {
         match self {
             ReadError::Io(e) => write!(f, "{e}"),
             ReadError::Malformed { line } => write!(f, "malformed at line {line}"),
-            ReadError::TooOld { age_secs } => write!(f, "written {age_secs} s ago, older than {MAX_AGE_SECS} s"),
+            ReadError::TooOld { age_secs } => {
+                write!(f, "written {age_secs} s ago, older than {MAX_AGE_SECS} s")
+            }
         }
     }
 }
@@ -104,7 +106,8 @@ mod tests {
     use super::*;
 
     fn tmp(label: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("flowlogd-handoff-{label}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("flowlogd-handoff-{label}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
     }
@@ -127,10 +130,16 @@ mod tests {
     fn too_old_or_malformed_is_refused() {
         let dir = tmp("old");
         write(&dir, 1000, &[]).unwrap();
-        assert!(matches!(take(&dir, 1000 + MAX_AGE_SECS + 1), Err(ReadError::TooOld { .. })));
+        assert!(matches!(
+            take(&dir, 1000 + MAX_AGE_SECS + 1),
+            Err(ReadError::TooOld { .. })
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(path_in(&dir), "flowlogd-handoff 1 1000\n1 2 3\n").unwrap();
-        assert!(matches!(take(&dir, 1000), Err(ReadError::Malformed { line: 2 })));
+        assert!(matches!(
+            take(&dir, 1000),
+            Err(ReadError::Malformed { line: 2 })
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -296,14 +296,20 @@ fn run(path: &std::path::Path) -> ExitCode {
         Err(code) => return code,
     };
     logger::init(config.daemon.log_level);
-    log::info!("flowlogd {} starting with {}", env!("CARGO_PKG_VERSION"), config.path.display());
+    log::info!(
+        "flowlogd {} starting with {}",
+        env!("CARGO_PKG_VERSION"),
+        config.path.display()
+    );
     match capture::run(config) {
         Ok(0) => {
             log::info!("stopped");
             ExitCode::SUCCESS
         }
         Ok(lost) => {
-            log::error!("stopped; {lost} records could not be delivered to their sinks (see above)");
+            log::error!(
+                "stopped; {lost} records could not be delivered to their sinks (see above)"
+            );
             ExitCode::from(EXIT_RUNTIME)
         }
         Err(capture::RunError::Config(e)) => {

@@ -66,7 +66,12 @@ fn be16(b: &[u8], at: usize) -> Result<u16, PacketError> {
 }
 
 /// Ports at `at` if the protocol has them; 0/0 otherwise.
-fn ports(b: &[u8], at: usize, protocol: u8, first_fragment: bool) -> Result<(u16, u16), PacketError> {
+fn ports(
+    b: &[u8],
+    at: usize,
+    protocol: u8,
+    first_fragment: bool,
+) -> Result<(u16, u16), PacketError> {
     if !has_ports(protocol) || !first_fragment {
         return Ok((0, 0));
     }
@@ -179,7 +184,8 @@ mod tests {
     /// copies it: the IP header first.
     fn tcp_syn_v4() -> Vec<u8> {
         let mut p = vec![
-            0x45, 0x00, 0x00, 0x3c, 0x12, 0x34, 0x40, 0x00, 0x40, 0x06, 0x00, 0x00, 10, 0, 0, 1, 10, 0, 0, 2,
+            0x45, 0x00, 0x00, 0x3c, 0x12, 0x34, 0x40, 0x00, 0x40, 0x06, 0x00, 0x00, 10, 0, 0, 1,
+            10, 0, 0, 2,
         ];
         p.extend_from_slice(&[0x9c, 0x40, 0x00, 0x16]);
         p.extend_from_slice(&[0; 36]);
@@ -191,7 +197,10 @@ mod tests {
         let h = parse(&tcp_syn_v4()).unwrap();
         assert_eq!(h.src, "10.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(h.dst, "10.0.0.2".parse::<IpAddr>().unwrap());
-        assert_eq!((h.src_port, h.dst_port, h.protocol, h.ip_len), (40000, 22, 6, 60));
+        assert_eq!(
+            (h.src_port, h.dst_port, h.protocol, h.ip_len),
+            (40000, 22, 6, 60)
+        );
     }
 
     #[test]
@@ -226,7 +235,10 @@ mod tests {
         p.extend_from_slice(&[UDP, 0, 0, 0, 0, 0, 0, 0]);
         p.extend_from_slice(&[0x13, 0x88, 0x00, 0x35, 0x00, 0x10, 0, 0]);
         let h = parse(&p).unwrap();
-        assert_eq!((h.src_port, h.dst_port, h.protocol, h.ip_len), (5000, 53, 17, 64));
+        assert_eq!(
+            (h.src_port, h.dst_port, h.protocol, h.ip_len),
+            (5000, 53, 17, 64)
+        );
     }
 
     #[test]
@@ -247,8 +259,14 @@ mod tests {
 
     #[test]
     fn prefix_convention() {
-        assert_eq!(rule_of_prefix("flowlogd:sg-web:deny-ssh"), Some("sg-web:deny-ssh"));
-        assert_eq!(rule_of_prefix("flowlogd:sg-web:deny-ssh "), Some("sg-web:deny-ssh"));
+        assert_eq!(
+            rule_of_prefix("flowlogd:sg-web:deny-ssh"),
+            Some("sg-web:deny-ssh")
+        );
+        assert_eq!(
+            rule_of_prefix("flowlogd:sg-web:deny-ssh "),
+            Some("sg-web:deny-ssh")
+        );
         assert_eq!(rule_of_prefix("flowlogd:sg-web:"), None);
         assert_eq!(rule_of_prefix("flowlogd:"), None);
         assert_eq!(rule_of_prefix("DROP "), None);

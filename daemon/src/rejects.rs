@@ -69,7 +69,12 @@ impl RejectCapture {
     /// that ENI, leaving by one (outdev) an `out` record. A packet with
     /// both (a forwarded packet) arrived on indev and never left, so it is
     /// `in` on indev's ENI.
-    pub fn on_packet<C: Clock>(&mut self, registry: &EniRegistry, table: &mut FlowTable<C>, p: &LoggedPacket<'_>) {
+    pub fn on_packet<C: Clock>(
+        &mut self,
+        registry: &EniRegistry,
+        table: &mut FlowTable<C>,
+        p: &LoggedPacket<'_>,
+    ) {
         let rule = self.rule_of(p.prefix);
         if rule.is_none() && self.require_prefix {
             self.stats.foreign_prefix += 1;
@@ -88,7 +93,10 @@ impl RejectCapture {
             Ok(h) => h,
             Err(e) => {
                 self.stats.bad_headers += 1;
-                log::debug!("nflog: unreadable packet on ENI {}: {e}", registry.ids(eni).eni_id);
+                log::debug!(
+                    "nflog: unreadable packet on ENI {}: {e}",
+                    registry.ids(eni).eni_id
+                );
                 table.mark_lost(LossScope::Eni(eni));
                 return;
             }

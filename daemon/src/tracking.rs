@@ -191,13 +191,19 @@ fn read_sysctls_in(dir: &Path) -> ConntrackSysctls {
     ConntrackSysctls {
         acct: read(ACCT),
         timestamp: read(TIMESTAMP),
-        events: std::fs::read_to_string(dir.join(EVENTS)).ok().map(|v| v.trim() == "1"),
+        events: std::fs::read_to_string(dir.join(EVENTS))
+            .ok()
+            .map(|v| v.trim() == "1"),
     }
 }
 
 fn ensure_sysctls_in(dir: &Path, enable: bool) -> Result<SysctlReport, TrackingError> {
     let mut report = SysctlReport::default();
-    for (name, what) in [(ACCT, "accounting"), (TIMESTAMP, "timestamping"), (EVENTS, "event delivery")] {
+    for (name, what) in [
+        (ACCT, "accounting"),
+        (TIMESTAMP, "timestamping"),
+        (EVENTS, "event delivery"),
+    ] {
         let path = dir.join(name);
         let value = match std::fs::read_to_string(&path) {
             Ok(v) => v,
@@ -210,7 +216,11 @@ fn ensure_sysctls_in(dir: &Path, enable: bool) -> Result<SysctlReport, TrackingE
             }
             Err(source) => return Err(TrackingError::SysctlRead { path, source }),
         };
-        let on = if name == EVENTS { value.trim() == "1" } else { value.trim() != "0" };
+        let on = if name == EVENTS {
+            value.trim() == "1"
+        } else {
+            value.trim() != "0"
+        };
         if on {
             continue;
         }

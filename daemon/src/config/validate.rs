@@ -416,7 +416,6 @@ fn validate_enis(cx: &Cx<'_>, raw: &[Spanned<RawEni>]) -> Result<Vec<EniConfig>,
     Ok(out)
 }
 
-
 fn validate_sinks(cx: &Cx<'_>, raw: &RawSinks) -> Result<Vec<SinkConfig>, ConfigError> {
     let mut out = Vec::new();
     for (name, table) in raw {

@@ -150,11 +150,8 @@ impl<C: Clock> FlowTable<C> {
         }
     }
 
-    pub fn clock(&self) -> &C {
-        &self.clock
-    }
-
     /// The open window; its `end` is the next aligned boundary.
+    #[cfg(test)]
     pub fn window(&self) -> CaptureWindow {
         self.window
     }
@@ -215,7 +212,9 @@ impl<C: Clock> FlowTable<C> {
     pub fn resume_from(&mut self, entries: &[HandoffEntry]) -> usize {
         let mut resumed = 0;
         for h in entries {
-            let Some(f) = self.flows.get_mut(&h.key) else { continue };
+            let Some(f) = self.flows.get_mut(&h.key) else {
+                continue;
+            };
             if f.fingerprint != h.fingerprint || (0..4).any(|i| h.attributed[i] > f.attributed[i]) {
                 continue;
             }
@@ -277,7 +276,9 @@ impl<C: Clock> FlowTable<C> {
         self.flows.retain(|_, f| {
             // Seen by this dump, or by the one before it if that one was
             // complete too (the grace): alive.
-            if f.epoch == epoch || previous_complete.is_none_or(|p| f.epoch.wrapping_sub(p) < 0x8000) {
+            if f.epoch == epoch
+                || previous_complete.is_none_or(|p| f.epoch.wrapping_sub(p) < 0x8000)
+            {
                 return true;
             }
             stats.lost_connections += 1;
@@ -535,13 +536,6 @@ fn fingerprint(t: &Tuple) -> u16 {
     eat(&t.dst_port.to_be_bytes());
     eat(&[t.protocol]);
     (h ^ (h >> 16) ^ (h >> 32) ^ (h >> 48)) as u16
-}
-
-#[cfg(test)]
-impl<C: Clock> FlowTable<C> {
-    fn contains(&self, e: &ConntrackEntry) -> bool {
-        self.flows.contains_key(&key_of(e))
-    }
 }
 
 /// Builds conntrack messages for tests.

@@ -712,9 +712,15 @@ fn two_live_connections_sharing_an_id_are_kept_apart() {
     let mut f = Fixture::new(1000);
     let one = conn(1, TCP, A, 40000, R, 443);
     let two = conn(1, TCP, A, 40002, R, 443);
-    f.dump(&[one.clone().counted((10, 1000), (0, 0)), two.clone().counted((20, 2000), (0, 0))]);
+    f.dump(&[
+        one.clone().counted((10, 1000), (0, 0)),
+        two.clone().counted((20, 2000), (0, 0)),
+    ]);
     f.close();
-    f.dump(&[one.clone().counted((11, 1100), (0, 0)), two.clone().counted((22, 2200), (0, 0))]);
+    f.dump(&[
+        one.clone().counted((11, 1100), (0, 0)),
+        two.clone().counted((22, 2200), (0, 0)),
+    ]);
     let w = f.close();
     assert_eq!(
         sort(flows_of(&w, ALL, "eni-a")),

@@ -98,10 +98,6 @@ impl CaptureWindow {
             end: CaptureWindow::containing(closed_at.max(now), length_secs).end,
         }
     }
-
-    pub fn len_secs(&self) -> i64 {
-        self.end - self.start
-    }
 }
 
 #[cfg(test)]

@@ -13,14 +13,14 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use netlink_packet_core::{NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
-use netlink_packet_netfilter::nflog::{config_request, ConfigCmd, ConfigFlags, ConfigMode};
 use netlink_packet_netfilter::nflog::ConfigNla;
+use netlink_packet_netfilter::nflog::{config_request, ConfigCmd, ConfigFlags, ConfigMode};
 use netlink_packet_netfilter::NetfilterProtoFamily;
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use super::socket::{Messages, NetlinkSocket, Received, SocketOptions};
-use crate::model::LoggedPacket;
 use super::stats::DrainStats;
+use crate::model::LoggedPacket;
 
 // include/uapi/linux/netfilter/nfnetlink.h, nfnetlink_log.h
 const NFNL_SUBSYS_ULOG: u16 = 4;
@@ -145,12 +145,18 @@ impl NflogSocket {
                     }
                 }
                 Received::WouldBlock => {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer from the kernel"))
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no answer from the kernel",
+                    ))
                 }
                 Received::Overrun => {}
             }
         }
-        Err(io::Error::new(io::ErrorKind::TimedOut, "no answer from the kernel"))
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no answer from the kernel",
+        ))
     }
 
     /// Reads until nothing is queued (or the budget is spent) and hands
@@ -221,7 +227,8 @@ impl AsRawFd for NflogSocket {
 }
 
 fn be32(b: &[u8]) -> Option<u32> {
-    b.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    b.get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// Parses one NFULNL_MSG_PACKET payload (after the netlink header): the
@@ -230,7 +237,9 @@ fn be32(b: &[u8]) -> Option<u32> {
 /// # Errors
 /// [`NflogParseError`] for a truncated message or one without payload.
 pub fn parse_packet(payload: &[u8]) -> Result<(LoggedPacket<'_>, Option<u32>), NflogParseError> {
-    let header = payload.get(..NFGENMSG_LEN).ok_or(NflogParseError::Truncated)?;
+    let header = payload
+        .get(..NFGENMSG_LEN)
+        .ok_or(NflogParseError::Truncated)?;
     // nfgenmsg.res_id is the group, big-endian.
     let group = u16::from_be_bytes([header[2], header[3]]);
     let mut packet = LoggedPacket {
@@ -250,7 +259,9 @@ pub fn parse_packet(payload: &[u8]) -> Result<(LoggedPacket<'_>, Option<u32>), N
         if len < NLA_HDRLEN {
             return Err(NflogParseError::Truncated);
         }
-        let value = rest.get(NLA_HDRLEN..len).ok_or(NflogParseError::Truncated)?;
+        let value = rest
+            .get(NLA_HDRLEN..len)
+            .ok_or(NflogParseError::Truncated)?;
         match kind {
             NFULA_IFINDEX_INDEV => packet.indev = be32(value),
             NFULA_IFINDEX_OUTDEV => packet.outdev = be32(value),

@@ -18,7 +18,9 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use flowlogd_plugin_api::{Action, FlushFlags, Host, LogStatus, Options, RecordView, Sink, SinkError};
+use flowlogd_plugin_api::{
+    Action, FlushFlags, Host, LogStatus, Options, RecordView, Sink, SinkError,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -48,7 +50,10 @@ struct WindowStats {
 fn validate(options: &Options) -> Result<StatsOptions, SinkError> {
     let o: StatsOptions = options.deserialize()?;
     if !o.path.starts_with('/') {
-        return Err(SinkError::config("path", format!("expected an absolute path, got \"{}\"", o.path)));
+        return Err(SinkError::config(
+            "path",
+            format!("expected an absolute path, got \"{}\"", o.path),
+        ));
     }
     Ok(o)
 }

@@ -6,7 +6,9 @@
 use std::io::Write;
 use std::time::Duration;
 
-use flowlogd_plugin_api::{format, FlushFlags, Host, HostLog, Options, RecordView, Sink, SinkError};
+use flowlogd_plugin_api::{
+    format, FlushFlags, Host, HostLog, Options, RecordView, Sink, SinkError,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -59,7 +61,10 @@ impl Sink for TestSink {
         }
         if self.failures_left > 0 {
             self.failures_left -= 1;
-            return Err(SinkError::retry(format!("testsink failing on purpose ({} more)", self.failures_left)));
+            return Err(SinkError::retry(format!(
+                "testsink failing on purpose ({} more)",
+                self.failures_left
+            )));
         }
         std::thread::sleep(Duration::from_millis(self.options.delay_ms));
         let mut out = String::new();
