@@ -14,7 +14,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
 }
 
 /// Where cargo put the build (honours CARGO_TARGET_DIR).
@@ -23,7 +26,11 @@ pub fn target_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
     // Tests are built in the same profile as the binaries they run.
-    base.join(if cfg!(debug_assertions) { "debug" } else { "release" })
+    base.join(if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    })
 }
 
 #[track_caller]
@@ -128,7 +135,9 @@ pub fn plugin_dir(tmp: &TempDir) -> PathBuf {
 pub fn build_c_plugin(source: &Path, out: &Path, extra_flags: &[&str]) {
     let include = workspace_root().join("plugin-api/include");
     let status = Command::new("cc")
-        .args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared"])
+        .args([
+            "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared",
+        ])
         .arg("-I")
         .arg(&include)
         .args(extra_flags)
@@ -144,7 +153,10 @@ pub fn build_c_plugin(source: &Path, out: &Path, extra_flags: &[&str]) {
 
 /// Runs `flowlogd <args>` to completion.
 pub fn flowlogd(args: &[&str]) -> Output {
-    Command::new(flowlogd_bin()).args(args).output().expect("run flowlogd")
+    Command::new(flowlogd_bin())
+        .args(args)
+        .output()
+        .expect("run flowlogd")
 }
 
 /// Stdout and stderr of an output, for assertion messages.
@@ -158,10 +170,14 @@ pub fn text(o: &Output) -> String {
 }
 
 /// The minimal config around ENIs, flow logs and sinks given as TOML.
+/// `state_dir` is `state/` beside the plugin directory, so that daemons of
+/// tests running in parallel never share a restart handoff.
 pub fn config_with(plugin_dir: &Path, rest: &str) -> String {
+    let state_dir = plugin_dir.parent().unwrap_or(plugin_dir).join("state");
     format!(
-        "[daemon]\nplugin_dir = \"{}\"\nlog_level = \"debug\"\nshutdown_timeout_secs = 5\n\n{rest}",
-        plugin_dir.display()
+        "[daemon]\nplugin_dir = \"{}\"\nstate_dir = \"{}\"\nlog_level = \"debug\"\nshutdown_timeout_secs = 5\n\n{rest}",
+        plugin_dir.display(),
+        state_dir.display()
     )
 }
 
@@ -175,7 +191,9 @@ pub fn eni_toml(id: &str, interface: &str, vpc: &str) -> String {
 
 /// Reads JSON-lines records from a file (empty if the file is missing).
 pub fn read_json_records(path: &Path) -> Vec<serde_json::Value> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
@@ -194,14 +212,22 @@ pub fn expect_records(records: &[serde_json::Value], expected: &[serde_json::Val
             }
             None => panic!(
                 "expected record not found:\n{e}\namong:\n{}",
-                records.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n")
+                records
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
             ),
         }
     }
     assert!(
         remaining.is_empty(),
         "unexpected records:\n{}",
-        remaining.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n")
+        remaining
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
