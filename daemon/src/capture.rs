@@ -544,10 +544,92 @@ impl Capture {
         );
     }
 
+    /// SIGHUP: reopen outputs (logrotate) and reload the config. A config
+    /// that does not validate, or whose sinks do not open, is refused and
+    /// the daemon carries on with the old one. Otherwise the open window is
+    /// closed early and emitted under the old config, and capture goes on
+    /// under the new one with every connection's attributed counters carried
+    /// over, so nothing is lost or counted twice across the reload.
     fn reload(&mut self) {
-        log::info!("SIGHUP: reopening sink outputs");
-        self.dispatcher
-            .flush_all(flowlogd_plugin_api::abi::FLUSH_REOPEN);
+        log::info!("SIGHUP: reloading {}", self.config.path.display());
+        let new = match crate::config::load(&self.config.path) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("reload refused, keeping the running config: {e}");
+                self.dispatcher.flush_all(flowlogd_plugin_api::abi::FLUSH_REOPEN);
+                return;
+            }
+        };
+        let registry = match EniRegistry::new(&new) {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("reload refused, keeping the running config: {e}");
+                return;
+            }
+        };
+        for (what, changed) in [
+            ("daemon.nflog_groups", new.daemon.nflog_groups != self.config.daemon.nflog_groups),
+            ("daemon.install_tracking_table", new.daemon.install_tracking_table != self.config.daemon.install_tracking_table),
+            ("daemon.conntrack_rcvbuf_bytes", new.daemon.conntrack_rcvbuf_bytes != self.config.daemon.conntrack_rcvbuf_bytes),
+            ("daemon.conntrack_reliable_events", new.daemon.conntrack_reliable_events != self.config.daemon.conntrack_reliable_events),
+        ] {
+            if changed {
+                log::warn!("reload: a change of {what} takes effect at the next restart");
+            }
+        }
+        // Close the window under the old config: its records go to the
+        // sinks and instances they were captured for.
+        let now = SystemClock.now_unix();
+        self.close_window(now);
+        let new_dispatcher = match startup::start_sinks(&new) {
+            Ok(d) => d,
+            Err(e) => {
+                log::error!("reload refused, keeping the running config: {e}");
+                self.dispatcher.flush_all(flowlogd_plugin_api::abi::FLUSH_REOPEN);
+                return;
+            }
+        };
+        let mut old_dispatcher = std::mem::replace(&mut self.dispatcher, new_dispatcher);
+        startup::stop_sinks(
+            &mut old_dispatcher,
+            Duration::from_secs(self.config.daemon.shutdown_timeout_secs.into()),
+        );
+        let handoff = self.table.handoff();
+        self.registry = registry;
+        let mut events = Vec::new();
+        match self.route.dump_all(|ev| events.push(ev)) {
+            Ok(_) => events.iter().for_each(|ev| self.registry.apply(ev, now)),
+            Err(e) => log::error!("reload: cannot list interfaces: {e}; they are learnt from events"),
+        }
+        self.table = FlowTable::new(SystemClock, new.daemon.capture_window_secs, new.daemon.max_flows);
+        // The early-closed window ended at `now`; the next one starts there.
+        self.table.start_window_at(now);
+        let max_flows_note = new.daemon.max_flows;
+        if let Some((_, rejects)) = &mut self.nflog {
+            *rejects = RejectCapture::new(new.daemon.nflog_require_prefix);
+        }
+        self.config = new;
+        let (table, registry) = (&mut self.table, &self.registry);
+        table.begin_dump();
+        let result = self.dumper.dump(|entry| table.baseline(registry, &entry));
+        self.table.end_dump(false);
+        if let Err(e) = result {
+            // Without a baseline, connections are counted in full at the
+            // next dump; mark the window rather than risk double counting
+            // silently.
+            log::error!("reload: conntrack dump failed: {e}");
+            self.table.mark_lost(LossScope::All);
+        }
+        let resumed = self.table.resume_from(&handoff);
+        log::info!(
+            "reloaded: {} ENIs, {} flow logs, {} sinks; {resumed} of {} live connections carried over; window {} s, \
+             max_flows {max_flows_note}",
+            self.config.enis.len(),
+            self.config.flow_logs.len(),
+            self.config.sinks.len(),
+            handoff.len(),
+            self.config.daemon.capture_window_secs
+        );
     }
 
     fn shutdown(mut self, tracking_table: Option<TrackingTable>) -> u64 {

@@ -156,6 +156,13 @@ impl<C: Clock> FlowTable<C> {
         self.window
     }
 
+    /// Starts the open window at `start` instead of its aligned start: a
+    /// table that takes over from another (config reload) continues where
+    /// the other's last window ended. The end stays aligned.
+    pub fn start_window_at(&mut self, start: i64) {
+        self.window.start = start.clamp(self.window.start, self.window.end);
+    }
+
     /// When the open window is due to close (Unix seconds): dump, then
     /// [`FlowTable::close_window`] with this time.
     pub fn next_deadline(&self) -> i64 {
