@@ -341,6 +341,13 @@ pub fn run(config: Config) -> Result<u64, RunError> {
     Ok(lost)
 }
 
+/// After an overrun: twice the buffer (the kernel reports double what it
+/// grants, so asking for the reported size doubles it), if under `max`.
+fn grown_buffer(granted: usize, max: u64) -> Option<usize> {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    (granted < max).then(|| granted.min(max / 2))
+}
+
 /// Time from now until Unix second `deadline` (zero if past).
 fn until(deadline: i64) -> Duration {
     let now = SystemTime::now()
@@ -404,6 +411,13 @@ impl Capture {
             );
             self.table.mark_lost(LossScope::All);
             self.resync_pending = true;
+            let granted = self.events.receive_buffer_granted();
+            if let Some(bigger) = grown_buffer(granted, self.config.daemon.rcvbuf_max_bytes) {
+                match self.events.set_receive_buffer(bigger) {
+                    Ok(now) => log::warn!("conntrack: receive buffer grown from {granted} to {now} bytes"),
+                    Err(e) => log::warn!("conntrack: cannot grow the receive buffer: {e}"),
+                }
+            }
         }
         self.drain_pending |= s.more_pending;
         LoopStats::add(&mut self.stats.conntrack, &s);
@@ -426,6 +440,13 @@ impl Capture {
                 socket.receive_buffer_granted()
             );
             self.table.mark_lost(LossScope::All);
+            let granted = socket.receive_buffer_granted();
+            if let Some(bigger) = grown_buffer(granted, self.config.daemon.rcvbuf_max_bytes) {
+                match socket.set_receive_buffer(bigger) {
+                    Ok(now) => log::warn!("nflog: receive buffer grown from {granted} to {now} bytes"),
+                    Err(e) => log::warn!("nflog: cannot grow the receive buffer: {e}"),
+                }
+            }
         }
         if s.parse_errors > 0 {
             log::warn!("nflog: {} malformed messages skipped", s.parse_errors);

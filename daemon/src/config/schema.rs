@@ -90,6 +90,8 @@ pub struct RawDaemon {
     pub conntrack_rcvbuf_bytes: Spanned<i64>,
     #[serde(default = "default_true")]
     pub conntrack_reliable_events: bool,
+    #[serde(default = "spanned_rcvbuf_max")]
+    pub rcvbuf_max_bytes: Spanned<i64>,
     #[serde(default = "default_true")]
     pub nflog_require_prefix: bool,
     #[serde(default = "spanned_nflog_rcvbuf")]
@@ -110,6 +112,13 @@ fn spanned_nflog_rcvbuf() -> Spanned<i64> {
 /// of thousands at once); 64 MiB holds several hundred thousand.
 pub const fn default_conntrack_rcvbuf_bytes() -> u64 {
     64 << 20
+}
+/// After an overrun a socket's receive buffer is doubled, up to this.
+pub const fn default_rcvbuf_max_bytes() -> u64 {
+    256 << 20
+}
+fn spanned_rcvbuf_max() -> Spanned<i64> {
+    Spanned::new(0..0, default_rcvbuf_max_bytes() as i64)
 }
 fn spanned_conntrack_rcvbuf() -> Spanned<i64> {
     Spanned::new(0..0, default_conntrack_rcvbuf_bytes() as i64)
@@ -147,6 +156,7 @@ impl Default for RawDaemon {
             shutdown_timeout_secs: spanned_shutdown_timeout(),
             conntrack_rcvbuf_bytes: spanned_conntrack_rcvbuf(),
             conntrack_reliable_events: true,
+            rcvbuf_max_bytes: spanned_rcvbuf_max(),
             nflog_require_prefix: true,
             nflog_rcvbuf_bytes: spanned_nflog_rcvbuf(),
         }

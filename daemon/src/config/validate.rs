@@ -48,6 +48,8 @@ pub struct DaemonConfig {
     /// `flowlogd:<security-group>:<rule>`.
     pub nflog_require_prefix: bool,
     pub nflog_rcvbuf_bytes: u64,
+    /// Receive buffers grow (doubling) after an overrun, up to this.
+    pub rcvbuf_max_bytes: u64,
 }
 
 /// How an `[[eni]]` finds its interface.
@@ -289,6 +291,7 @@ fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigErr
         "daemon.nflog_rcvbuf_bytes",
         4096..=(1 << 31),
     )? as u64;
+    let rcvbuf_max_bytes = cx.int_in(&d.rcvbuf_max_bytes, "daemon.rcvbuf_max_bytes", 4096..=(1 << 31))? as u64;
     let mut nflog_groups = Vec::new();
     for g in &d.nflog_groups {
         let n = cx.int_in(g, "daemon.nflog_groups", 0..=65535)? as u16;
@@ -331,6 +334,7 @@ fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigErr
         conntrack_reliable_events: d.conntrack_reliable_events,
         nflog_require_prefix: d.nflog_require_prefix,
         nflog_rcvbuf_bytes,
+        rcvbuf_max_bytes,
     })
 }
 

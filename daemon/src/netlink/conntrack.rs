@@ -208,7 +208,6 @@ impl ConntrackEvents {
     /// When neither SO_RCVBUFFORCE nor SO_RCVBUF can be set.
     // Not called yet: the loop should grow the buffer after overruns, up to
     // a configured maximum (STYLE rule 4).
-    #[allow(dead_code)]
     pub fn set_receive_buffer(&mut self, bytes: usize) -> io::Result<usize> {
         self.socket.set_receive_buffer(bytes)
     }

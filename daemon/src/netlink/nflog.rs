@@ -218,6 +218,14 @@ impl NflogSocket {
     pub fn receive_buffer_granted(&self) -> usize {
         self.socket.receive_buffer_granted()
     }
+
+    /// Asks for a larger kernel receive buffer; returns what was granted.
+    ///
+    /// # Errors
+    /// The setsockopt error.
+    pub fn set_receive_buffer(&mut self, bytes: usize) -> io::Result<usize> {
+        self.socket.set_receive_buffer(bytes)
+    }
 }
 
 impl AsRawFd for NflogSocket {
