@@ -164,7 +164,12 @@ pub fn run(config: Config) -> Result<u64, RunError> {
     let report = tracking::ensure_sysctls(config.daemon.enable_conntrack_accounting)
         .map_err(RunError::Tracking)?;
     for name in &report.enabled {
-        log::info!("turned on net.netfilter.{name} (per-connection counters/timestamps need it)");
+        let why = if *name == "nf_conntrack_events" {
+            "so every connection reports its final counters"
+        } else {
+            "per-connection counters and timestamps need it"
+        };
+        log::info!("set net.netfilter.{name}=1 ({why})");
     }
     log::info!(
         "conntrack events: DESTROY, receive buffer {} bytes, reliable delivery {}",

@@ -7,7 +7,12 @@
 //! in the new run's first window instead of being lost, and nothing is
 //! counted twice. The file is consumed (deleted) at start.
 //!
-//! Format: a header line, then one line per connection:
+//! The file names the network namespace it was written in (the inode of
+//! /proc/self/ns/net): conntrack ids are per namespace, so a handoff from
+//! another namespace sharing the state directory is ignored.
+//!
+//! Format: a header line `flowlogd-handoff 1 <written-at> <netns>`, then
+//! one line per connection:
 //! `<zone<<32|id> <fingerprint> <orig packets> <orig bytes> <reply packets> <reply bytes>`.
 
 use std::io::{self, Write};
@@ -20,6 +25,13 @@ const HEADER: &str = "flowlogd-handoff 1";
 /// A handoff older than this is ignored: counting hours of traffic into
 /// one window would mislead more than leaving it out.
 pub const MAX_AGE_SECS: i64 = 3600;
+
+/// The current network namespace, as `net:[<inode>]`.
+fn netns_id() -> String {
+    std::fs::read_link("/proc/self/ns/net")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
 
 pub fn path_in(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE_NAME)
@@ -34,7 +46,7 @@ pub fn write(state_dir: &Path, written_at: i64, entries: &[HandoffEntry]) -> io:
     let path = path_in(state_dir);
     let tmp = state_dir.join(format!("{FILE_NAME}.tmp"));
     let mut out = io::BufWriter::new(std::fs::File::create(&tmp)?);
-    writeln!(out, "{HEADER} {written_at}")?;
+    writeln!(out, "{HEADER} {written_at} {}", netns_id())?;
     for e in entries {
         let [op, ob, rp, rb] = e.attributed;
         writeln!(out, "{} {} {op} {ob} {rp} {rb}", e.key, e.fingerprint)?;
@@ -49,6 +61,7 @@ pub enum ReadError {
     Io(io::Error),
     Malformed { line: usize },
     TooOld { age_secs: i64 },
+    OtherNamespace { written_in: String },
 }
 
 impl std::fmt::Display for ReadError {
@@ -58,6 +71,9 @@ impl std::fmt::Display for ReadError {
             ReadError::Malformed { line } => write!(f, "malformed at line {line}"),
             ReadError::TooOld { age_secs } => {
                 write!(f, "written {age_secs} s ago, older than {MAX_AGE_SECS} s")
+            }
+            ReadError::OtherNamespace { written_in } => {
+                write!(f, "written in network namespace {written_in}, this is {}", netns_id())
             }
         }
     }
@@ -76,11 +92,21 @@ pub fn take(state_dir: &Path, now: i64) -> Result<Option<Vec<HandoffEntry>>, Rea
     };
     let _ = std::fs::remove_file(&path);
     let mut lines = text.lines();
-    let written_at: i64 = lines
+    let header: Vec<&str> = lines
         .next()
         .and_then(|h| h.strip_prefix(HEADER))
-        .and_then(|t| t.trim().parse().ok())
+        .map(|rest| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let written_at: i64 = header
+        .first()
+        .and_then(|t| t.parse().ok())
         .ok_or(ReadError::Malformed { line: 1 })?;
+    let written_in = header.get(1).copied().unwrap_or("unknown");
+    if written_in != netns_id() {
+        return Err(ReadError::OtherNamespace {
+            written_in: written_in.to_owned(),
+        });
+    }
     if now - written_at > MAX_AGE_SECS {
         return Err(ReadError::TooOld {
             age_secs: now - written_at,
@@ -135,11 +161,12 @@ mod tests {
             Err(ReadError::TooOld { .. })
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(path_in(&dir), "flowlogd-handoff 1 1000\n1 2 3\n").unwrap();
-        assert!(matches!(
-            take(&dir, 1000),
-            Err(ReadError::Malformed { line: 2 })
-        ));
+        std::fs::write(path_in(&dir), format!("flowlogd-handoff 1 1000 {}\n1 2 3\n", netns_id())).unwrap();
+        assert!(matches!(take(&dir, 1000), Err(ReadError::Malformed { line: 2 })));
+        // A handoff from another network namespace (conntrack ids are per
+        // namespace) is not applied.
+        std::fs::write(path_in(&dir), "flowlogd-handoff 1 1000 net:[1]\n").unwrap();
+        assert!(matches!(take(&dir, 1000), Err(ReadError::OtherNamespace { .. })));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -214,9 +214,11 @@ impl WindowAggregate {
                     || (self.all_skipped && existed);
                 if skipped {
                     records.push(record(eni, None, LogStatus::SkipData, None));
-                } else if records.len() == before && existed {
+                } else if records.len() == before && existed && window.end > window.start {
                     // Per instance: an ENI whose only traffic is filtered out
                     // of this instance is idle as far as its readers can tell.
+                    // A window closed in the second it opened (SIGTERM or a
+                    // reload right at a boundary) lasted no time: no NODATA.
                     records.push(record(eni, None, LogStatus::NoData, None));
                 }
             }

@@ -206,8 +206,6 @@ impl ConntrackEvents {
     /// # Errors
     ///
     /// When neither SO_RCVBUFFORCE nor SO_RCVBUF can be set.
-    // Not called yet: the loop should grow the buffer after overruns, up to
-    // a configured maximum (STYLE rule 4).
     pub fn set_receive_buffer(&mut self, bytes: usize) -> io::Result<usize> {
         self.socket.set_receive_buffer(bytes)
     }
