@@ -1,0 +1,247 @@
+//! The plugin compliance harness: every sink the project builds is loaded
+//! straight through the C ABI (not through the daemon) and must: export a
+//! descriptor of this ABI major with every function set; accept a valid
+//! config in `check` and `open`; refuse an invalid one with a message and
+//! the offending key, in `check` and in `open`; write a batch of every kind
+//! of record; flush at a window end and for a reopen; close.
+
+use std::ffi::{c_int, c_void, CStr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use flowlogd_plugin_api::abi::*;
+use flowlogd_plugin_api::{Action, Direction, EniIds, FlowFields, FlowRecord, LogStatus};
+use flowlogd_tests::*;
+
+/// A plugin under test: its file, a valid and an invalid option set, and
+/// the key the invalid set gets wrong.
+struct Case {
+    name: &'static str,
+    file: PathBuf,
+    valid: toml::Table,
+    invalid: toml::Table,
+    bad_key: &'static str,
+    /// Writes reach a peer that is not there in this harness (network
+    /// sinks): RETRY is then the right answer to `write`.
+    write_may_retry: bool,
+}
+
+fn table(src: &str) -> toml::Table {
+    src.parse().unwrap_or_else(|e| panic!("bad test table {src:?}: {e}"))
+}
+
+fn cases(tmp: &TempDir) -> Vec<Case> {
+    let out = |f: &str| tmp.join(f).display().to_string();
+    let c_plugin = tmp.join("csv.so");
+    build_c_plugin(&workspace_root().join("examples/sink-c/csv_sink.c"), &c_plugin, &[]);
+    vec![
+        Case {
+            name: "file",
+            file: cdylib("flowlogd_sink_file"),
+            valid: table(&format!("path = \"{}\"\nformat = \"json\"", out("file.jsonl"))),
+            invalid: table(&format!("path = \"{}\"\nformat = \"xml\"", out("file.jsonl"))),
+            bad_key: "format",
+            write_may_retry: false,
+        },
+        Case {
+            name: "window-stats",
+            file: cdylib("flowlogd_sink_window_stats"),
+            valid: table(&format!("path = \"{}\"", out("stats.log"))),
+            invalid: table("path = \"relative.log\""),
+            bad_key: "path",
+            write_may_retry: false,
+        },
+        Case {
+            name: "testsink",
+            file: cdylib("flowlogd_testsink"),
+            valid: table(&format!("path = \"{}\"", out("test.jsonl"))),
+            invalid: table(&format!("path = \"{}\"\nbogus = 1", out("test.jsonl"))),
+            bad_key: "bogus",
+            write_may_retry: false,
+        },
+        Case {
+            name: "csv",
+            file: c_plugin,
+            valid: table(&format!("path = \"{}\"", out("flows.csv"))),
+            invalid: table(&format!("path = \"{}\"\ncolour = \"blue\"", out("flows.csv"))),
+            bad_key: "colour",
+            write_may_retry: false,
+        },
+    ]
+}
+
+/// Options as the daemon passes them; owns the strings.
+struct OptionList {
+    _strings: Vec<(String, String, String)>,
+    options: Vec<FfiOption>,
+}
+
+fn options(t: &toml::Table) -> OptionList {
+    let strings: Vec<(String, String, String)> = t
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), text, v.to_string())
+        })
+        .collect();
+    let options = strings
+        .iter()
+        .zip(t.values())
+        .map(|((k, text, toml), v)| FfiOption {
+            key: FfiStr::new(k),
+            kind: match v {
+                toml::Value::String(_) => OPTION_STRING,
+                toml::Value::Integer(_) => OPTION_INTEGER,
+                toml::Value::Float(_) => OPTION_FLOAT,
+                toml::Value::Boolean(_) => OPTION_BOOLEAN,
+                _ => OPTION_OTHER,
+            },
+            text: FfiStr::new(text),
+            toml: FfiStr::new(toml),
+        })
+        .collect();
+    OptionList {
+        _strings: strings,
+        options,
+    }
+}
+
+fn host() -> FfiHost {
+    FfiHost {
+        struct_size: std::mem::size_of::<FfiHost>() as u32,
+        sink_name: FfiStr::new("compliance"),
+        daemon_version: FfiStr::new("test"),
+        log: None,
+        log_ctx: std::ptr::null_mut(),
+    }
+}
+
+/// One record of every kind: OK ACCEPT (IPv4), OK REJECT with a rule
+/// (IPv6), NODATA, SKIPDATA.
+fn records() -> Vec<FlowRecord> {
+    let eni = Arc::new(EniIds {
+        eni_id: "eni-c".into(),
+        vswitch_id: "vsw-c".into(),
+        vpc_id: "vpc-c".into(),
+        vm_id: "i-c".into(),
+        account_id: "1".into(),
+    });
+    let flow = |src: &str, dst: &str, action| FlowFields {
+        srcaddr: src.parse().unwrap(),
+        srcport: 1234,
+        dstaddr: dst.parse().unwrap(),
+        dstport: 443,
+        protocol: 6,
+        direction: Direction::Out,
+        packets: 3,
+        bytes: 180,
+        action,
+    };
+    let rec = |flow, log_status, rule: Option<&str>| FlowRecord {
+        eni: Arc::clone(&eni),
+        flow,
+        start: 1_700_000_400,
+        end: 1_700_001_000,
+        log_status,
+        rule: rule.map(Arc::from),
+    };
+    vec![
+        rec(Some(flow("10.0.0.1", "10.0.0.2", Action::Accept)), LogStatus::Ok, None),
+        rec(Some(flow("fd00::1", "fd00::2", Action::Reject)), LogStatus::Ok, Some("sg-c:deny")),
+        rec(None, LogStatus::NoData, None),
+        rec(None, LogStatus::SkipData, None),
+    ]
+}
+
+fn descriptor(lib: &libloading::Library, path: &Path) -> &'static FfiDescriptor {
+    // SAFETY: the symbol has the ABI's type; the library outlives the use
+    // (the caller keeps `lib` alive for the whole test).
+    let f: libloading::Symbol<'_, DescriptorFn> =
+        unsafe { lib.get(DESCRIPTOR_SYMBOL) }.unwrap_or_else(|e| panic!("{}: no descriptor: {e}", path.display()));
+    // SAFETY: the descriptor function takes nothing and returns static data.
+    let d = unsafe { f() };
+    assert!(!d.is_null(), "{}: NULL descriptor", path.display());
+    // SAFETY: non-null pointer to the plugin's static descriptor.
+    unsafe { &*d }
+}
+
+#[track_caller]
+fn expect_config_error(status: c_int, err: &FfiError, case: &Case, what: &str) {
+    assert_eq!(status, STATUS_REJECTED, "{}: {what} accepted an invalid config", case.name);
+    assert!(!err.message().is_empty(), "{}: {what} gave no message", case.name);
+    assert_eq!(err.key().as_deref(), Some(case.bad_key), "{}: {what}: {}", case.name, err.message());
+}
+
+#[test]
+fn every_built_sink_complies_with_the_abi() {
+    let tmp = TempDir::new("compliance");
+    for case in cases(&tmp) {
+        // SAFETY: loading a plugin the workspace built, as the daemon does.
+        let lib = unsafe { libloading::Library::new(&case.file) }.unwrap();
+        let d = descriptor(&lib, &case.file);
+        assert_eq!(d.abi_major, ABI_MAJOR, "{}", case.name);
+        assert!(d.struct_size as usize >= std::mem::size_of::<FfiDescriptor>(), "{}", case.name);
+        // SAFETY: the descriptor's name is a NUL-terminated static string.
+        let name = unsafe { CStr::from_ptr(d.name) }.to_str().unwrap();
+        assert_eq!(name, case.name);
+        let (open, write, flush, close) = (d.open.unwrap(), d.write.unwrap(), d.flush.unwrap(), d.close.unwrap());
+        let host = host();
+
+        if let Some(check) = d.check {
+            let valid = options(&case.valid);
+            let mut err = FfiError::new();
+            // SAFETY: valid pointers for the call, as the header documents.
+            let status = unsafe { check(&host, valid.options.as_ptr(), valid.options.len(), &mut err) };
+            assert_eq!(status, STATUS_OK, "{}: check refused a valid config: {}", case.name, err.message());
+            let invalid = options(&case.invalid);
+            let mut err = FfiError::new();
+            // SAFETY: as above.
+            let status = unsafe { check(&host, invalid.options.as_ptr(), invalid.options.len(), &mut err) };
+            expect_config_error(status, &err, &case, "check");
+        }
+
+        let invalid = options(&case.invalid);
+        let mut instance: *mut c_void = std::ptr::null_mut();
+        let mut err = FfiError::new();
+        // SAFETY: as above; `instance` is an out-pointer.
+        let status = unsafe { open(&host, invalid.options.as_ptr(), invalid.options.len(), &mut instance, &mut err) };
+        expect_config_error(status, &err, &case, "open");
+
+        let valid = options(&case.valid);
+        let mut err = FfiError::new();
+        // SAFETY: as above.
+        let status = unsafe { open(&host, valid.options.as_ptr(), valid.options.len(), &mut instance, &mut err) };
+        assert_eq!(status, STATUS_OK, "{}: open refused a valid config: {}", case.name, err.message());
+
+        let recs = records();
+        let ffi: Vec<FfiRecord> = recs.iter().map(FlowRecord::to_ffi).collect();
+        let ptrs: Vec<*const FfiRecord> = ffi.iter().map(|r| r as *const FfiRecord).collect();
+        let mut err = FfiError::new();
+        // SAFETY: the instance is open; the records live for the call.
+        let status = unsafe { write(instance, ptrs.as_ptr(), ptrs.len(), &mut err) };
+        let allowed = if case.write_may_retry { STATUS_RETRY } else { STATUS_OK };
+        assert!(
+            status == STATUS_OK || status == allowed,
+            "{}: write answered {status}: {}",
+            case.name,
+            err.message()
+        );
+        for flags in [FLUSH_WINDOW_END, FLUSH_REOPEN, 0] {
+            let mut err = FfiError::new();
+            // SAFETY: the instance is open.
+            let status = unsafe { flush(instance, flags, &mut err) };
+            assert!(
+                status == STATUS_OK || status == allowed,
+                "{}: flush({flags}) answered {status}: {}",
+                case.name,
+                err.message()
+            );
+        }
+        // SAFETY: closed exactly once, before the library is dropped.
+        unsafe { close(instance) };
+        drop(lib);
+    }
+}
