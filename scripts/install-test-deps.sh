@@ -5,7 +5,7 @@
 # and rsyslog as the real syslog consumer.
 set -euo pipefail
 
-packages=(gcc libc6-dev make iproute2 iputils-ping nftables iptables conntrack kmod procps)
+packages=(gcc libc6-dev make iproute2 iputils-ping nftables iptables conntrack kmod procps rsyslog ulogd2 ulogd2-json lintian rpm debootstrap debian-archive-keyring systemd dpkg-dev binutils man-db)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -14,4 +14,12 @@ if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The official Alibaba Cloud Log Service SDK (PyPI) and the lz4 it uses:
+# tests/fixtures/logservice_endpoint.py verifies with them what the
+# logservice sink sends.
+if ! python3 -c 'import aliyun.log.auth, aliyun.log.log_logs_pb2, lz4.block' 2>/dev/null; then
+    echo "installing: aliyun-log-python-sdk lz4 (pip)"
+    python3 -m pip install --quiet aliyun-log-python-sdk lz4
 fi

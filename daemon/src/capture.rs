@@ -9,14 +9,16 @@
 use std::fmt;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, EcsConfig, MetadataSource};
 use crate::eni::EniRegistry;
 use crate::flows::{Clock, FlowTable, LossScope, SystemClock};
+use crate::metadata::{MetadataUpdate, MetadataWorker};
 use crate::netlink::{
     ConntrackDumper, ConntrackEvents, DrainStats, EventSubscription, EventsConfig, NflogConfig,
     NflogSocket, RouteWatcher,
@@ -31,6 +33,8 @@ const CONNTRACK: Token = Token(0);
 const ROUTE: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const NFLOG: Token = Token(3);
+/// The metadata worker has an update for the loop.
+const METADATA: Token = Token(4);
 
 /// Bytes of each dropped packet NFLOG copies to us: an IPv6 header with a
 /// few extension headers and the transport ports fit; the record's size
@@ -106,6 +110,12 @@ struct Capture {
     /// A drain stopped at its budget with data queued: readiness will not
     /// be reported again, so poll without waiting and drain again.
     drain_pending: bool,
+    /// Wakes the loop for the metadata worker (set once the poll exists).
+    waker: Option<Arc<Waker>>,
+    /// The thread that reads the ECS metadata service, with `source = "ecs"`.
+    metadata: Option<MetadataWorker>,
+    /// The last metadata fetch failed (its recovery is worth a log line).
+    metadata_failing: bool,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns the number of records
@@ -225,6 +235,9 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         stats: LoopStats::default(),
         resync_pending: false,
         drain_pending: false,
+        waker: None,
+        metadata: None,
+        metadata_failing: false,
         config,
     };
     // Interfaces and addresses now; changes arrive on the watcher.
@@ -234,17 +247,26 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         .route
         .dump_all(|ev| initial.push(ev))
         .map_err(io_err("cannot list interfaces and addresses"))?;
+    if let MetadataSource::Ecs(ecs) = &capture.config.metadata {
+        log::info!(
+            "metadata: ENIs from the ECS instance metadata service at {} (fetched again every {} s; interfaces \
+             it does not describe: {}); [[eni]] tables override it",
+            ecs.base_url,
+            ecs.ttl_secs,
+            ecs.unmapped.as_str()
+        );
+    }
+    // Each ENI that gets an interface is logged as it does (ids, where
+    // they come from, the instances that capture it).
     for ev in &initial {
         capture.registry.apply(ev, now);
     }
     for idx in capture.registry.indices() {
-        let ids = capture.registry.ids(idx);
-        match capture.registry.ifindex(idx) {
-            Some(_) => {}
-            None => log::warn!(
-                "ENI {}: no matching interface yet; waiting for it to appear",
-                ids.eni_id
-            ),
+        if capture.registry.ifindex(idx).is_none() {
+            log::warn!(
+                "{}; waiting for its interface to appear",
+                capture.registry.describe(idx)
+            );
         }
     }
     capture.baseline()?;
@@ -281,6 +303,13 @@ pub fn run(config: Config) -> Result<u64, RunError> {
             )
             .map_err(io_err("cannot poll the NFLOG socket"))?;
     }
+    capture.waker = Some(Arc::new(
+        Waker::new(registry, METADATA).map_err(io_err("cannot create the event loop's waker"))?,
+    ));
+    if let MetadataSource::Ecs(ecs) = &capture.config.metadata {
+        let ecs = ecs.clone();
+        capture.start_metadata(&ecs);
+    }
     log::info!(
         "capturing: window {} s, first window closes at {}",
         capture.config.daemon.capture_window_secs,
@@ -315,6 +344,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
                 CONNTRACK => capture.drain_conntrack(),
                 NFLOG => capture.drain_nflog(),
                 ROUTE => capture.drain_route(),
+                METADATA => capture.drain_metadata(),
                 SIGNALS => loop {
                     match signals.next() {
                         Ok(Some(Signal::Terminate)) => terminate = true,
@@ -419,7 +449,9 @@ impl Capture {
             let granted = self.events.receive_buffer_granted();
             if let Some(bigger) = grown_buffer(granted, self.config.daemon.rcvbuf_max_bytes) {
                 match self.events.set_receive_buffer(bigger) {
-                    Ok(now) => log::warn!("conntrack: receive buffer grown from {granted} to {now} bytes"),
+                    Ok(now) => {
+                        log::warn!("conntrack: receive buffer grown from {granted} to {now} bytes")
+                    }
                     Err(e) => log::warn!("conntrack: cannot grow the receive buffer: {e}"),
                 }
             }
@@ -448,7 +480,9 @@ impl Capture {
             let granted = socket.receive_buffer_granted();
             if let Some(bigger) = grown_buffer(granted, self.config.daemon.rcvbuf_max_bytes) {
                 match socket.set_receive_buffer(bigger) {
-                    Ok(now) => log::warn!("nflog: receive buffer grown from {granted} to {now} bytes"),
+                    Ok(now) => {
+                        log::warn!("nflog: receive buffer grown from {granted} to {now} bytes")
+                    }
                     Err(e) => log::warn!("nflog: cannot grow the receive buffer: {e}"),
                 }
             }
@@ -462,23 +496,122 @@ impl Capture {
 
     fn drain_route(&mut self) {
         let now = SystemClock.now_unix();
-        let (registry, stats) = (&mut self.registry, &mut self.stats);
+        let mut events = Vec::new();
         let s = self.route.drain(|ev| {
             log::debug!("rtnetlink: {ev:?}");
-            registry.apply(&ev, now);
+            events.push(ev);
         });
+        let mut harvested = false;
+        for ev in &events {
+            // An ENI losing an address or its interface has those flows
+            // closed with this window: harvest them now, while the registry
+            // still says whose they are (the kernel counts nothing more on
+            // a removed address).
+            if !harvested && self.registry.takes_from_an_eni(ev) {
+                self.dump();
+                harvested = true;
+            }
+            self.registry.apply(ev, now);
+        }
         if s.overruns > 0 {
-            // Interface changes were lost: re-read the whole state.
+            // Interface changes were lost: re-read the whole state, and
+            // forget what is no longer there.
             log::warn!("rtnetlink: overrun; re-reading interfaces and addresses");
             let mut evs = Vec::new();
-            if let Err(e) = self.route.dump_all(|ev| evs.push(ev)) {
-                log::error!("rtnetlink: re-reading interfaces failed: {e}");
-            }
-            for ev in &evs {
-                self.registry.apply(ev, now);
+            match self.route.dump_all(|ev| evs.push(ev)) {
+                Ok(_) => {
+                    if !harvested {
+                        self.dump();
+                    }
+                    self.registry.resync(&evs, now);
+                }
+                Err(e) => log::error!("rtnetlink: re-reading interfaces failed: {e}"),
             }
         }
-        LoopStats::add(&mut stats.route, &s);
+        self.after_registry_change();
+        LoopStats::add(&mut self.stats.route, &s);
+    }
+
+    /// Hands on what a registry change implies: flows of ENIs that lost
+    /// their interface are closed, and new interfaces are looked up in the
+    /// metadata service.
+    fn after_registry_change(&mut self) {
+        for eni in self.registry.take_detached() {
+            self.table.detach(eni);
+        }
+        let macs = self.registry.take_metadata_requests();
+        if let Some(worker) = &self.metadata {
+            worker.look_for(macs);
+        }
+    }
+
+    /// Starts the metadata worker, looking for every interface still
+    /// waiting for its ids.
+    fn start_metadata(&mut self, ecs: &EcsConfig) {
+        let Some(waker) = self.waker.clone() else {
+            return;
+        };
+        // Everything pending is asked for at start; queued requests are moot.
+        let _ = self.registry.take_metadata_requests();
+        let notify = Box::new(move || {
+            if let Err(e) = waker.wake() {
+                log::error!("metadata: cannot wake the capture loop: {e}");
+            }
+        });
+        match MetadataWorker::start(ecs, self.registry.pending_macs(), notify) {
+            Ok(worker) => self.metadata = Some(worker),
+            Err(e) => log::error!(
+                "metadata: cannot start the worker thread: {e}; ENIs are not learnt from the service until a reload"
+            ),
+        }
+    }
+
+    /// What the metadata worker sent: ids for ENIs, or why there are none.
+    fn drain_metadata(&mut self) {
+        let now = SystemClock.now_unix();
+        while let Some(update) = self.metadata.as_ref().and_then(MetadataWorker::try_recv) {
+            match update {
+                MetadataUpdate::Snapshot(s) => {
+                    if std::mem::take(&mut self.metadata_failing) {
+                        log::info!("metadata: the service answers again");
+                    }
+                    log::debug!(
+                        "metadata: instance {} lists {} ENIs; looked for {} new MACs, {} not listed yet",
+                        s.snapshot.instance_id,
+                        s.snapshot.enis.len(),
+                        s.looked_for.len(),
+                        s.retrying.len()
+                    );
+                    self.registry.apply_metadata(&s, now);
+                }
+                MetadataUpdate::Failed {
+                    error,
+                    retry_in,
+                    failures,
+                } => {
+                    self.metadata_failing = true;
+                    // Once at warn; a long outage must not flood the log.
+                    let held = if self.config.metadata_unmapped_is_ignore() {
+                        "their records are held until it answers"
+                    } else {
+                        "they are reported with - ids until it answers"
+                    };
+                    if failures == 1 {
+                        log::warn!(
+                            "metadata: cannot read the service: {error}; retrying with backoff (next in {} s); for \
+                             interfaces still waiting for their ids, {held}",
+                            retry_in.as_secs()
+                        );
+                    } else {
+                        log::debug!(
+                            "metadata: attempt {failures} failed: {error}; next in {} s",
+                            retry_in.as_secs()
+                        );
+                    }
+                }
+            }
+        }
+        self.after_registry_change();
     }
 
     /// Dumps the table so that every live connection's counters are
@@ -518,13 +651,28 @@ impl Capture {
         self.dump();
     }
 
-    fn close_window(&mut self, end: i64) {
+    /// Closes the open window at `end`; returns the records still held
+    /// for ENIs waiting for their metadata.
+    fn close_window(&mut self, end: i64) -> usize {
         let started = std::time::Instant::now();
         self.drain_nflog();
         self.dump();
         let records = self.table.close_window(&self.registry, end);
         let count = records.record_count();
         let window = records.window;
+        let (held, held_dropped) = (records.held, records.held_dropped);
+        if held > 0 {
+            log::info!(
+                "metadata: {held} records held for ENIs waiting for their ids; they go out with the window in which \
+                 the ids are known"
+            );
+        }
+        if held_dropped > 0 {
+            log::error!(
+                "metadata: {held_dropped} held records dropped (too many while the metadata service is down); their \
+                 ENIs' windows will say SKIPDATA"
+            );
+        }
         routing::dispatch_instance_records(
             &self.config,
             &self.dispatcher,
@@ -568,6 +716,7 @@ impl Capture {
             t.table_full_drops,
             t.anomalies
         );
+        held
     }
 
     /// SIGHUP: reopen outputs (logrotate) and reload the config. A config
@@ -582,11 +731,12 @@ impl Capture {
             Ok(c) => c,
             Err(e) => {
                 log::error!("reload refused, keeping the running config: {e}");
-                self.dispatcher.flush_all(flowlogd_plugin_api::abi::FLUSH_REOPEN);
+                self.dispatcher
+                    .flush_all(flowlogd_plugin_api::abi::FLUSH_REOPEN);
                 return;
             }
         };
-        let registry = match EniRegistry::new(&new) {
+        let mut registry = match EniRegistry::new(&new) {
             Ok(r) => r,
             Err(e) => {
                 log::error!("reload refused, keeping the running config: {e}");
@@ -594,10 +744,23 @@ impl Capture {
             }
         };
         for (what, changed) in [
-            ("daemon.nflog_groups", new.daemon.nflog_groups != self.config.daemon.nflog_groups),
-            ("daemon.install_tracking_table", new.daemon.install_tracking_table != self.config.daemon.install_tracking_table),
-            ("daemon.conntrack_rcvbuf_bytes", new.daemon.conntrack_rcvbuf_bytes != self.config.daemon.conntrack_rcvbuf_bytes),
-            ("daemon.conntrack_reliable_events", new.daemon.conntrack_reliable_events != self.config.daemon.conntrack_reliable_events),
+            (
+                "daemon.nflog_groups",
+                new.daemon.nflog_groups != self.config.daemon.nflog_groups,
+            ),
+            (
+                "daemon.install_tracking_table",
+                new.daemon.install_tracking_table != self.config.daemon.install_tracking_table,
+            ),
+            (
+                "daemon.conntrack_rcvbuf_bytes",
+                new.daemon.conntrack_rcvbuf_bytes != self.config.daemon.conntrack_rcvbuf_bytes,
+            ),
+            (
+                "daemon.conntrack_reliable_events",
+                new.daemon.conntrack_reliable_events
+                    != self.config.daemon.conntrack_reliable_events,
+            ),
         ] {
             if changed {
                 log::warn!("reload: a change of {what} takes effect at the next restart");
@@ -606,12 +769,13 @@ impl Capture {
         // Close the window under the old config: its records go to the
         // sinks and instances they were captured for.
         let now = SystemClock.now_unix();
-        self.close_window(now);
+        let held = self.close_window(now);
         let new_dispatcher = match startup::start_sinks(&new) {
             Ok(d) => d,
             Err(e) => {
                 log::error!("reload refused, keeping the running config: {e}");
-                self.dispatcher.flush_all(flowlogd_plugin_api::abi::FLUSH_REOPEN);
+                self.dispatcher
+                    .flush_all(flowlogd_plugin_api::abi::FLUSH_REOPEN);
                 return;
             }
         };
@@ -621,13 +785,37 @@ impl Capture {
             Duration::from_secs(self.config.daemon.shutdown_timeout_secs.into()),
         );
         let handoff = self.table.handoff();
+        if held > 0 {
+            log::warn!(
+                "reload: {held} records held for ENIs waiting for their metadata are dropped with the old flow table"
+            );
+        }
+        // The same service: what it said still holds, so ENIs it described
+        // are not left waiting for it again.
+        if let (Some(snapshot), MetadataSource::Ecs(ecs)) =
+            (self.registry.metadata_snapshot(), &new.metadata)
+        {
+            if self
+                .metadata
+                .as_ref()
+                .is_some_and(|w| w.config().base_url == ecs.base_url)
+            {
+                registry.adopt_snapshot(snapshot.clone());
+            }
+        }
         self.registry = registry;
         let mut events = Vec::new();
         match self.route.dump_all(|ev| events.push(ev)) {
             Ok(_) => events.iter().for_each(|ev| self.registry.apply(ev, now)),
-            Err(e) => log::error!("reload: cannot list interfaces: {e}; they are learnt from events"),
+            Err(e) => {
+                log::error!("reload: cannot list interfaces: {e}; they are learnt from events")
+            }
         }
-        self.table = FlowTable::new(SystemClock, new.daemon.capture_window_secs, new.daemon.max_flows);
+        self.table = FlowTable::new(
+            SystemClock,
+            new.daemon.capture_window_secs,
+            new.daemon.max_flows,
+        );
         // The early-closed window ended at `now`; the next one starts there.
         self.table.start_window_at(now);
         let max_flows_note = new.daemon.max_flows;
@@ -635,6 +823,21 @@ impl Capture {
             *rejects = RejectCapture::new(new.daemon.nflog_require_prefix);
         }
         self.config = new;
+        match &self.config.metadata {
+            MetadataSource::Static => self.metadata = None,
+            MetadataSource::Ecs(ecs) => {
+                let same = self.metadata.as_ref().is_some_and(|w| {
+                    w.config().base_url == ecs.base_url && w.config().ttl_secs == ecs.ttl_secs
+                });
+                if same {
+                    self.after_registry_change();
+                } else {
+                    // Dropping the old handle ends its thread.
+                    let ecs = ecs.clone();
+                    self.start_metadata(&ecs);
+                }
+            }
+        }
         let (table, registry) = (&mut self.table, &self.registry);
         table.begin_dump();
         let result = self.dumper.dump(|entry| table.baseline(registry, &entry));

@@ -1,7 +1,15 @@
 //! The ENI registry: interfaces, their addresses and metadata, and which flow log instances capture them.
 //!
-//! Pure data: rtnetlink events come in as [`RouteEvent`]s with the time they
-//! were seen; nothing here opens a socket.
+//! Pure data: rtnetlink events come in as [`RouteEvent`]s and metadata as
+//! [`SnapshotUpdate`]s, each with the time it was seen; nothing here opens
+//! a socket.
+//!
+//! ENIs come from two places. The config's `[[eni]]` tables (matched to an
+//! interface by name or MAC) come first and win. With `[metadata] source =
+//! "ecs"`, every other interface with a MAC is an ENI candidate, described
+//! by the ECS metadata service by its MAC; until the service has answered,
+//! its records are held (`unmapped = "ignore"`) or reported with `-` ids
+//! (`unmapped = "report"`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,11 +19,17 @@ use std::sync::Arc;
 
 use flowlogd_plugin_api::EniIds;
 
-use crate::config::{Config, EniConfig, EniMatch, FlowLogConfig, TrafficFilter};
+use crate::config::{
+    Config, EniConfig, EniMatch, FlowLogConfig, MetadataSource, TrafficFilter, Unmapped,
+};
+use crate::metadata::{EcsSnapshot, SnapshotUpdate};
 use crate::model::{Interface, InterfaceAddress, RouteEvent};
 
-/// A configured ENI: its position in the config's `[[eni]]` list. Two bytes,
-/// and `Option<EniIndex>` is two bytes too, so the flow table can afford one
+/// An ENI: its position in the registry, the config's `[[eni]]` tables
+/// first, then ENIs learnt at run time in the order they appeared. Indices
+/// are never reused while the registry lives (flows and window sums refer
+/// to them); a reload builds a new registry. Two bytes, and
+/// `Option<EniIndex>` is two bytes too, so the flow table can afford one
 /// per direction of every live connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EniIndex(NonZeroU16);
@@ -24,7 +38,7 @@ impl EniIndex {
     /// The most ENIs a registry holds.
     pub const MAX_ENIS: usize = u16::MAX as usize;
 
-    /// The index of the ENI at `position` in the config, if it can be one.
+    /// The index of the ENI at `position` in the registry, if it can be one.
     pub fn new(position: usize) -> Option<EniIndex> {
         u16::try_from(position + 1)
             .ok()
@@ -32,7 +46,7 @@ impl EniIndex {
             .map(EniIndex)
     }
 
-    /// The position in the config's `[[eni]]` list.
+    /// The position in the registry.
     pub fn get(self) -> usize {
         usize::from(self.0.get() - 1)
     }
@@ -58,11 +72,38 @@ impl fmt::Display for EniError {
 
 impl std::error::Error for EniError {}
 
+/// Where an ENI's ids come from, as an operator reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Meta {
+    /// An `[[eni]]` table.
+    Static,
+    /// The metadata service describes it.
+    Mapped,
+    /// The metadata service has not said yet.
+    Pending,
+    /// The metadata service does not list its MAC.
+    Unmapped,
+}
+
+/// What becomes of an ENI's records at window close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visibility {
+    /// They go to the flow log instances whose scope its ids match.
+    Scoped,
+    /// Ids unknown (`unmapped = "report"`): `-` ids, every instance.
+    Everywhere,
+    /// Ids not known yet (`unmapped = "ignore"`): the records wait, across
+    /// windows, until they are.
+    Held,
+    /// Not an ENI (the service does not list it, `unmapped = "ignore"`).
+    Inactive,
+}
+
 struct EniState {
     ids: Arc<EniIds>,
     matcher: EniMatch,
+    meta: Meta,
     /// The flow log instances whose scope covers this ENI, in config order.
-    #[cfg(test)]
     instances: Vec<usize>,
     /// The interface currently bound to this ENI.
     ifindex: Option<u32>,
@@ -75,7 +116,7 @@ struct EniState {
 }
 
 struct FlowLogScope {
-    traffic: TrafficFilter,
+    config: FlowLogConfig,
     enis: Vec<EniIndex>,
 }
 
@@ -89,13 +130,29 @@ struct Link {
     addrs: Vec<IpAddr>,
 }
 
-/// The configured ENIs, the interfaces that currently stand for them and
-/// the addresses those own.
+/// ENIs learnt from the ECS metadata service.
+struct EcsState {
+    unmapped: Unmapped,
+    /// The last successful answer; kept when later fetches fail (stale ids
+    /// are better than none).
+    snapshot: Option<EcsSnapshot>,
+    /// The learnt ENI of each MAC seen on an interface.
+    by_mac: HashMap<[u8; 6], EniIndex>,
+    /// MACs to ask the service about, for the loop to hand to the worker.
+    requests: Vec<[u8; 6]>,
+    /// The registry is full: said once.
+    full_logged: bool,
+}
+
+/// The ENIs, the interfaces that currently stand for them and the
+/// addresses those own, and which flow log instances capture each.
 ///
 /// Methods taking an [`EniIndex`] panic if it comes from another registry
-/// (one built from a config with fewer ENIs).
+/// (one with fewer ENIs).
 pub struct EniRegistry {
     enis: Vec<EniState>,
+    /// `[[eni]]` tables: the first `static_count` ENIs.
+    static_count: usize,
     flow_logs: Vec<FlowLogScope>,
     links: HashMap<u32, Link>,
     /// Local address -> the ENI that owns it: one lookup per side of every
@@ -104,19 +161,27 @@ pub struct EniRegistry {
     /// Every address of every interface (loopback and non-ENI included),
     /// with the number of interfaces that carry it.
     locals: HashMap<IpAddr, u32>,
+    ecs: Option<EcsState>,
+    /// ENIs that lost their interface since the loop last asked: the loop
+    /// closes their flows.
+    detached: Vec<EniIndex>,
 }
 
 impl EniRegistry {
-    /// A registry for the ENIs and flow log instances of `config`; no
-    /// interface is known until [`EniRegistry::apply`] reports one.
+    /// A registry for the ENIs, metadata source and flow log instances of
+    /// `config`; no interface is known until [`EniRegistry::apply`] reports one.
     ///
     /// # Errors
     /// [`EniError::TooMany`] if more than [`EniIndex::MAX_ENIS`] ENIs are configured.
     pub fn new(config: &Config) -> Result<EniRegistry, EniError> {
-        EniRegistry::from_parts(&config.enis, &config.flow_logs)
+        let mut r = EniRegistry::from_parts(&config.enis, &config.flow_logs)?;
+        if let MetadataSource::Ecs(ecs) = &config.metadata {
+            r.learn_from_ecs(ecs.unmapped);
+        }
+        Ok(r)
     }
 
-    /// As [`EniRegistry::new`], from the two lists it reads.
+    /// As [`EniRegistry::new`] with static metadata, from the two lists it reads.
     ///
     /// # Errors
     /// [`EniError::TooMany`] if more than [`EniIndex::MAX_ENIS`] ENIs are configured.
@@ -132,50 +197,56 @@ impl EniRegistry {
             .map(|e| EniState {
                 ids: Arc::new(e.ids.clone()),
                 matcher: e.matcher.clone(),
-                #[cfg(test)]
-                instances: flow_logs
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, f)| f.covers(&e.ids))
-                    .map(|(i, _)| i)
-                    .collect(),
+                meta: Meta::Static,
+                instances: Vec::new(),
                 ifindex: None,
                 present_since: None,
                 last_span: None,
             })
             .collect();
-        let flow_logs = flow_logs
-            .iter()
-            .map(|f| FlowLogScope {
-                traffic: f.traffic,
-                enis: enis
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, e)| f.covers(&e.ids))
-                    .filter_map(|(i, _)| EniIndex::new(i))
-                    .collect(),
-            })
-            .collect();
-        Ok(EniRegistry {
+        let mut r = EniRegistry {
+            static_count: enis.len(),
             enis,
-            flow_logs,
+            flow_logs: flow_logs
+                .iter()
+                .map(|f| FlowLogScope {
+                    config: f.clone(),
+                    enis: Vec::new(),
+                })
+                .collect(),
             links: HashMap::new(),
             owners: HashMap::new(),
             locals: HashMap::new(),
-        })
+            ecs: None,
+            detached: Vec::new(),
+        };
+        r.recompute_scopes();
+        Ok(r)
     }
 
-    /// Number of configured ENIs.
+    /// From now on, interfaces that no `[[eni]]` matches are ENIs that the
+    /// ECS metadata service describes by their MAC.
+    pub fn learn_from_ecs(&mut self, unmapped: Unmapped) {
+        self.ecs = Some(EcsState {
+            unmapped,
+            snapshot: None,
+            by_mac: HashMap::new(),
+            requests: Vec::new(),
+            full_logged: false,
+        });
+    }
+
+    /// Number of ENIs (configured and learnt).
     pub fn len(&self) -> usize {
         self.enis.len()
     }
 
-    /// Every configured ENI, in config order.
+    /// Every ENI, in index order.
     pub fn indices(&self) -> impl Iterator<Item = EniIndex> + '_ {
         (0..self.enis.len()).filter_map(EniIndex::new)
     }
 
-    /// The metadata of an ENI.
+    /// The metadata of an ENI (`-` for what is not known).
     pub fn ids(&self, eni: EniIndex) -> &Arc<EniIds> {
         &self.enis[eni.get()].ids
     }
@@ -229,8 +300,8 @@ impl EniRegistry {
     }
 
     #[cfg(test)]
-    /// The flow log instances (indices into `config.flow_logs`) whose scope
-    /// covers the ENI, in config order.
+    /// The flow log instances (indices into `config.flow_logs`) that
+    /// capture the ENI now, in config order.
     pub fn instances_for(&self, eni: EniIndex) -> &[usize] {
         &self.enis[eni.get()].instances
     }
@@ -240,7 +311,7 @@ impl EniRegistry {
         self.flow_logs.len()
     }
 
-    /// The ENIs that flow log instance `instance` covers, in config order.
+    /// The ENIs that flow log instance `instance` captures now, in index order.
     ///
     /// # Panics
     /// If there is no such instance.
@@ -253,7 +324,81 @@ impl EniRegistry {
     /// # Panics
     /// If there is no such instance.
     pub fn traffic_of_instance(&self, instance: usize) -> TrafficFilter {
-        self.flow_logs[instance].traffic
+        self.flow_logs[instance].config.traffic
+    }
+
+    /// What becomes of the ENI's records at window close.
+    pub fn visibility(&self, eni: EniIndex) -> Visibility {
+        let unmapped = self
+            .ecs
+            .as_ref()
+            .map_or(Unmapped::Ignore, |ecs| ecs.unmapped);
+        match (self.enis[eni.get()].meta, unmapped) {
+            (Meta::Static | Meta::Mapped, _) => Visibility::Scoped,
+            (Meta::Pending | Meta::Unmapped, Unmapped::Report) => Visibility::Everywhere,
+            (Meta::Pending, Unmapped::Ignore) => Visibility::Held,
+            (Meta::Unmapped, Unmapped::Ignore) => Visibility::Inactive,
+        }
+    }
+
+    /// Whether the ENI's records wait for its metadata.
+    pub fn is_held(&self, eni: EniIndex) -> bool {
+        self.visibility(eni) == Visibility::Held
+    }
+
+    /// One line about an ENI for the log: its ids, where they came from,
+    /// its interface and the instances that capture it.
+    pub fn describe(&self, eni: EniIndex) -> String {
+        let e = &self.enis[eni.get()];
+        let matcher = match &e.matcher {
+            EniMatch::Interface(name) => format!("matched by interface {name}"),
+            EniMatch::Mac(mac) => format!("matched by mac {}", format_mac(mac)),
+        };
+        let interface = match e.ifindex {
+            Some(index) => {
+                let name = self
+                    .links
+                    .get(&index)
+                    .and_then(|l| l.iface.as_ref())
+                    .map_or("?", |i| i.name.as_str());
+                format!("now interface {name} (index {index})")
+            }
+            None => "no interface now".to_owned(),
+        };
+        let source = match (e.meta, self.visibility(eni)) {
+            (Meta::Static, _) => "ids from static config",
+            (Meta::Mapped, _) => "ids from ecs",
+            (Meta::Pending, Visibility::Held) => {
+                "ids not known yet (waiting for the metadata service; its records are held until then)"
+            }
+            (Meta::Pending, _) => {
+                "ids not known yet (waiting for the metadata service; reported with - ids until then)"
+            }
+            (Meta::Unmapped, Visibility::Inactive) => {
+                "not an ENI (the metadata service does not list its MAC; unmapped = \"ignore\")"
+            }
+            (Meta::Unmapped, _) => {
+                "ids unknown (the metadata service does not list its MAC; reported with - ids)"
+            }
+        };
+        let captured_by: Vec<&str> = e
+            .instances
+            .iter()
+            .map(|&i| self.flow_logs[i].config.name.as_str())
+            .collect();
+        format!(
+            "ENI {} ({matcher}): vswitch {}, vpc {}, vm {}, account {}; {source}; {interface}; captured by: {}",
+            e.ids.eni_id,
+            e.ids.vswitch_id,
+            e.ids.vpc_id,
+            e.ids.vm_id,
+            e.ids.account_id,
+            if captured_by.is_empty() {
+                "none".to_owned()
+            } else {
+                captured_by.join(", ")
+            }
+        )
     }
 
     /// Takes in what rtnetlink reported at `now` (Unix seconds).
@@ -266,33 +411,288 @@ impl EniRegistry {
         }
     }
 
+    /// Takes in a full listing of interfaces and addresses (after an
+    /// overrun lost events): what it no longer lists is gone.
+    pub fn resync(&mut self, listing: &[RouteEvent], now: i64) {
+        let mut links: HashMap<u32, Vec<IpAddr>> = HashMap::new();
+        for ev in listing {
+            match ev {
+                RouteEvent::LinkAdded(i) => {
+                    links.entry(i.index).or_default();
+                }
+                RouteEvent::AddressAdded(a) => links.entry(a.index).or_default().push(a.addr),
+                _ => {}
+            }
+        }
+        let mut gone_links = Vec::new();
+        let mut gone_addrs = Vec::new();
+        for (&index, link) in &self.links {
+            match links.get(&index) {
+                None => gone_links.push(index),
+                Some(addrs) => {
+                    gone_addrs.extend(link.addrs.iter().filter(|a| !addrs.contains(a)).map(
+                        |&addr| InterfaceAddress {
+                            index,
+                            addr,
+                            prefix_len: 0,
+                        },
+                    ))
+                }
+            }
+        }
+        gone_links.sort_unstable();
+        for index in gone_links {
+            self.link_removed(index, now);
+        }
+        for a in &gone_addrs {
+            self.address_removed(a);
+        }
+        for ev in listing {
+            self.apply(ev, now);
+        }
+    }
+
+    /// Whether applying `event` takes an interface or an address away from
+    /// an ENI. The loop harvests flows first, under the registry as it is:
+    /// a connection first seen afterwards would belong to nobody. (Deleting
+    /// a link removes its addresses first, each with its own event.)
+    pub fn takes_from_an_eni(&self, event: &RouteEvent) -> bool {
+        match event {
+            RouteEvent::LinkRemoved { index } => self.by_ifindex(*index).is_some(),
+            RouteEvent::LinkAdded(iface) => {
+                let current = self.by_ifindex(iface.index);
+                current.is_some() && self.wanted_eni(iface, current) != current
+            }
+            RouteEvent::AddressRemoved(a) => {
+                let owner = self.owner_of(a.addr);
+                owner.is_some() && owner == self.by_ifindex(a.index)
+            }
+            RouteEvent::AddressAdded(_) => false,
+        }
+    }
+
+    /// The ENIs that lost their interface since the last call: their
+    /// flows are over.
+    pub fn take_detached(&mut self) -> Vec<EniIndex> {
+        std::mem::take(&mut self.detached)
+    }
+
+    /// MACs the metadata service should be asked about, since the last call.
+    pub fn take_metadata_requests(&mut self) -> Vec<[u8; 6]> {
+        self.ecs
+            .as_mut()
+            .map(|e| std::mem::take(&mut e.requests))
+            .unwrap_or_default()
+    }
+
+    /// MACs of every ENI still waiting for its metadata (for a new worker).
+    pub fn pending_macs(&self) -> Vec<[u8; 6]> {
+        let Some(ecs) = &self.ecs else {
+            return Vec::new();
+        };
+        let mut macs: Vec<[u8; 6]> = ecs
+            .by_mac
+            .iter()
+            .filter(|(_, &e)| self.enis[e.get()].meta == Meta::Pending)
+            .map(|(&mac, _)| mac)
+            .collect();
+        macs.sort_unstable();
+        macs
+    }
+
+    /// The last answer of the metadata service, if any.
+    pub fn metadata_snapshot(&self) -> Option<&EcsSnapshot> {
+        self.ecs.as_ref().and_then(|e| e.snapshot.as_ref())
+    }
+
+    /// Starts from an answer the service gave earlier (a reload keeps what
+    /// the running daemon knew). Call before interfaces are applied.
+    pub fn adopt_snapshot(&mut self, snapshot: EcsSnapshot) {
+        if let Some(ecs) = &mut self.ecs {
+            ecs.snapshot = Some(snapshot);
+        }
+    }
+
+    /// Takes in what the metadata service said at `now`: ENIs waiting for
+    /// their ids get them (or are found not to be ENIs), and instance
+    /// scopes follow. Returns the ENIs whose ids or standing changed.
+    pub fn apply_metadata(&mut self, update: &SnapshotUpdate, now: i64) -> Vec<EniIndex> {
+        let Some(ecs) = &mut self.ecs else {
+            return Vec::new();
+        };
+        ecs.snapshot = Some(update.snapshot.clone());
+        let mut learnt: Vec<([u8; 6], EniIndex)> =
+            ecs.by_mac.iter().map(|(&m, &e)| (m, e)).collect();
+        learnt.sort_unstable_by_key(|&(_, e)| e);
+        let mut changed = Vec::new();
+        for (mac, eni) in learnt {
+            let state = &self.enis[eni.get()];
+            let (meta, ids) = match update.snapshot.enis.get(&mac) {
+                Some(_) => (Meta::Mapped, self.ecs_ids(mac)),
+                // An ENI the service described once keeps its ids: the
+                // interface going away is what ends it.
+                None if state.meta == Meta::Mapped => continue,
+                None if update.looked_for.contains(&mac) && !update.retrying.contains(&mac) => {
+                    (Meta::Unmapped, self.ecs_ids(mac))
+                }
+                None => (state.meta, self.ecs_ids(mac)),
+            };
+            if meta == state.meta && ids == *state.ids {
+                continue;
+            }
+            let was_active = self.visibility(eni) != Visibility::Inactive;
+            let state = &mut self.enis[eni.get()];
+            state.meta = meta;
+            state.ids = Arc::new(ids);
+            changed.push((eni, was_active));
+        }
+        if changed.is_empty() {
+            return Vec::new();
+        }
+        // Scopes first, so that what is logged below is what holds.
+        self.recompute_scopes();
+        for &(eni, was_active) in &changed {
+            let active = self.visibility(eni) != Visibility::Inactive;
+            if was_active && !active {
+                // Not an ENI after all: its interface is just an interface.
+                self.unbind(eni, now);
+            } else if !was_active && active {
+                self.rebind(eni, now);
+            }
+            log::info!("metadata: {}", self.describe(eni));
+        }
+        changed.into_iter().map(|(eni, _)| eni).collect()
+    }
+
+    /// The ids the service gives the ENI of `mac`, `-` for what it does
+    /// not say.
+    fn ecs_ids(&self, mac: [u8; 6]) -> EniIds {
+        let snapshot = self.metadata_snapshot();
+        let dash = || "-".to_owned();
+        let eni = snapshot.and_then(|s| s.enis.get(&mac));
+        EniIds {
+            eni_id: eni.map_or_else(dash, |e| e.eni_id.clone()),
+            vswitch_id: eni.map_or_else(dash, |e| e.vswitch_id.clone()),
+            vpc_id: eni.map_or_else(dash, |e| e.vpc_id.clone()),
+            vm_id: snapshot.map_or_else(dash, |s| s.instance_id.clone()),
+            account_id: snapshot.map_or_else(dash, |s| s.account_id.clone()),
+        }
+    }
+
+    /// Which instances capture which ENI, from their ids and standing now.
+    fn recompute_scopes(&mut self) {
+        for scope in &mut self.flow_logs {
+            scope.enis.clear();
+        }
+        let unmapped = self
+            .ecs
+            .as_ref()
+            .map_or(Unmapped::Ignore, |ecs| ecs.unmapped);
+        for (i, e) in self.enis.iter_mut().enumerate() {
+            e.instances.clear();
+            let Some(eni) = EniIndex::new(i) else {
+                continue;
+            };
+            let everywhere = match e.meta {
+                Meta::Static | Meta::Mapped => false,
+                Meta::Pending | Meta::Unmapped if unmapped == Unmapped::Report => true,
+                // Held or inactive: no instance until the ids are known.
+                Meta::Pending | Meta::Unmapped => continue,
+            };
+            for (f, scope) in self.flow_logs.iter_mut().enumerate() {
+                if everywhere || scope.config.covers(&e.ids) {
+                    scope.enis.push(eni);
+                    e.instances.push(f);
+                }
+            }
+        }
+    }
+
+    fn is_static(&self, eni: EniIndex) -> bool {
+        eni.get() < self.static_count
+    }
+
     fn matches(&self, eni: EniIndex, iface: &Interface) -> bool {
         !iface.is_loopback
+            && self.visibility(eni) != Visibility::Inactive
             && match &self.enis[eni.get()].matcher {
                 EniMatch::Interface(name) => *name == iface.name,
                 EniMatch::Mac(mac) => iface.mac == Some(*mac),
             }
     }
 
-    /// The ENI that interface `iface` should stand for: the one it stands
-    /// for already if it still matches (a later config entry must not steal
-    /// it on an unrelated update), otherwise the first free one it matches.
+    /// The ENI that interface `iface` should stand for, of those that
+    /// exist: a static one first (`[[eni]]` overrides the service), the
+    /// one it stands for already if it still matches (a later config entry
+    /// must not steal it on an unrelated update), otherwise the first free
+    /// one it matches; then the ENI learnt for its MAC.
     fn wanted_eni(&self, iface: &Interface, current: Option<EniIndex>) -> Option<EniIndex> {
-        if let Some(c) = current.filter(|&c| self.matches(c, iface)) {
+        let free = |e: EniIndex| {
+            let state = &self.enis[e.get()];
+            state.ifindex.is_none() || state.ifindex == Some(iface.index)
+        };
+        if let Some(c) = current.filter(|&c| self.is_static(c) && self.matches(c, iface)) {
             return Some(c);
         }
-        self.indices().find(|&e| {
-            let state = &self.enis[e.get()];
-            (state.ifindex.is_none() || state.ifindex == Some(iface.index))
-                && self.matches(e, iface)
-        })
+        let mut statics = (0..self.static_count).filter_map(EniIndex::new);
+        if let Some(s) = statics.find(|&e| free(e) && self.matches(e, iface)) {
+            return Some(s);
+        }
+        let learnt = *self.ecs.as_ref()?.by_mac.get(&candidate_mac(iface)?)?;
+        (free(learnt) && self.matches(learnt, iface)).then_some(learnt)
+    }
+
+    /// A new ENI for an interface whose MAC the registry has not seen, if
+    /// ENIs are learnt from the service.
+    fn learn_eni(&mut self, iface: &Interface) -> Option<EniIndex> {
+        let mac = candidate_mac(iface)?;
+        let ecs = self.ecs.as_ref()?;
+        if ecs.by_mac.contains_key(&mac) {
+            return None;
+        }
+        let Some(eni) = EniIndex::new(self.enis.len()) else {
+            let ecs = self.ecs.as_mut()?;
+            if !std::mem::replace(&mut ecs.full_logged, true) {
+                log::error!(
+                    "{} ENIs are known, the most one run can hold: interface {} (mac {}) and later ones are not \
+                     captured until a reload (SIGHUP) or restart",
+                    EniIndex::MAX_ENIS,
+                    iface.name,
+                    format_mac(&mac)
+                );
+            }
+            return None;
+        };
+        let known = ecs
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.enis.contains_key(&mac));
+        let ids = self.ecs_ids(mac);
+        self.enis.push(EniState {
+            ids: Arc::new(ids),
+            matcher: EniMatch::Mac(mac),
+            meta: if known { Meta::Mapped } else { Meta::Pending },
+            instances: Vec::new(),
+            ifindex: None,
+            present_since: None,
+            last_span: None,
+        });
+        let ecs = self.ecs.as_mut()?;
+        ecs.by_mac.insert(mac, eni);
+        if !known {
+            ecs.requests.push(mac);
+        }
+        self.recompute_scopes();
+        Some(eni)
     }
 
     fn link_added(&mut self, iface: &Interface, now: i64) {
         // RTM_NEWLINK also reports changes (rename, MAC, flags) of a known link.
         let current = self.links.get(&iface.index).and_then(|l| l.eni);
-        let wanted = self.wanted_eni(iface, current);
         self.links.entry(iface.index).or_default().iface = Some(iface.clone());
+        let wanted = self
+            .wanted_eni(iface, current)
+            .or_else(|| self.learn_eni(iface));
         if current == wanted {
             return;
         }
@@ -369,21 +769,13 @@ impl EniRegistry {
         };
         link.eni = Some(eni);
         let addrs = link.addrs.clone();
-        let name = link
-            .iface
-            .as_ref()
-            .map_or("", |i| i.name.as_str())
-            .to_owned();
         let state = &mut self.enis[eni.get()];
         state.ifindex = Some(ifindex);
         state.present_since = Some(now);
-        log::info!(
-            "ENI {} is interface {name} (index {ifindex})",
-            state.ids.eni_id
-        );
         for addr in addrs {
             self.add_owner(addr, eni);
         }
+        log::info!("{}", self.describe(eni));
     }
 
     fn unbind(&mut self, eni: EniIndex, now: i64) {
@@ -395,7 +787,7 @@ impl EniRegistry {
             state.last_span = Some((since, now));
         }
         log::info!(
-            "ENI {} lost its interface (index {ifindex})",
+            "ENI {} lost its interface (index {ifindex}); its flows are closed",
             state.ids.eni_id
         );
         let addrs = match self.links.get_mut(&ifindex) {
@@ -408,10 +800,12 @@ impl EniRegistry {
         for addr in addrs {
             self.remove_owner(addr, eni);
         }
+        self.detached.push(eni);
     }
 
-    /// After `eni` lost its interface: bind it to another known interface
-    /// that matches, if any (lowest index first, for determinism).
+    /// After `eni` lost its interface (or became an ENI again): bind it to
+    /// a known interface that matches, if any (lowest index first, for
+    /// determinism).
     fn rebind(&mut self, eni: EniIndex, now: i64) {
         if self.enis[eni.get()].ifindex.is_some() {
             return;
@@ -461,6 +855,20 @@ impl EniRegistry {
             self.owners.insert(addr, other);
         }
     }
+}
+
+/// The MAC by which the metadata service could know `iface`: loopback and
+/// interfaces without an Ethernet address (tunnels, WireGuard) are no ENIs.
+fn candidate_mac(iface: &Interface) -> Option<[u8; 6]> {
+    iface.mac.filter(|m| !iface.is_loopback && *m != [0; 6])
+}
+
+/// `00:16:3e:12:34:56`.
+pub fn format_mac(m: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 #[cfg(test)]
@@ -618,6 +1026,11 @@ pub(crate) mod tests {
         r.apply(&link(2, "eth0", None), 0);
         r.apply(&addr(2, "10.0.0.5"), 0);
         r.apply(&addr(2, "10.0.0.6"), 0);
+        r.apply(&link(5, "other0", None), 0);
+        r.apply(&addr(5, "10.9.0.1"), 0);
+        assert!(r.takes_from_an_eni(&del_addr(2, "10.0.0.5")));
+        assert!(!r.takes_from_an_eni(&del_addr(5, "10.9.0.1")), "no ENI's");
+        assert!(!r.takes_from_an_eni(&del_addr(2, "10.0.0.99")), "not there");
         r.apply(&del_addr(2, "10.0.0.5"), 10);
         assert_eq!(r.owner_of(ip("10.0.0.5")), None);
         assert!(!r.is_local(ip("10.0.0.5")));
@@ -718,5 +1131,228 @@ pub(crate) mod tests {
             .collect();
         let err = EniRegistry::from_parts(&enis, &[]).err().unwrap();
         assert_eq!(err, EniError::TooMany { count: 65536 });
+    }
+
+    mod learnt {
+        //! ENIs learnt from the ECS metadata service.
+
+        use super::*;
+        use crate::metadata::EcsEni;
+
+        const M1: [u8; 6] = [0x00, 0x16, 0x3e, 0x00, 0x01, 0x01];
+        const M2: [u8; 6] = [0x00, 0x16, 0x3e, 0x00, 0x01, 0x02];
+        const M0: [u8; 6] = [0x00, 0x16, 0x3e, 0x00, 0x01, 0x00];
+
+        /// A static eni-a on eth0 (vpc-1); flow logs: 0 = VPC vpc-ecs,
+        /// 1 = VSwitch vsw-9, 2 = ENI eni-a.
+        fn registry(unmapped: Unmapped) -> EniRegistry {
+            let mut r = EniRegistry::from_parts(
+                &[eni("eni-a", "vsw-1", EniMatch::Interface("eth0".into()))],
+                &[
+                    flow_log("vpc", ResourceType::Vpc, "vpc-ecs", TrafficFilter::All),
+                    flow_log("vsw", ResourceType::VSwitch, "vsw-9", TrafficFilter::All),
+                    flow_log("a", ResourceType::Eni, "eni-a", TrafficFilter::All),
+                ],
+            )
+            .unwrap();
+            r.learn_from_ecs(unmapped);
+            r
+        }
+
+        fn snapshot(enis: &[([u8; 6], &str, &str)]) -> EcsSnapshot {
+            let mut s = EcsSnapshot {
+                instance_id: "i-ecs".into(),
+                account_id: "5678".into(),
+                ..EcsSnapshot::default()
+            };
+            for (mac, id, vsw) in enis {
+                s.enis.insert(
+                    *mac,
+                    EcsEni {
+                        eni_id: (*id).into(),
+                        vpc_id: "vpc-ecs".into(),
+                        vswitch_id: (*vsw).into(),
+                    },
+                );
+            }
+            s
+        }
+
+        fn update(s: EcsSnapshot, looked_for: &[[u8; 6]], retrying: &[[u8; 6]]) -> SnapshotUpdate {
+            SnapshotUpdate {
+                snapshot: s,
+                looked_for: looked_for.to_vec(),
+                retrying: retrying.to_vec(),
+            }
+        }
+
+        #[test]
+        fn an_interface_waits_for_its_ids_then_vpc_and_vswitch_scopes_pick_it_up() {
+            let mut r = registry(Unmapped::Ignore);
+            r.apply(&loopback(1), 0);
+            r.apply(&link(2, "eth0", Some(M0)), 0);
+            r.apply(&link(3, "eth1", Some(M1)), 0);
+            r.apply(&addr(3, "10.0.9.5"), 0);
+            // A new index after the static ones, for the MAC.
+            let x = EniIndex::new(1).unwrap();
+            assert_eq!(r.len(), 2);
+            assert_eq!(r.take_metadata_requests(), vec![M1]);
+            assert_eq!(r.pending_macs(), vec![M1]);
+            // Its flows are its from the start; its records wait.
+            assert_eq!(r.owner_of(ip("10.0.9.5")), Some(x));
+            assert_eq!(r.by_ifindex(3), Some(x));
+            assert_eq!(r.visibility(x), Visibility::Held);
+            assert!(r.instances_for(x).is_empty());
+            assert_eq!(r.ids(x).eni_id, "-");
+
+            let changed = r.apply_metadata(
+                &update(
+                    snapshot(&[(M1, "eni-x", "vsw-9"), (M0, "eni-from-service", "vsw-9")]),
+                    &[M1],
+                    &[],
+                ),
+                10,
+            );
+            assert_eq!(changed, vec![x]);
+            assert_eq!(r.visibility(x), Visibility::Scoped);
+            assert_eq!(
+                **r.ids(x),
+                EniIds {
+                    eni_id: "eni-x".into(),
+                    vswitch_id: "vsw-9".into(),
+                    vpc_id: "vpc-ecs".into(),
+                    vm_id: "i-ecs".into(),
+                    account_id: "5678".into(),
+                }
+            );
+            assert_eq!(r.instances_for(x), &[0, 1]);
+            assert_eq!(r.enis_of_instance(0), &[x]);
+            assert!(r.pending_macs().is_empty());
+            // The static [[eni]] overrides what the service says of eth0.
+            let a = r.find("eni-a").unwrap();
+            assert_eq!(r.ifindex(a), Some(2));
+            assert_eq!(r.ids(a).vpc_id, "vpc-1");
+            assert_eq!(r.instances_for(a), &[2]);
+            assert_eq!(r.find("eni-from-service"), None);
+            assert!(r.describe(x).starts_with(
+                "ENI eni-x (matched by mac 00:16:3e:00:01:01): vswitch vsw-9, vpc vpc-ecs, vm i-ecs, account 5678; \
+                 ids from ecs; now interface eth1 (index 3); captured by: vpc, vsw"
+            ));
+            assert!(r.describe(a).contains("ids from static config"));
+            // The same answer again changes nothing.
+            let again = update(snapshot(&[(M1, "eni-x", "vsw-9")]), &[], &[]);
+            assert!(r.apply_metadata(&again, 20).is_empty());
+        }
+
+        #[test]
+        fn a_hot_plugged_interface_the_service_knows_is_an_eni_at_once() {
+            let mut r = registry(Unmapped::Ignore);
+            r.apply_metadata(&update(snapshot(&[(M2, "eni-y", "vsw-2")]), &[], &[]), 0);
+            r.apply(&link(7, "eth2", Some(M2)), 50);
+            let y = r.find("eni-y").unwrap();
+            assert_eq!(r.visibility(y), Visibility::Scoped);
+            assert_eq!(r.instances_for(y), &[0]);
+            assert!(r.take_metadata_requests().is_empty());
+            assert!(r.existed_during(y, 0, 600));
+            // Gone: its flows are closed, it existed until then.
+            assert!(r.takes_from_an_eni(&RouteEvent::LinkRemoved { index: 7 }));
+            r.apply(&RouteEvent::LinkRemoved { index: 7 }, 70);
+            assert_eq!(r.take_detached(), vec![y]);
+            assert!(r.existed_during(y, 0, 600));
+            assert!(!r.existed_during(y, 600, 1200));
+            // Back (the same MAC): the same index.
+            r.apply(&link(8, "eth2", Some(M2)), 900);
+            assert_eq!(r.by_ifindex(8), Some(y));
+            assert_eq!(r.len(), 2);
+        }
+
+        #[test]
+        fn an_interface_the_service_does_not_list_is_ignored_or_reported() {
+            let mut r = registry(Unmapped::Ignore);
+            r.apply(&link(3, "docker0", Some(M1)), 0);
+            r.apply(&addr(3, "172.17.0.1"), 0);
+            let x = r.by_ifindex(3).unwrap();
+            // Still being looked for: it waits.
+            r.apply_metadata(&update(snapshot(&[]), &[M1], &[M1]), 1);
+            assert_eq!(r.visibility(x), Visibility::Held);
+            // Given up: not an ENI; its flows are closed.
+            r.apply_metadata(&update(snapshot(&[]), &[M1], &[]), 60);
+            assert_eq!(r.visibility(x), Visibility::Inactive);
+            assert_eq!(r.by_ifindex(3), None);
+            assert_eq!(r.owner_of(ip("172.17.0.1")), None);
+            assert_eq!(r.take_detached(), vec![x]);
+            assert!(r.describe(x).contains("not an ENI"));
+            // Listed later after all: an ENI again, on the same interface.
+            r.apply_metadata(
+                &update(snapshot(&[(M1, "eni-late", "vsw-1")]), &[], &[]),
+                300,
+            );
+            assert_eq!(r.by_ifindex(3), Some(x));
+            assert_eq!(r.owner_of(ip("172.17.0.1")), Some(x));
+            assert_eq!(r.ids(x).eni_id, "eni-late");
+
+            let mut r = registry(Unmapped::Report);
+            r.apply(&link(3, "docker0", Some(M1)), 0);
+            let x = r.by_ifindex(3).unwrap();
+            assert_eq!(r.visibility(x), Visibility::Everywhere);
+            assert_eq!(
+                r.instances_for(x),
+                &[0, 1, 2],
+                "scope unknown: every instance"
+            );
+            assert_eq!(r.ids(x).vm_id, "-");
+            r.apply_metadata(&update(snapshot(&[]), &[M1], &[]), 60);
+            assert_eq!(r.visibility(x), Visibility::Everywhere);
+            assert_eq!(r.by_ifindex(3), Some(x));
+            // What the service says of the instance is used.
+            assert_eq!(
+                (r.ids(x).eni_id.as_str(), r.ids(x).vm_id.as_str()),
+                ("-", "i-ecs")
+            );
+            assert!(r.take_detached().is_empty());
+        }
+
+        #[test]
+        fn a_static_eni_takes_its_interface_from_a_learnt_one() {
+            let mut r = registry(Unmapped::Ignore);
+            r.apply(&link(2, "wan0", Some(M0)), 0);
+            let learnt = r.by_ifindex(2).unwrap();
+            assert_ne!(r.ids(learnt).eni_id, "eni-a");
+            let renamed = link(2, "eth0", Some(M0));
+            assert!(r.takes_from_an_eni(&renamed));
+            r.apply(&renamed, 10);
+            assert_eq!(r.by_ifindex(2), r.find("eni-a"));
+            assert_eq!(r.take_detached(), vec![learnt]);
+            assert!(!r.takes_from_an_eni(&renamed), "an unrelated update");
+        }
+
+        #[test]
+        fn loopback_and_interfaces_without_a_mac_are_never_learnt() {
+            let mut r = registry(Unmapped::Report);
+            r.apply(&loopback(1), 0);
+            r.apply(&link(5, "wg0", None), 0);
+            r.apply(&link(6, "dummy0", Some([0; 6])), 0);
+            assert_eq!(r.len(), 1);
+            assert!(r.take_metadata_requests().is_empty());
+        }
+
+        #[test]
+        fn a_resync_forgets_what_is_gone() {
+            let mut r = two_plus_one();
+            r.apply(&link(2, "eth0", None), 0);
+            r.apply(&addr(2, "10.0.0.5"), 0);
+            r.apply(&addr(2, "10.0.0.6"), 0);
+            r.apply(&link(3, "eth1", Some(MAC_B)), 0);
+            r.apply(&addr(3, "10.0.1.7"), 0);
+            // eth1 vanished and eth0 lost .6 while events were lost.
+            r.resync(&[link(2, "eth0", None), addr(2, "10.0.0.5")], 50);
+            let b = r.find("eni-b").unwrap();
+            assert_eq!(r.ifindex(b), None);
+            assert_eq!(r.take_detached(), vec![b]);
+            assert_eq!(r.owner_of(ip("10.0.1.7")), None);
+            assert_eq!(r.owner_of(ip("10.0.0.6")), None);
+            assert!(!r.is_local(ip("10.0.0.6")));
+            assert_eq!(r.owner_of(ip("10.0.0.5")), r.find("eni-a"));
+        }
     }
 }

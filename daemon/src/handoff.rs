@@ -73,7 +73,11 @@ impl std::fmt::Display for ReadError {
                 write!(f, "written {age_secs} s ago, older than {MAX_AGE_SECS} s")
             }
             ReadError::OtherNamespace { written_in } => {
-                write!(f, "written in network namespace {written_in}, this is {}", netns_id())
+                write!(
+                    f,
+                    "written in network namespace {written_in}, this is {}",
+                    netns_id()
+                )
             }
         }
     }
@@ -161,12 +165,22 @@ mod tests {
             Err(ReadError::TooOld { .. })
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(path_in(&dir), format!("flowlogd-handoff 1 1000 {}\n1 2 3\n", netns_id())).unwrap();
-        assert!(matches!(take(&dir, 1000), Err(ReadError::Malformed { line: 2 })));
+        std::fs::write(
+            path_in(&dir),
+            format!("flowlogd-handoff 1 1000 {}\n1 2 3\n", netns_id()),
+        )
+        .unwrap();
+        assert!(matches!(
+            take(&dir, 1000),
+            Err(ReadError::Malformed { line: 2 })
+        ));
         // A handoff from another network namespace (conntrack ids are per
         // namespace) is not applied.
         std::fs::write(path_in(&dir), "flowlogd-handoff 1 1000 net:[1]\n").unwrap();
-        assert!(matches!(take(&dir, 1000), Err(ReadError::OtherNamespace { .. })));
+        assert!(matches!(
+            take(&dir, 1000),
+            Err(ReadError::OtherNamespace { .. })
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

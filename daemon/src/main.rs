@@ -6,6 +6,7 @@ mod eni;
 mod flows;
 mod handoff;
 mod logger;
+mod metadata;
 mod model;
 mod netlink;
 mod packet;
@@ -105,35 +106,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         "capture window: {} s, aligned to the wall clock; max_flows {}; nflog groups {:?}",
         d.capture_window_secs, d.max_flows, d.nflog_groups
     );
-    println!("ENIs:");
-    for e in &config.enis {
-        let matcher = match &e.matcher {
-            config::EniMatch::Interface(name) => format!("interface {name}"),
-            config::EniMatch::Mac(m) => format!(
-                "mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                m[0], m[1], m[2], m[3], m[4], m[5]
-            ),
-        };
-        let captured_by: Vec<&str> = config
-            .flow_logs
-            .iter()
-            .filter(|f| f.covers(&e.ids))
-            .map(|f| f.name.as_str())
-            .collect();
-        println!(
-            "  {} ({matcher}): vswitch {}, vpc {}, vm {}, account {}; captured by: {}",
-            e.ids.eni_id,
-            e.ids.vswitch_id,
-            e.ids.vpc_id,
-            e.ids.vm_id,
-            e.ids.account_id,
-            if captured_by.is_empty() {
-                "none".to_owned()
-            } else {
-                captured_by.join(", ")
-            }
-        );
-    }
+    print_enis(&config);
     println!("flow logs:");
     for f in &config.flow_logs {
         println!(
@@ -151,6 +124,160 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
     print_tracking_report(&config);
     ExitCode::SUCCESS
+}
+
+/// The flow logs that capture an ENI with `ids`, by name.
+fn captured_by(config: &Config, ids: &flowlogd_plugin_api::EniIds) -> String {
+    let names: Vec<&str> = config
+        .flow_logs
+        .iter()
+        .filter(|f| f.covers(ids))
+        .map(|f| f.name.as_str())
+        .collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Each ENI, its ids, where they come from and which flow logs capture it.
+/// With the metadata service, it is asked once with a short timeout; a
+/// service that does not answer is reported, not an error (`run` retries).
+fn print_enis(config: &Config) {
+    let ecs = match &config.metadata {
+        config::MetadataSource::Static => {
+            println!("metadata: static (the [[eni]] tables)");
+            None
+        }
+        config::MetadataSource::Ecs(ecs) => {
+            println!(
+                "metadata: ecs at {} (fetched again every {} s; interfaces it does not describe: {}); [[eni]] tables \
+                 override it",
+                ecs.base_url,
+                ecs.ttl_secs,
+                ecs.unmapped.as_str()
+            );
+            Some(ecs)
+        }
+    };
+    println!("ENIs:");
+    for e in &config.enis {
+        let matcher = match &e.matcher {
+            config::EniMatch::Interface(name) => format!("interface {name}"),
+            config::EniMatch::Mac(m) => format!("mac {}", eni::format_mac(m)),
+        };
+        println!(
+            "  {} ({matcher}): vswitch {}, vpc {}, vm {}, account {}; captured by: {}; ids from static config",
+            e.ids.eni_id,
+            e.ids.vswitch_id,
+            e.ids.vpc_id,
+            e.ids.vm_id,
+            e.ids.account_id,
+            captured_by(config, &e.ids)
+        );
+    }
+    let Some(ecs) = ecs else {
+        return;
+    };
+    let timeout = Duration::from_secs(1);
+    let snapshot = match metadata::fetch_once(ecs, timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            println!(
+                "  (metadata service not reachable, asked once with a {} s timeout: {e}; `run` retries with backoff \
+                 and learns the ENIs when it answers)",
+                timeout.as_secs()
+            );
+            return;
+        }
+    };
+    // Which interface of this host has which MAC, to say which interface
+    // each ENI is and which [[eni]] overrides it.
+    let interfaces = local_interfaces();
+    let name_of = |mac: &[u8; 6]| {
+        interfaces
+            .iter()
+            .find(|(_, m)| m == mac)
+            .map(|(n, _)| n.as_str())
+    };
+    let static_for = |mac: &[u8; 6], name: Option<&str>| {
+        config.enis.iter().find(|e| match &e.matcher {
+            config::EniMatch::Mac(m) => m == mac,
+            config::EniMatch::Interface(n) => Some(n.as_str()) == name,
+        })
+    };
+    for (mac, e) in &snapshot.enis {
+        let name = name_of(mac);
+        let at = match name {
+            Some(n) => format!("mac {}, interface {n}", eni::format_mac(mac)),
+            None => format!("mac {}, no interface on this host", eni::format_mac(mac)),
+        };
+        if let Some(s) = static_for(mac, name) {
+            println!(
+                "  {} ({at}): described by the metadata service, overridden by [[eni]] {}",
+                e.eni_id, s.ids.eni_id
+            );
+            continue;
+        }
+        let ids = flowlogd_plugin_api::EniIds {
+            eni_id: e.eni_id.clone(),
+            vswitch_id: e.vswitch_id.clone(),
+            vpc_id: e.vpc_id.clone(),
+            vm_id: snapshot.instance_id.clone(),
+            account_id: snapshot.account_id.clone(),
+        };
+        println!(
+            "  {} ({at}): vswitch {}, vpc {}, vm {}, account {}; captured by: {}; ids from ecs",
+            ids.eni_id,
+            ids.vswitch_id,
+            ids.vpc_id,
+            ids.vm_id,
+            ids.account_id,
+            captured_by(config, &ids)
+        );
+    }
+    for (name, mac) in &interfaces {
+        if snapshot.enis.contains_key(mac) || static_for(mac, Some(name)).is_some() {
+            continue;
+        }
+        let fate = match ecs.unmapped {
+            config::Unmapped::Ignore => "ignored (unmapped = \"ignore\")".to_owned(),
+            config::Unmapped::Report => {
+                let all: Vec<&str> = config.flow_logs.iter().map(|f| f.name.as_str()).collect();
+                format!(
+                    "reported with - ids (unmapped = \"report\"); captured by: {}",
+                    if all.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        all.join(", ")
+                    }
+                )
+            }
+        };
+        println!(
+            "  interface {name} (mac {}): not described by the metadata service; {fate}",
+            eni::format_mac(mac)
+        );
+    }
+}
+
+/// This host's interfaces with an Ethernet address, from sysfs, by name.
+fn local_interfaces() -> Vec<(String, [u8; 6])> {
+    let Ok(dir) = std::fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, [u8; 6])> = dir
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let address = std::fs::read_to_string(entry.path().join("address")).ok()?;
+            let mac = config::parse_mac(address.trim())?;
+            (name != "lo" && mac != [0; 6]).then_some((name, mac))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// What `run` will do about connection tracking in this namespace.

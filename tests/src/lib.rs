@@ -120,8 +120,10 @@ pub fn plugin_dir(tmp: &TempDir) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     for (krate, name) in [
         ("flowlogd_sink_file", "file"),
+        ("flowlogd_sink_syslog", "syslog"),
         ("flowlogd_testsink", "testsink"),
         ("flowlogd_sink_window_stats", "window-stats"),
+        ("flowlogd_sink_logservice", "logservice"),
     ] {
         let dst = dir.join(format!("{name}.so"));
         std::fs::copy(cdylib(krate), &dst).unwrap();

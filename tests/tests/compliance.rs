@@ -27,19 +27,56 @@ struct Case {
 }
 
 fn table(src: &str) -> toml::Table {
-    src.parse().unwrap_or_else(|e| panic!("bad test table {src:?}: {e}"))
+    src.parse()
+        .unwrap_or_else(|e| panic!("bad test table {src:?}: {e}"))
 }
 
 fn cases(tmp: &TempDir) -> Vec<Case> {
     let out = |f: &str| tmp.join(f).display().to_string();
     let c_plugin = tmp.join("csv.so");
-    build_c_plugin(&workspace_root().join("examples/sink-c/csv_sink.c"), &c_plugin, &[]);
+    build_c_plugin(
+        &workspace_root().join("examples/sink-c/csv_sink.c"),
+        &c_plugin,
+        &[],
+    );
+    let secret = tmp.join("secret");
+    std::fs::write(&secret, "compliance-secret").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let logservice = format!(
+        "endpoint = \"http://127.0.0.1:9\"\nproject = \"flowlogd-test\"\naccess_key_id = \"id\"\naccess_key_secret_file = \"{}\"",
+        secret.display()
+    );
     vec![
+        Case {
+            name: "syslog",
+            file: cdylib("flowlogd_sink_syslog"),
+            // Port 9 (discard) on loopback: nobody listens, so a send may
+            // be refused: RETRY is a valid answer.
+            valid: table("transport = \"udp\"\naddress = \"127.0.0.1:9\""),
+            invalid: table("transport = \"pigeon\""),
+            bad_key: "transport",
+            write_may_retry: true,
+        },
+        Case {
+            name: "logservice",
+            file: cdylib("flowlogd_sink_logservice"),
+            // Nothing listens on 127.0.0.1:9: writes answer RETRY.
+            valid: table(&format!("{logservice}\nlogstore = \"flowlog\"")),
+            invalid: table(&logservice),
+            bad_key: "logstore",
+            write_may_retry: true,
+        },
         Case {
             name: "file",
             file: cdylib("flowlogd_sink_file"),
-            valid: table(&format!("path = \"{}\"\nformat = \"json\"", out("file.jsonl"))),
-            invalid: table(&format!("path = \"{}\"\nformat = \"xml\"", out("file.jsonl"))),
+            valid: table(&format!(
+                "path = \"{}\"\nformat = \"json\"",
+                out("file.jsonl")
+            )),
+            invalid: table(&format!(
+                "path = \"{}\"\nformat = \"xml\"",
+                out("file.jsonl")
+            )),
             bad_key: "format",
             write_may_retry: false,
         },
@@ -63,7 +100,10 @@ fn cases(tmp: &TempDir) -> Vec<Case> {
             name: "csv",
             file: c_plugin,
             valid: table(&format!("path = \"{}\"", out("flows.csv"))),
-            invalid: table(&format!("path = \"{}\"\ncolour = \"blue\"", out("flows.csv"))),
+            invalid: table(&format!(
+                "path = \"{}\"\ncolour = \"blue\"",
+                out("flows.csv")
+            )),
             bad_key: "colour",
             write_may_retry: false,
         },
@@ -149,8 +189,16 @@ fn records() -> Vec<FlowRecord> {
         rule: rule.map(Arc::from),
     };
     vec![
-        rec(Some(flow("10.0.0.1", "10.0.0.2", Action::Accept)), LogStatus::Ok, None),
-        rec(Some(flow("fd00::1", "fd00::2", Action::Reject)), LogStatus::Ok, Some("sg-c:deny")),
+        rec(
+            Some(flow("10.0.0.1", "10.0.0.2", Action::Accept)),
+            LogStatus::Ok,
+            None,
+        ),
+        rec(
+            Some(flow("fd00::1", "fd00::2", Action::Reject)),
+            LogStatus::Ok,
+            Some("sg-c:deny"),
+        ),
         rec(None, LogStatus::NoData, None),
         rec(None, LogStatus::SkipData, None),
     ]
@@ -159,8 +207,8 @@ fn records() -> Vec<FlowRecord> {
 fn descriptor(lib: &libloading::Library, path: &Path) -> &'static FfiDescriptor {
     // SAFETY: the symbol has the ABI's type; the library outlives the use
     // (the caller keeps `lib` alive for the whole test).
-    let f: libloading::Symbol<'_, DescriptorFn> =
-        unsafe { lib.get(DESCRIPTOR_SYMBOL) }.unwrap_or_else(|e| panic!("{}: no descriptor: {e}", path.display()));
+    let f: libloading::Symbol<'_, DescriptorFn> = unsafe { lib.get(DESCRIPTOR_SYMBOL) }
+        .unwrap_or_else(|e| panic!("{}: no descriptor: {e}", path.display()));
     // SAFETY: the descriptor function takes nothing and returns static data.
     let d = unsafe { f() };
     assert!(!d.is_null(), "{}: NULL descriptor", path.display());
@@ -170,9 +218,23 @@ fn descriptor(lib: &libloading::Library, path: &Path) -> &'static FfiDescriptor 
 
 #[track_caller]
 fn expect_config_error(status: c_int, err: &FfiError, case: &Case, what: &str) {
-    assert_eq!(status, STATUS_REJECTED, "{}: {what} accepted an invalid config", case.name);
-    assert!(!err.message().is_empty(), "{}: {what} gave no message", case.name);
-    assert_eq!(err.key().as_deref(), Some(case.bad_key), "{}: {what}: {}", case.name, err.message());
+    assert_eq!(
+        status, STATUS_REJECTED,
+        "{}: {what} accepted an invalid config",
+        case.name
+    );
+    assert!(
+        !err.message().is_empty(),
+        "{}: {what} gave no message",
+        case.name
+    );
+    assert_eq!(
+        err.key().as_deref(),
+        Some(case.bad_key),
+        "{}: {what}: {}",
+        case.name,
+        err.message()
+    );
 }
 
 #[test]
@@ -183,23 +245,46 @@ fn every_built_sink_complies_with_the_abi() {
         let lib = unsafe { libloading::Library::new(&case.file) }.unwrap();
         let d = descriptor(&lib, &case.file);
         assert_eq!(d.abi_major, ABI_MAJOR, "{}", case.name);
-        assert!(d.struct_size as usize >= std::mem::size_of::<FfiDescriptor>(), "{}", case.name);
+        assert!(
+            d.struct_size as usize >= std::mem::size_of::<FfiDescriptor>(),
+            "{}",
+            case.name
+        );
         // SAFETY: the descriptor's name is a NUL-terminated static string.
         let name = unsafe { CStr::from_ptr(d.name) }.to_str().unwrap();
         assert_eq!(name, case.name);
-        let (open, write, flush, close) = (d.open.unwrap(), d.write.unwrap(), d.flush.unwrap(), d.close.unwrap());
+        let (open, write, flush, close) = (
+            d.open.unwrap(),
+            d.write.unwrap(),
+            d.flush.unwrap(),
+            d.close.unwrap(),
+        );
         let host = host();
 
         if let Some(check) = d.check {
             let valid = options(&case.valid);
             let mut err = FfiError::new();
             // SAFETY: valid pointers for the call, as the header documents.
-            let status = unsafe { check(&host, valid.options.as_ptr(), valid.options.len(), &mut err) };
-            assert_eq!(status, STATUS_OK, "{}: check refused a valid config: {}", case.name, err.message());
+            let status =
+                unsafe { check(&host, valid.options.as_ptr(), valid.options.len(), &mut err) };
+            assert_eq!(
+                status,
+                STATUS_OK,
+                "{}: check refused a valid config: {}",
+                case.name,
+                err.message()
+            );
             let invalid = options(&case.invalid);
             let mut err = FfiError::new();
             // SAFETY: as above.
-            let status = unsafe { check(&host, invalid.options.as_ptr(), invalid.options.len(), &mut err) };
+            let status = unsafe {
+                check(
+                    &host,
+                    invalid.options.as_ptr(),
+                    invalid.options.len(),
+                    &mut err,
+                )
+            };
             expect_config_error(status, &err, &case, "check");
         }
 
@@ -207,14 +292,36 @@ fn every_built_sink_complies_with_the_abi() {
         let mut instance: *mut c_void = std::ptr::null_mut();
         let mut err = FfiError::new();
         // SAFETY: as above; `instance` is an out-pointer.
-        let status = unsafe { open(&host, invalid.options.as_ptr(), invalid.options.len(), &mut instance, &mut err) };
+        let status = unsafe {
+            open(
+                &host,
+                invalid.options.as_ptr(),
+                invalid.options.len(),
+                &mut instance,
+                &mut err,
+            )
+        };
         expect_config_error(status, &err, &case, "open");
 
         let valid = options(&case.valid);
         let mut err = FfiError::new();
         // SAFETY: as above.
-        let status = unsafe { open(&host, valid.options.as_ptr(), valid.options.len(), &mut instance, &mut err) };
-        assert_eq!(status, STATUS_OK, "{}: open refused a valid config: {}", case.name, err.message());
+        let status = unsafe {
+            open(
+                &host,
+                valid.options.as_ptr(),
+                valid.options.len(),
+                &mut instance,
+                &mut err,
+            )
+        };
+        assert_eq!(
+            status,
+            STATUS_OK,
+            "{}: open refused a valid config: {}",
+            case.name,
+            err.message()
+        );
 
         let recs = records();
         let ffi: Vec<FfiRecord> = recs.iter().map(FlowRecord::to_ffi).collect();
@@ -222,7 +329,11 @@ fn every_built_sink_complies_with_the_abi() {
         let mut err = FfiError::new();
         // SAFETY: the instance is open; the records live for the call.
         let status = unsafe { write(instance, ptrs.as_ptr(), ptrs.len(), &mut err) };
-        let allowed = if case.write_may_retry { STATUS_RETRY } else { STATUS_OK };
+        let allowed = if case.write_may_retry {
+            STATUS_RETRY
+        } else {
+            STATUS_OK
+        };
         assert!(
             status == STATUS_OK || status == allowed,
             "{}: write answered {status}: {}",

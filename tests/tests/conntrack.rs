@@ -821,7 +821,11 @@ fn two_enis_an_idle_one_and_scoped_instances() {
 
     // A window closed in the second it opened (SIGTERM right at a
     // boundary) lasted no time and has no NODATA records.
-    let windows: Vec<(i64, i64)> = d.closed_windows().into_iter().filter(|(s, e)| e > s).collect();
+    let windows: Vec<(i64, i64)> = d
+        .closed_windows()
+        .into_iter()
+        .filter(|(s, e)| e > s)
+        .collect();
     let (r_vpc1, r_enic, r_rejectb) = (
         read_json_records(&vpc1),
         read_json_records(&enic),

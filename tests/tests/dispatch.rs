@@ -33,11 +33,21 @@ fn setup(label: &str, daemon_extra: &str, sinks: &str, sink_names: &str, n: usiz
     let records = sample_records("eni-1", "vpc-1", n);
     let input = tmp.join("records.jsonl");
     write_json_lines(&input, &records);
-    Setup { tmp, cfg, input, records }
+    Setup {
+        tmp,
+        cfg,
+        input,
+        records,
+    }
 }
 
 fn replay(s: &Setup) -> std::process::Output {
-    flowlogd(&["replay", "--config", s.cfg.to_str().unwrap(), s.input.to_str().unwrap()])
+    flowlogd(&[
+        "replay",
+        "--config",
+        s.cfg.to_str().unwrap(),
+        s.input.to_str().unwrap(),
+    ])
 }
 
 #[test]
@@ -52,7 +62,12 @@ fn slow_sink_does_not_block_a_fast_one() {
     );
     let started = Instant::now();
     let mut child = Command::new(flowlogd_bin())
-        .args(["replay", "--config", s.cfg.to_str().unwrap(), s.input.to_str().unwrap()])
+        .args([
+            "replay",
+            "--config",
+            s.cfg.to_str().unwrap(),
+            s.input.to_str().unwrap(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -73,9 +88,16 @@ fn slow_sink_does_not_block_a_fast_one() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "{stderr}");
-    let fast_done_at = fast_done_at.unwrap_or_else(|| panic!("fast sink did not get the records in 3 s\n{stderr}"));
-    assert!(!slow_written_then, "the slow sink wrote before the fast one finished");
-    assert!(fast_done_at < Duration::from_millis(3500), "fast sink took {fast_done_at:?}");
+    let fast_done_at = fast_done_at
+        .unwrap_or_else(|| panic!("fast sink did not get the records in 3 s\n{stderr}"));
+    assert!(
+        !slow_written_then,
+        "the slow sink wrote before the fast one finished"
+    );
+    assert!(
+        fast_done_at < Duration::from_millis(3500),
+        "fast sink took {fast_done_at:?}"
+    );
     // And the slow one got everything in the end.
     expect_records(&read_json_records(&s.tmp.join("slow.jsonl")), &s.records);
     expect_records(&read_json_records(&fast_path), &s.records);
@@ -93,19 +115,39 @@ fn transient_failures_are_retried_until_delivered() {
     let o = replay(&s);
     assert!(o.status.success(), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("sink flaky: write failed (attempt 1), retrying in 100 ms: testsink failing on purpose"), "{err}");
-    assert!(err.contains("sink flaky: write succeeded after 3 retries"), "{err}");
-    assert!(err.contains("sink flaky: 10 records delivered, 3 retries"), "{err}");
+    assert!(
+        err.contains(
+            "sink flaky: write failed (attempt 1), retrying in 100 ms: testsink failing on purpose"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("sink flaky: write succeeded after 3 retries"),
+        "{err}"
+    );
+    assert!(
+        err.contains("sink flaky: 10 records delivered, 3 retries"),
+        "{err}"
+    );
     expect_records(&read_json_records(&s.tmp.join("out.jsonl")), &s.records);
 }
 
 #[test]
 fn rejected_records_are_counted_and_reported() {
-    let s = setup("reject", "", "[sinks.r]\nplugin = \"testsink\"\npath = \"@TMP@/out.jsonl\"\nreject = true\n", "\"r\"", 7);
+    let s = setup(
+        "reject",
+        "",
+        "[sinks.r]\nplugin = \"testsink\"\npath = \"@TMP@/out.jsonl\"\nreject = true\n",
+        "\"r\"",
+        7,
+    );
     let o = replay(&s);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("sink r: write rejected, not retrying: testsink rejects everything"), "{err}");
+    assert!(
+        err.contains("sink r: write rejected, not retrying: testsink rejects everything"),
+        "{err}"
+    );
     assert!(
         err.contains("sink r: 0 records delivered, 7 NOT delivered (0 dropped on a full queue, 7 rejected by the sink, 0 still undelivered at shutdown)"),
         "{err}"
@@ -114,7 +156,13 @@ fn rejected_records_are_counted_and_reported() {
 
 #[test]
 fn a_panicking_plugin_is_caught_at_the_boundary() {
-    let s = setup("panic", "", "[sinks.p]\nplugin = \"testsink\"\npath = \"@TMP@/out.jsonl\"\npanic_in_write = true\n", "\"p\"", 3);
+    let s = setup(
+        "panic",
+        "",
+        "[sinks.p]\nplugin = \"testsink\"\npath = \"@TMP@/out.jsonl\"\npanic_in_write = true\n",
+        "\"p\"",
+        3,
+    );
     let o = replay(&s);
     // Exit code 1 (records not delivered), not a crash by signal.
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -135,7 +183,12 @@ fn a_full_queue_counts_and_reports_dropped_records() {
     let o = replay(&s);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("sink q: queue full (5 records), dropped a batch of 20 records (20 dropped so far)"), "{err}");
+    assert!(
+        err.contains(
+            "sink q: queue full (5 records), dropped a batch of 20 records (20 dropped so far)"
+        ),
+        "{err}"
+    );
     assert!(err.contains("20 NOT delivered (20 dropped on a full queue, 0 rejected by the sink, 0 still undelivered at shutdown)"), "{err}");
     assert!(read_json_records(&s.tmp.join("out.jsonl")).is_empty());
 }
@@ -152,8 +205,15 @@ fn a_sink_still_failing_at_shutdown_is_reported() {
     let started = Instant::now();
     let o = replay(&s);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(started.elapsed() < Duration::from_secs(10), "shutdown took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("sink down: write still failing at shutdown"), "{err}");
+    assert!(
+        err.contains("sink down: write still failing at shutdown"),
+        "{err}"
+    );
     assert!(err.contains("4 NOT delivered (0 dropped on a full queue, 0 rejected by the sink, 4 still undelivered at shutdown)"), "{err}");
 }

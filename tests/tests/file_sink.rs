@@ -26,20 +26,29 @@ fn replay_golden(format: &str) -> String {
     )
     .unwrap();
     let golden_json = workspace_root().join("sinks/file/tests/golden/records.jsonl");
-    let o = flowlogd(&["replay", "--config", cfg.to_str().unwrap(), golden_json.to_str().unwrap()]);
+    let o = flowlogd(&[
+        "replay",
+        "--config",
+        cfg.to_str().unwrap(),
+        golden_json.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     std::fs::read_to_string(&out).unwrap()
 }
 
 #[test]
 fn text_output_matches_golden_file() {
-    let golden = std::fs::read_to_string(workspace_root().join("sinks/file/tests/golden/records.txt")).unwrap();
+    let golden =
+        std::fs::read_to_string(workspace_root().join("sinks/file/tests/golden/records.txt"))
+            .unwrap();
     assert_eq!(replay_golden("text"), golden);
 }
 
 #[test]
 fn json_output_matches_golden_file() {
-    let golden = std::fs::read_to_string(workspace_root().join("sinks/file/tests/golden/records.jsonl")).unwrap();
+    let golden =
+        std::fs::read_to_string(workspace_root().join("sinks/file/tests/golden/records.jsonl"))
+            .unwrap();
     assert_eq!(replay_golden("json"), golden);
 }
 
@@ -66,7 +75,12 @@ fn rotation_through_the_daemon_loses_nothing() {
     let records = sample_records("eni-1", "vpc-1", N);
     let input = tmp.join("records.jsonl");
     write_json_lines(&input, &records);
-    let o = flowlogd(&["replay", "--config", cfg.to_str().unwrap(), input.to_str().unwrap()]);
+    let o = flowlogd(&[
+        "replay",
+        "--config",
+        cfg.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
 
     let mut found = Vec::new();
@@ -131,10 +145,18 @@ fn check_config_reports_a_file_sink_option_error_at_its_line() {
     .unwrap();
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let line = std::fs::read_to_string(&cfg).unwrap().lines().position(|l| l.starts_with("format")).unwrap() + 1;
+    let line = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("format"))
+        .unwrap()
+        + 1;
     assert_eq!(
         String::from_utf8_lossy(&o.stderr).trim(),
-        format!("flowlogd: {}:{line}:1: sinks.local.format: expected \"text\" or \"json\", got \"xml\"", cfg.display())
+        format!(
+            "flowlogd: {}:{line}:1: sinks.local.format: expected \"text\" or \"json\", got \"xml\"",
+            cfg.display()
+        )
     );
     // Checking has no side effects: the sink's directory was not created.
     assert!(!log_dir.exists());
@@ -149,7 +171,10 @@ fn shipped_sample_config_checks_against_built_plugins() {
     let cfg = tmp.join("flowlogd.toml");
     std::fs::write(
         &cfg,
-        shipped.replace("plugin_dir = \"/usr/lib/flowlogd/sinks\"", &format!("plugin_dir = \"{}\"", plugins.display())),
+        shipped.replace(
+            "plugin_dir = \"/usr/lib/flowlogd/sinks\"",
+            &format!("plugin_dir = \"{}\"", plugins.display()),
+        ),
     )
     .unwrap();
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);

@@ -57,7 +57,10 @@ fn lab(label: &str, rules: &str, flow_logs_and_sinks: &str) -> Lab {
     );
     std::fs::write(
         &cfg,
-        config_with(&plugins, &body).replace("[daemon]\n", "[daemon]\ncapture_window_secs = 600\nnflog_groups = [100]\n"),
+        config_with(&plugins, &body).replace(
+            "[daemon]\n",
+            "[daemon]\ncapture_window_secs = 600\nnflog_groups = [100]\n",
+        ),
     )
     .unwrap();
     let daemon = DaemonProcess::start(&a, &cfg, &tmp.join("daemon.log"));
@@ -72,7 +75,11 @@ fn lab(label: &str, rules: &str, flow_logs_and_sinks: &str) -> Lab {
 }
 
 fn load_rules(ns: &Netns, rules: &str) {
-    let file = std::env::temp_dir().join(format!("flowlogd-test-rules-{}-{}.nft", std::process::id(), ns.name()));
+    let file = std::env::temp_dir().join(format!(
+        "flowlogd-test-rules-{}-{}.nft",
+        std::process::id(),
+        ns.name()
+    ));
     std::fs::write(&file, rules).unwrap();
     let out = ns.exec(&["nft", "-f", file.to_str().unwrap()]);
     let _ = std::fs::remove_file(&file);
@@ -88,7 +95,10 @@ fn nft_counter(ns: &Netns, prefix: &str) -> (u64, u64) {
         .find(|l| l.contains(&format!("prefix \"{prefix}\"")))
         .unwrap_or_else(|| panic!("no rule with prefix {prefix}:\n{ruleset}"));
     let num = |key: &str| -> u64 {
-        let rest = line.split(key).nth(1).unwrap_or_else(|| panic!("no {key} in {line}"));
+        let rest = line
+            .split(key)
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {key} in {line}"));
         rest.split_whitespace().next().unwrap().parse().unwrap()
     };
     (num("counter packets "), num(" bytes "))
@@ -131,7 +141,13 @@ fn key(action: &str, direction: &str, rule: &str) -> (String, String, String) {
 fn tcp_attempts(ns: &Netns, addr: &str, port: u16, attempts: usize, secs: f32) {
     for _ in 0..attempts {
         // Exit status is the timeout's: the connection never completes.
-        ns.exec(&["timeout", &format!("{secs}"), "bash", "-c", &format!("exec 3<>/dev/tcp/{addr}/{port}")]);
+        ns.exec(&[
+            "timeout",
+            &format!("{secs}"),
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{addr}/{port}"),
+        ]);
     }
 }
 
@@ -151,9 +167,19 @@ fn drops_become_exact_reject_records() {
     let mut lab = lab("nfdrop", RULES, ALL_TO_FILE);
     let (a4, b4) = (lab.a_end.v4.to_string(), lab.b_end.v4.to_string());
     tcp_attempts(&lab.b, &a4, 2323, 3, 0.5);
-    let mut udp = LineProcess::traffic(&lab.b, TRAFFIC, &["udp-client", &format!("{a4}:1161"), "7", "100", "0"]);
+    let mut udp = LineProcess::traffic(
+        &lab.b,
+        TRAFFIC,
+        &["udp-client", &format!("{a4}:1161"), "7", "100", "0"],
+    );
     udp.expect_line("done", Duration::from_secs(10));
-    let udp_port: u16 = udp.output().lines().find_map(|l| l.strip_prefix("local ")).unwrap().parse().unwrap();
+    let udp_port: u16 = udp
+        .output()
+        .lines()
+        .find_map(|l| l.strip_prefix("local "))
+        .unwrap()
+        .parse()
+        .unwrap();
     tcp_attempts(&lab.a, &b4, 2525, 2, 0.5);
     std::thread::sleep(Duration::from_millis(300));
     let telnet = nft_counter(&lab.a, "flowlogd:sg-test:deny-telnet");
@@ -163,25 +189,70 @@ fn drops_become_exact_reject_records() {
 
     let records = lab.records("all.jsonl");
     let t = totals(&records);
-    assert!(telnet.0 >= 3 && smtp.0 >= 2, "too few SYNs counted: {telnet:?} {smtp:?}");
-    assert_eq!(t.get(&key("REJECT", "in", "sg-test:deny-telnet")), Some(&telnet), "{records:#?}\n{log}");
-    assert_eq!(t.get(&key("REJECT", "out", "sg-test:deny-smtp-out")), Some(&smtp), "{records:#?}\n{log}");
+    assert!(
+        telnet.0 >= 3 && smtp.0 >= 2,
+        "too few SYNs counted: {telnet:?} {smtp:?}"
+    );
+    assert_eq!(
+        t.get(&key("REJECT", "in", "sg-test:deny-telnet")),
+        Some(&telnet),
+        "{records:#?}\n{log}"
+    );
+    assert_eq!(
+        t.get(&key("REJECT", "out", "sg-test:deny-smtp-out")),
+        Some(&smtp),
+        "{records:#?}\n{log}"
+    );
     // UDP: 7 datagrams of 100 bytes, 128 bytes each at the IP layer.
     assert_eq!(snmp, (7, 7 * 128));
-    assert_eq!(t.get(&key("REJECT", "in", "sg-test:deny-snmp")), Some(&snmp), "{records:#?}\n{log}");
+    assert_eq!(
+        t.get(&key("REJECT", "in", "sg-test:deny-snmp")),
+        Some(&snmp),
+        "{records:#?}\n{log}"
+    );
     // The UDP record's 5-tuple is the datagrams'.
-    let udp_rec: Vec<&Value> = records.iter().filter(|r| r["rule"] == "sg-test:deny-snmp").collect();
+    let udp_rec: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["rule"] == "sg-test:deny-snmp")
+        .collect();
     assert_eq!(udp_rec.len(), 1, "{udp_rec:?}");
     let r = udp_rec[0];
     assert_eq!(
-        (&r["srcaddr"], &r["srcport"], &r["dstaddr"], &r["dstport"], &r["protocol"], &r["eni-id"]),
-        (&Value::from(b4.clone()), &Value::from(udp_port), &Value::from(a4.clone()), &Value::from(1161), &Value::from(17), &Value::from("eni-a"))
+        (
+            &r["srcaddr"],
+            &r["srcport"],
+            &r["dstaddr"],
+            &r["dstport"],
+            &r["protocol"],
+            &r["eni-id"]
+        ),
+        (
+            &Value::from(b4.clone()),
+            &Value::from(udp_port),
+            &Value::from(a4.clone()),
+            &Value::from(1161),
+            &Value::from(17),
+            &Value::from("eni-a")
+        )
     );
     // Outbound drops: source is the ENI's address.
-    for r in records.iter().filter(|r| r["rule"] == "sg-test:deny-smtp-out") {
-        assert_eq!((r["srcaddr"].as_str(), r["dstaddr"].as_str(), r["dstport"].as_u64()), (Some(a4.as_str()), Some(b4.as_str()), Some(2525)));
+    for r in records
+        .iter()
+        .filter(|r| r["rule"] == "sg-test:deny-smtp-out")
+    {
+        assert_eq!(
+            (
+                r["srcaddr"].as_str(),
+                r["dstaddr"].as_str(),
+                r["dstport"].as_u64()
+            ),
+            (Some(a4.as_str()), Some(b4.as_str()), Some(2525))
+        );
     }
-    assert!(records.iter().all(|r| r["log-status"] == "OK"), "{records:#?}");
+    assert!(
+        records.iter().all(|r| r["log-status"] == "OK"),
+        "{records:#?}"
+    );
 }
 
 /// The same client has accepted and rejected traffic at the same time:
@@ -194,10 +265,22 @@ fn accepted_and_rejected_traffic_side_by_side() {
     }
     let mut lab = lab("nfmix", RULES, ALL_TO_FILE);
     let a4 = lab.a_end.v4.to_string();
-    let mut server = LineProcess::traffic(&lab.a, TRAFFIC, &["udp-server", &format!("{a4}:5300"), "4", "2", "40"]);
+    let mut server = LineProcess::traffic(
+        &lab.a,
+        TRAFFIC,
+        &["udp-server", &format!("{a4}:5300"), "4", "2", "40"],
+    );
     server.expect_line("listening", Duration::from_secs(10));
-    let mut ok = LineProcess::traffic(&lab.b, TRAFFIC, &["udp-client", &format!("{a4}:5300"), "4", "60", "2"]);
-    let mut dropped = LineProcess::traffic(&lab.b, TRAFFIC, &["udp-client", &format!("{a4}:1161"), "5", "10", "0"]);
+    let mut ok = LineProcess::traffic(
+        &lab.b,
+        TRAFFIC,
+        &["udp-client", &format!("{a4}:5300"), "4", "60", "2"],
+    );
+    let mut dropped = LineProcess::traffic(
+        &lab.b,
+        TRAFFIC,
+        &["udp-client", &format!("{a4}:1161"), "5", "10", "0"],
+    );
     ok.expect_line("done", Duration::from_secs(10));
     dropped.expect_line("done", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
@@ -205,10 +288,22 @@ fn accepted_and_rejected_traffic_side_by_side() {
     let log = lab.stop();
     let t = totals(&lab.records("all.jsonl"));
     // Accepted: 4 x (28 + 60) in, 2 x (28 + 40) out.
-    assert_eq!(t.get(&key("ACCEPT", "in", "")), Some(&(4, 4 * 88)), "{t:?}\n{log}");
-    assert_eq!(t.get(&key("ACCEPT", "out", "")), Some(&(2, 2 * 68)), "{t:?}\n{log}");
+    assert_eq!(
+        t.get(&key("ACCEPT", "in", "")),
+        Some(&(4, 4 * 88)),
+        "{t:?}\n{log}"
+    );
+    assert_eq!(
+        t.get(&key("ACCEPT", "out", "")),
+        Some(&(2, 2 * 68)),
+        "{t:?}\n{log}"
+    );
     assert_eq!(snmp, (5, 5 * 38));
-    assert_eq!(t.get(&key("REJECT", "in", "sg-test:deny-snmp")), Some(&snmp), "{t:?}\n{log}");
+    assert_eq!(
+        t.get(&key("REJECT", "in", "sg-test:deny-snmp")),
+        Some(&snmp),
+        "{t:?}\n{log}"
+    );
 }
 
 /// Instances with traffic = "accept", "reject" and "all" each get exactly
@@ -231,10 +326,22 @@ fn traffic_filters_per_instance() {
     }
     let mut lab = lab("nffilt", RULES, &flow_logs);
     let a4 = lab.a_end.v4.to_string();
-    let mut server = LineProcess::traffic(&lab.a, TRAFFIC, &["udp-server", &format!("{a4}:5300"), "3", "0", "0"]);
+    let mut server = LineProcess::traffic(
+        &lab.a,
+        TRAFFIC,
+        &["udp-server", &format!("{a4}:5300"), "3", "0", "0"],
+    );
     server.expect_line("listening", Duration::from_secs(10));
-    let mut ok = LineProcess::traffic(&lab.b, TRAFFIC, &["udp-client", &format!("{a4}:5300"), "3", "20", "0"]);
-    let mut dropped = LineProcess::traffic(&lab.b, TRAFFIC, &["udp-client", &format!("{a4}:1161"), "2", "20", "0"]);
+    let mut ok = LineProcess::traffic(
+        &lab.b,
+        TRAFFIC,
+        &["udp-client", &format!("{a4}:5300"), "3", "20", "0"],
+    );
+    let mut dropped = LineProcess::traffic(
+        &lab.b,
+        TRAFFIC,
+        &["udp-client", &format!("{a4}:1161"), "2", "20", "0"],
+    );
     ok.expect_line("done", Duration::from_secs(10));
     dropped.expect_line("done", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
@@ -243,7 +350,10 @@ fn traffic_filters_per_instance() {
     let accept = lab.records("accept.jsonl");
     let reject = lab.records("reject.jsonl");
     let actions = |rs: &[Value]| -> Vec<String> {
-        let mut v: Vec<String> = rs.iter().map(|r| r["action"].as_str().unwrap_or("-").to_owned()).collect();
+        let mut v: Vec<String> = rs
+            .iter()
+            .map(|r| r["action"].as_str().unwrap_or("-").to_owned())
+            .collect();
         v.sort();
         v
     };
@@ -252,8 +362,16 @@ fn traffic_filters_per_instance() {
     assert_eq!(actions(&reject), ["REJECT"], "{reject:#?}");
     // The filtered instances carry the same records as "all", not copies
     // with other numbers.
-    let accept_in_all: Vec<Value> = all.iter().filter(|r| r["action"] == "ACCEPT").cloned().collect();
-    let reject_in_all: Vec<Value> = all.iter().filter(|r| r["action"] == "REJECT").cloned().collect();
+    let accept_in_all: Vec<Value> = all
+        .iter()
+        .filter(|r| r["action"] == "ACCEPT")
+        .cloned()
+        .collect();
+    let reject_in_all: Vec<Value> = all
+        .iter()
+        .filter(|r| r["action"] == "REJECT")
+        .cloned()
+        .collect();
     expect_records(&accept, &accept_in_all);
     expect_records(&reject, &reject_in_all);
     assert_eq!(reject[0]["packets"], 2);
@@ -270,22 +388,36 @@ fn shipped_security_group_produces_reject_records() {
     let mut lab = lab("nfsg", &rules, ALL_TO_FILE);
     let (a4, b4) = (lab.a_end.v4.to_string(), lab.b_end.v4.to_string());
     // Inbound UDP is not allowed by the example: dropped as deny-in.
-    let mut dropped = LineProcess::traffic(&lab.b, TRAFFIC, &["udp-client", &format!("{a4}:5353"), "3", "50", "0"]);
+    let mut dropped = LineProcess::traffic(
+        &lab.b,
+        TRAFFIC,
+        &["udp-client", &format!("{a4}:5353"), "3", "50", "0"],
+    );
     dropped.expect_line("done", Duration::from_secs(10));
     // Outbound SMTP is denied by the egress rule.
     tcp_attempts(&lab.a, &b4, 25, 1, 0.5);
     // Ping is allowed: ACCEPT, not REJECT.
-    lab.b.exec_ok(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &a4]);
+    lab.b
+        .exec_ok(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &a4]);
     std::thread::sleep(Duration::from_millis(300));
     let log = lab.stop();
     let records = lab.records("all.jsonl");
     let t = totals(&records);
-    assert_eq!(t.get(&key("REJECT", "in", "sg-default:deny-in")), Some(&(3, 3 * 78)), "{t:?}\n{log}");
-    assert!(
-        t.get(&key("REJECT", "out", "sg-default:deny-smtp-out")).is_some_and(|(p, _)| *p >= 1),
+    assert_eq!(
+        t.get(&key("REJECT", "in", "sg-default:deny-in")),
+        Some(&(3, 3 * 78)),
         "{t:?}\n{log}"
     );
-    assert_eq!(t.get(&key("ACCEPT", "in", "")), Some(&(2, 2 * 84)), "{t:?}\n{log}");
+    assert!(
+        t.get(&key("REJECT", "out", "sg-default:deny-smtp-out"))
+            .is_some_and(|(p, _)| *p >= 1),
+        "{t:?}\n{log}"
+    );
+    assert_eq!(
+        t.get(&key("ACCEPT", "in", "")),
+        Some(&(2, 2 * 84)),
+        "{t:?}\n{log}"
+    );
 }
 
 /// Packets logged on the group by another tool's rule (a prefix that is
@@ -297,12 +429,19 @@ fn foreign_prefixes_are_ignored_and_counted() {
     }
     let mut lab = lab("nfforeign", RULES, ALL_TO_FILE);
     let a4 = lab.a_end.v4.to_string();
-    let mut p = LineProcess::traffic(&lab.b, TRAFFIC, &["udp-client", &format!("{a4}:1999"), "4", "10", "0"]);
+    let mut p = LineProcess::traffic(
+        &lab.b,
+        TRAFFIC,
+        &["udp-client", &format!("{a4}:1999"), "4", "10", "0"],
+    );
     p.expect_line("done", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
     let log = lab.stop();
     let records = lab.records("all.jsonl");
-    assert!(records.iter().all(|r| r["action"] != "REJECT"), "{records:#?}");
+    assert!(
+        records.iter().all(|r| r["action"] != "REJECT"),
+        "{records:#?}"
+    );
     assert!(log.contains("4 with a foreign prefix ignored"), "{log}");
 }
 
@@ -322,7 +461,17 @@ fn a_flood_of_drops_stays_bounded() {
     const PER_FLOW: u64 = 5000;
     let mut senders: Vec<LineProcess> = (0..FLOWS)
         .map(|_| {
-            LineProcess::traffic(&lab.b, TRAFFIC, &["udp-client", &format!("{a4}:1161"), &PER_FLOW.to_string(), "64", "0"])
+            LineProcess::traffic(
+                &lab.b,
+                TRAFFIC,
+                &[
+                    "udp-client",
+                    &format!("{a4}:1161"),
+                    &PER_FLOW.to_string(),
+                    "64",
+                    "0",
+                ],
+            )
         })
         .collect();
     for s in &mut senders {
@@ -333,19 +482,32 @@ fn a_flood_of_drops_stays_bounded() {
     let counter = nft_counter(&lab.a, "flowlogd:sg-test:deny-snmp");
     let started = std::time::Instant::now();
     let log = lab.stop();
-    assert!(started.elapsed() < Duration::from_secs(10), "SIGTERM took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?}",
+        started.elapsed()
+    );
     let records = lab.records("all.jsonl");
     let rejects: Vec<&Value> = records.iter().filter(|r| r["action"] == "REJECT").collect();
     assert_eq!(rejects.len(), FLOWS, "one record per 5-tuple: {rejects:#?}");
     let skipped = records.iter().any(|r| r["log-status"] == "SKIPDATA");
     let t = totals(&records);
-    let got = t.get(&key("REJECT", "in", "sg-test:deny-snmp")).copied().unwrap_or_default();
+    let got = t
+        .get(&key("REJECT", "in", "sg-test:deny-snmp"))
+        .copied()
+        .unwrap_or_default();
     if skipped {
-        assert!(log.contains("nflog: lost logged packets"), "SKIPDATA without a log line:\n{log}");
+        assert!(
+            log.contains("nflog: lost logged packets"),
+            "SKIPDATA without a log line:\n{log}"
+        );
         assert!(got.0 < counter.0);
     } else {
         assert_eq!(got, counter, "{log}");
-        assert_eq!(counter, (FLOWS as u64 * PER_FLOW, FLOWS as u64 * PER_FLOW * 92));
+        assert_eq!(
+            counter,
+            (FLOWS as u64 * PER_FLOW, FLOWS as u64 * PER_FLOW * 92)
+        );
     }
     assert!(
         rss_after < rss_before + 16 * 1024,
@@ -363,4 +525,3 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap()
 }
-

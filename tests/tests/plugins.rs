@@ -5,7 +5,12 @@ use std::os::unix::fs::PermissionsExt;
 
 use flowlogd_tests::*;
 
-fn example_config(tmp: &TempDir, plugins: &std::path::Path, sinks: &str, sink_names: &str) -> std::path::PathBuf {
+fn example_config(
+    tmp: &TempDir,
+    plugins: &std::path::Path,
+    sinks: &str,
+    sink_names: &str,
+) -> std::path::PathBuf {
     let cfg = tmp.join("flowlogd.toml");
     std::fs::write(
         &cfg,
@@ -25,22 +30,38 @@ fn example_config(tmp: &TempDir, plugins: &std::path::Path, sinks: &str, sink_na
 fn c_example_plugin_loads_and_writes_csv() {
     let tmp = TempDir::new("c-example");
     let plugins = plugin_dir(&tmp);
-    build_c_plugin(&workspace_root().join("examples/sink-c/csv_sink.c"), &plugins.join("csv.so"), &[]);
+    build_c_plugin(
+        &workspace_root().join("examples/sink-c/csv_sink.c"),
+        &plugins.join("csv.so"),
+        &[],
+    );
     let out = tmp.join("flows.csv");
     let cfg = example_config(
         &tmp,
         &plugins,
-        &format!("[sinks.csv]\nplugin = \"csv\"\npath = \"{}\"\n", out.display()),
+        &format!(
+            "[sinks.csv]\nplugin = \"csv\"\npath = \"{}\"\n",
+            out.display()
+        ),
         "\"csv\"",
     );
     let listed = flowlogd(&["plugins", "--config", cfg.to_str().unwrap()]);
     assert!(listed.status.success(), "{}", text(&listed));
-    assert!(String::from_utf8_lossy(&listed.stdout).contains("  csv 0.1.0 (ABI 1.0)"), "{}", text(&listed));
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("  csv 0.1.0 (ABI 1.0)"),
+        "{}",
+        text(&listed)
+    );
 
     let records = sample_records("eni-1", "vpc-1", 3);
     let input = tmp.join("records.jsonl");
     write_json_lines(&input, &records);
-    let o = flowlogd(&["replay", "--config", cfg.to_str().unwrap(), input.to_str().unwrap()]);
+    let o = flowlogd(&[
+        "replay",
+        "--config",
+        cfg.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let csv = std::fs::read_to_string(&out).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
@@ -50,14 +71,22 @@ fn c_example_plugin_loads_and_writes_csv() {
         lines[1],
         "1,vsw-test,i-test,vpc-1,1234567890,eni-1,10.0.0.1,10000,10.0.0.2,443,6,out,1,60,1700000400,1700001000,OK,ACCEPT"
     );
-    assert!(String::from_utf8_lossy(&o.stderr).contains("sink csv: csv sink opened"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("sink csv: csv sink opened"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
 fn c_example_plugin_option_errors_point_at_the_key() {
     let tmp = TempDir::new("c-example-bad");
     let plugins = plugin_dir(&tmp);
-    build_c_plugin(&workspace_root().join("examples/sink-c/csv_sink.c"), &plugins.join("csv.so"), &[]);
+    build_c_plugin(
+        &workspace_root().join("examples/sink-c/csv_sink.c"),
+        &plugins.join("csv.so"),
+        &[],
+    );
     let cfg = example_config(
         &tmp,
         &plugins,
@@ -66,7 +95,12 @@ fn c_example_plugin_option_errors_point_at_the_key() {
     );
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let line_of_colour = std::fs::read_to_string(&cfg).unwrap().lines().position(|l| l.starts_with("colour")).unwrap() + 1;
+    let line_of_colour = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("colour"))
+        .unwrap()
+        + 1;
     assert_eq!(
         String::from_utf8_lossy(&o.stderr).trim(),
         format!(
@@ -84,13 +118,21 @@ fn rust_example_plugin_loads_and_summarises_windows() {
     let cfg = example_config(
         &tmp,
         &plugins,
-        &format!("[sinks.stats]\nplugin = \"window-stats\"\npath = \"{}\"\n", out.display()),
+        &format!(
+            "[sinks.stats]\nplugin = \"window-stats\"\npath = \"{}\"\n",
+            out.display()
+        ),
         "\"stats\"",
     );
     let records = sample_records("eni-1", "vpc-1", 4);
     let input = tmp.join("records.jsonl");
     write_json_lines(&input, &records);
-    let o = flowlogd(&["replay", "--config", cfg.to_str().unwrap(), input.to_str().unwrap()]);
+    let o = flowlogd(&[
+        "replay",
+        "--config",
+        cfg.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     // packets 1+2+3+4, bytes 60 * that.
     assert_eq!(
@@ -103,7 +145,11 @@ fn rust_example_plugin_loads_and_summarises_windows() {
 fn wrong_abi_major_is_refused() {
     let tmp = TempDir::new("bad-abi");
     let plugins = plugin_dir(&tmp);
-    build_c_plugin(&workspace_root().join("tests/fixtures/bad_abi_sink.c"), &plugins.join("bad-abi.so"), &[]);
+    build_c_plugin(
+        &workspace_root().join("tests/fixtures/bad_abi_sink.c"),
+        &plugins.join("bad-abi.so"),
+        &[],
+    );
     let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"bad-abi\"\n", "\"x\"");
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
@@ -122,19 +168,28 @@ fn wrong_abi_major_is_refused() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("  file 0.1.0 (ABI 1.0)"), "{}", text(&o));
     assert!(out.contains("refused:\n"), "{}", text(&o));
-    assert!(out.contains("bad-abi.so: refused: plugin ABI version 99.0"), "{}", text(&o));
+    assert!(
+        out.contains("bad-abi.so: refused: plugin ABI version 99.0"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
 fn shared_object_without_descriptor_is_refused() {
     let tmp = TempDir::new("no-descriptor");
     let plugins = plugin_dir(&tmp);
-    build_c_plugin(&workspace_root().join("tests/fixtures/no_descriptor.c"), &plugins.join("other.so"), &[]);
+    build_c_plugin(
+        &workspace_root().join("tests/fixtures/no_descriptor.c"),
+        &plugins.join("other.so"),
+        &[],
+    );
     let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"other\"\n", "\"x\"");
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("refused: not a flowlogd sink plugin (no `flowlogd_sink_descriptor` symbol)"),
+        String::from_utf8_lossy(&o.stderr)
+            .contains("refused: not a flowlogd sink plugin (no `flowlogd_sink_descriptor` symbol)"),
         "{}",
         text(&o)
     );
@@ -145,8 +200,17 @@ fn group_or_world_writable_plugin_is_refused() {
     let tmp = TempDir::new("perm");
     let plugins = plugin_dir(&tmp);
     let so = plugins.join("file.so");
-    let cfg = example_config(&tmp, &plugins, "[sinks.local]\nplugin = \"file\"\npath = \"/tmp/x.log\"\n", "\"local\"");
-    for (mode, who) in [(0o666, "group and others"), (0o664, "its group"), (0o646, "others")] {
+    let cfg = example_config(
+        &tmp,
+        &plugins,
+        "[sinks.local]\nplugin = \"file\"\npath = \"/tmp/x.log\"\n",
+        "\"local\"",
+    );
+    for (mode, who) in [
+        (0o666, "group and others"),
+        (0o664, "its group"),
+        (0o646, "others"),
+    ] {
         std::fs::set_permissions(&so, std::fs::Permissions::from_mode(mode)).unwrap();
         let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
@@ -174,7 +238,12 @@ fn plugin_not_owned_by_root_is_refused_when_running_as_root() {
     let plugins = plugin_dir(&tmp);
     let so = plugins.join("file.so");
     std::os::unix::fs::chown(&so, Some(65534), None).unwrap();
-    let cfg = example_config(&tmp, &plugins, "[sinks.local]\nplugin = \"file\"\npath = \"/tmp/x.log\"\n", "\"local\"");
+    let cfg = example_config(
+        &tmp,
+        &plugins,
+        "[sinks.local]\nplugin = \"file\"\npath = \"/tmp/x.log\"\n",
+        "\"local\"",
+    );
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
@@ -194,7 +263,12 @@ fn missing_plugin_names_the_paths_tried() {
     let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"kafka\"\n", "\"x\"");
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let line = std::fs::read_to_string(&cfg).unwrap().lines().position(|l| l == "[sinks.x]").unwrap() + 1;
+    let line = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .lines()
+        .position(|l| l == "[sinks.x]")
+        .unwrap()
+        + 1;
     assert_eq!(
         String::from_utf8_lossy(&o.stderr).trim(),
         format!(

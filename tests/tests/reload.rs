@@ -27,7 +27,10 @@ fn config(plugins: &std::path::Path, tmp: &TempDir, sinks: &[&str]) -> String {
 }
 
 fn hup(pid: u32) {
-    let o = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).output().unwrap();
+    let o = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", text(&o));
 }
 
@@ -35,7 +38,12 @@ fn sum(records: &[Value], direction: &str) -> (u64, u64) {
     records
         .iter()
         .filter(|r| r["log-status"] == "OK" && r["direction"] == direction && r["protocol"] == 17)
-        .fold((0, 0), |(p, b), r| (p + r["packets"].as_u64().unwrap(), b + r["bytes"].as_u64().unwrap()))
+        .fold((0, 0), |(p, b), r| {
+            (
+                p + r["packets"].as_u64().unwrap(),
+                b + r["bytes"].as_u64().unwrap(),
+            )
+        })
 }
 
 /// Traffic before and after a SIGHUP that adds a second sink: the first
@@ -66,13 +74,23 @@ fn sighup_reloads_without_losing_counters() {
     // An invalid config is refused; the daemon carries on.
     std::fs::write(&cfg, "[daemon]\ncapture_window_secs = 0\n").unwrap();
     hup(daemon.pid());
-    daemon.wait_for_log("reload refused, keeping the running config", Duration::from_secs(10));
+    daemon.wait_for_log(
+        "reload refused, keeping the running config",
+        Duration::from_secs(10),
+    );
 
     std::fs::write(&cfg, config(&plugins, &tmp, &["one", "two"])).unwrap();
     hup(daemon.pid());
-    daemon.wait_for_log("reloaded: 1 ENIs, 1 flow logs, 2 sinks", Duration::from_secs(10));
+    daemon.wait_for_log(
+        "reloaded: 1 ENIs, 1 flow logs, 2 sinks",
+        Duration::from_secs(10),
+    );
     // Same 5-tuple again: the same conntrack entry continues.
-    let port = client.output().lines().find_map(|l| l.strip_prefix("local ").map(str::to_owned)).unwrap();
+    let port = client
+        .output()
+        .lines()
+        .find_map(|l| l.strip_prefix("local ").map(str::to_owned))
+        .unwrap();
     let mut again = LineProcess::traffic(&b, TRAFFIC, &["udp-burst", &target, "1", "100", &port]);
     again.expect_line("sent 1", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
@@ -89,5 +107,8 @@ fn sighup_reloads_without_losing_counters() {
         .iter()
         .map(|r| (r["start"].as_i64().unwrap(), r["end"].as_i64().unwrap()))
         .collect();
-    assert!(windows.len() >= 2, "the reload closes the window early: {windows:?}");
+    assert!(
+        windows.len() >= 2,
+        "the reload closes the window early: {windows:?}"
+    );
 }

@@ -8,7 +8,10 @@ mod validate;
 
 pub use error::ConfigError;
 pub use location::Location;
-pub use validate::{load, Config, EniConfig, EniMatch, FlowLogConfig, SinkConfig, TrafficFilter};
+pub use validate::{
+    load, parse_mac, Config, EcsConfig, EniConfig, EniMatch, FlowLogConfig, MetadataSource,
+    SinkConfig, TrafficFilter, Unmapped,
+};
 #[cfg(test)]
 pub use validate::{parse, ResourceType};
 

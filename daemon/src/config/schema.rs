@@ -13,6 +13,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub daemon: RawDaemon,
     #[serde(default)]
+    pub metadata: RawMetadata,
+    #[serde(default)]
     pub eni: Vec<Spanned<RawEni>>,
     #[serde(default)]
     pub flow_log: Vec<Spanned<RawFlowLog>>,
@@ -161,6 +163,42 @@ impl Default for RawDaemon {
             nflog_rcvbuf_bytes: spanned_nflog_rcvbuf(),
         }
     }
+}
+
+/// `[metadata]`: where ENI ids come from. Keys other than `source` are
+/// `Option`s so that validation can tell "not written" from a default (they
+/// only mean something with `source = "ecs"`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetadata {
+    #[serde(default = "default_metadata_source")]
+    pub source: Spanned<String>,
+    pub base_url: Option<Spanned<String>>,
+    pub ttl_secs: Option<Spanned<i64>>,
+    pub unmapped: Option<Spanned<String>>,
+}
+
+fn default_metadata_source() -> Spanned<String> {
+    Spanned::new(0..0, "static".into())
+}
+
+impl Default for RawMetadata {
+    fn default() -> Self {
+        RawMetadata {
+            source: default_metadata_source(),
+            base_url: None,
+            ttl_secs: None,
+            unmapped: None,
+        }
+    }
+}
+
+/// The Alibaba Cloud ECS instance metadata service, as every ECS instance
+/// reaches it (a link-local style address served by the hypervisor).
+pub const DEFAULT_ECS_BASE_URL: &str = "http://100.100.100.200/latest/meta-data/";
+/// How long fetched metadata is used before it is fetched again.
+pub const fn default_ecs_ttl_secs() -> u32 {
+    300
 }
 
 #[derive(Deserialize)]

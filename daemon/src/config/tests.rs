@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::config::validate::{MetadataSource, Unmapped};
 
 const GOOD: &str = r#"
 [daemon]
@@ -268,4 +269,137 @@ fn plugin_errors_point_at_the_option() {
         e.to_string(),
         "/etc/flowlogd.toml:24:1: sinks.local.format: expected \"text\" or \"json\""
     );
+}
+
+/// GOOD with a `[metadata]` table at its end (its keys on line 27 on).
+fn with_metadata(table: &str) -> String {
+    format!("{GOOD}\n[metadata]\n{table}")
+}
+
+#[test]
+fn metadata_defaults_to_static() {
+    let c = parse(Path::new("/etc/flowlogd.toml"), GOOD).unwrap();
+    assert_eq!(c.metadata, MetadataSource::Static);
+    let c = parse(
+        Path::new("/etc/flowlogd.toml"),
+        &with_metadata("source = \"static\"\n"),
+    )
+    .unwrap();
+    assert_eq!(c.metadata, MetadataSource::Static);
+}
+
+#[test]
+fn metadata_ecs_defaults() {
+    let c = parse(
+        Path::new("/etc/flowlogd.toml"),
+        &with_metadata("source = \"ecs\"\n"),
+    )
+    .unwrap();
+    let MetadataSource::Ecs(ecs) = c.metadata else {
+        panic!("{:?}", c.metadata)
+    };
+    assert_eq!(
+        ecs.base_url.to_string(),
+        "http://100.100.100.200:80/latest/meta-data/"
+    );
+    assert_eq!((ecs.ttl_secs, ecs.unmapped), (300, Unmapped::Ignore));
+    let c = parse(
+        Path::new("/etc/flowlogd.toml"),
+        &with_metadata(
+            "source = \"ecs\"\nbase_url = \"http://127.0.0.1:8080/latest/meta-data\"\nttl_secs = 30\nunmapped = \"report\"\n",
+        ),
+    )
+    .unwrap();
+    let MetadataSource::Ecs(ecs) = c.metadata else {
+        panic!("{:?}", c.metadata)
+    };
+    assert_eq!(
+        ecs.base_url.to_string(),
+        "http://127.0.0.1:8080/latest/meta-data/"
+    );
+    assert_eq!((ecs.ttl_secs, ecs.unmapped), (30, Unmapped::Report));
+}
+
+#[test]
+fn with_ecs_eni_tables_are_optional_and_flow_logs_may_name_ids_only_the_service_knows() {
+    let src = r#"
+[metadata]
+source = "ecs"
+
+[[flow_log]]
+name = "vpc"
+resource_type = "vpc"
+resource_id = "vpc-bp1only"
+sinks = ["local"]
+
+[[flow_log]]
+name = "one"
+resource_type = "eni"
+resource_id = "eni-bp1only"
+sinks = ["local"]
+
+[sinks.local]
+plugin = "file"
+"#;
+    let c = parse(Path::new("/etc/flowlogd.toml"), src).unwrap();
+    assert!(c.enis.is_empty());
+    assert_eq!(c.flow_logs.len(), 2);
+    // Static metadata keeps the check.
+    let e = error_of(&src.replace("\"ecs\"", "\"static\""));
+    assert_eq!(
+        e,
+        "/etc/flowlogd.toml:8:15: flow_log.resource_id: no [[eni]] has vpc_id = \"vpc-bp1only\""
+    );
+}
+
+#[test]
+fn metadata_errors() {
+    for (table, expected) in [
+        (
+            "source = \"aws\"\n",
+            "/etc/flowlogd.toml:27:10: metadata.source: expected \"static\" or \"ecs\", got \"aws\"",
+        ),
+        (
+            "source = \"ecs\"\nbase_url = \"100.100.100.200/latest/meta-data/\"\n",
+            "/etc/flowlogd.toml:28:12: metadata.base_url: expected an http:// URL like \
+             \"http://100.100.100.200/latest/meta-data/\", got \"100.100.100.200/latest/meta-data/\"",
+        ),
+        (
+            "source = \"ecs\"\nbase_url = \"https://100.100.100.200/latest/meta-data/\"\n",
+            "/etc/flowlogd.toml:28:12: metadata.base_url: https is not supported (the ECS metadata service is \
+             plain http on an address only the VM reaches), got \"https://100.100.100.200/latest/meta-data/\"",
+        ),
+        (
+            "source = \"ecs\"\nbase_url = \"http://127.0.0.1:0/\"\n",
+            "/etc/flowlogd.toml:28:12: metadata.base_url: expected an http:// URL like \
+             \"http://100.100.100.200/latest/meta-data/\", got \"http://127.0.0.1:0/\"",
+        ),
+        (
+            "source = \"ecs\"\nttl_secs = 0\n",
+            "/etc/flowlogd.toml:28:12: metadata.ttl_secs: expected an integer in 1..=86400, got 0",
+        ),
+        (
+            "source = \"ecs\"\nttl_secs = \"5m\"\n",
+            "/etc/flowlogd.toml:28:12: metadata.ttl_secs: invalid type: string \"5m\", expected i64",
+        ),
+        (
+            "source = \"ecs\"\nunmapped = \"drop\"\n",
+            "/etc/flowlogd.toml:28:12: metadata.unmapped: expected \"ignore\" or \"report\", got \"drop\"",
+        ),
+        (
+            "unmapped = \"report\"\n",
+            "/etc/flowlogd.toml:27:12: metadata.unmapped: only used with source = \"ecs\" (source is \"static\")",
+        ),
+        (
+            "source = \"static\"\nttl_secs = 60\n",
+            "/etc/flowlogd.toml:28:12: metadata.ttl_secs: only used with source = \"ecs\" (source is \"static\")",
+        ),
+        (
+            "source = \"ecs\"\nurl = \"http://x/\"\n",
+            "/etc/flowlogd.toml:28:1: metadata.url: unknown field `url`, expected one of `source`, `base_url`, \
+             `ttl_secs`, `unmapped`",
+        ),
+    ] {
+        assert_eq!(error_of(&with_metadata(table)), expected, "{table}");
+    }
 }

@@ -11,12 +11,15 @@ use toml::Spanned;
 use super::location::key_path_at;
 use super::schema::*;
 use super::{ConfigError, Location};
+use crate::metadata::HttpUrl;
 
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub path: PathBuf,
     pub daemon: DaemonConfig,
+    /// Where ENI ids come from besides the `[[eni]]` tables.
+    pub metadata: MetadataSource,
     pub enis: Vec<EniConfig>,
     pub flow_logs: Vec<FlowLogConfig>,
     /// Sorted by name.
@@ -50,6 +53,45 @@ pub struct DaemonConfig {
     pub nflog_rcvbuf_bytes: u64,
     /// Receive buffers grow (doubling) after an overrun, up to this.
     pub rcvbuf_max_bytes: u64,
+}
+
+/// `[metadata] source`: the `[[eni]]` tables only, or those plus the ECS
+/// instance metadata service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetadataSource {
+    Static,
+    Ecs(EcsConfig),
+}
+
+/// The ECS instance metadata service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EcsConfig {
+    /// `.../latest/meta-data/`, always ending in `/`.
+    pub base_url: HttpUrl,
+    /// Fetched metadata is fetched again after this long.
+    pub ttl_secs: u32,
+    pub unmapped: Unmapped,
+}
+
+/// What becomes of an interface that the metadata service does not
+/// describe (yet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmapped {
+    /// Not an ENI: no records (its records wait while the service has not
+    /// answered yet).
+    Ignore,
+    /// An ENI with `-` for the ids nobody knows, captured by every flow log
+    /// instance (its scope is unknown).
+    Report,
+}
+
+impl Unmapped {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unmapped::Ignore => "ignore",
+            Unmapped::Report => "report",
+        }
+    }
 }
 
 /// How an `[[eni]]` finds its interface.
@@ -134,6 +176,15 @@ pub struct SinkConfig {
 }
 
 impl Config {
+    /// With `source = "ecs"`: whether interfaces without metadata are
+    /// ignored (their records held while the service has not answered).
+    pub fn metadata_unmapped_is_ignore(&self) -> bool {
+        match &self.metadata {
+            MetadataSource::Ecs(e) => e.unmapped == Unmapped::Ignore,
+            MetadataSource::Static => true,
+        }
+    }
+
     /// An error about `key` of sink `sink`, located in the file: used when a
     /// plugin rejects its options at start-up.
     pub fn sink_option_error(
@@ -251,12 +302,21 @@ impl Cx<'_> {
 
 fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let daemon = validate_daemon(cx, &raw.daemon)?;
+    let metadata = validate_metadata(cx, &raw.metadata)?;
     let enis = validate_enis(cx, &raw.eni)?;
     let sinks = validate_sinks(cx, &raw.sinks)?;
-    let flow_logs = validate_flow_logs(cx, &raw.flow_log, &enis, &sinks, daemon.max_flow_logs)?;
+    let flow_logs = validate_flow_logs(
+        cx,
+        &raw.flow_log,
+        &enis,
+        &metadata,
+        &sinks,
+        daemon.max_flow_logs,
+    )?;
     Ok(Config {
         path: cx.path.to_owned(),
         daemon,
+        metadata,
         enis,
         flow_logs,
         sinks,
@@ -291,7 +351,11 @@ fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigErr
         "daemon.nflog_rcvbuf_bytes",
         4096..=(1 << 31),
     )? as u64;
-    let rcvbuf_max_bytes = cx.int_in(&d.rcvbuf_max_bytes, "daemon.rcvbuf_max_bytes", 4096..=(1 << 31))? as u64;
+    let rcvbuf_max_bytes = cx.int_in(
+        &d.rcvbuf_max_bytes,
+        "daemon.rcvbuf_max_bytes",
+        4096..=(1 << 31),
+    )? as u64;
     let mut nflog_groups = Vec::new();
     for g in &d.nflog_groups {
         let n = cx.int_in(g, "daemon.nflog_groups", 0..=65535)? as u16;
@@ -338,12 +402,67 @@ fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigErr
     })
 }
 
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
+fn validate_metadata(cx: &Cx<'_>, m: &RawMetadata) -> Result<MetadataSource, ConfigError> {
+    match m.source.get_ref().as_str() {
+        "static" => {
+            // These keys do nothing without the service: say so rather than
+            // let an operator believe unmapped interfaces are reported.
+            let unused = [
+                m.base_url.as_ref().map(|v| ("base_url", v.span())),
+                m.ttl_secs.as_ref().map(|v| ("ttl_secs", v.span())),
+                m.unmapped.as_ref().map(|v| ("unmapped", v.span())),
+            ];
+            match unused.into_iter().flatten().next() {
+                Some((key, span)) => Err(cx.err(
+                    span,
+                    format!("metadata.{key}"),
+                    "only used with source = \"ecs\" (source is \"static\")",
+                )),
+                None => Ok(MetadataSource::Static),
+            }
+        }
+        "ecs" => {
+            let base_url = match &m.base_url {
+                None => HttpUrl::parse(DEFAULT_ECS_BASE_URL).expect("the default URL parses"),
+                Some(u) => HttpUrl::parse(u.get_ref())
+                    .map_err(|why| cx.err(u.span(), "metadata.base_url", why))?,
+            };
+            let ttl_secs = match &m.ttl_secs {
+                None => default_ecs_ttl_secs(),
+                Some(t) => cx.int_in(t, "metadata.ttl_secs", 1..=86_400)? as u32,
+            };
+            let unmapped = match m.unmapped.as_ref().map(|u| (u, u.get_ref().as_str())) {
+                None | Some((_, "ignore")) => Unmapped::Ignore,
+                Some((_, "report")) => Unmapped::Report,
+                Some((u, other)) => {
+                    return Err(cx.err(
+                        u.span(),
+                        "metadata.unmapped",
+                        format!("expected \"ignore\" or \"report\", got \"{other}\""),
+                    ))
+                }
+            };
+            Ok(MetadataSource::Ecs(EcsConfig {
+                base_url,
+                ttl_secs,
+                unmapped,
+            }))
+        }
+        other => Err(cx.err(
+            m.source.span(),
+            "metadata.source",
+            format!("expected \"static\" or \"ecs\", got \"{other}\""),
+        )),
+    }
+}
+
+/// `00:16:3e:12:34:56` (either case) as bytes.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = s.split(':');
     for byte in mac.iter_mut() {
         let p = parts.next()?;
-        if p.len() != 2 {
+        if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         *byte = u8::from_str_radix(p, 16).ok()?;
@@ -476,6 +595,7 @@ fn validate_flow_logs(
     cx: &Cx<'_>,
     raw: &[Spanned<RawFlowLog>],
     enis: &[EniConfig],
+    metadata: &MetadataSource,
     sinks: &[SinkConfig],
     max_flow_logs: u32,
 ) -> Result<Vec<FlowLogConfig>, ConfigError> {
@@ -545,7 +665,10 @@ fn validate_flow_logs(
                 .map(|s| s.get_ref().clone())
                 .collect(),
         };
-        if !enis.iter().any(|e| flow_log.covers(&e.ids)) {
+        // With the metadata service, ENIs (and their VSwitches and VPCs) are
+        // learnt at run time: an id no [[eni]] has may be one only the
+        // service knows.
+        if *metadata == MetadataSource::Static && !enis.iter().any(|e| flow_log.covers(&e.ids)) {
             return Err(cx.err(
                 r.resource_id.span(),
                 "flow_log.resource_id",

@@ -19,6 +19,11 @@ const IPPROTO_DCCP: u8 = 33;
 const IPPROTO_SCTP: u8 = 132;
 const IPPROTO_UDPLITE: u8 = 136;
 
+/// Most records held back for ENIs waiting for their metadata (a service
+/// that stays down must not grow the daemon without bound): a window's
+/// worth of a busy VM.
+const MAX_HELD_RECORDS: usize = 1 << 18;
+
 /// Whether `protocol` has ports. Conntrack keys ICMP and ICMPv6 by echo id
 /// and type/code in the port fields; records show those as port 0.
 pub fn has_ports(protocol: u8) -> bool {
@@ -81,6 +86,12 @@ pub struct InstanceRecords {
 pub struct WindowRecords {
     pub window: CaptureWindow,
     pub instances: Vec<InstanceRecords>,
+    /// Records kept back for ENIs still waiting for their metadata: they
+    /// are emitted with the window in which the ids become known.
+    pub held: usize,
+    /// Held records given up because too many were held; their ENIs get
+    /// SKIPDATA when their ids become known.
+    pub held_dropped: usize,
 }
 
 impl WindowRecords {
@@ -150,7 +161,8 @@ impl WindowAggregate {
         reg: &EniRegistry,
         window: CaptureWindow,
     ) -> WindowRecords {
-        let mut sums: Vec<(RecordKey, RecordSum)> = self.sums.drain().collect();
+        let (held, mut sums): (Vec<_>, Vec<_>) =
+            self.sums.drain().partition(|(k, _)| reg.is_held(k.eni));
         sums.sort_unstable_by_key(|s| s.0);
         // Don't keep a burst's capacity for the rest of the daemon's life.
         if self.sums.capacity() > 4 * sums.len().max(1024) {
@@ -224,9 +236,32 @@ impl WindowAggregate {
             }
             instances.push(InstanceRecords { instance, records });
         }
-        self.skipped.iter_mut().for_each(|s| *s = false);
-        self.all_skipped = false;
-        WindowRecords { window, instances }
+        // What held ENIs lost stays marked until their records go out.
+        for (i, s) in self.skipped.iter_mut().enumerate() {
+            *s = *s && EniIndex::new(i).is_some_and(|e| reg.is_held(e));
+        }
+        if std::mem::take(&mut self.all_skipped) {
+            for eni in reg.indices().filter(|&e| reg.is_held(e)) {
+                if reg.existed_during(eni, window.start, window.end) {
+                    self.mark_skipped(eni);
+                }
+            }
+        }
+        let (held_count, mut held_dropped) = (held.len(), 0);
+        if held_count > MAX_HELD_RECORDS {
+            for (k, _) in &held {
+                self.mark_skipped(k.eni);
+            }
+            held_dropped = held_count;
+        } else {
+            self.sums.extend(held);
+        }
+        WindowRecords {
+            window,
+            instances,
+            held: held_count - held_dropped,
+            held_dropped,
+        }
     }
 }
 

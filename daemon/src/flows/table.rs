@@ -70,6 +70,22 @@ impl Attribution {
     fn enis(self) -> impl Iterator<Item = EniIndex> {
         self.inbound.into_iter().chain(self.outbound)
     }
+
+    /// A connection whose ENIs all lost their interface
+    /// ([`FlowTable::detach`]): what it carries from now on belongs to
+    /// whoever owns its addresses now, if anyone.
+    fn is_detached(self) -> bool {
+        self.inbound.is_none() && self.outbound.is_none()
+    }
+
+    /// For a detached connection, its ENIs as the registry sees them now.
+    fn refresh(&mut self, reg: &EniRegistry, e: &ConntrackEntry) {
+        if self.is_detached() {
+            if let Some(now) = Attribution::of(reg, e) {
+                *self = now;
+            }
+        }
+    }
 }
 
 /// Which ENIs lost data.
@@ -294,6 +310,22 @@ impl<C: Clock> FlowTable<C> {
         });
     }
 
+    /// `eni` lost its interface: its connections are over as far as it is
+    /// concerned (the loop harvested them just before). They stay in the
+    /// table, owned by nobody, so that a later dump or DESTROY does not
+    /// count them again from zero; should their addresses turn up on
+    /// another ENI, what they carry from then on is that ENI's.
+    pub fn detach(&mut self, eni: EniIndex) {
+        for f in self.flows.values_mut() {
+            if f.enis.inbound == Some(eni) {
+                f.enis.inbound = None;
+            }
+            if f.enis.outbound == Some(eni) {
+                f.enis.outbound = None;
+            }
+        }
+    }
+
     /// Data was lost (a netlink overrun): the open window's records get a
     /// SKIPDATA record for these ENIs besides the OK records kept.
     pub fn mark_lost(&mut self, scope: LossScope) {
@@ -371,6 +403,7 @@ impl<C: Clock> FlowTable<C> {
             if let Some(delta) = delta(f, e, &current) {
                 f.attributed = current;
                 f.epoch = self.epoch;
+                f.enis.refresh(reg, e);
                 harvest(&mut self.agg, f.enis, e, delta);
                 return;
             }
@@ -400,8 +433,9 @@ impl<C: Clock> FlowTable<C> {
             }
             return;
         };
-        if let Some(f) = known {
+        if let Some(mut f) = known {
             if let Some(delta) = delta(&f, e, &current) {
+                f.enis.refresh(reg, e);
                 harvest(&mut self.agg, f.enis, e, delta);
                 return;
             }

@@ -905,3 +905,121 @@ fn handoff_resumes_where_the_previous_run_stopped() {
     behind.baseline(c.clone().counted((5, 500), (4, 4000)));
     assert_eq!(behind.table.resume_from(&handed_off), 0);
 }
+
+/// The loop harvests an ENI's flows when its interface goes, then detaches
+/// them: what they carry later is not that ENI's, nothing is counted twice,
+/// and if the address turns up on another ENI the rest is that one's.
+#[test]
+fn an_eni_that_loses_its_interface_has_its_flows_closed() {
+    let mut f = Fixture::new(1000);
+    let c = conn(1, UDP, R, 5000, A, 53);
+    f.dump(&[c.clone().counted((2, 200), (0, 0))]);
+    // Removed mid-window: the loop dumps first, then applies and detaches.
+    f.clock.set(TEN + 400);
+    f.dump(&[c.clone().counted((3, 300), (0, 0))]);
+    f.reg
+        .apply(&RouteEvent::LinkRemoved { index: 2 }, TEN + 400);
+    let a = f.eni("eni-a");
+    assert_eq!(f.reg.take_detached(), vec![a]);
+    f.table.detach(a);
+    let w1 = f.close();
+    assert_eq!(
+        flows_of(&w1, ALL, "eni-a"),
+        [rec(In, UDP, R, 5000, A, 53, 3, 300)]
+    );
+    // Later counters of the same connection (an address nobody owns now).
+    f.dump(&[c.clone().counted((4, 400), (0, 0))]);
+    let w2 = f.close();
+    assert!(
+        records(&w2, ALL).iter().all(|r| r.eni.eni_id != "eni-a"),
+        "{w2:?}"
+    );
+    // The address turns up on eni-c: from then on its, from where it was.
+    f.reg.apply(&link(9, "eth9", None), TEN + 1300);
+    f.reg.apply(&addr(9, A), TEN + 1300);
+    f.dump(&[c.clone().counted((6, 600), (0, 0))]);
+    f.event(c.clone().kind(Destroy).counted((7, 700), (0, 0)));
+    let w3 = f.close();
+    assert_eq!(
+        flows_of(&w3, ALL, "eni-c"),
+        [rec(In, UDP, R, 5000, A, 53, 3, 300)]
+    );
+}
+
+/// With the metadata service, an interface's records wait (across
+/// windows) until its ids are known, and then go out whole.
+#[test]
+fn records_of_an_eni_waiting_for_its_metadata_are_held_then_emitted() {
+    use crate::config::Unmapped;
+    use crate::metadata::{EcsEni, EcsSnapshot, SnapshotUpdate};
+
+    let clock = Rc::new(FakeClock::new(TEN + 10));
+    let mut reg = EniRegistry::from_parts(
+        &[],
+        &[flow_log(
+            "vpc",
+            ResourceType::Vpc,
+            "vpc-ecs",
+            TrafficFilter::All,
+        )],
+    )
+    .unwrap();
+    reg.learn_from_ecs(Unmapped::Ignore);
+    let mac = [0x00, 0x16, 0x3e, 0, 0, 0x42];
+    reg.apply(&link(4, "eth1", Some(mac)), TEN + 10);
+    reg.apply(&addr(4, A), TEN + 10);
+    let mut table = FlowTable::new(Rc::clone(&clock), W, 1000);
+    let c = conn(1, UDP, R, 5000, A, 53);
+    let dump = |table: &mut FlowTable<Rc<FakeClock>>, reg: &EniRegistry, e: ConntrackEntry| {
+        table.begin_dump();
+        table.on_dump_entry(reg, &e);
+        table.end_dump(true);
+    };
+    dump(&mut table, &reg, c.clone().counted((5, 500), (0, 0)));
+    table.mark_lost(LossScope::All);
+    clock.set(TEN + 600);
+    let w1 = table.close_window(&reg, TEN + 600);
+    assert_eq!(w1.record_count(), 0);
+    assert_eq!((w1.held, w1.held_dropped), (1, 0));
+
+    // Window 2: more traffic, then the service answers.
+    dump(&mut table, &reg, c.clone().counted((8, 800), (0, 0)));
+    let mut snapshot = EcsSnapshot {
+        instance_id: "i-ecs".into(),
+        account_id: "5678".into(),
+        ..EcsSnapshot::default()
+    };
+    snapshot.enis.insert(
+        mac,
+        EcsEni {
+            eni_id: "eni-late".into(),
+            vpc_id: "vpc-ecs".into(),
+            vswitch_id: "vsw-ecs".into(),
+        },
+    );
+    reg.apply_metadata(
+        &SnapshotUpdate {
+            snapshot,
+            looked_for: vec![mac],
+            retrying: vec![],
+        },
+        TEN + 700,
+    );
+    clock.set(TEN + 1200);
+    let w2 = table.close_window(&reg, TEN + 1200);
+    assert_eq!(w2.held, 0);
+    // All 8 packets, in the window the ids became known; the loss marked
+    // while it was held is not forgotten.
+    assert_eq!(
+        flows_of(&w2, 0, "eni-late"),
+        [rec(In, UDP, R, 5000, A, 53, 8, 800)]
+    );
+    assert_eq!(statuses(&w2, 0, "eni-late"), [LogStatus::SkipData]);
+    let r = &records(&w2, 0)[0];
+    assert_eq!(
+        (r.start, r.end, r.eni.vm_id.as_str()),
+        (TEN + 600, TEN + 1200, "i-ecs")
+    );
+    let w3 = table.close_window(&reg, TEN + 1800);
+    assert_eq!(statuses(&w3, 0, "eni-late"), [LogStatus::NoData]);
+}
