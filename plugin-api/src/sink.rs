@@ -102,18 +102,8 @@ impl Options {
         let entries = table
             .iter()
             .map(|(k, v)| {
-                let kind = match v {
-                    toml::Value::String(_) => OPTION_STRING,
-                    toml::Value::Integer(_) => OPTION_INTEGER,
-                    toml::Value::Float(_) => OPTION_FLOAT,
-                    toml::Value::Boolean(_) => OPTION_BOOLEAN,
-                    _ => OPTION_OTHER,
-                };
-                let text = match v {
-                    toml::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                (k.clone(), kind, text, v.to_string())
+                let (kind, text, toml) = option_value(v);
+                (k.clone(), kind, text, toml)
             })
             .collect();
         Options { entries }
@@ -165,6 +155,24 @@ impl Options {
             }
         })
     }
+}
+
+/// How a host passes one option value (see `flowlogd_option`): its kind
+/// (`OPTION_*`), its text (a string unquoted, anything else as TOML), and
+/// the value as TOML.
+pub fn option_value(v: &toml::Value) -> (u8, String, String) {
+    let kind = match v {
+        toml::Value::String(_) => OPTION_STRING,
+        toml::Value::Integer(_) => OPTION_INTEGER,
+        toml::Value::Float(_) => OPTION_FLOAT,
+        toml::Value::Boolean(_) => OPTION_BOOLEAN,
+        _ => OPTION_OTHER,
+    };
+    let text = match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    (kind, text, v.to_string())
 }
 
 /// A handle to the host's log, usable from any thread until `close`.

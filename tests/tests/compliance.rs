@@ -112,33 +112,23 @@ fn cases(tmp: &TempDir) -> Vec<Case> {
 
 /// Options as the daemon passes them; owns the strings.
 struct OptionList {
-    _strings: Vec<(String, String, String)>,
+    _strings: Vec<(String, u8, String, String)>,
     options: Vec<FfiOption>,
 }
 
 fn options(t: &toml::Table) -> OptionList {
-    let strings: Vec<(String, String, String)> = t
+    let strings: Vec<(String, u8, String, String)> = t
         .iter()
         .map(|(k, v)| {
-            let text = match v {
-                toml::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (k.clone(), text, v.to_string())
+            let (kind, text, toml) = flowlogd_plugin_api::sink::option_value(v);
+            (k.clone(), kind, text, toml)
         })
         .collect();
     let options = strings
         .iter()
-        .zip(t.values())
-        .map(|((k, text, toml), v)| FfiOption {
+        .map(|(k, kind, text, toml)| FfiOption {
             key: FfiStr::new(k),
-            kind: match v {
-                toml::Value::String(_) => OPTION_STRING,
-                toml::Value::Integer(_) => OPTION_INTEGER,
-                toml::Value::Float(_) => OPTION_FLOAT,
-                toml::Value::Boolean(_) => OPTION_BOOLEAN,
-                _ => OPTION_OTHER,
-            },
+            kind: *kind,
             text: FfiStr::new(text),
             toml: FfiStr::new(toml),
         })

@@ -25,7 +25,7 @@ use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProto
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use super::ct_attrs::{self, CtAttr, IcmpKey};
-use super::socket::{DumpLimits, Messages, NetlinkSocket, Received, SocketOptions};
+use super::socket::{DumpLimits, Messages, NetlinkSocket, SocketOptions};
 use super::stats::{DrainStats, DumpStats};
 use crate::model::{ConntrackEntry, ConntrackKind, Tuple};
 
@@ -214,45 +214,20 @@ impl ConntrackEvents {
     /// `DrainStats::more_pending`) and hand each conntrack entry to
     /// `on_entry`. Malformed messages are counted and skipped.
     pub fn drain(&mut self, mut on_entry: impl FnMut(ConntrackEntry)) -> DrainStats {
-        let mut stats = DrainStats::default();
-        for _ in 0..DRAIN_BUDGET {
-            let datagram = match self.socket.recv() {
-                Ok(Received::Datagram(d)) => d,
-                Ok(Received::WouldBlock) => return stats,
-                Ok(Received::Overrun) => {
-                    stats.overruns += 1;
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    // An oversized datagram was cut: its messages are lost.
-                    log::warn!("conntrack events: {e}");
-                    stats.parse_errors += 1;
-                    continue;
-                }
-                Err(e) => {
-                    log::warn!("conntrack events: read failed: {e}");
-                    stats.read_errors += 1;
-                    return stats;
-                }
-            };
-            for message in Messages::new(datagram) {
-                stats.messages += 1;
-                let Ok(message) = message else {
-                    stats.parse_errors += 1;
-                    break;
-                };
+        self.socket
+            .drain_messages("conntrack events", DRAIN_BUDGET, |message, stats| {
                 if matches!(
                     message.message_type,
                     NLMSG_NOOP | NLMSG_DONE | NLMSG_OVERRUN
                 ) {
-                    continue;
+                    return;
                 }
                 if message.message_type == NLMSG_ERROR {
                     // Multicast sockets get none; an error here is a bug
                     // elsewhere, not an entry.
                     log::warn!("conntrack events: unexpected NLMSG_ERROR");
                     stats.parse_errors += 1;
-                    continue;
+                    return;
                 }
                 match parse_conntrack_message(message.bytes) {
                     Ok(entry) => {
@@ -264,10 +239,7 @@ impl ConntrackEvents {
                         stats.parse_errors += 1;
                     }
                 }
-            }
-        }
-        stats.more_pending = true;
-        stats
+            })
     }
 }
 
@@ -550,6 +522,7 @@ fn tuple_from(parts: &[CtTuple]) -> Result<Tuple, ParseError> {
 mod tests {
     use super::*;
     use crate::model::Counters;
+    use crate::netlink::socket::Received;
     use crate::netlink::test_support::{load_fixture, to_hex};
     use std::path::PathBuf;
     use std::time::Instant;

@@ -162,40 +162,23 @@ impl NflogSocket {
     /// Reads until nothing is queued (or the budget is spent) and hands
     /// every logged packet to `on_packet`.
     pub fn drain(&mut self, mut on_packet: impl FnMut(LoggedPacket<'_>)) -> DrainStats {
-        let mut stats = DrainStats::default();
-        for _ in 0..DRAIN_BUDGET {
-            let datagram = match self.socket.recv() {
-                Ok(Received::Datagram(d)) => d,
-                Ok(Received::WouldBlock) => return stats,
-                Ok(Received::Overrun) => {
-                    stats.overruns += 1;
-                    continue;
-                }
-                Err(e) => {
-                    log::warn!("nflog: read failed: {e}");
-                    stats.read_errors += 1;
-                    return stats;
-                }
-            };
-            for message in Messages::new(datagram) {
-                let Ok(message) = message else {
-                    stats.parse_errors += 1;
-                    break;
-                };
+        let (next_seq, loss) = (&mut self.next_seq, &mut self.loss);
+        self.socket
+            .drain_messages("nflog", DRAIN_BUDGET, |message, stats| {
                 if message.message_type != (NFNL_SUBSYS_ULOG << 8 | NFULNL_MSG_PACKET) {
-                    continue;
+                    return;
                 }
-                stats.messages += 1;
                 match parse_packet(message.payload) {
                     Ok((packet, seq)) => {
                         if let Some(seq) = seq {
-                            let expected = self.next_seq.insert(packet.group, seq.wrapping_add(1));
-                            if let Some(expected) = expected {
+                            if let Some(expected) =
+                                next_seq.insert(packet.group, seq.wrapping_add(1))
+                            {
                                 // Gaps only count forwards; a lower number
                                 // means the group was re-bound.
                                 let gap = seq.wrapping_sub(expected);
                                 if gap != 0 && gap < u32::MAX / 2 {
-                                    self.loss.sequence_gaps += u64::from(gap);
+                                    loss.sequence_gaps += u64::from(gap);
                                 }
                             }
                         }
@@ -204,10 +187,7 @@ impl NflogSocket {
                     }
                     Err(_) => stats.parse_errors += 1,
                 }
-            }
-        }
-        stats.more_pending = true;
-        stats
+            })
     }
 
     /// Loss seen in sequence numbers since the last call; resets.

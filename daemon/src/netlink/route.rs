@@ -20,7 +20,7 @@ use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkHeader, LinkMessa
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 
-use super::socket::{DumpLimits, Messages, NetlinkSocket, Received, SocketOptions};
+use super::socket::{DumpLimits, Messages, NetlinkSocket, SocketOptions};
 use super::stats::{DrainStats, DumpStats};
 use crate::model::{Interface, InterfaceAddress, RouteEvent};
 
@@ -110,37 +110,13 @@ impl RouteWatcher {
     /// RTM_NEWLINK is sent for every change of a link (flags, MTU, ...), so
     /// `LinkAdded` repeats for known interfaces: treat it as an upsert.
     pub fn drain(&mut self, mut on_event: impl FnMut(RouteEvent)) -> DrainStats {
-        let mut stats = DrainStats::default();
-        for _ in 0..DRAIN_BUDGET {
-            let datagram = match self.socket.recv() {
-                Ok(Received::Datagram(d)) => d,
-                Ok(Received::WouldBlock) => return stats,
-                Ok(Received::Overrun) => {
-                    stats.overruns += 1;
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    log::warn!("rtnetlink events: {e}");
-                    stats.parse_errors += 1;
-                    continue;
-                }
-                Err(e) => {
-                    log::warn!("rtnetlink events: read failed: {e}");
-                    stats.read_errors += 1;
-                    return stats;
-                }
-            };
-            for message in Messages::new(datagram) {
-                stats.messages += 1;
-                let Ok(message) = message else {
-                    stats.parse_errors += 1;
-                    break;
-                };
+        self.socket
+            .drain_messages("rtnetlink events", DRAIN_BUDGET, |message, stats| {
                 if matches!(
                     message.message_type,
                     NLMSG_NOOP | NLMSG_DONE | NLMSG_OVERRUN | NLMSG_ERROR
                 ) {
-                    continue;
+                    return;
                 }
                 match parse_route_message(message.bytes) {
                     Ok(Some(event)) => {
@@ -153,10 +129,7 @@ impl RouteWatcher {
                         stats.parse_errors += 1;
                     }
                 }
-            }
-        }
-        stats.more_pending = true;
-        stats
+            })
     }
 
     /// Dump every link, then every address (all families), as `LinkAdded`
@@ -317,6 +290,7 @@ pub fn parse_route_message(bytes: &[u8]) -> Result<Option<RouteEvent>, RoutePars
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::socket::Received;
     use crate::netlink::test_support::{in_new_netns, load_fixture, require_root, run, to_hex};
     use std::path::PathBuf;
     use std::time::Instant;

@@ -11,6 +11,8 @@ use netlink_packet_core::{
 };
 use netlink_sys::{Socket, SocketAddr};
 
+use super::stats::DrainStats;
+
 // include/uapi/linux/netlink.h
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ALIGNTO: usize = 4;
@@ -179,6 +181,52 @@ impl NetlinkSocket {
                 },
             }
         }
+    }
+
+    /// Reads datagrams until none is queued or `budget` reads are done, and
+    /// hands every netlink message in them to `on_message`. Counts messages,
+    /// overruns (ENOBUFS), malformed headers and cut datagrams (as parse
+    /// errors) and read errors in the returned stats; sets `more_pending`
+    /// when the budget ran out, because readiness will not be reported
+    /// again for what is still queued. `what` names the socket in logs.
+    pub fn drain_messages(
+        &mut self,
+        what: &str,
+        budget: usize,
+        mut on_message: impl FnMut(Message<'_>, &mut DrainStats),
+    ) -> DrainStats {
+        let mut stats = DrainStats::default();
+        for _ in 0..budget {
+            let datagram = match self.recv() {
+                Ok(Received::Datagram(d)) => d,
+                Ok(Received::WouldBlock) => return stats,
+                Ok(Received::Overrun) => {
+                    stats.overruns += 1;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    // An oversized datagram was cut: its messages are lost.
+                    log::warn!("{what}: {e}");
+                    stats.parse_errors += 1;
+                    continue;
+                }
+                Err(e) => {
+                    log::warn!("{what}: read failed: {e}");
+                    stats.read_errors += 1;
+                    return stats;
+                }
+            };
+            for message in Messages::new(datagram) {
+                stats.messages += 1;
+                let Ok(message) = message else {
+                    stats.parse_errors += 1;
+                    break;
+                };
+                on_message(message, &mut stats);
+            }
+        }
+        stats.more_pending = true;
+        stats
     }
 
     /// Send a dump `request` (its header's sequence number is `seq`) and

@@ -74,18 +74,8 @@ impl FfiArgs {
         let texts: Vec<(String, u8, String, String)> = options
             .iter()
             .map(|(k, v)| {
-                let kind = match v {
-                    toml::Value::String(_) => OPTION_STRING,
-                    toml::Value::Integer(_) => OPTION_INTEGER,
-                    toml::Value::Float(_) => OPTION_FLOAT,
-                    toml::Value::Boolean(_) => OPTION_BOOLEAN,
-                    _ => OPTION_OTHER,
-                };
-                let text = match v {
-                    toml::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                (k.clone(), kind, text, v.to_string())
+                let (kind, text, toml) = flowlogd_plugin_api::sink::option_value(v);
+                (k.clone(), kind, text, toml)
             })
             .collect();
         // The Strings' heap buffers do not move when `texts` moves into the
