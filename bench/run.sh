@@ -131,8 +131,11 @@ if [[ " $LISTENERS " == *" ulogd "* ]] && ((SMOKE)) && ! command -v ulogd >/dev/
 fi
 if [[ " $LISTENERS " == *" ulogd "* ]]; then
     command -v ulogd >/dev/null || { echo "bench/run.sh: ulogd is missing: apt-get install ulogd2 ulogd2-json, or --listeners flowlogd" >&2; exit 2; }
-    ULOGD_PLUGINS=$(dirname "$(ls /usr/lib/*/ulogd/ulogd_output_JSON.so /usr/lib/ulogd/ulogd_output_JSON.so 2>/dev/null | head -n1)")
-    [[ -f $ULOGD_PLUGINS/ulogd_output_JSON.so ]] || { echo "bench/run.sh: ulogd's JSON output is missing: apt-get install ulogd2-json" >&2; exit 2; }
+    ULOGD_PLUGINS=""
+    for f in /usr/lib/*/ulogd/ulogd_output_JSON.so /usr/lib/ulogd/ulogd_output_JSON.so; do
+        [[ -f $f ]] && { ULOGD_PLUGINS=$(dirname "$f"); break; }
+    done
+    [[ -n $ULOGD_PLUGINS ]] || { echo "bench/run.sh: ulogd's JSON output is missing: apt-get install ulogd2-json" >&2; exit 2; }
 fi
 NPROC=$(nproc)
 if ((GEN_CPU >= NPROC || DAEMON_CPU >= NPROC)); then
@@ -155,6 +158,7 @@ DROP_PORT=5002
 TCP_PORT=5003
 NFLOG_GROUP=100
 
+# shellcheck disable=SC2317  # reached through the EXIT trap
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -282,6 +286,7 @@ flush_vm() {
 vm_conntrack_count() { in_vm cat /proc/sys/net/netfilter/nf_conntrack_count; }
 
 # Sum of column $1 (5 = Rmem, 9 = Drops) of the VM's NETLINK_NETFILTER sockets.
+# shellcheck disable=SC2016  # $2 and $c are awk's
 vm_netlink_sum() { in_vm awk -v c="$1" 'NR > 1 && $2 == 12 { s += $c } END { print s + 0 }' /proc/net/netlink; }
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo gone; }
@@ -297,7 +302,7 @@ settle() {
     while ((SECONDS < deadline)); do
         count=$(vm_conntrack_count)
         rmem=$(vm_netlink_sum 5)
-        cpu=$( [[ $pid == none ]] && echo 0 || cpu_ticks "$pid")
+        if [[ $pid == none ]]; then cpu=0; else cpu=$(cpu_ticks "$pid"); fi
         if [[ $count == 0 && $rmem == 0 && $cpu == "$prev" ]]; then
             stable=$((stable + 1))
             ((stable >= 5)) && return 0

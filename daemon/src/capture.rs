@@ -702,7 +702,7 @@ impl Capture {
         }
         log::info!(
             "window {}-{}: {count} records in {} ms; {} live connections (peak {}); conntrack: {} events, {} \
-             malformed, {} overruns, {} resyncs; lost connections {}, table-full drops {}, anomalies {}",
+             malformed, {} overruns, {} resyncs; lost connections {} ({} came back), table-full drops {}, anomalies {}",
             window.start,
             window.end,
             started.elapsed().as_millis(),
@@ -713,6 +713,7 @@ impl Capture {
             c.overruns,
             self.stats.resyncs,
             t.lost_connections,
+            t.revived,
             t.table_full_drops,
             t.anomalies
         );

@@ -112,6 +112,9 @@ pub struct FlowStats {
     /// Counters that went backwards or an id that changed tuple: id reuse
     /// after a lost DESTROY, or another tool zeroed the counters.
     pub anomalies: u64,
+    /// Connections presumed lost whose DESTROY (or a dump line) came after
+    /// all: counted from what was attributed, not again in full.
+    pub revived: u64,
     /// Messages without CTA_COUNTERS (accounting off).
     pub missing_counters: u64,
 }
@@ -129,6 +132,10 @@ pub struct HandoffEntry {
     pub attributed: [u64; 4],
 }
 
+/// How many dumps a connection presumed lost is remembered (at one dump
+/// per window, an hour and a half at the default 600 s windows).
+const LOST_RETENTION_DUMPS: u16 = 10;
+
 /// The flow table and the open capture window.
 pub struct FlowTable<C: Clock> {
     clock: C,
@@ -139,6 +146,13 @@ pub struct FlowTable<C: Clock> {
     /// Connections destroyed since `begin_dump`: a dump in flight may still
     /// list them, and they would look new.
     tombstones: HashSet<FlowKey>,
+    /// Connections two complete dumps no longer listed, with the epoch they
+    /// were declared lost in. Their window was marked SKIPDATA, but their
+    /// DESTROY may still come: in reliable mode the kernel re-sends events
+    /// a full socket refused, possibly minutes later. Kept for
+    /// `LOST_RETENTION_DUMPS` dumps so that such a late DESTROY counts only
+    /// what was not attributed yet, never the whole connection again.
+    presumed_lost: HashMap<FlowKey, (FlowEntry, u16)>,
     in_dump: bool,
     epoch: u16,
     /// The epoch of the last complete dump, the start of the grace.
@@ -158,6 +172,7 @@ impl<C: Clock> FlowTable<C> {
             window,
             flows: HashMap::new(),
             tombstones: HashSet::new(),
+            presumed_lost: HashMap::new(),
             in_dump: false,
             epoch: 0,
             last_complete_epoch: None,
@@ -294,9 +309,13 @@ impl<C: Clock> FlowTable<C> {
         }
         let epoch = self.epoch;
         let previous_complete = self.last_complete_epoch.replace(epoch);
+        self.presumed_lost
+            .retain(|_, (_, declared)| epoch.wrapping_sub(*declared) < LOST_RETENTION_DUMPS);
+        let room = self.max_flows;
         let agg = &mut self.agg;
         let stats = &mut self.stats;
-        self.flows.retain(|_, f| {
+        let lost = &mut self.presumed_lost;
+        self.flows.retain(|key, f| {
             // Seen by this dump, or by the one before it if that one was
             // complete too (the grace): alive.
             if f.epoch == epoch
@@ -306,6 +325,9 @@ impl<C: Clock> FlowTable<C> {
             }
             stats.lost_connections += 1;
             f.enis.enis().for_each(|eni| agg.mark_skipped(eni));
+            if lost.len() < room {
+                lost.insert(*key, (*f, epoch));
+            }
             false
         });
     }
@@ -392,6 +414,7 @@ impl<C: Clock> FlowTable<C> {
     /// attribute what is new.
     fn observe(&mut self, reg: &EniRegistry, e: &ConntrackEntry) {
         let key = key_of(e);
+        self.revive(key);
         let Some(current) = counters(e) else {
             self.stats.missing_counters += 1;
             if let Some(f) = self.flows.get_mut(&key) {
@@ -424,6 +447,7 @@ impl<C: Clock> FlowTable<C> {
         if self.in_dump && !self.tombstones.insert(key) {
             return;
         }
+        self.revive(key);
         let known = self.flows.remove(&key);
         let Some(current) = counters(e) else {
             self.stats.missing_counters += 1;
@@ -444,6 +468,18 @@ impl<C: Clock> FlowTable<C> {
         // Unknown: created and destroyed between two dumps.
         if let Some(enis) = self.attribute(reg, e) {
             harvest(&mut self.agg, enis, e, current);
+        }
+    }
+
+    /// A connection presumed lost is heard of again: it goes back into the
+    /// table with what was attributed, so only the rest is counted.
+    fn revive(&mut self, key: FlowKey) {
+        if self.presumed_lost.is_empty() || self.flows.contains_key(&key) {
+            return;
+        }
+        if let Some((f, _)) = self.presumed_lost.remove(&key) {
+            self.stats.revived += 1;
+            self.flows.insert(key, f);
         }
     }
 

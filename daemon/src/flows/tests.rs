@@ -1023,3 +1023,33 @@ fn records_of_an_eni_waiting_for_its_metadata_are_held_then_emitted() {
     let w3 = table.close_window(&reg, TEN + 1800);
     assert_eq!(statuses(&w3, 0, "eni-late"), [LogStatus::NoData]);
 }
+
+/// In reliable mode the kernel re-sends a DESTROY that a full socket
+/// refused, possibly after two window dumps no longer listed the entry and
+/// the table declared it lost (SKIPDATA). That late DESTROY counts only what
+/// was not attributed yet, never the whole connection a second time.
+#[test]
+fn a_late_destroy_after_a_presumed_loss_is_not_counted_twice() {
+    let mut f = Fixture::new(1000);
+    let c = conn(7, UDP, A, 5000, R, 53);
+    f.dump(&[c.clone().counted((10, 1000), (0, 0))]);
+    let w1 = f.close();
+    assert_eq!(
+        flows_of(&w1, ALL, "eni-a"),
+        [rec(Out, UDP, A, 5000, R, 53, 10, 1000)]
+    );
+    // Two complete dumps without it and no DESTROY: presumed lost.
+    f.dump(&[]);
+    f.dump(&[]);
+    assert_eq!(f.table.stats().lost_connections, 1);
+    let w2 = f.close();
+    assert_eq!(statuses(&w2, ALL, "eni-a"), [LogStatus::SkipData]);
+    // Its DESTROY arrives after all, with 2 more packets than attributed.
+    f.event(c.clone().kind(Destroy).counted((12, 1200), (0, 0)));
+    let w3 = f.close();
+    assert_eq!(
+        flows_of(&w3, ALL, "eni-a"),
+        [rec(Out, UDP, A, 5000, R, 53, 2, 200)]
+    );
+    assert_eq!(f.table.stats().revived, 1);
+}

@@ -431,6 +431,17 @@ fn events(v: &Value) -> u64 {
     u(v, "flows") + u(&v["truth"]["reject"], "packets")
 }
 
+/// Events the listener actually handled: a lossy ulogd2 did less work than
+/// the events sent (it writes one record per event it read); flowlogd's
+/// records aggregate, so for it the events sent.
+fn handled(v: &Value) -> Option<u64> {
+    let rec = v.get("records")?;
+    match v["daemon"].as_str() {
+        Some("ulogd") if !exact(v) => Some(u(rec, "records")),
+        _ => Some(events(v)),
+    }
+}
+
 fn cpu_secs(v: &Value) -> Option<f64> {
     let r = v.get("rusage")?;
     Some(r["utime_secs"].as_f64()? + r["stime_secs"].as_f64()?)
@@ -573,17 +584,29 @@ fn report(argv: &[String]) -> Result<bool> {
                 notes.push(format!("{} warnings in log", u(l, "warnings")));
             }
         }
-        if let (Some(c), true) = (cpu_secs(v), rec.is_object() && !exact(v)) {
-            // A lossy listener did less work than the events sent: its cost
-            // per event it did handle (a record per event for ulogd2).
-            let handled = match v["daemon"].as_str() {
-                Some("ulogd") => u(rec, "records"),
-                _ => 0,
-            };
-            if handled > 0 {
+        if rec.is_object() {
+            let (ta, ra) = (
+                Count::from_json(&t["accept"]),
+                Count::from_json(&rec["accept"]),
+            );
+            let (tr, rr) = (
+                Count::from_json(&t["reject"]),
+                Count::from_json(&rec["reject"]),
+            );
+            let over_p =
+                ra.packets.saturating_sub(ta.packets) + rr.packets.saturating_sub(tr.packets);
+            let over_b = ra.bytes.saturating_sub(ta.bytes) + rr.bytes.saturating_sub(tr.bytes);
+            if over_p > 0 || over_b > 0 {
+                notes.push(format!(
+                    "**counted twice: {over_p} packets, {over_b} bytes more than sent**"
+                ));
+            }
+        }
+        if let (Some(c), Some(h)) = (cpu_secs(v), handled(v)) {
+            if h != ev {
                 notes.push(format!(
                     "{:.2} CPU s / M events handled",
-                    c * 1e6 / handled as f64
+                    c * 1e6 / h.max(1) as f64
                 ));
             }
         }
@@ -611,12 +634,17 @@ fn report(argv: &[String]) -> Result<bool> {
         else {
             continue;
         };
-        let per_m = |v: &Value| cpu_secs(v).map(|c| c * 1e6 / events(v).max(1) as f64);
+        // Per event handled: a listener that dropped events must not look
+        // cheaper for the work it skipped.
+        let per_m = |v: &Value| Some(cpu_secs(v)? * 1e6 / handled(v)?.max(1) as f64);
         if let (Some(a), Some(b)) = (per_m(f), per_m(g)) {
             let rss = |v: &Value| u(&v["rusage"], "maxrss_kib") as f64;
+            let lossy = |v: &Value| if exact(v) { "" } else { " (not exact)" };
             ratios.push(format!(
-                "| {} | {a:.2} | {b:.2} | {:.2} | {:.2} |",
+                "| {} | {a:.2}{} | {b:.2}{} | {:.2} | {:.2} |",
                 f["label"].as_str().unwrap_or("?"),
+                lossy(f),
+                lossy(g),
                 if b > 0.0 { a / b } else { f64::NAN },
                 rss(f) / rss(g).max(1.0)
             ));
@@ -624,7 +652,10 @@ fn report(argv: &[String]) -> Result<bool> {
     }
     if !ratios.is_empty() {
         println!();
-        println!("| run | flowlogd CPU s / M events | ulogd2 CPU s / M events | CPU ratio | peak RSS ratio |");
+        println!(
+            "| run | flowlogd CPU s / M events handled | ulogd2 CPU s / M events handled | CPU ratio \
+             | peak RSS ratio |"
+        );
         println!("|---|---|---|---|---|");
         for r in ratios {
             println!("{r}");
