@@ -365,6 +365,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         if terminate {
             let now = SystemClock.now_unix();
             log::info!("terminating: closing the open window early at {now}");
+            capture.drain_until_quiet();
             capture.close_window(now);
             break capture.shutdown(tracking_table);
         }
@@ -458,6 +459,47 @@ impl Capture {
         }
         self.drain_pending |= s.more_pending;
         LoopStats::add(&mut self.stats.conntrack, &s);
+    }
+
+    /// Before the last window closes: read events until the sockets have
+    /// been quiet for a moment. A burst of DESTROY events can be larger than
+    /// one drain's budget, and in reliable mode the kernel re-sends refused
+    /// events from a worker a little later, so one empty read is not the
+    /// end. Bounded by `shutdown_timeout_secs`; if events are still coming
+    /// then, the window is marked SKIPDATA rather than closed as if whole.
+    fn drain_until_quiet(&mut self) {
+        const QUIET: Duration = Duration::from_millis(300);
+        let deadline = std::time::Instant::now()
+            + Duration::from_secs(self.config.daemon.shutdown_timeout_secs.into());
+        let mut quiet_since = std::time::Instant::now();
+        let mut drained = 0u64;
+        loop {
+            let before = self.stats.conntrack.entries + self.stats.nflog.entries;
+            self.drain_conntrack();
+            self.drain_nflog();
+            let read = self.stats.conntrack.entries + self.stats.nflog.entries - before;
+            drained += read;
+            let now = std::time::Instant::now();
+            if read > 0 {
+                quiet_since = now;
+            } else if now.duration_since(quiet_since) >= QUIET {
+                break;
+            }
+            if now >= deadline {
+                log::error!(
+                    "terminating: events still arriving after {} s ({drained} read); marking the last window SKIPDATA",
+                    self.config.daemon.shutdown_timeout_secs
+                );
+                self.table.mark_lost(LossScope::All);
+                break;
+            }
+            if read == 0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if drained > 0 {
+            log::info!("terminating: read {drained} queued events before the last window");
+        }
     }
 
     fn drain_nflog(&mut self) {

@@ -20,13 +20,23 @@ use crate::model::Counters;
 use crate::model::{ConntrackEntry, ConntrackKind, Tuple};
 
 /// A connection's identity while it lives: CTA_ZONE, a fingerprint of the
-/// original tuple, and CTA_ID. The id alone is not enough: it is a 32-bit
-/// hash, and a live table of 250k entries was seen holding 4 to 10 ids
-/// shared by two connections each. Id and tuple together tell them apart.
+/// original tuple and start time, and CTA_ID. The id alone is not enough: it
+/// is a 32-bit hash, and a live table of 250k entries was seen holding 4 to
+/// 10 ids shared by two connections each. Nor are id and tuple: a reopened
+/// TCP 5-tuple (a SYN on a TIME_WAIT entry replaces it) usually lands at the
+/// freed address and gets the same id, and its predecessor's DESTROY can
+/// still be queued when a dump lists the new one (the benchmark found both
+/// loss and double counting from that). The start time (CTA_TIMESTAMP,
+/// which the daemon turns on, and which every dump line and DESTROY event
+/// carries) tells incarnations apart.
 type FlowKey = u64;
 
 fn key_of(e: &ConntrackEntry) -> FlowKey {
-    (u64::from(e.zone) << 48) | (u64::from(fingerprint(&e.orig)) << 32) | u64::from(e.id)
+    (u64::from(e.zone) << 48) | (u64::from(fingerprint_of(e)) << 32) | u64::from(e.id)
+}
+
+fn fingerprint_of(e: &ConntrackEntry) -> u16 {
+    fingerprint(&e.orig, e.start_ns)
 }
 
 /// Counters as one array: orig packets, orig bytes, reply packets, reply bytes.
@@ -511,7 +521,7 @@ impl<C: Clock> FlowTable<C> {
                 attributed,
                 enis,
                 epoch: self.epoch,
-                fingerprint: fingerprint(&e.orig),
+                fingerprint: fingerprint_of(e),
             },
         );
         self.stats.peak_entries = self.stats.peak_entries.max(self.flows.len() as u64);
@@ -541,7 +551,7 @@ fn counters(e: &ConntrackEntry) -> Option<Attributed> {
 /// What `current` adds to what `f` attributed, or `None` if this is not
 /// the same connection (another tuple, or counters that went backwards).
 fn delta(f: &FlowEntry, e: &ConntrackEntry, current: &Attributed) -> Option<Attributed> {
-    if f.fingerprint != fingerprint(&e.orig) {
+    if f.fingerprint != fingerprint_of(e) {
         return None;
     }
     let mut d = [0; 4];
@@ -595,8 +605,9 @@ fn harvest(agg: &mut WindowAggregate, enis: Attribution, e: &ConntrackEntry, d: 
     }
 }
 
-/// 16 bits of a hash of the original tuple (FNV-1a over its fields).
-fn fingerprint(t: &Tuple) -> u16 {
+/// 16 bits of a hash of the original tuple and the start time (FNV-1a over
+/// their fields).
+fn fingerprint(t: &Tuple, start_ns: Option<u64>) -> u16 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
@@ -612,6 +623,9 @@ fn fingerprint(t: &Tuple) -> u16 {
     eat(&t.src_port.to_be_bytes());
     eat(&t.dst_port.to_be_bytes());
     eat(&[t.protocol]);
+    if let Some(start) = start_ns {
+        eat(&start.to_be_bytes());
+    }
     (h ^ (h >> 16) ^ (h >> 32) ^ (h >> 48)) as u16
 }
 
@@ -659,6 +673,8 @@ pub(super) trait EntryExt {
     fn kind(self, kind: ConntrackKind) -> Self;
     /// Cumulative counters: (orig packets, orig bytes), (reply packets, reply bytes).
     fn counted(self, orig: (u64, u64), reply: (u64, u64)) -> Self;
+    /// CTA_TIMESTAMP start.
+    fn started(self, ns: u64) -> Self;
 }
 
 #[cfg(test)]
@@ -677,6 +693,11 @@ impl EntryExt for ConntrackEntry {
             packets: reply.0,
             bytes: reply.1,
         });
+        self
+    }
+
+    fn started(mut self, ns: u64) -> Self {
+        self.start_ns = Some(ns);
         self
     }
 }

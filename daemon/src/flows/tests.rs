@@ -1053,3 +1053,29 @@ fn a_late_destroy_after_a_presumed_loss_is_not_counted_twice() {
     );
     assert_eq!(f.table.stats().revived, 1);
 }
+
+/// A reopened TCP 5-tuple usually gets the same CTA_ID as the connection it
+/// replaced. The old one's DESTROY, still queued, can arrive during the dump
+/// that lists the new one: both are counted, each once, because the start
+/// time tells the incarnations apart.
+#[test]
+fn two_incarnations_of_one_tuple_with_one_id_are_counted_apart() {
+    let mut f = Fixture::new(1000);
+    let old = conn(9, TCP, A, 40000, R, 443).started(1_000);
+    let new = conn(9, TCP, A, 40000, R, 443).started(2_000);
+    f.dump(&[old.clone().counted((5, 500), (0, 0))]);
+    f.close();
+    f.table.begin_dump();
+    f.table
+        .on_dump_entry(&f.reg, &new.clone().counted((3, 300), (0, 0)));
+    f.event(old.clone().kind(Destroy).counted((6, 600), (0, 0)));
+    f.table.end_dump(true);
+    let w = f.close();
+    assert_eq!(
+        flows_of(&w, ALL, "eni-a"),
+        [rec(Out, TCP, A, 40000, R, 443, 4, 400)],
+        "1 packet of the old incarnation and 3 of the new, aggregated by 5-tuple"
+    );
+    assert_eq!(statuses(&w, ALL, "eni-a"), []);
+    assert_eq!(f.table.stats().anomalies, 0);
+}
