@@ -41,6 +41,9 @@ usage: bash bench/run.sh [options]
   --long-window S        flowlogd's capture window in the long run [10]
   --long-udp-timeout S   nf_conntrack_udp_timeout in the VM namespace during the
                          long run: with 25k flows/s and 10 s, ~250k live flows [10]
+  --client-ports "LO HI" the generator's ephemeral port range for TCP flows; a narrow
+                         range makes 5-tuples come back while their old entries live
+                         (TIME_WAIT reopen) [10000 65000]
   --listeners "L ..."    flowlogd ulogd (none is always run at `max`) [flowlogd ulogd]
   --profile P            cargo profile of flowlogd and the generator [release]
   --no-build             use what is built
@@ -68,6 +71,7 @@ LONG_TCP=500
 LONG_WINDOW=10
 LONG_UDP_TIMEOUT=10
 LISTENERS="flowlogd ulogd"
+CLIENT_PORTS="10000 65000"
 PROFILE=""
 BUILD=1
 ULOGD_RCVBUF=134217728
@@ -91,6 +95,7 @@ while (($#)); do
         --long-window) LONG_WINDOW="$2"; shift ;;
         --long-udp-timeout) LONG_UDP_TIMEOUT="$2"; shift ;;
         --listeners) LISTENERS="$2"; shift ;;
+        --client-ports) CLIENT_PORTS="$2"; shift ;;
         --profile) PROFILE="$2"; shift ;;
         --no-build) BUILD=0 ;;
         --ulogd-rcvbuf) ULOGD_RCVBUF="$2"; shift ;;
@@ -201,6 +206,13 @@ case $PROFILE in
     dev | debug) PROFILE=dev; BIN=$TARGET/debug ;;
     *) BIN=$TARGET/$PROFILE ;;
 esac
+# The source measured: taken before the build (the tree may move on while
+# the benchmark runs). With --no-build it is only what the tree is now.
+rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git -C "$ROOT" --no-optional-locks status --porcelain -- daemon sinks/file plugin-api 2>/dev/null) ]]; then
+    rev="$rev with uncommitted changes"
+fi
+((BUILD)) || rev="$rev (not rebuilt: --no-build)"
 if ((BUILD)); then
     log "building flowlogd, the file sink and the generator (profile $PROFILE)"
     (cd "$ROOT" && cargo build --locked --profile "$PROFILE" -p flowlogd -p flowlogd-sink-file -p flowlogd-loadgen) >&2
@@ -232,7 +244,7 @@ setup_namespaces() {
     # The flows' sources live behind the generator.
     ip -n "$VM" route add "$SRC_NET" via "$GEN_ADDR"
     in_vm sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.flbv0.rp_filter=0
-    in_gen sysctl -qw net.ipv4.ip_local_port_range="10000 65000"
+    in_gen sysctl -qw net.ipv4.ip_local_port_range="$CLIENT_PORTS"
     # The same table for every listener (flowlogd runs with
     # install_tracking_table = false), so the kernel does the same work:
     # a `ct` rule makes the namespace track connections, named counters
@@ -555,10 +567,6 @@ fi
 
 report=$TMP/report.md
 {
-    rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-    if [[ -n $(git -C "$ROOT" --no-optional-locks status --porcelain -- daemon sinks/file plugin-api 2>/dev/null) ]]; then
-        rev="$rev with uncommitted changes"
-    fi
     ulogd_version=$(command -v ulogd >/dev/null && ulogd -V 2>&1 | awk '/Version/ { print $NF; exit }' || echo "not installed")
     echo "flowlogd $rev, ulogd2 $ulogd_version. Machine: $(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), kernel $(uname -r), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); load average before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg); profile $PROFILE; generator on core $GEN_CPU, listener on core $DAEMON_CPU; started $started."
     echo

@@ -743,13 +743,15 @@ impl Capture {
             );
         }
         log::info!(
-            "window {}-{}: {count} records in {} ms; {} live connections (peak {}); conntrack: {} events, {} \
+            "window {}-{}: {count} records in {} ms; {} live connections (peak {}), table {} bytes; conntrack: {} \
+             events, {} \
              malformed, {} overruns, {} resyncs; lost connections {} ({} came back), table-full drops {}, anomalies {}",
             window.start,
             window.end,
             started.elapsed().as_millis(),
             t.entries,
             t.peak_entries,
+            self.table.table_bytes(),
             c.entries,
             c.parse_errors + self.stats.dump_parse_errors,
             c.overruns,

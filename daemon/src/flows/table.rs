@@ -197,6 +197,12 @@ impl<C: Clock> FlowTable<C> {
         self.window
     }
 
+    /// Bytes the flow table's hash map has allocated (its slots and their
+    /// control bytes), for the window log line: bytes per live flow.
+    pub fn table_bytes(&self) -> usize {
+        self.flows.capacity() * (std::mem::size_of::<(FlowKey, FlowEntry)>() + 1)
+    }
+
     /// Starts the open window at `start` instead of its aligned start: a
     /// table that takes over from another (config reload) continues where
     /// the other's last window ended. The end stays aligned.

@@ -56,7 +56,7 @@ impl Sink for FileSink {
         for r in records {
             match self.format {
                 Format::Text => format::write_text(&mut self.lines, r),
-                Format::Json => self.lines.push_str(&format::to_json(r)),
+                Format::Json => format::write_json(&mut self.lines, r),
             }
             self.lines.push('\n');
         }
