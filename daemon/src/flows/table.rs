@@ -32,11 +32,19 @@ use crate::model::{ConntrackEntry, ConntrackKind, Tuple};
 type FlowKey = u64;
 
 fn key_of(e: &ConntrackEntry) -> FlowKey {
-    (u64::from(e.zone) << 48) | (u64::from(fingerprint_of(e)) << 32) | u64::from(e.id)
+    // 32 bits of hash beside the id: two incarnations that share an id
+    // collide once in 2^32, not once in 2^16.
+    (u64::from(incarnation_hash(e)) << 32) | u64::from(e.id)
 }
 
+/// What an entry keeps to recognise its connection (and the handoff file
+/// carries): 16 bits of the same hash.
 fn fingerprint_of(e: &ConntrackEntry) -> u16 {
-    fingerprint(&e.orig, e.start_ns)
+    incarnation_hash(e) as u16
+}
+
+fn incarnation_hash(e: &ConntrackEntry) -> u32 {
+    fingerprint(e.zone, &e.orig, e.start_ns)
 }
 
 /// Counters as one array: orig packets, orig bytes, reply packets, reply bytes.
@@ -611,15 +619,16 @@ fn harvest(agg: &mut WindowAggregate, enis: Attribution, e: &ConntrackEntry, d: 
     }
 }
 
-/// 16 bits of a hash of the original tuple and the start time (FNV-1a over
-/// their fields).
-fn fingerprint(t: &Tuple, start_ns: Option<u64>) -> u16 {
+/// 32 bits of a hash of the zone, the original tuple and the start time
+/// (FNV-1a over their fields).
+fn fingerprint(zone: u16, t: &Tuple, start_ns: Option<u64>) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
             h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
         }
     };
+    eat(&zone.to_be_bytes());
     for addr in [t.src, t.dst] {
         match addr {
             IpAddr::V4(a) => eat(&a.octets()),
@@ -632,7 +641,7 @@ fn fingerprint(t: &Tuple, start_ns: Option<u64>) -> u16 {
     if let Some(start) = start_ns {
         eat(&start.to_be_bytes());
     }
-    (h ^ (h >> 16) ^ (h >> 32) ^ (h >> 48)) as u16
+    (h ^ (h >> 32)) as u32
 }
 
 /// Builds conntrack messages for tests.
