@@ -175,6 +175,55 @@ pub fn option_value(v: &toml::Value) -> (u8, String, String) {
     (kind, text, v.to_string())
 }
 
+/// A sink's options in the form `open` and `check` take, owning the
+/// strings the `flowlogd_option`s point into (hosts and test harnesses).
+pub struct FfiOptions {
+    // The Strings' heap buffers do not move when this struct moves, so the
+    // pointers in `options` stay valid as long as `_strings` lives.
+    _strings: Vec<(String, String, String)>,
+    options: Vec<FfiOption>,
+}
+
+impl FfiOptions {
+    pub fn from_table(table: &toml::Table) -> FfiOptions {
+        let mut kinds = Vec::with_capacity(table.len());
+        let strings: Vec<(String, String, String)> = table
+            .iter()
+            .map(|(k, v)| {
+                let (kind, text, toml) = option_value(v);
+                kinds.push(kind);
+                (k.clone(), text, toml)
+            })
+            .collect();
+        let options = strings
+            .iter()
+            .zip(kinds)
+            .map(|((k, text, toml), kind)| FfiOption {
+                key: FfiStr::new(k),
+                kind,
+                text: FfiStr::new(text),
+                toml: FfiStr::new(toml),
+            })
+            .collect();
+        FfiOptions {
+            _strings: strings,
+            options,
+        }
+    }
+
+    pub fn as_ptr(&self) -> *const FfiOption {
+        self.options.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.options.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.options.is_empty()
+    }
+}
+
 /// A handle to the host's log, usable from any thread until `close`.
 #[derive(Clone, Copy)]
 pub struct HostLog {
@@ -272,10 +321,6 @@ impl FlushFlags {
             window_end: bits & FLUSH_WINDOW_END != 0,
             reopen: bits & FLUSH_REOPEN != 0,
         }
-    }
-    pub fn bits(self) -> u32 {
-        (if self.window_end { FLUSH_WINDOW_END } else { 0 })
-            | (if self.reopen { FLUSH_REOPEN } else { 0 })
     }
 }
 

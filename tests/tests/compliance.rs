@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flowlogd_plugin_api::abi::*;
+use flowlogd_plugin_api::sink::FfiOptions;
 use flowlogd_plugin_api::{Action, Direction, EniIds, FlowFields, FlowRecord, LogStatus};
 use flowlogd_tests::*;
 
@@ -110,33 +111,9 @@ fn cases(tmp: &TempDir) -> Vec<Case> {
     ]
 }
 
-/// Options as the daemon passes them; owns the strings.
-struct OptionList {
-    _strings: Vec<(String, u8, String, String)>,
-    options: Vec<FfiOption>,
-}
-
-fn options(t: &toml::Table) -> OptionList {
-    let strings: Vec<(String, u8, String, String)> = t
-        .iter()
-        .map(|(k, v)| {
-            let (kind, text, toml) = flowlogd_plugin_api::sink::option_value(v);
-            (k.clone(), kind, text, toml)
-        })
-        .collect();
-    let options = strings
-        .iter()
-        .map(|(k, kind, text, toml)| FfiOption {
-            key: FfiStr::new(k),
-            kind: *kind,
-            text: FfiStr::new(text),
-            toml: FfiStr::new(toml),
-        })
-        .collect();
-    OptionList {
-        _strings: strings,
-        options,
-    }
+/// Options as the daemon passes them.
+fn options(t: &toml::Table) -> FfiOptions {
+    FfiOptions::from_table(t)
 }
 
 fn host() -> FfiHost {
@@ -255,8 +232,7 @@ fn every_built_sink_complies_with_the_abi() {
             let valid = options(&case.valid);
             let mut err = FfiError::new();
             // SAFETY: valid pointers for the call, as the header documents.
-            let status =
-                unsafe { check(&host, valid.options.as_ptr(), valid.options.len(), &mut err) };
+            let status = unsafe { check(&host, valid.as_ptr(), valid.len(), &mut err) };
             assert_eq!(
                 status,
                 STATUS_OK,
@@ -267,14 +243,7 @@ fn every_built_sink_complies_with_the_abi() {
             let invalid = options(&case.invalid);
             let mut err = FfiError::new();
             // SAFETY: as above.
-            let status = unsafe {
-                check(
-                    &host,
-                    invalid.options.as_ptr(),
-                    invalid.options.len(),
-                    &mut err,
-                )
-            };
+            let status = unsafe { check(&host, invalid.as_ptr(), invalid.len(), &mut err) };
             expect_config_error(status, &err, &case, "check");
         }
 
@@ -285,8 +254,8 @@ fn every_built_sink_complies_with_the_abi() {
         let status = unsafe {
             open(
                 &host,
-                invalid.options.as_ptr(),
-                invalid.options.len(),
+                invalid.as_ptr(),
+                invalid.len(),
                 &mut instance,
                 &mut err,
             )
@@ -296,15 +265,7 @@ fn every_built_sink_complies_with_the_abi() {
         let valid = options(&case.valid);
         let mut err = FfiError::new();
         // SAFETY: as above.
-        let status = unsafe {
-            open(
-                &host,
-                valid.options.as_ptr(),
-                valid.options.len(),
-                &mut instance,
-                &mut err,
-            )
-        };
+        let status = unsafe { open(&host, valid.as_ptr(), valid.len(), &mut instance, &mut err) };
         assert_eq!(
             status,
             STATUS_OK,

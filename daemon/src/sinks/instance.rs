@@ -4,6 +4,7 @@ use std::ffi::{c_int, c_void};
 use std::sync::Arc;
 
 use flowlogd_plugin_api::abi::*;
+use flowlogd_plugin_api::sink::FfiOptions;
 use flowlogd_plugin_api::FlowRecord;
 
 use super::loader::PluginLibrary;
@@ -61,38 +62,17 @@ unsafe extern "C" fn host_log(ctx: *mut c_void, level: c_int, msg: *const u8, le
 /// strings the C structs point into.
 struct FfiArgs {
     host_ctx: Box<HostContext>,
-    _texts: Vec<(String, u8, String, String)>,
-    options: Vec<FfiOption>,
+    options: FfiOptions,
 }
 
 impl FfiArgs {
     fn new(sink_name: &str, options: &toml::Table) -> FfiArgs {
-        let host_ctx = Box::new(HostContext {
-            sink_name: sink_name.to_owned(),
-            daemon_version: env!("CARGO_PKG_VERSION"),
-        });
-        let texts: Vec<(String, u8, String, String)> = options
-            .iter()
-            .map(|(k, v)| {
-                let (kind, text, toml) = flowlogd_plugin_api::sink::option_value(v);
-                (k.clone(), kind, text, toml)
-            })
-            .collect();
-        // The Strings' heap buffers do not move when `texts` moves into the
-        // struct, so these pointers stay valid as long as `_texts` lives.
-        let options = texts
-            .iter()
-            .map(|(k, kind, text, toml)| FfiOption {
-                key: FfiStr::new(k),
-                kind: *kind,
-                text: FfiStr::new(text),
-                toml: FfiStr::new(toml),
-            })
-            .collect();
         FfiArgs {
-            host_ctx,
-            _texts: texts,
-            options,
+            host_ctx: Box::new(HostContext {
+                sink_name: sink_name.to_owned(),
+                daemon_version: env!("CARGO_PKG_VERSION"),
+            }),
+            options: FfiOptions::from_table(options),
         }
     }
 
