@@ -20,8 +20,8 @@ use crate::eni::EniRegistry;
 use crate::flows::{Clock, FlowTable, LossScope, SystemClock};
 use crate::metadata::{MetadataUpdate, MetadataWorker};
 use crate::netlink::{
-    ConntrackDumper, ConntrackEvents, DrainStats, EventSubscription, EventsConfig, NflogConfig,
-    NflogSocket, RouteWatcher,
+    ConntrackDumper, ConntrackEvents, DrainStats, DumpStats, DumpStep, EventSubscription,
+    EventsConfig, NflogConfig, NflogSocket, RouteWatcher,
 };
 use crate::rejects::RejectCapture;
 use crate::signals::{Signal, SignalFd};
@@ -35,6 +35,13 @@ const SIGNALS: Token = Token(2);
 const NFLOG: Token = Token(3);
 /// The metadata worker has an update for the loop.
 const METADATA: Token = Token(4);
+/// The conntrack dump socket, read in slices while a dump runs.
+const DUMP: Token = Token(5);
+
+/// Datagrams of a running dump read per loop iteration. A dump datagram
+/// holds about 100 entries, which take the kernel and the parser about
+/// 0.3 ms: a slice stalls the other sockets for a few milliseconds.
+const DUMP_SLICE_DATAGRAMS: usize = 16;
 
 /// Bytes of each dropped packet NFLOG copies to us: an IPv6 header with a
 /// few extension headers and the transport ports fit; the record's size
@@ -116,6 +123,55 @@ struct Capture {
     metadata: Option<MetadataWorker>,
     /// The last metadata fetch failed (its recovery is worth a log line).
     metadata_failing: bool,
+    /// The conntrack dump the loop is reading in slices, if one runs.
+    dump: Option<RunningDump>,
+    /// The running dump has replies queued beyond the last slice's budget.
+    dump_pending: bool,
+    /// Records the last closed window held back for ENIs waiting for
+    /// their metadata.
+    last_held: usize,
+}
+
+/// Why a dump runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DumpPurpose {
+    /// It harvests the window being closed ([`FlowTable::begin_close`]).
+    CloseWindow,
+    /// An overrun lost events: the table is read again.
+    Resync,
+    /// Connections are harvested now, before an ENI loses an address.
+    Harvest,
+}
+
+/// A dump in progress and what it costs the capture thread.
+struct RunningDump {
+    purpose: DumpPurpose,
+    /// When the close (or the dump) began.
+    began: std::time::Instant,
+    /// Capture-thread time spent on it so far: the slices, the begin and
+    /// the end.
+    busy: Duration,
+    /// The longest of those stretches: how long the loop served no socket.
+    longest: Duration,
+    slices: u32,
+}
+
+impl RunningDump {
+    fn new(purpose: DumpPurpose, began: std::time::Instant) -> Self {
+        RunningDump {
+            purpose,
+            began,
+            busy: Duration::ZERO,
+            longest: Duration::ZERO,
+            slices: 0,
+        }
+    }
+
+    fn account(&mut self, stretch: Duration) {
+        self.busy += stretch;
+        self.longest = self.longest.max(stretch);
+        self.slices += 1;
+    }
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns the number of records
@@ -238,6 +294,9 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         waker: None,
         metadata: None,
         metadata_failing: false,
+        dump: None,
+        dump_pending: false,
+        last_held: 0,
         config,
     };
     // Interfaces and addresses now; changes arrive on the watcher.
@@ -303,6 +362,10 @@ pub fn run(config: Config) -> Result<u64, RunError> {
             )
             .map_err(io_err("cannot poll the NFLOG socket"))?;
     }
+    // The baseline used the dump socket blocking; from here on the loop
+    // reads it in slices. A socket replaced since is registered anew.
+    let _ = capture.dumper.take_reopened();
+    register_dumper(&poll, &capture.dumper).map_err(io_err("cannot poll the dump socket"))?;
     capture.waker = Some(Arc::new(
         Waker::new(registry, METADATA).map_err(io_err("cannot create the event loop's waker"))?,
     ));
@@ -318,7 +381,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
 
     let mut poll_events = Events::with_capacity(64);
     let lost = loop {
-        let timeout = if capture.drain_pending {
+        let timeout = if capture.drain_pending || capture.dump_pending {
             Duration::ZERO
         } else {
             until(capture.table.next_deadline())
@@ -337,8 +400,10 @@ pub fn run(config: Config) -> Result<u64, RunError> {
             capture.drain_conntrack();
             capture.drain_nflog();
         }
+        let mut dump_readable = std::mem::take(&mut capture.dump_pending);
         for event in poll_events.iter() {
             match event.token() {
+                DUMP => dump_readable = true,
                 // Readiness may be reported once: every handler drains
                 // its source until it would block.
                 CONNTRACK => capture.drain_conntrack(),
@@ -359,22 +424,52 @@ pub fn run(config: Config) -> Result<u64, RunError> {
                 _ => {}
             }
         }
-        if capture.resync_pending {
-            capture.resync();
+        // One slice of a running dump per iteration, after the event
+        // sockets were served.
+        if dump_readable && capture.dump.is_some() {
+            capture.read_dump_slice();
+        }
+        if capture.resync_pending && capture.dump.is_none() {
+            capture.resync_pending = false;
+            capture.stats.resyncs += 1;
+            capture.start_dump(DumpPurpose::Resync, std::time::Instant::now());
         }
         if terminate {
+            // A close in progress is finished first, under its own bounds.
+            capture.finish_running_dump();
             let now = SystemClock.now_unix();
             log::info!("terminating: closing the open window early at {now}");
             capture.drain_until_quiet();
-            capture.close_window(now);
+            capture.close_window_now(now);
             break capture.shutdown(tracking_table);
         }
         if SystemClock.now_unix() >= capture.table.next_deadline() {
+            if capture.table.is_closing() {
+                log::warn!(
+                    "the previous window's close is still running at the next window's end; finishing it now"
+                );
+                capture.finish_running_dump();
+            }
             let deadline = capture.table.next_deadline();
-            capture.close_window(deadline);
+            capture.begin_close(deadline);
+        }
+        if capture.dumper.take_reopened() {
+            if let Err(e) = register_dumper(&poll, &capture.dumper) {
+                log::error!("cannot poll the new dump socket: {e}; dumps are read when other sockets wake the loop");
+            }
         }
     };
     Ok(lost)
+}
+
+/// Registers the dump socket, if there is one, for readability.
+fn register_dumper(poll: &Poll, dumper: &ConntrackDumper) -> io::Result<()> {
+    let fd = dumper.as_raw_fd();
+    if fd < 0 {
+        return Ok(());
+    }
+    poll.registry()
+        .register(&mut SourceFd(&fd), DUMP, Interest::READABLE)
 }
 
 /// After an overrun: twice the buffer (the kernel reports double what it
@@ -550,7 +645,7 @@ impl Capture {
             // still says whose they are (the kernel counts nothing more on
             // a removed address).
             if !harvested && self.registry.takes_from_an_eni(ev) {
-                self.dump();
+                self.harvest_now();
                 harvested = true;
             }
             self.registry.apply(ev, now);
@@ -563,7 +658,7 @@ impl Capture {
             match self.route.dump_all(|ev| evs.push(ev)) {
                 Ok(_) => {
                     if !harvested {
-                        self.dump();
+                        self.harvest_now();
                     }
                     self.registry.resync(&evs, now);
                 }
@@ -656,23 +751,77 @@ impl Capture {
         self.after_registry_change();
     }
 
-    /// Dumps the table so that every live connection's counters are
-    /// harvested, and connections that vanished without a DESTROY event are
-    /// found (the table gives them one dump of grace).
-    fn dump(&mut self) {
-        // Events queued before the dump are applied first, so the dump and
-        // the events agree on what is gone.
+    /// Starts a dump that the loop reads in slices (`read_dump_slice`).
+    /// Events queued before it are applied first, so the dump and the
+    /// events agree on what is gone.
+    fn start_dump(&mut self, purpose: DumpPurpose, began: std::time::Instant) {
+        let started = std::time::Instant::now();
         self.drain_conntrack();
         self.table.begin_dump();
+        let mut running = RunningDump::new(purpose, began);
+        match self.dumper.start() {
+            Ok(()) => {
+                running.account(started.elapsed());
+                self.dump = Some(running);
+                // The kernel queues the first replies at once.
+                self.dump_pending = true;
+            }
+            Err(e) => {
+                self.dump = Some(running);
+                self.end_dump(Err(e));
+            }
+        }
+    }
+
+    /// One slice of the running dump.
+    fn read_dump_slice(&mut self) {
+        let started = std::time::Instant::now();
+        let (table, registry) = (&mut self.table, &self.registry);
+        let step = self.dumper.read_some(DUMP_SLICE_DATAGRAMS, |entry| {
+            table.on_dump_entry(registry, &entry)
+        });
+        if let Some(d) = &mut self.dump {
+            d.account(started.elapsed());
+        }
+        match step {
+            Ok(DumpStep::Running { more_queued }) => self.dump_pending = more_queued,
+            Ok(DumpStep::Done(stats)) => self.end_dump(Ok(stats)),
+            Err(e) => self.end_dump(Err(e)),
+        }
+    }
+
+    /// Reads the running dump to its end, blocking: before anything that
+    /// needs the table as it is now (a harvest, a reload, shutdown).
+    fn finish_running_dump(&mut self) {
+        if self.dump.is_none() {
+            return;
+        }
+        let started = std::time::Instant::now();
         let (table, registry) = (&mut self.table, &self.registry);
         let result = self
             .dumper
-            .dump(|entry| table.on_dump_entry(registry, &entry));
+            .finish(|entry| table.on_dump_entry(registry, &entry));
+        if let Some(d) = &mut self.dump {
+            d.account(started.elapsed());
+        }
+        self.end_dump(result);
+    }
+
+    /// The running dump is over: connections it no longer listed are
+    /// judged, and the window it closed is emitted.
+    fn end_dump(&mut self, result: io::Result<DumpStats>) {
+        let started = std::time::Instant::now();
+        let Some(mut running) = self.dump.take() else {
+            return;
+        };
+        self.dump_pending = false;
         // DESTROY events the dump itself caused (it evicts expired entries)
         // or that raced with it are applied before the dump is judged.
         self.drain_conntrack();
+        let mut entries = 0;
         match result {
             Ok(s) => {
+                entries = s.entries;
                 self.stats.dump_parse_errors += s.parse_errors;
                 if s.interrupted {
                     self.stats.dumps_interrupted += 1;
@@ -685,24 +834,52 @@ impl Capture {
                 self.table.end_dump(false);
             }
         }
+        running.account(started.elapsed());
+        if running.purpose == DumpPurpose::CloseWindow {
+            self.emit_closed_window(&running, entries);
+        }
     }
 
-    fn resync(&mut self) {
-        self.resync_pending = false;
-        self.stats.resyncs += 1;
-        self.dump();
+    /// Harvests every live connection now (blocking): a running dump is
+    /// read to its end, otherwise a new one is made.
+    fn harvest_now(&mut self) {
+        if self.dump.is_none() {
+            self.start_dump(DumpPurpose::Harvest, std::time::Instant::now());
+        }
+        self.finish_running_dump();
     }
 
-    /// Closes the open window at `end`; returns the records still held
-    /// for ENIs waiting for their metadata.
-    fn close_window(&mut self, end: i64) -> usize {
-        let started = std::time::Instant::now();
+    /// Begins closing the open window at `end`: queued events and drops
+    /// count in it, and a dump harvests its long-lived connections; the
+    /// records go out when the dump ends (`end_dump`).
+    fn begin_close(&mut self, end: i64) {
+        let began = std::time::Instant::now();
         self.drain_nflog();
-        self.dump();
-        let records = self.table.close_window(&self.registry, end);
+        self.drain_conntrack();
+        self.table.begin_close(end);
+        self.start_dump(DumpPurpose::CloseWindow, began);
+    }
+
+    /// Closes the open window at `end` at once, blocking until its dump is
+    /// read (reload, shutdown). Returns the records still held for ENIs
+    /// waiting for their metadata.
+    fn close_window_now(&mut self, end: i64) -> usize {
+        self.finish_running_dump();
+        self.begin_close(end);
+        self.finish_running_dump();
+        self.last_held
+    }
+
+    /// Sends the records of the window whose close dump just ended.
+    fn emit_closed_window(&mut self, running: &RunningDump, dump_entries: u64) {
+        let started = std::time::Instant::now();
+        let Some(records) = self.table.finish_close(&self.registry) else {
+            return;
+        };
         let count = records.record_count();
         let window = records.window;
         let (held, held_dropped) = (records.held, records.held_dropped);
+        self.last_held = held;
         if held > 0 {
             log::info!(
                 "metadata: {held} records held for ENIs waiting for their ids; they go out with the window in which \
@@ -726,6 +903,9 @@ impl Capture {
         );
         self.dispatcher
             .flush_all(flowlogd_plugin_api::abi::FLUSH_WINDOW_END);
+        let emitting = started.elapsed();
+        let busy = running.busy + emitting;
+        let longest = running.longest.max(emitting);
         let t = self.table.stats();
         let c = &self.stats.conntrack;
         if let Some((_, rejects)) = &self.nflog {
@@ -743,12 +923,16 @@ impl Capture {
             );
         }
         log::info!(
-            "window {}-{}: {count} records in {} ms; {} live connections (peak {}), table {} bytes; conntrack: {} \
-             events, {} \
-             malformed, {} overruns, {} resyncs; lost connections {} ({} came back), table-full drops {}, anomalies {}",
+            "window {}-{}: {count} records in {} ms; closing took {} ms of the capture thread, longest stall {} ms \
+             (dump of {dump_entries} entries in {} slices); {} live connections (peak {}), table {} bytes; \
+             conntrack: {} events, {} malformed, {} overruns, {} resyncs; lost connections {} ({} came back), \
+             table-full drops {}, anomalies {}",
             window.start,
             window.end,
-            started.elapsed().as_millis(),
+            running.began.elapsed().as_millis(),
+            busy.as_millis(),
+            longest.as_millis(),
+            running.slices,
             t.entries,
             t.peak_entries,
             self.table.table_bytes(),
@@ -761,7 +945,6 @@ impl Capture {
             t.table_full_drops,
             t.anomalies
         );
-        held
     }
 
     /// SIGHUP: reopen outputs (logrotate) and reload the config. A config
@@ -814,7 +997,7 @@ impl Capture {
         // Close the window under the old config: its records go to the
         // sinks and instances they were captured for.
         let now = SystemClock.now_unix();
-        let held = self.close_window(now);
+        let held = self.close_window_now(now);
         let new_dispatcher = match startup::start_sinks(&new) {
             Ok(d) => d,
             Err(e) => {

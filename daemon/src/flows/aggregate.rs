@@ -154,6 +154,28 @@ impl WindowAggregate {
         self.all_skipped = true;
     }
 
+    /// Takes `other`'s sums and loss marks into this aggregate.
+    pub(super) fn absorb(&mut self, other: WindowAggregate) {
+        for (key, sum) in other.sums {
+            let mine = self.sums.entry(key).or_insert(RecordSum {
+                packets: 0,
+                bytes: 0,
+                rule: None,
+            });
+            mine.packets = mine.packets.saturating_add(sum.packets);
+            mine.bytes = mine.bytes.saturating_add(sum.bytes);
+            if mine.rule.is_none() {
+                mine.rule = sum.rule;
+            }
+        }
+        for (i, &skipped) in other.skipped.iter().enumerate() {
+            if let (true, Some(eni)) = (skipped, EniIndex::new(i)) {
+                self.mark_skipped(eni);
+            }
+        }
+        self.all_skipped |= other.all_skipped;
+    }
+
     /// Ends the window: builds its records and routes them to the flow log
     /// instances of `reg`, leaving the aggregate empty for the next window.
     pub(super) fn take_records(

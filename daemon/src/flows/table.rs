@@ -175,8 +175,34 @@ pub struct FlowTable<C: Clock> {
     epoch: u16,
     /// The epoch of the last complete dump, the start of the grace.
     last_complete_epoch: Option<u16>,
+    /// The open window's sums.
     agg: WindowAggregate,
+    /// The window being closed, from [`FlowTable::begin_close`] to
+    /// [`FlowTable::finish_close`]: the dump in between harvests into it.
+    closing: Option<ClosingWindow>,
     stats: FlowStats,
+}
+
+/// A window whose end has passed and whose closing dump is under way.
+struct ClosingWindow {
+    window: CaptureWindow,
+    agg: WindowAggregate,
+}
+
+/// Where a dump line's delta goes: into the window being closed while its
+/// closing dump runs, otherwise into the open window. Events (DESTROY)
+/// always count in the open window. A connection's delta thus goes to one
+/// window or the other, never both: the dump line and the event each
+/// attribute only what the other has not (tombstones, `attributed`).
+fn dump_target<'a>(
+    agg: &'a mut WindowAggregate,
+    closing: &'a mut Option<ClosingWindow>,
+    in_dump: bool,
+) -> &'a mut WindowAggregate {
+    match closing {
+        Some(c) if in_dump => &mut c.agg,
+        _ => agg,
+    }
 }
 
 impl<C: Clock> FlowTable<C> {
@@ -195,6 +221,7 @@ impl<C: Clock> FlowTable<C> {
             epoch: 0,
             last_complete_epoch: None,
             agg: WindowAggregate::default(),
+            closing: None,
             stats: FlowStats::default(),
         }
     }
@@ -336,7 +363,11 @@ impl<C: Clock> FlowTable<C> {
         self.presumed_lost
             .retain(|_, (_, declared)| epoch.wrapping_sub(*declared) < LOST_RETENTION_DUMPS);
         let room = self.max_flows;
-        let agg = &mut self.agg;
+        // The window the dump was for.
+        let agg = match &mut self.closing {
+            Some(c) => &mut c.agg,
+            None => &mut self.agg,
+        };
         let stats = &mut self.stats;
         let lost = &mut self.presumed_lost;
         self.flows.retain(|key, f| {
@@ -374,10 +405,15 @@ impl<C: Clock> FlowTable<C> {
 
     /// Data was lost (a netlink overrun): the open window's records get a
     /// SKIPDATA record for these ENIs besides the OK records kept.
+    /// While a window is being closed, both windows are marked: what was
+    /// lost may have belonged to either.
     pub fn mark_lost(&mut self, scope: LossScope) {
-        match scope {
-            LossScope::All => self.agg.mark_all_skipped(),
-            LossScope::Eni(eni) => self.agg.mark_skipped(eni),
+        let closing = self.closing.as_mut().map(|c| &mut c.agg);
+        for agg in std::iter::once(&mut self.agg).chain(closing) {
+            match scope {
+                LossScope::All => agg.mark_all_skipped(),
+                LossScope::Eni(eni) => agg.mark_skipped(eni),
+            }
         }
     }
 
@@ -403,22 +439,69 @@ impl<C: Clock> FlowTable<C> {
 
     /// Closes the open window at `end` and returns its records; the next
     /// window starts at `end`. `end` is the deadline normally, the time of
-    /// closing on shutdown (SIGTERM closes the window early). Dump first
-    /// so that long-lived connections are harvested.
+    /// closing on shutdown (SIGTERM closes the window early). Without a
+    /// dump in between, long-lived connections are harvested only at the
+    /// next one: the event loop uses [`FlowTable::begin_close`], a dump,
+    /// and [`FlowTable::finish_close`].
+    #[cfg(test)]
     pub fn close_window(&mut self, reg: &EniRegistry, end: i64) -> WindowRecords {
+        self.begin_close(end);
+        self.finish_close(reg)
+            .expect("begin_close opened a closing window")
+    }
+
+    /// Starts closing the open window at `end` (see
+    /// [`FlowTable::close_window`] for `end`); the next window opens now.
+    /// Events count in the next window from here on; the lines of the
+    /// dump that follows ([`FlowTable::begin_dump`]) harvest into the
+    /// closing one, whose records [`FlowTable::finish_close`] returns after
+    /// [`FlowTable::end_dump`]. A close still pending is finished first
+    /// and its records are returned.
+    pub fn begin_close(&mut self, end: i64) -> CaptureWindow {
         // A clock stepped back must not give a window that ends before it starts.
         let end = end.max(self.window.start);
-        let closed = CaptureWindow {
+        let window = CaptureWindow {
             start: self.window.start,
             end,
         };
-        let records = self.agg.take_records(reg, closed);
+        debug_assert!(
+            self.closing.is_none(),
+            "begin_close while a close is pending"
+        );
+        let agg = std::mem::take(&mut self.agg);
+        if let Some(pending) = self.closing.replace(ClosingWindow { window, agg }) {
+            // Not expected (the loop finishes a close before it begins the
+            // next); should it happen, keep its sums in the window closing
+            // now rather than lose them.
+            self.closing
+                .as_mut()
+                .expect("just set")
+                .agg
+                .absorb(pending.agg);
+        }
         self.window = CaptureWindow::after(end, self.clock.now_unix(), self.window_secs);
+        window
+    }
+
+    /// A window is being closed ([`FlowTable::begin_close`] was called and
+    /// [`FlowTable::finish_close`] not yet).
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_some()
+    }
+
+    /// Ends the close begun by [`FlowTable::begin_close`]: the closed
+    /// window's records, `None` if no close was pending. Records held for
+    /// ENIs waiting for their metadata move into the open window.
+    pub fn finish_close(&mut self, reg: &EniRegistry) -> Option<WindowRecords> {
+        let mut closing = self.closing.take()?;
+        let records = closing.agg.take_records(reg, closing.window);
+        // What stays in the closed aggregate is held for the next window.
+        self.agg.absorb(closing.agg);
         // Give memory back after a burst of connections has gone.
         if self.flows.capacity() > 4 * self.flows.len().max(4096) {
             self.flows.shrink_to(self.flows.len() * 2);
         }
-        records
+        Some(records)
     }
 
     fn on_new(&mut self, reg: &EniRegistry, e: &ConntrackEntry) {
@@ -451,7 +534,8 @@ impl<C: Clock> FlowTable<C> {
                 f.attributed = current;
                 f.epoch = self.epoch;
                 f.enis.refresh(reg, e);
-                harvest(&mut self.agg, f.enis, e, delta);
+                let agg = dump_target(&mut self.agg, &mut self.closing, self.in_dump);
+                harvest(agg, f.enis, e, delta);
                 return;
             }
             let old = self.flows.remove(&key).map(|f| f.enis);
@@ -461,7 +545,8 @@ impl<C: Clock> FlowTable<C> {
         // everything it carries is new.
         if let Some(enis) = self.attribute(reg, e) {
             if self.insert(key, e, enis, current) {
-                harvest(&mut self.agg, enis, e, current);
+                let agg = dump_target(&mut self.agg, &mut self.closing, self.in_dump);
+                harvest(agg, enis, e, current);
             }
         }
     }

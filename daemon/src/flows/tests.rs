@@ -1079,3 +1079,122 @@ fn two_incarnations_of_one_tuple_with_one_id_are_counted_apart() {
     assert_eq!(statuses(&w, ALL, "eni-a"), []);
     assert_eq!(f.table.stats().anomalies, 0);
 }
+
+// ---- a window closed while events go on (the loop reads the closing dump
+// in slices between event reads) ----
+
+impl Fixture {
+    /// Reaches the deadline and begins closing: returns the closing window.
+    fn begin_close(&mut self) -> CaptureWindow {
+        let deadline = self.table.next_deadline();
+        self.clock.set(deadline);
+        let w = self.table.begin_close(deadline);
+        self.table.begin_dump();
+        w
+    }
+
+    fn dump_line(&mut self, e: ConntrackEntry) {
+        self.table.on_dump_entry(&self.reg, &e);
+    }
+
+    /// Ends the closing dump and takes the closed window's records.
+    fn finish_close(&mut self) -> WindowRecords {
+        self.table.end_dump(true);
+        self.table
+            .finish_close(&self.reg)
+            .expect("a close was pending")
+    }
+}
+
+/// Packets and bytes of every OK record of eni-a in instance ALL.
+fn totals(w: &WindowRecords) -> (u64, u64) {
+    flows_of(w, ALL, "eni-a")
+        .iter()
+        .fold((0, 0), |(p, b), f| (p + f.packets, b + f.bytes))
+}
+
+#[test]
+fn dump_lines_of_a_closing_window_count_in_it_and_events_in_the_next() {
+    let mut f = Fixture::new(1000);
+    let long = conn(1, TCP, A, 40000, R, 443);
+    f.dump(&[long.clone().counted((1, 100), (0, 0))]);
+    let closing = f.begin_close();
+    assert!(f.table.is_closing());
+    assert_eq!(closing.end, TEN + 600);
+    // While the dump runs: a short connection's DESTROY, then the long
+    // connection's dump line.
+    let short = conn(2, UDP, A, 5000, R, 53);
+    f.event(short.clone().kind(Destroy).counted((2, 120), (2, 300)));
+    f.dump_line(long.clone().counted((4, 400), (3, 3000)));
+    let w1 = f.finish_close();
+    assert!(!f.table.is_closing());
+    assert_eq!(w1.window, closing);
+    // The first dump's packet and the closing dump's delta.
+    assert_eq!(
+        sort(flows_of(&w1, ALL, "eni-a")),
+        sort(vec![
+            rec(Out, TCP, A, 40000, R, 443, 4, 400),
+            rec(In, TCP, R, 443, A, 40000, 3, 3000),
+        ])
+    );
+    f.dump(&[long.clone().counted((4, 400), (3, 3000))]);
+    let w2 = f.close();
+    assert_eq!(
+        sort(flows_of(&w2, ALL, "eni-a")),
+        sort(vec![
+            rec(Out, UDP, A, 5000, R, 53, 2, 120),
+            rec(In, UDP, R, 53, A, 5000, 2, 300),
+        ])
+    );
+}
+
+#[test]
+fn a_destroy_during_the_closing_dump_is_counted_once_in_the_next_window() {
+    let mut f = Fixture::new(1000);
+    let c = conn(1, TCP, A, 40000, R, 443);
+    f.dump(&[c.clone().counted((1, 100), (1, 100))]);
+    f.begin_close();
+    // The connection ends before the dump reaches it; the dump still
+    // lists it (its line was built before the DESTROY was read).
+    f.event(c.clone().kind(Destroy).counted((5, 500), (4, 400)));
+    f.dump_line(c.clone().counted((5, 500), (4, 400)));
+    let w1 = f.finish_close();
+    let w2 = f.close();
+    let w3 = f.close();
+    assert_eq!(totals(&w1), (2, 200));
+    assert_eq!(totals(&w2), (7, 700));
+    assert_eq!(totals(&w3), (0, 0));
+    assert_eq!(f.table.stats().anomalies, 0);
+}
+
+#[test]
+fn loss_while_a_window_closes_marks_both_windows() {
+    let mut f = Fixture::new(1000);
+    let c = conn(1, TCP, A, 40000, R, 443);
+    f.dump(&[c.clone().counted((1, 100), (1, 100))]);
+    f.begin_close();
+    f.table.mark_lost(LossScope::All);
+    f.dump_line(c.clone().counted((2, 200), (1, 100)));
+    let w1 = f.finish_close();
+    let w2 = f.close();
+    assert_eq!(statuses(&w1, ALL, "eni-a"), vec![LogStatus::SkipData]);
+    assert_eq!(statuses(&w2, ALL, "eni-a"), vec![LogStatus::SkipData]);
+    // The OK records kept stand beside the marks.
+    assert_eq!(totals(&w1), (3, 300));
+}
+
+#[test]
+fn a_connection_lost_by_the_closing_dump_marks_the_closing_window() {
+    let mut f = Fixture::new(1000);
+    let c = conn(1, TCP, A, 40000, R, 443);
+    f.dump(&[c.clone().counted((1, 100), (1, 100))]);
+    // Two complete dumps without it (the grace), the second one closing a
+    // window.
+    f.dump(&[]);
+    f.begin_close();
+    let w1 = f.finish_close();
+    let w2 = f.close();
+    assert_eq!(f.table.stats().lost_connections, 1);
+    assert_eq!(statuses(&w1, ALL, "eni-a"), vec![LogStatus::SkipData]);
+    assert_eq!(statuses(&w2, ALL, "eni-a"), vec![LogStatus::NoData]);
+}

@@ -10,7 +10,7 @@ mod stats;
 #[cfg(test)]
 pub(crate) mod test_support;
 
-pub use conntrack::{ConntrackDumper, ConntrackEvents, EventSubscription, EventsConfig};
+pub use conntrack::{ConntrackDumper, ConntrackEvents, DumpStep, EventSubscription, EventsConfig};
 pub use nflog::{NflogConfig, NflogSocket};
 pub use route::RouteWatcher;
-pub use stats::DrainStats;
+pub use stats::{DrainStats, DumpStats};

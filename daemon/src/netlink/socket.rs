@@ -229,6 +229,11 @@ impl NetlinkSocket {
         stats
     }
 
+    /// The port id the kernel bound this socket to (replies carry it).
+    pub fn port_id(&self) -> u32 {
+        self.port_id
+    }
+
     /// Send a dump `request` (its header's sequence number is `seq`) and
     /// hand every reply message to `on_message` until NLMSG_DONE.
     /// Messages of other sequence numbers (left over from an earlier,
@@ -239,9 +244,7 @@ impl NetlinkSocket {
     ///
     /// # Errors
     ///
-    /// The send error; an NLMSG_ERROR reply or an error code in NLMSG_DONE
-    /// as the corresponding OS error; `TimedOut` when `limits` are exceeded;
-    /// `InvalidData` for a reply that is not a netlink message at all. After
+    /// As [`DumpReader::on_datagram`], plus the send and receive errors. After
     /// an error the socket may still hold the rest of the dump: do not reuse
     /// it for another dump (the kernel answers EBUSY while one is running).
     pub fn dump(
@@ -252,19 +255,9 @@ impl NetlinkSocket {
         mut on_message: impl FnMut(&[u8]),
     ) -> io::Result<DumpProgress> {
         self.send(request)?;
-        let started = Instant::now();
-        let port_id = self.port_id;
-        let mut progress = DumpProgress::default();
+        let mut reader = DumpReader::new(seq, self.port_id, limits);
         loop {
-            if started.elapsed() > limits.time_limit {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "netlink dump not finished after {:?} ({} messages)",
-                        limits.time_limit, progress.messages
-                    ),
-                ));
-            }
+            reader.check_limits()?;
             let datagram = match self.recv()? {
                 Received::Datagram(d) => d,
                 Received::WouldBlock => continue,
@@ -273,52 +266,124 @@ impl NetlinkSocket {
                 // a stale error from an earlier multicast subscription.
                 Received::Overrun => continue,
             };
-            for message in Messages::new(datagram) {
-                let Ok(message) = message else {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "malformed netlink header in a dump reply",
-                    ));
-                };
-                if message.seq != seq || (message.port_id != port_id && message.port_id != 0) {
-                    continue;
+            if let DumpStatus::Done(progress) = reader.on_datagram(datagram, &mut on_message)? {
+                return Ok(progress);
+            }
+        }
+    }
+}
+
+/// Whether a dump exchange is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DumpStatus {
+    /// More replies are to come.
+    Running,
+    /// NLMSG_DONE arrived.
+    Done(DumpProgress),
+}
+
+/// The reply side of one dump exchange, fed one datagram at a time: the
+/// blocking [`NetlinkSocket::dump`] and the conntrack dump that the event
+/// loop reads in slices share it.
+#[derive(Debug)]
+pub struct DumpReader {
+    seq: u32,
+    port_id: u32,
+    limits: DumpLimits,
+    started: Instant,
+    progress: DumpProgress,
+}
+
+impl DumpReader {
+    /// For the replies to the request with sequence number `seq`, sent
+    /// from the socket bound to `port_id`, just now.
+    pub fn new(seq: u32, port_id: u32, limits: DumpLimits) -> Self {
+        DumpReader {
+            seq,
+            port_id,
+            limits,
+            started: Instant::now(),
+            progress: DumpProgress::default(),
+        }
+    }
+
+    /// # Errors
+    ///
+    /// `TimedOut` once the exchange has run longer than its time limit.
+    pub fn check_limits(&self) -> io::Result<()> {
+        if self.started.elapsed() > self.limits.time_limit {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "netlink dump not finished after {:?} ({} messages)",
+                    self.limits.time_limit, self.progress.messages
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Hands every data message of `datagram` that answers this exchange to
+    /// `on_message`; messages of other sequence numbers (left over from an
+    /// earlier, aborted exchange) are skipped.
+    ///
+    /// # Errors
+    ///
+    /// An NLMSG_ERROR reply or an error code in NLMSG_DONE as the
+    /// corresponding OS error; `TimedOut` when the message limit is
+    /// exceeded; `InvalidData` for a reply that is not a netlink message.
+    pub fn on_datagram(
+        &mut self,
+        datagram: &[u8],
+        mut on_message: impl FnMut(&[u8]),
+    ) -> io::Result<DumpStatus> {
+        for message in Messages::new(datagram) {
+            let Ok(message) = message else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "malformed netlink header in a dump reply",
+                ));
+            };
+            if message.seq != self.seq || (message.port_id != self.port_id && message.port_id != 0)
+            {
+                continue;
+            }
+            if message.flags & NLM_F_DUMP_INTR != 0 {
+                self.progress.interrupted = true;
+            }
+            match message.message_type {
+                NLMSG_DONE => {
+                    // The kernel puts the dump's final errno in DONE.
+                    let code = payload_i32(message.payload).unwrap_or(0);
+                    if code < 0 {
+                        return Err(io::Error::from_raw_os_error(-code));
+                    }
+                    return Ok(DumpStatus::Done(self.progress));
                 }
-                if message.flags & NLM_F_DUMP_INTR != 0 {
-                    progress.interrupted = true;
+                NLMSG_ERROR => {
+                    let code = payload_i32(message.payload).unwrap_or(-libc::EIO);
+                    if code < 0 {
+                        return Err(io::Error::from_raw_os_error(-code));
+                    }
+                    // An ACK (code 0) ends nothing in a dump; ignore it.
                 }
-                match message.message_type {
-                    NLMSG_DONE => {
-                        // The kernel puts the dump's final errno in DONE.
-                        let code = payload_i32(message.payload).unwrap_or(0);
-                        if code < 0 {
-                            return Err(io::Error::from_raw_os_error(-code));
-                        }
-                        return Ok(progress);
+                NLMSG_NOOP | NLMSG_OVERRUN => {}
+                _ => {
+                    self.progress.messages += 1;
+                    if self.progress.messages > self.limits.max_messages {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "netlink dump exceeded {} messages without NLMSG_DONE",
+                                self.limits.max_messages
+                            ),
+                        ));
                     }
-                    NLMSG_ERROR => {
-                        let code = payload_i32(message.payload).unwrap_or(-libc::EIO);
-                        if code < 0 {
-                            return Err(io::Error::from_raw_os_error(-code));
-                        }
-                        // An ACK (code 0) ends nothing in a dump; ignore it.
-                    }
-                    NLMSG_NOOP | NLMSG_OVERRUN => {}
-                    _ => {
-                        progress.messages += 1;
-                        if progress.messages > limits.max_messages {
-                            return Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                format!(
-                                    "netlink dump exceeded {} messages without NLMSG_DONE",
-                                    limits.max_messages
-                                ),
-                            ));
-                        }
-                        on_message(message.bytes);
-                    }
+                    on_message(message.bytes);
                 }
             }
         }
+        Ok(DumpStatus::Running)
     }
 }
 
