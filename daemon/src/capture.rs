@@ -153,6 +153,8 @@ struct RunningDump {
     busy: Duration,
     /// The longest of those stretches: how long the loop served no socket.
     longest: Duration,
+    /// Reads of the dump's replies (each at most `DUMP_SLICE_DATAGRAMS`
+    /// datagrams, or one blocking read to the end).
     slices: u32,
 }
 
@@ -167,9 +169,15 @@ impl RunningDump {
         }
     }
 
+    /// One stretch of capture-thread time spent on the dump.
     fn account(&mut self, stretch: Duration) {
         self.busy += stretch;
         self.longest = self.longest.max(stretch);
+    }
+
+    /// A stretch that read replies.
+    fn account_read(&mut self, stretch: Duration) {
+        self.account(stretch);
         self.slices += 1;
     }
 }
@@ -781,7 +789,7 @@ impl Capture {
             table.on_dump_entry(registry, &entry)
         });
         if let Some(d) = &mut self.dump {
-            d.account(started.elapsed());
+            d.account_read(started.elapsed());
         }
         match step {
             Ok(DumpStep::Running { more_queued }) => self.dump_pending = more_queued,
@@ -802,7 +810,7 @@ impl Capture {
             .dumper
             .finish(|entry| table.on_dump_entry(registry, &entry));
         if let Some(d) = &mut self.dump {
-            d.account(started.elapsed());
+            d.account_read(started.elapsed());
         }
         self.end_dump(result);
     }
