@@ -1,61 +1,35 @@
 //! ctnetlink: conntrack events and table dumps, parsed into
 //! `model::ConntrackEntry`.
 //!
-//! Tuples are decoded with netlink-packet-netfilter's conntrack types; the
-//! attributes that crate leaves raw (counters, id, zone, timestamps, the
-//! ICMP key) are decoded in `ct_attrs`. The top-level attributes are walked
-//! here rather than through `NetfilterMessage::deserialize`, which would
-//! also parse, and allocate for, protoinfo, helpers and the rest, and fail
-//! the whole message on any one of them it disagrees with.
+//! The sockets are here; the messages are parsed in `ct_parse`, in place
+//! and by hand rather than with netlink-packet-netfilter's conntrack types
+//! (its tuple parser allocates for every message, on the hot path), and
+//! not through `NetfilterMessage::deserialize`, which would also parse, and
+//! allocate for, protoinfo, helpers and the rest, and fail the whole
+//! message on any one of them it disagrees with. The crate still builds
+//! the dump request.
 
-use std::fmt;
 use std::io;
-use std::net::IpAddr;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NlaBuffer, NlasIterator, Parseable, NLMSG_DONE,
-    NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP,
+    NLMSG_OVERRUN, NLM_F_DUMP, NLM_F_REQUEST,
 };
-use netlink_packet_netfilter::conntrack::{
-    ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Tuple as CtTuple,
-};
+use netlink_packet_netfilter::conntrack::ConntrackMessage;
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
-use super::ct_attrs::{self, CtAttr, IcmpKey};
-use super::socket::{
-    DumpLimits, DumpReader, DumpStatus, Messages, NetlinkSocket, Received, SocketOptions,
-};
+use super::ct_parse::parse_conntrack_message;
+use super::socket::{DumpLimits, DumpReader, DumpStatus, NetlinkSocket, Received, SocketOptions};
 use super::stats::{DrainStats, DumpStats};
-use crate::model::{ConntrackEntry, ConntrackKind, Tuple};
+use crate::model::{ConntrackEntry, ConntrackKind};
 
 // include/uapi/linux/netfilter/nfnetlink.h
-const NFNL_SUBSYS_CTNETLINK: u8 = 1;
 const NFNLGRP_CONNTRACK_NEW: u32 = 1;
 const NFNLGRP_CONNTRACK_UPDATE: u32 = 2;
 const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
-const NFGENMSG_LEN: usize = 4;
-
-// include/uapi/linux/netfilter/nfnetlink_conntrack.h
-const IPCTNL_MSG_CT_NEW: u8 = 0;
-const IPCTNL_MSG_CT_DELETE: u8 = 2;
-const CTA_TUPLE_ORIG: u16 = 1;
-const CTA_TUPLE_REPLY: u16 = 2;
-
-// include/uapi/linux/netfilter.h
-const NFPROTO_IPV4: u8 = 2;
-const NFPROTO_IPV6: u8 = 10;
-
-// IANA protocol numbers whose conntrack tuple carries ports.
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_DCCP: u8 = 33;
-const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_SCTP: u8 = 132;
-const IPPROTO_UDPLITE: u8 = 136;
 
 /// Datagrams read per `drain` call before it returns to let the event loop
 /// serve its other sources. Each conntrack event is its own datagram of a
@@ -113,43 +87,6 @@ pub struct EventsConfig {
     /// NETLINK_NO_ENOBUFS means recv never reports ENOBUFS, so `overruns`
     /// stays 0 in this mode.
     pub reliable: bool,
-}
-
-/// Why a conntrack message was rejected.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ParseError {
-    /// The netlink header's length does not fit the bytes.
-    Header,
-    /// Not a ctnetlink NEW or DELETE message.
-    UnexpectedType { message_type: u16 },
-    /// An attribute is truncated or has a wrong size.
-    Attribute(String),
-    /// A required attribute is absent.
-    Missing(&'static str),
-    /// Source and destination of a tuple are of different families.
-    MixedFamilies,
-}
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ParseError::Header => write!(f, "malformed netlink header"),
-            ParseError::UnexpectedType { message_type } => {
-                write!(f, "unexpected conntrack message type {message_type:#06x}")
-            }
-            ParseError::Attribute(e) => write!(f, "malformed conntrack attribute: {e}"),
-            ParseError::Missing(name) => write!(f, "conntrack message without {name}"),
-            ParseError::MixedFamilies => write!(f, "conntrack tuple mixes IPv4 and IPv6"),
-        }
-    }
-}
-
-impl std::error::Error for ParseError {}
-
-impl From<netlink_packet_core::DecodeError> for ParseError {
-    fn from(e: netlink_packet_core::DecodeError) -> Self {
-        ParseError::Attribute(e.to_string())
-    }
 }
 
 /// Subscribed ctnetlink event socket (non-blocking; register its fd with
@@ -523,176 +460,12 @@ fn dump_request(seq: u32) -> Vec<u8> {
     buf
 }
 
-/// Parse one ctnetlink message (netlink header included) into an entry.
-///
-/// CTA_ID is `nf_ct_get_id`, a 32-bit siphash of the entry's address and
-/// tuples: stable while the entry lives, but not unique among live entries
-/// (a dump of 250k entries on 6.18 had 4 to 10 ids shared by two entries).
-/// Key connections by id *and* original tuple.
-///
-/// The kind follows the message: IPCTNL_MSG_CT_NEW with NLM_F_CREATE or
-/// NLM_F_EXCL is `New` (the kernel sets both on NEW events), other
-/// IPCTNL_MSG_CT_NEW is `Update` (also what dump replies look like: the
-/// dumper relabels them `Dump`), IPCTNL_MSG_CT_DELETE is `Destroy`.
-///
-/// # Errors
-///
-/// Any message that is not a well-formed ctnetlink NEW/DELETE with both
-/// tuples and CTA_ID. Never panics, whatever the bytes.
-pub fn parse_conntrack_message(bytes: &[u8]) -> Result<ConntrackEntry, ParseError> {
-    let message = match Messages::new(bytes).next() {
-        Some(Ok(message)) => message,
-        _ => return Err(ParseError::Header),
-    };
-    let [subsys, msg_type] = message.message_type.to_be_bytes();
-    if subsys != NFNL_SUBSYS_CTNETLINK {
-        return Err(ParseError::UnexpectedType {
-            message_type: message.message_type,
-        });
-    }
-    let kind = match msg_type {
-        IPCTNL_MSG_CT_NEW if message.flags & (NLM_F_CREATE | NLM_F_EXCL) != 0 => ConntrackKind::New,
-        IPCTNL_MSG_CT_NEW => ConntrackKind::Update,
-        IPCTNL_MSG_CT_DELETE => ConntrackKind::Destroy,
-        _ => {
-            return Err(ParseError::UnexpectedType {
-                message_type: message.message_type,
-            })
-        }
-    };
-    let Some(attributes) = message.payload.get(NFGENMSG_LEN..) else {
-        return Err(ParseError::Missing("nfgenmsg"));
-    };
-    let family = message.payload[0];
-
-    let mut orig = None;
-    let mut reply = None;
-    let mut id = None;
-    let mut entry = ConntrackEntry {
-        kind,
-        id: 0,
-        zone: 0,
-        // Placeholders, replaced below (both tuples are required).
-        orig: unspecified_tuple(),
-        reply: unspecified_tuple(),
-        orig_counters: None,
-        reply_counters: None,
-        start_ns: None,
-        stop_ns: None,
-        mark: 0,
-    };
-    for nla in NlasIterator::new(attributes) {
-        let nla: NlaBuffer<&[u8]> = nla?;
-        match nla.kind() {
-            CTA_TUPLE_ORIG | CTA_TUPLE_REPLY => match ConntrackAttribute::parse(&nla)? {
-                ConntrackAttribute::CtaTupleOrig(parts) => orig = Some(tuple_from(&parts)?),
-                ConntrackAttribute::CtaTupleReply(parts) => reply = Some(tuple_from(&parts)?),
-                _ => {}
-            },
-            _ => match ct_attrs::decode(&nla)? {
-                Some(CtAttr::CountersOrig(c)) => entry.orig_counters = Some(c),
-                Some(CtAttr::CountersReply(c)) => entry.reply_counters = Some(c),
-                Some(CtAttr::Id(v)) => id = Some(v),
-                Some(CtAttr::Zone(v)) => entry.zone = v,
-                Some(CtAttr::Mark(v)) => entry.mark = v,
-                Some(CtAttr::Timestamp { start, stop }) => {
-                    entry.start_ns = start;
-                    entry.stop_ns = stop;
-                }
-                None => {}
-            },
-        }
-    }
-    entry.orig = orig.ok_or(ParseError::Missing("CTA_TUPLE_ORIG"))?;
-    entry.reply = reply.ok_or(ParseError::Missing("CTA_TUPLE_REPLY"))?;
-    entry.id = id.ok_or(ParseError::Missing("CTA_ID"))?;
-    let family_matches = match family {
-        NFPROTO_IPV4 => entry.orig.src.is_ipv4() && entry.reply.src.is_ipv4(),
-        NFPROTO_IPV6 => entry.orig.src.is_ipv6() && entry.reply.src.is_ipv6(),
-        _ => true,
-    };
-    if !family_matches {
-        return Err(ParseError::MixedFamilies);
-    }
-    Ok(entry)
-}
-
-fn unspecified_tuple() -> Tuple {
-    Tuple {
-        src: IpAddr::from([0u8; 4]),
-        dst: IpAddr::from([0u8; 4]),
-        src_port: 0,
-        dst_port: 0,
-        protocol: 0,
-    }
-}
-
-/// One CTA_TUPLE_ORIG/REPLY as the crate parsed it.
-fn tuple_from(parts: &[CtTuple]) -> Result<Tuple, ParseError> {
-    let mut src = None;
-    let mut dst = None;
-    let mut protocol = None;
-    let mut src_port = None;
-    let mut dst_port = None;
-    let mut icmp = IcmpKey::default();
-    for part in parts {
-        match part {
-            CtTuple::Ip(ips) => {
-                for ip in ips {
-                    match ip {
-                        IPTuple::SourceAddress(a) => src = Some(*a),
-                        IPTuple::DestinationAddress(a) => dst = Some(*a),
-                        _ => {}
-                    }
-                }
-            }
-            CtTuple::Proto(protos) => {
-                for proto in protos {
-                    match proto {
-                        ProtoTuple::Protocol(p) => protocol = Some(u8::from(*p)),
-                        ProtoTuple::SourcePort(p) => src_port = Some(*p),
-                        ProtoTuple::DestinationPort(p) => dst_port = Some(*p),
-                        ProtoTuple::Other(nla) => icmp.add(nla)?,
-                        _ => {}
-                    }
-                }
-            }
-            // CTA_TUPLE_ZONE
-            _ => {}
-        }
-    }
-    let src = src.ok_or(ParseError::Missing("CTA_IP_*_SRC"))?;
-    let dst = dst.ok_or(ParseError::Missing("CTA_IP_*_DST"))?;
-    if src.is_ipv4() != dst.is_ipv4() {
-        return Err(ParseError::MixedFamilies);
-    }
-    let protocol = protocol.ok_or(ParseError::Missing("CTA_PROTO_NUM"))?;
-    let (src_port, dst_port) = match protocol {
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP | IPPROTO_DCCP => {
-            (src_port.unwrap_or(0), dst_port.unwrap_or(0))
-        }
-        // As conntrack keys ICMP: the echo id, and type/code.
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => (
-            icmp.id.unwrap_or(0),
-            u16::from(icmp.icmp_type.unwrap_or(0)) << 8 | u16::from(icmp.code.unwrap_or(0)),
-        ),
-        // GRE keys also travel in CTA_PROTO_*_PORT; they are not ports.
-        _ => (0, 0),
-    };
-    Ok(Tuple {
-        src,
-        dst,
-        src_port,
-        dst_port,
-        protocol,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Counters;
-    use crate::netlink::socket::Received;
+    use crate::model::{Counters, Tuple};
+    use crate::netlink::ct_parse::ParseError;
+    use crate::netlink::socket::{Messages, Received};
     use crate::netlink::test_support::{load_fixture, to_hex};
     use std::path::PathBuf;
     use std::time::Instant;
@@ -1045,12 +818,12 @@ mod tests {
             ConntrackKind::Dump => "dump",
         };
         let family = if entry.orig.src.is_ipv4() { "4" } else { "6" };
-        let proto = match entry.orig.protocol {
-            IPPROTO_TCP => format!("tcp{family}"),
-            IPPROTO_UDP => format!("udp{family}"),
-            IPPROTO_ICMP => "icmp".to_string(),
-            IPPROTO_ICMPV6 => "icmpv6".to_string(),
-            p => format!("proto{p}-{family}"),
+        let proto = match Protocol::from(entry.orig.protocol) {
+            Protocol::Tcp => format!("tcp{family}"),
+            Protocol::Udp => format!("udp{family}"),
+            Protocol::Icmp => "icmp".to_string(),
+            Protocol::Ipv6Icmp => "icmpv6".to_string(),
+            _ => format!("proto{}-{family}", entry.orig.protocol),
         };
         format!("{kind}-{proto}")
     }
@@ -1146,8 +919,12 @@ mod tests {
 
     use crate::netlink::test_support::{in_new_netns, require_root, run};
     use crate::tracking::{ensure_sysctls, TrackingTable};
-    use netlink_packet_netfilter::conntrack::Protocol;
+    use netlink_packet_core::NLM_F_CREATE;
+    use netlink_packet_netfilter::conntrack::{
+        ConntrackAttribute, IPTuple, ProtoTuple, Protocol, Tuple as CtTuple,
+    };
     use std::collections::HashSet;
+    use std::net::IpAddr;
     use std::net::UdpSocket;
 
     fn events_config(

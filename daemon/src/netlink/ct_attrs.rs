@@ -6,8 +6,10 @@
 //! the ICMP/ICMPv6 id, type and code. This file decodes exactly those, with
 //! the kernel's names (include/uapi/linux/netfilter/nfnetlink_conntrack.h),
 //! straight from the attribute buffers, so that nothing is copied first.
+//! (`ct_parse` walks the tuples itself, also without the crate's types, and
+//! hands the ICMP attributes to `IcmpKey`.)
 
-use netlink_packet_core::{DecodeError, DefaultNla, Nla, NlaBuffer, NlasIterator};
+use netlink_packet_core::{DecodeError, NlaBuffer, NlasIterator};
 
 use crate::model::Counters;
 
@@ -75,8 +77,8 @@ pub fn decode(nla: &NlaBuffer<&[u8]>) -> Result<Option<CtAttr>, DecodeError> {
     Ok(Some(attr))
 }
 
-/// The ICMP or ICMPv6 part of a CTA_TUPLE_PROTO, which the crate hands back
-/// as `ProtoTuple::Other`.
+/// The ICMP or ICMPv6 part of a CTA_TUPLE_PROTO (the attributes the
+/// crate's `ProtoTuple` would return as `Other`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IcmpKey {
     pub id: Option<u16>,
@@ -85,27 +87,26 @@ pub struct IcmpKey {
 }
 
 impl IcmpKey {
-    /// Fold in one `ProtoTuple::Other` attribute; unknown kinds are ignored.
+    /// Fold in one attribute of a CTA_TUPLE_PROTO; kinds other than the
+    /// ICMP/ICMPv6 ones are ignored.
     ///
     /// # Errors
     ///
     /// A known attribute of the wrong size.
-    pub fn add(&mut self, nla: &DefaultNla) -> Result<(), DecodeError> {
-        // DefaultNla keeps its value private; copy it out (at most 2 bytes
-        // for the kinds we read).
-        let mut value = [0u8; 4];
-        let len = nla.value_len();
-        let kind = nla.kind() & netlink_packet_core::NLA_TYPE_MASK;
-        if len > value.len() {
+    pub fn add(&mut self, nla: &NlaBuffer<&[u8]>) -> Result<(), DecodeError> {
+        let kind = nla.kind();
+        let value = nla.value();
+        // This used to copy the value into 4 bytes first; longer values
+        // keep their own message.
+        if value.len() > 4 {
             return match kind {
                 CTA_PROTO_ICMP_ID..=CTA_PROTO_ICMPV6_CODE => Err(DecodeError::from(format!(
-                    "ICMP tuple attribute {kind} of {len} bytes"
+                    "ICMP tuple attribute {kind} of {} bytes",
+                    value.len()
                 ))),
                 _ => Ok(()),
             };
         }
-        nla.emit_value(&mut value[..len]);
-        let value = &value[..len];
         match kind {
             CTA_PROTO_ICMP_ID | CTA_PROTO_ICMPV6_ID => {
                 self.id = Some(be16(value, "CTA_PROTO_ICMP_ID")?)
@@ -291,14 +292,16 @@ mod tests {
 
     #[test]
     fn icmp_key() {
+        let add = |key: &mut IcmpKey, kind: u16, value: &[u8]| {
+            let bytes = nla(kind, value);
+            key.add(&NlaBuffer::new_checked(&bytes[..]).unwrap())
+        };
         let mut key = IcmpKey::default();
-        key.add(&DefaultNla::new(CTA_PROTO_ICMP_ID, vec![0x12, 0x34]))
-            .unwrap();
-        key.add(&DefaultNla::new(CTA_PROTO_ICMP_TYPE, vec![8]))
-            .unwrap();
-        key.add(&DefaultNla::new(CTA_PROTO_ICMP_CODE, vec![0]))
-            .unwrap();
-        key.add(&DefaultNla::new(42, vec![0; 40])).unwrap();
+        add(&mut key, CTA_PROTO_ICMP_ID, &[0x12, 0x34]).unwrap();
+        add(&mut key, CTA_PROTO_ICMP_TYPE, &[8]).unwrap();
+        // The kind's flag bits are not part of it.
+        add(&mut key, CTA_PROTO_ICMP_CODE | 0xc000, &[0]).unwrap();
+        add(&mut key, 42, &[0; 40]).unwrap();
         assert_eq!(
             key,
             IcmpKey {
@@ -307,11 +310,7 @@ mod tests {
                 code: Some(0)
             }
         );
-        assert!(key
-            .add(&DefaultNla::new(CTA_PROTO_ICMPV6_ID, vec![1]))
-            .is_err());
-        assert!(key
-            .add(&DefaultNla::new(CTA_PROTO_ICMPV6_TYPE, vec![0; 8]))
-            .is_err());
+        assert!(add(&mut key, CTA_PROTO_ICMPV6_ID, &[1]).is_err());
+        assert!(add(&mut key, CTA_PROTO_ICMPV6_TYPE, &[0; 8]).is_err());
     }
 }

@@ -3,6 +3,7 @@
 
 mod conntrack;
 mod ct_attrs;
+mod ct_parse;
 mod nflog;
 mod route;
 mod socket;
