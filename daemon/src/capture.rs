@@ -3,8 +3,12 @@
 //!
 //! Data flows one way: sockets -> parse (netlink/) -> ENI lookup (eni) ->
 //! flow table and windows (flows) -> records -> sink queues (sinks). The
-//! loop never blocks on a sink; it blocks only in `poll` and, once per
-//! window, in the conntrack table dump.
+//! loop never blocks on a sink. It blocks only in `poll`, and in a
+//! conntrack table dump only where it needs the table's state at once
+//! (start-up, a reload, shutdown, an ENI losing an address). The dump at a
+//! window close is read in slices between the event sockets: the window's
+//! end hands its sums to `FlowTable::begin_close`, later events count in the
+//! next window, and the records go out when the dump ends.
 
 use std::fmt;
 use std::io;
