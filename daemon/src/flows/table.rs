@@ -412,7 +412,10 @@ impl<C: Clock> FlowTable<C> {
             start: self.window.start,
             end,
         };
-        let records = self.agg.take_records(reg, closed);
+        let mut next = WindowAggregate::default();
+        let drain = self.agg.close(reg, closed, &mut next);
+        self.agg = next;
+        let records = drain.collect_all();
         self.window = CaptureWindow::after(end, self.clock.now_unix(), self.window_secs);
         // Give memory back after a burst of connections has gone.
         if self.flows.capacity() > 4 * self.flows.len().max(4096) {
