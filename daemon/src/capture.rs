@@ -21,7 +21,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::{Config, ConfigError, EcsConfig, MetadataSource};
 use crate::eni::EniRegistry;
-use crate::flows::{Clock, FlowTable, LossScope, SystemClock};
+use crate::flows::{Clock, FlowTable, LossScope, SystemClock, WindowDrain};
 use crate::metadata::{MetadataUpdate, MetadataWorker};
 use crate::netlink::{
     ConntrackDumper, ConntrackEvents, DrainStats, DumpStats, DumpStep, EventSubscription,
@@ -46,6 +46,12 @@ const DUMP: Token = Token(5);
 /// holds about 100 entries, which take the kernel and the parser about
 /// 0.3 ms: a slice stalls the other sockets for a few milliseconds.
 const DUMP_SLICE_DATAGRAMS: usize = 16;
+
+/// Most records per chunk of a closed window sent to the sinks (about
+/// 1.7 MB): the window's records become sink records a chunk at a time.
+const EMIT_CHUNK_RECORDS: usize = 16 * 1024;
+/// How soon the loop looks again at queues that had no room.
+const EMIT_RETRY: Duration = Duration::from_millis(5);
 
 /// Bytes of each dropped packet NFLOG copies to us: an IPv6 header with a
 /// few extension headers and the transport ports fit; the record's size
@@ -134,6 +140,47 @@ struct Capture {
     /// Records the last closed window held back for ENIs waiting for
     /// their metadata.
     last_held: usize,
+    /// The closed window whose records are being sent, chunk by chunk.
+    emitting: Option<EmittingWindow>,
+}
+
+/// How a closed window goes out for a sink queue bound of `capacity`
+/// records and `instances` flow logs: chunks of at most `chunk` records,
+/// the next one only while every sink's queue holds fewer than
+/// `low_water`. So the records wait in the aggregate's compact form rather
+/// than as sink records in a queue, and a sink slower than capture does
+/// not make the queue overflow. A sink that stays behind keeps the rest
+/// until the next window closes, which then sends all of it (the queue's
+/// bound counts and reports what does not fit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EmitPacing {
+    chunk: usize,
+    low_water: u64,
+}
+
+impl EmitPacing {
+    fn new(capacity: u64, instances: usize) -> Self {
+        // One chunk can reach one sink once per instance naming it: a
+        // quarter of the queue per chunk leaves room for it and more.
+        let per_instance = capacity / 4 / instances.max(1) as u64;
+        let chunk = usize::try_from(per_instance)
+            .unwrap_or(usize::MAX)
+            .clamp(1, EMIT_CHUNK_RECORDS);
+        EmitPacing {
+            chunk,
+            low_water: (2 * chunk as u64).min(capacity / 2).max(1),
+        }
+    }
+}
+
+/// A closed window on its way to the sinks.
+struct EmittingWindow {
+    drain: WindowDrain,
+    /// The close's dump, for its costs in the window's log line.
+    close: RunningDump,
+    dump_entries: u64,
+    /// The sinks' queues were full at the last try.
+    waiting: bool,
 }
 
 /// Why a dump runs.
@@ -309,6 +356,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         dump: None,
         dump_pending: false,
         last_held: 0,
+        emitting: None,
         config,
     };
     // Interfaces and addresses now; changes arrive on the watcher.
@@ -395,6 +443,8 @@ pub fn run(config: Config) -> Result<u64, RunError> {
     let lost = loop {
         let timeout = if capture.drain_pending || capture.dump_pending {
             Duration::ZERO
+        } else if capture.emitting.as_ref().is_some_and(|e| e.waiting) {
+            EMIT_RETRY.min(until(capture.table.next_deadline()))
         } else {
             until(capture.table.next_deadline())
         };
@@ -441,6 +491,9 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         if dump_readable && capture.dump.is_some() {
             capture.read_dump_slice();
         }
+        if capture.emitting.is_some() {
+            capture.emit_chunks(false);
+        }
         if capture.resync_pending && capture.dump.is_none() {
             capture.resync_pending = false;
             capture.stats.resyncs += 1;
@@ -449,6 +502,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         if terminate {
             // A close in progress is finished first, under its own bounds.
             capture.finish_running_dump();
+            capture.emit_chunks(true);
             let now = SystemClock.now_unix();
             log::info!("terminating: closing the open window early at {now}");
             capture.drain_until_quiet();
@@ -456,11 +510,12 @@ pub fn run(config: Config) -> Result<u64, RunError> {
             break capture.shutdown(tracking_table);
         }
         if SystemClock.now_unix() >= capture.table.next_deadline() {
-            if capture.table.is_closing() {
+            if capture.table.is_closing() || capture.emitting.is_some() {
                 log::warn!(
                     "the previous window's close is still running at the next window's end; finishing it now"
                 );
                 capture.finish_running_dump();
+                capture.emit_chunks(true);
             }
             let deadline = capture.table.next_deadline();
             capture.begin_close(deadline);
@@ -848,7 +903,7 @@ impl Capture {
         }
         running.account(started.elapsed());
         if running.purpose == DumpPurpose::CloseWindow {
-            self.emit_closed_window(&running, entries);
+            self.emit_closed_window(running, entries);
         }
     }
 
@@ -877,20 +932,21 @@ impl Capture {
     /// waiting for their metadata.
     fn close_window_now(&mut self, end: i64) -> usize {
         self.finish_running_dump();
+        self.emit_chunks(true);
         self.begin_close(end);
         self.finish_running_dump();
+        self.emit_chunks(true);
         self.last_held
     }
 
-    /// Sends the records of the window whose close dump just ended.
-    fn emit_closed_window(&mut self, running: &RunningDump, dump_entries: u64) {
+    /// The window whose close dump just ended: its records start out to
+    /// the sinks.
+    fn emit_closed_window(&mut self, running: RunningDump, dump_entries: u64) {
         let started = std::time::Instant::now();
-        let Some(records) = self.table.finish_close(&self.registry) else {
+        let Some(drain) = self.table.finish_close(&self.registry) else {
             return;
         };
-        let count = records.record_count();
-        let window = records.window;
-        let (held, held_dropped) = (records.held, records.held_dropped);
+        let (held, held_dropped) = (drain.held, drain.held_dropped);
         self.last_held = held;
         if held > 0 {
             log::info!(
@@ -904,20 +960,59 @@ impl Capture {
                  ENIs' windows will say SKIPDATA"
             );
         }
-        routing::dispatch_instance_records(
-            &self.config,
-            &self.dispatcher,
-            records
-                .instances
-                .into_iter()
-                .map(|i| (i.instance, i.records))
-                .collect(),
+        let mut close = running;
+        close.account(started.elapsed());
+        self.emitting = Some(EmittingWindow {
+            drain,
+            close,
+            dump_entries,
+            waiting: false,
+        });
+        self.emit_chunks(false);
+    }
+
+    /// Sends chunks of the closed window's records while the sinks' queues
+    /// have room (all of them if `force`: before the next window, a reload
+    /// or shutdown); at the last, flushes the sinks and logs the window.
+    fn emit_chunks(&mut self, force: bool) {
+        let Some(mut e) = self.emitting.take() else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let pacing = EmitPacing::new(
+            self.config.daemon.sink_queue_records,
+            self.config.flow_logs.len(),
         );
+        e.waiting = false;
+        let mut done = false;
+        loop {
+            if !force && self.dispatcher.most_queued_records() >= pacing.low_water {
+                e.waiting = true;
+                break;
+            }
+            match e.drain.next_chunk(pacing.chunk) {
+                Some(chunk) => routing::dispatch_chunk(&self.config, &self.dispatcher, &chunk),
+                None => {
+                    done = true;
+                    break;
+                }
+            }
+        }
+        e.close.account(started.elapsed());
+        if !done {
+            self.emitting = Some(e);
+            return;
+        }
         self.dispatcher
             .flush_all(flowlogd_plugin_api::abi::FLUSH_WINDOW_END);
-        let emitting = started.elapsed();
-        let busy = running.busy + emitting;
-        let longest = running.longest.max(emitting);
+        self.log_window(&e);
+    }
+
+    /// The window line: what the window produced and cost, and the loop's
+    /// counters so far.
+    fn log_window(&self, e: &EmittingWindow) {
+        let window = e.drain.window;
+        let count = e.drain.records_emitted();
         let t = self.table.stats();
         let c = &self.stats.conntrack;
         if let Some((_, rejects)) = &self.nflog {
@@ -936,15 +1031,16 @@ impl Capture {
         }
         log::info!(
             "window {}-{}: {count} records in {} ms; closing took {} ms of the capture thread, longest stall {} ms \
-             (dump of {dump_entries} entries in {} slices); {} live connections (peak {}), table {} bytes; \
+             (dump of {} entries in {} slices); {} live connections (peak {}), table {} bytes; \
              conntrack: {} events, {} malformed, {} overruns, {} resyncs; lost connections {} ({} came back), \
              table-full drops {}, anomalies {}",
             window.start,
             window.end,
-            running.began.elapsed().as_millis(),
-            busy.as_millis(),
-            longest.as_millis(),
-            running.slices,
+            e.close.began.elapsed().as_millis(),
+            e.close.busy.as_millis(),
+            e.close.longest.as_millis(),
+            e.dump_entries,
+            e.close.slices,
             t.entries,
             t.peak_entries,
             self.table.table_bytes(),
@@ -1128,5 +1224,34 @@ impl Capture {
             }
         }
         lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emit_pacing_fits_chunks_into_the_sink_queue() {
+        // The default queue (262,144 records), one instance: full chunks.
+        assert_eq!(
+            EmitPacing::new(262_144, 1),
+            EmitPacing {
+                chunk: EMIT_CHUNK_RECORDS,
+                low_water: 2 * EMIT_CHUNK_RECORDS as u64
+            }
+        );
+        // A small queue: a chunk per instance is a quarter of it, so a
+        // chunk sent just under the low-water mark still fits.
+        for (capacity, instances) in [(2000, 1), (2000, 3), (100, 10), (1, 1), (0, 2)] {
+            let p = EmitPacing::new(capacity, instances);
+            assert!(p.chunk >= 1 && p.low_water >= 1, "{p:?}");
+            if capacity >= 8 * instances as u64 {
+                assert!(
+                    p.low_water + (p.chunk * instances) as u64 <= capacity,
+                    "{capacity} {instances}: {p:?}"
+                );
+            }
+        }
     }
 }

@@ -1,13 +1,13 @@
 //! One capture window's records: sums per (ENI, direction, action, 5-tuple),
-//! the ENIs that lost data, and the routing of records to flow log
-//! instances when the window closes.
+//! the ENIs that lost data, and, when the window closes, a drain that turns
+//! them into records chunk by chunk, routed to the flow log instances.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::ops::Range;
+use std::collections::{hash_map, HashMap};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use flowlogd_plugin_api::{Action, Direction, FlowFields, FlowRecord, LogStatus};
+use flowlogd_plugin_api::{Action, Direction, EniIds, FlowFields, FlowRecord, LogStatus};
 
 use super::window::CaptureWindow;
 use crate::config::TrafficFilter;
@@ -23,6 +23,16 @@ const IPPROTO_UDPLITE: u8 = 136;
 /// that stays down must not grow the daemon without bound): a window's
 /// worth of a busy VM.
 const MAX_HELD_RECORDS: usize = 1 << 18;
+
+/// The hasher of the window's sums. REJECT tuples come from NFLOG, so
+/// remote peers choose them: the hash must be keyed with a secret, or a
+/// peer could send tuples that all collide. aHash is keyed per map from OS
+/// randomness (its default `runtime-rng` feature, i.e. getrandom) and its
+/// stated goal is resisting exactly that; foldhash, as fast, seeds from
+/// ASLR and stack addresses only and says it is not meant for programs
+/// whose inputs an attacker may study. Either is several times cheaper than
+/// SipHash on a key of two or three machine words.
+type SumHasher = ahash::RandomState;
 
 /// Whether `protocol` has ports. Conntrack keys ICMP and ICMPv6 by echo id
 /// and type/code in the port fields; records show those as port 0.
@@ -58,12 +68,139 @@ impl FlowTuple {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct RecordKey {
+const FLAG_OUT: u8 = 1;
+const FLAG_REJECT: u8 = 2;
+/// In a [`V6Key`]: the address is IPv4, stored IPv4-mapped. A flag, not
+/// the mapped prefix itself, because `::ffff:a.b.c.d` is also a valid IPv6
+/// address and must come back as one.
+const FLAG_SRC_V4: u8 = 4;
+const FLAG_DST_V4: u8 = 8;
+
+/// What a record key holds besides the addresses: 8 bytes, hashed as one
+/// word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct KeyRest {
+    src_port: u16,
+    dst_port: u16,
     eni: EniIndex,
-    action: Action,
-    direction: Direction,
-    tuple: FlowTuple,
+    protocol: u8,
+    /// `FLAG_*`.
+    flags: u8,
+}
+
+impl KeyRest {
+    fn word(self) -> u64 {
+        (u64::from(self.src_port) << 48)
+            | (u64::from(self.dst_port) << 32)
+            | ((self.eni.get() as u64) << 16)
+            | (u64::from(self.protocol) << 8)
+            | u64::from(self.flags)
+    }
+
+    fn direction(self) -> Direction {
+        if self.flags & FLAG_OUT != 0 {
+            Direction::Out
+        } else {
+            Direction::In
+        }
+    }
+
+    fn action(self) -> Action {
+        if self.flags & FLAG_REJECT != 0 {
+            Action::Reject
+        } else {
+            Action::Accept
+        }
+    }
+}
+
+/// The key of an IPv4 record: 16 bytes. Most traffic is IPv4, and the
+/// window's sums are most of the daemon's memory at a close, so IPv4 does
+/// not pay for 16-byte addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct V4Key {
+    src: [u8; 4],
+    dst: [u8; 4],
+    rest: KeyRest,
+}
+
+impl Hash for V4Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u128(
+            (u128::from(u32::from_ne_bytes(self.src)) << 96)
+                | (u128::from(u32::from_ne_bytes(self.dst)) << 64)
+                | u128::from(self.rest.word()),
+        );
+    }
+}
+
+/// The key of an IPv6 record (or of a tuple that mixes families, which
+/// conntrack and NFLOG never report): 40 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct V6Key {
+    src: [u8; 16],
+    dst: [u8; 16],
+    rest: KeyRest,
+}
+
+impl Hash for V6Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u128(u128::from_ne_bytes(self.src));
+        state.write_u128(u128::from_ne_bytes(self.dst));
+        state.write_u64(self.rest.word());
+    }
+}
+
+/// What the drain needs of either key.
+trait RecordKey: Copy + Eq + Hash {
+    fn rest(&self) -> KeyRest;
+    fn tuple(&self) -> FlowTuple;
+}
+
+impl RecordKey for V4Key {
+    fn rest(&self) -> KeyRest {
+        self.rest
+    }
+
+    fn tuple(&self) -> FlowTuple {
+        FlowTuple {
+            src: IpAddr::V4(Ipv4Addr::from(self.src)),
+            src_port: self.rest.src_port,
+            dst: IpAddr::V4(Ipv4Addr::from(self.dst)),
+            dst_port: self.rest.dst_port,
+            protocol: self.rest.protocol,
+        }
+    }
+}
+
+impl RecordKey for V6Key {
+    fn rest(&self) -> KeyRest {
+        self.rest
+    }
+
+    fn tuple(&self) -> FlowTuple {
+        let addr = |bytes: [u8; 16], v4: u8| {
+            let a = Ipv6Addr::from(bytes);
+            match a.to_ipv4_mapped() {
+                Some(v4addr) if self.rest.flags & v4 != 0 => IpAddr::V4(v4addr),
+                _ => IpAddr::V6(a),
+            }
+        };
+        FlowTuple {
+            src: addr(self.src, FLAG_SRC_V4),
+            src_port: self.rest.src_port,
+            dst: addr(self.dst, FLAG_DST_V4),
+            dst_port: self.rest.dst_port,
+            protocol: self.rest.protocol,
+        }
+    }
+}
+
+fn v6_octets(a: IpAddr) -> ([u8; 16], bool) {
+    match a {
+        IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), true),
+        IpAddr::V6(a) => (a.octets(), false),
+    }
 }
 
 struct RecordSum {
@@ -72,7 +209,36 @@ struct RecordSum {
     rule: Option<Arc<str>>,
 }
 
+impl RecordSum {
+    fn add(&mut self, packets: u64, bytes: u64, rule: Option<&Arc<str>>) {
+        self.packets = self.packets.saturating_add(packets);
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.rule.is_none() {
+            self.rule = rule.cloned();
+        }
+    }
+}
+
+type Sums<K> = HashMap<K, RecordSum, SumHasher>;
+
+fn add_to<K: RecordKey>(
+    sums: &mut Sums<K>,
+    key: K,
+    packets: u64,
+    bytes: u64,
+    rule: Option<&Arc<str>>,
+) {
+    sums.entry(key)
+        .or_insert(RecordSum {
+            packets: 0,
+            bytes: 0,
+            rule: None,
+        })
+        .add(packets, bytes, rule);
+}
+
 /// The records of one flow log instance for a closed window.
+#[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstanceRecords {
     /// Index into `config.flow_logs`.
@@ -82,6 +248,7 @@ pub struct InstanceRecords {
 
 /// What a closed window produced, per flow log instance in config order
 /// (every instance is listed, possibly with no records).
+#[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WindowRecords {
     pub window: CaptureWindow,
@@ -94,6 +261,7 @@ pub struct WindowRecords {
     pub held_dropped: usize,
 }
 
+#[cfg(test)]
 impl WindowRecords {
     /// Total records over all instances.
     pub fn record_count(&self) -> usize {
@@ -104,7 +272,8 @@ impl WindowRecords {
 /// The open window's sums and loss marks.
 #[derive(Default)]
 pub(super) struct WindowAggregate {
-    sums: HashMap<RecordKey, RecordSum>,
+    sums4: Sums<V4Key>,
+    sums6: Sums<V6Key>,
     /// Per ENI: data was lost in this window.
     skipped: Vec<bool>,
     /// Data was lost for every ENI (an overrun whose ENIs are unknown).
@@ -125,21 +294,46 @@ impl WindowAggregate {
         if packets == 0 {
             return;
         }
-        let key = RecordKey {
+        let t = tuple.for_record();
+        let mut rest = KeyRest {
+            src_port: t.src_port,
+            dst_port: t.dst_port,
             eni,
-            action,
-            direction,
-            tuple: tuple.for_record(),
+            protocol: t.protocol,
+            flags: 0,
         };
-        let sum = self.sums.entry(key).or_insert(RecordSum {
-            packets: 0,
-            bytes: 0,
-            rule: None,
-        });
-        sum.packets = sum.packets.saturating_add(packets);
-        sum.bytes = sum.bytes.saturating_add(bytes);
-        if sum.rule.is_none() {
-            sum.rule = rule.cloned();
+        if direction == Direction::Out {
+            rest.flags |= FLAG_OUT;
+        }
+        if action == Action::Reject {
+            rest.flags |= FLAG_REJECT;
+        }
+        match (t.src, t.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                let key = V4Key {
+                    src: src.octets(),
+                    dst: dst.octets(),
+                    rest,
+                };
+                add_to(&mut self.sums4, key, packets, bytes, rule);
+            }
+            (src, dst) => {
+                let (src, src_v4) = v6_octets(src);
+                let (dst, dst_v4) = v6_octets(dst);
+                if src_v4 {
+                    rest.flags |= FLAG_SRC_V4;
+                }
+                if dst_v4 {
+                    rest.flags |= FLAG_DST_V4;
+                }
+                add_to(
+                    &mut self.sums6,
+                    V6Key { src, dst, rest },
+                    packets,
+                    bytes,
+                    rule,
+                );
+            }
         }
     }
 
@@ -156,18 +350,8 @@ impl WindowAggregate {
 
     /// Takes `other`'s sums and loss marks into this aggregate.
     pub(super) fn absorb(&mut self, other: WindowAggregate) {
-        for (key, sum) in other.sums {
-            let mine = self.sums.entry(key).or_insert(RecordSum {
-                packets: 0,
-                bytes: 0,
-                rule: None,
-            });
-            mine.packets = mine.packets.saturating_add(sum.packets);
-            mine.bytes = mine.bytes.saturating_add(sum.bytes);
-            if mine.rule.is_none() {
-                mine.rule = sum.rule;
-            }
-        }
+        merge_into(&mut self.sums4, other.sums4.into_iter().collect());
+        merge_into(&mut self.sums6, other.sums6.into_iter().collect());
         for (i, &skipped) in other.skipped.iter().enumerate() {
             if let (true, Some(eni)) = (skipped, EniIndex::new(i)) {
                 self.mark_skipped(eni);
@@ -176,114 +360,434 @@ impl WindowAggregate {
         self.all_skipped |= other.all_skipped;
     }
 
-    /// Ends the window: builds its records and routes them to the flow log
-    /// instances of `reg`, leaving the aggregate empty for the next window.
-    pub(super) fn take_records(
+    /// Distinct records summed so far.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.sums4.len() + self.sums6.len()
+    }
+
+    /// Ends the window and leaves this aggregate empty. The records of ENIs
+    /// waiting for their metadata ([`EniRegistry::is_held`]), and those
+    /// ENIs' loss marks, move into `next`, the aggregate of the window now
+    /// open (added to what it has: it may have counted traffic already).
+    /// Everything else comes out of the returned drain, chunk by chunk.
+    ///
+    /// The drain takes from `reg`, now, all it needs (each ENI's ids, which
+    /// instances capture it with what filter, whether it existed during
+    /// `window`): the registry may change while the drain is in progress.
+    pub(super) fn close(
         &mut self,
         reg: &EniRegistry,
         window: CaptureWindow,
-    ) -> WindowRecords {
-        let (held, mut sums): (Vec<_>, Vec<_>) =
-            self.sums.drain().partition(|(k, _)| reg.is_held(k.eni));
-        sums.sort_unstable_by_key(|s| s.0);
-        // Don't keep a burst's capacity for the rest of the daemon's life.
-        if self.sums.capacity() > 4 * sums.len().max(1024) {
-            self.sums.shrink_to(sums.len());
-        }
-        let record = |eni: EniIndex,
-                      flow: Option<FlowFields>,
-                      log_status: LogStatus,
-                      rule: Option<Arc<str>>| FlowRecord {
-            eni: Arc::clone(reg.ids(eni)),
-            flow,
-            start: window.start,
-            end: window.end,
-            log_status,
-            rule,
-        };
-        let ok: Vec<(EniIndex, FlowRecord)> = sums
-            .into_iter()
-            .map(|(k, s)| {
-                let flow = FlowFields {
-                    srcaddr: k.tuple.src,
-                    srcport: k.tuple.src_port,
-                    dstaddr: k.tuple.dst,
-                    dstport: k.tuple.dst_port,
-                    protocol: k.tuple.protocol,
-                    direction: k.direction,
-                    packets: s.packets,
-                    bytes: s.bytes,
-                    action: k.action,
-                };
-                (k.eni, record(k.eni, Some(flow), LogStatus::Ok, s.rule))
-            })
-            .collect();
-        // ok is sorted by ENI: each ENI's records are one range of it.
-        let mut ranges: Vec<Range<usize>> = vec![0..0; reg.len()];
-        let mut i = 0;
-        while i < ok.len() {
-            let eni = ok[i].0;
-            let j = i + ok[i..].iter().take_while(|(e, _)| *e == eni).count();
-            if let Some(r) = ranges.get_mut(eni.get()) {
-                *r = i..j;
+        next: &mut WindowAggregate,
+    ) -> WindowDrain {
+        let mut sums4 = std::mem::take(&mut self.sums4);
+        let mut sums6 = std::mem::take(&mut self.sums6);
+        let skipped = std::mem::take(&mut self.skipped);
+        let all_skipped = std::mem::take(&mut self.all_skipped);
+
+        let held: Vec<bool> = reg.indices().map(|e| reg.is_held(e)).collect();
+        let (mut held_count, mut held_dropped) = (0, 0);
+        if held.contains(&true) {
+            let held4 = take_held(&mut sums4, &held);
+            let held6 = take_held(&mut sums6, &held);
+            held_count = held4.len() + held6.len();
+            if held_count > MAX_HELD_RECORDS {
+                for (k, _) in &held4 {
+                    next.mark_skipped(k.rest.eni);
+                }
+                for (k, _) in &held6 {
+                    next.mark_skipped(k.rest.eni);
+                }
+                held_dropped = held_count;
+            } else {
+                merge_into(&mut next.sums4, held4);
+                merge_into(&mut next.sums6, held6);
             }
-            i = j;
         }
 
-        let mut instances = Vec::with_capacity(reg.instance_count());
-        for instance in 0..reg.instance_count() {
-            let filter = reg.traffic_of_instance(instance);
+        let mut enis = Vec::with_capacity(reg.len());
+        for eni in reg.indices() {
+            let existed = reg.existed_during(eni, window.start, window.end);
+            let lost = skipped.get(eni.get()).copied().unwrap_or(false) || (all_skipped && existed);
+            if lost && held[eni.get()] {
+                // What a held ENI lost stays marked until its records go
+                // out. (No instance captures a held ENI, so it gets no
+                // SKIPDATA from this window.)
+                next.mark_skipped(eni);
+            }
+            enis.push(EniView {
+                ids: Arc::clone(reg.ids(eni)),
+                instances: Vec::new(),
+                existed,
+                skipped: lost,
+                had_accept: false,
+                had_reject: false,
+            });
+        }
+        let instances: Vec<InstanceView> = (0..reg.instance_count())
+            .map(|i| InstanceView {
+                filter: reg.traffic_of_instance(i),
+                enis: reg.enis_of_instance(i).to_vec(),
+            })
+            .collect();
+        for (i, instance) in instances.iter().enumerate() {
+            for eni in &instance.enis {
+                if let Some(e) = enis.get_mut(eni.get()) {
+                    e.instances.push(i);
+                }
+            }
+        }
+        WindowDrain {
+            window,
+            held: held_count - held_dropped,
+            held_dropped,
+            ok4: (!sums4.is_empty()).then(|| sums4.into_iter()),
+            ok6: (!sums6.is_empty()).then(|| sums6.into_iter()),
+            enis,
+            instances,
+            statuses: None,
+            done: false,
+            emitted: 0,
+        }
+    }
+}
+
+/// Takes the records of held ENIs out of `sums`.
+fn take_held<K: RecordKey>(sums: &mut Sums<K>, held: &[bool]) -> Vec<(K, RecordSum)> {
+    let mut out = Vec::new();
+    sums.retain(|k, s| {
+        if !held.get(k.rest().eni.get()).copied().unwrap_or(false) {
+            return true;
+        }
+        out.push((
+            *k,
+            RecordSum {
+                packets: s.packets,
+                bytes: s.bytes,
+                rule: s.rule.take(),
+            },
+        ));
+        false
+    });
+    out
+}
+
+fn merge_into<K: RecordKey>(sums: &mut Sums<K>, records: Vec<(K, RecordSum)>) {
+    for (k, s) in records {
+        add_to(sums, k, s.packets, s.bytes, s.rule.as_ref());
+    }
+}
+
+/// An ENI as the registry described it when its window closed.
+struct EniView {
+    ids: Arc<EniIds>,
+    /// The flow log instances that capture it, in config order.
+    instances: Vec<usize>,
+    existed: bool,
+    /// SKIPDATA: data was lost for it in the window.
+    skipped: bool,
+    /// It has OK records of this action (for NODATA per instance filter).
+    had_accept: bool,
+    had_reject: bool,
+}
+
+/// A flow log instance as the registry described it when the window closed.
+struct InstanceView {
+    filter: TrafficFilter,
+    enis: Vec<EniIndex>,
+}
+
+/// Part of a closed window's records, routed to flow log instances.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WindowChunk {
+    /// Per flow log instance that takes any of the chunk's records, in
+    /// config order: its index into `config.flow_logs` and those records.
+    /// Every instance that takes all of the chunk's OK records holds the
+    /// same `Arc`.
+    pub instances: Vec<(usize, Arc<Vec<FlowRecord>>)>,
+}
+
+/// A closed window's records, produced chunk by chunk so that neither the
+/// whole window's records nor copies of them are ever in memory at once:
+/// what is in flight is the closed window's sums (freed as soon as the last
+/// OK record is out) and one chunk. OK records come in the sums' hash
+/// order, which is not part of the format; the NODATA and SKIPDATA records
+/// come last, in a chunk of their own.
+pub struct WindowDrain {
+    pub(crate) window: CaptureWindow,
+    /// Records kept back for ENIs still waiting for their metadata: they
+    /// are emitted with the window in which the ids become known.
+    pub(crate) held: usize,
+    /// Held records given up because too many were held; their ENIs get
+    /// SKIPDATA when their ids become known.
+    pub(crate) held_dropped: usize,
+    ok4: Option<hash_map::IntoIter<V4Key, RecordSum>>,
+    ok6: Option<hash_map::IntoIter<V6Key, RecordSum>>,
+    enis: Vec<EniView>,
+    instances: Vec<InstanceView>,
+    /// The NODATA / SKIPDATA chunk, built once the OK records are out
+    /// (`None` inside: nothing to say).
+    statuses: Option<Option<WindowChunk>>,
+    done: bool,
+    emitted: u64,
+}
+
+impl WindowDrain {
+    /// The next chunk: at most `max_records` OK records (at least one is
+    /// taken even if `max_records` is 0), each given to every instance
+    /// that captures its ENI and whose traffic filter takes it; then one
+    /// chunk with the NODATA and SKIPDATA records. Per instance, an ENI
+    /// that existed during the window gets SKIPDATA if data was lost for it
+    /// (or for every ENI), else NODATA if none of its OK records passed that
+    /// instance's filter, except in a window of zero length (closed in the
+    /// second it opened). `None` when everything is out.
+    pub fn next_chunk(&mut self, max_records: usize) -> Option<WindowChunk> {
+        let max = max_records.max(1);
+        if self.ok4.is_some() || self.ok6.is_some() {
+            let chunk = self.next_ok_chunk(max);
+            if self.ok4.is_none() && self.ok6.is_none() {
+                self.statuses = Some(self.status_chunk());
+            }
+            if let Some(c) = chunk {
+                return Some(self.count(c));
+            }
+        }
+        if self.done {
+            return None;
+        }
+        self.done = true;
+        let statuses = match self.statuses.take() {
+            Some(s) => s,
+            None => self.status_chunk(),
+        };
+        statuses.map(|c| self.count(c))
+    }
+
+    /// Whether [`WindowDrain::next_chunk`] has nothing more to give. It can
+    /// still be `false` when the next call returns `None`: when what is
+    /// left are sums of ENIs that no instance takes, which only draining
+    /// finds out.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "for the capture loop's chunked window close")
+    )]
+    pub fn is_done(&self) -> bool {
+        self.done
+            || (self.ok4.is_none() && self.ok6.is_none() && matches!(self.statuses, Some(None)))
+    }
+
+    /// Records handed out so far, counted once per instance that got them
+    /// (as [`WindowRecords::record_count`]).
+    pub fn records_emitted(&self) -> u64 {
+        self.emitted
+    }
+
+    /// Every remaining record, per instance in config order (every instance
+    /// listed), for tests and callers that do not need chunks: this holds
+    /// the whole window's records at once.
+    #[cfg(test)]
+    pub fn collect_all(mut self) -> WindowRecords {
+        let mut instances: Vec<InstanceRecords> = (0..self.instances.len())
+            .map(|instance| InstanceRecords {
+                instance,
+                records: Vec::new(),
+            })
+            .collect();
+        while let Some(chunk) = self.next_chunk(usize::MAX) {
+            for (i, batch) in chunk.instances {
+                let records = &mut instances[i].records;
+                match Arc::try_unwrap(batch) {
+                    Ok(batch) if records.is_empty() => *records = batch,
+                    Ok(batch) => records.extend(batch),
+                    Err(shared) => records.extend(shared.iter().cloned()),
+                }
+            }
+        }
+        WindowRecords {
+            window: self.window,
+            instances,
+            held: self.held,
+            held_dropped: self.held_dropped,
+        }
+    }
+
+    fn count(&mut self, chunk: WindowChunk) -> WindowChunk {
+        self.emitted += chunk
+            .instances
+            .iter()
+            .map(|(_, r)| r.len() as u64)
+            .sum::<u64>();
+        chunk
+    }
+
+    /// The next sum whose ENI some instance captures, as (key, tuple, sum).
+    fn next_sum(&mut self) -> Option<(KeyRest, FlowTuple, RecordSum)> {
+        loop {
+            let next = if let Some(it) = &mut self.ok4 {
+                match it.next() {
+                    Some((k, s)) => Some((k.rest, k.tuple(), s)),
+                    None => {
+                        // Frees the table now, not when the drain goes.
+                        self.ok4 = None;
+                        continue;
+                    }
+                }
+            } else if let Some(it) = &mut self.ok6 {
+                match it.next() {
+                    Some((k, s)) => Some((k.rest, k.tuple(), s)),
+                    None => {
+                        self.ok6 = None;
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let (rest, tuple, sum) = next?;
+            let Some(eni) = self.enis.get_mut(rest.eni.get()) else {
+                // Not this registry's ENI: no instance captures it.
+                continue;
+            };
+            match rest.action() {
+                Action::Accept => eni.had_accept = true,
+                Action::Reject => eni.had_reject = true,
+            }
+            let taken = eni
+                .instances
+                .iter()
+                .any(|&i| passes(self.instances[i].filter, rest.action()));
+            if taken {
+                return Some((rest, tuple, sum));
+            }
+        }
+    }
+
+    fn next_ok_chunk(&mut self, max: usize) -> Option<WindowChunk> {
+        let left =
+            self.ok4.as_ref().map_or(0, |i| i.len()) + self.ok6.as_ref().map_or(0, |i| i.len());
+        let mut records = Vec::with_capacity(max.min(left));
+        let mut enis = Vec::with_capacity(max.min(left));
+        while records.len() < max {
+            let Some((rest, t, sum)) = self.next_sum() else {
+                break;
+            };
+            let flow = FlowFields {
+                srcaddr: t.src,
+                srcport: t.src_port,
+                dstaddr: t.dst,
+                dstport: t.dst_port,
+                protocol: t.protocol,
+                direction: rest.direction(),
+                packets: sum.packets,
+                bytes: sum.bytes,
+                action: rest.action(),
+            };
+            records.push(FlowRecord {
+                eni: Arc::clone(&self.enis[rest.eni.get()].ids),
+                flow: Some(flow),
+                start: self.window.start,
+                end: self.window.end,
+                log_status: LogStatus::Ok,
+                rule: sum.rule,
+            });
+            enis.push(rest.eni.get());
+        }
+        // Free each table as soon as it is drained, not at the next call.
+        if self.ok4.as_ref().is_some_and(|i| i.len() == 0) {
+            self.ok4 = None;
+        }
+        if self.ok6.as_ref().is_some_and(|i| i.len() == 0) {
+            self.ok6 = None;
+        }
+        if records.is_empty() {
+            return None;
+        }
+        Some(self.route(records, &enis))
+    }
+
+    /// Gives each instance the records of `records` it takes; `enis[i]` is
+    /// the ENI of `records[i]`. An instance that takes them all gets the
+    /// chunk's `Arc` itself; the others get copies of their part.
+    fn route(&self, records: Vec<FlowRecord>, enis: &[usize]) -> WindowChunk {
+        let takes = |instance: usize, r: &FlowRecord| {
+            r.flow
+                .is_some_and(|f| passes(self.instances[instance].filter, f.action))
+        };
+        let mut counts = vec![0usize; self.instances.len()];
+        for (r, &e) in records.iter().zip(enis) {
+            for &i in &self.enis[e].instances {
+                if takes(i, r) {
+                    counts[i] += 1;
+                }
+            }
+        }
+        let n = records.len();
+        let mut parts: Vec<Option<Vec<FlowRecord>>> = counts
+            .iter()
+            .map(|&c| (c > 0 && c < n).then(|| Vec::with_capacity(c)))
+            .collect();
+        if parts.iter().any(Option::is_some) {
+            for (r, &e) in records.iter().zip(enis) {
+                for &i in &self.enis[e].instances {
+                    if let Some(part) = &mut parts[i] {
+                        if takes(i, r) {
+                            part.push(r.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let whole = Arc::new(records);
+        let instances = counts
+            .iter()
+            .zip(parts)
+            .enumerate()
+            .filter_map(|(i, (&c, part))| match part {
+                Some(part) => Some((i, Arc::new(part))),
+                None if c == n => Some((i, Arc::clone(&whole))),
+                None => None,
+            })
+            .collect();
+        WindowChunk { instances }
+    }
+
+    fn status_chunk(&self) -> Option<WindowChunk> {
+        let record = |e: &EniView, log_status| FlowRecord {
+            eni: Arc::clone(&e.ids),
+            flow: None,
+            start: self.window.start,
+            end: self.window.end,
+            log_status,
+            rule: None,
+        };
+        let mut instances = Vec::new();
+        for (i, instance) in self.instances.iter().enumerate() {
             let mut records = Vec::new();
-            for &eni in reg.enis_of_instance(instance) {
-                let existed = reg.existed_during(eni, window.start, window.end);
-                let before = records.len();
-                let range = ranges.get(eni.get()).cloned().unwrap_or(0..0);
-                records.extend(
-                    ok[range]
-                        .iter()
-                        .filter(|(_, r)| r.flow.is_some_and(|f| passes(filter, f.action)))
-                        .map(|(_, r)| r.clone()),
-                );
-                let skipped = self.skipped.get(eni.get()).copied().unwrap_or(false)
-                    || (self.all_skipped && existed);
-                if skipped {
-                    records.push(record(eni, None, LogStatus::SkipData, None));
-                } else if records.len() == before && existed && window.end > window.start {
+            for eni in &instance.enis {
+                let Some(e) = self.enis.get(eni.get()) else {
+                    continue;
+                };
+                let had_records = match instance.filter {
+                    TrafficFilter::All => e.had_accept || e.had_reject,
+                    TrafficFilter::Accept => e.had_accept,
+                    TrafficFilter::Reject => e.had_reject,
+                };
+                if e.skipped {
+                    records.push(record(e, LogStatus::SkipData));
+                } else if !had_records && e.existed && self.window.end > self.window.start {
                     // Per instance: an ENI whose only traffic is filtered out
                     // of this instance is idle as far as its readers can tell.
                     // A window closed in the second it opened (SIGTERM or a
                     // reload right at a boundary) lasted no time: no NODATA.
-                    records.push(record(eni, None, LogStatus::NoData, None));
+                    records.push(record(e, LogStatus::NoData));
                 }
             }
-            instances.push(InstanceRecords { instance, records });
-        }
-        // What held ENIs lost stays marked until their records go out.
-        for (i, s) in self.skipped.iter_mut().enumerate() {
-            *s = *s && EniIndex::new(i).is_some_and(|e| reg.is_held(e));
-        }
-        if std::mem::take(&mut self.all_skipped) {
-            for eni in reg.indices().filter(|&e| reg.is_held(e)) {
-                if reg.existed_during(eni, window.start, window.end) {
-                    self.mark_skipped(eni);
-                }
+            if !records.is_empty() {
+                instances.push((i, Arc::new(records)));
             }
         }
-        let (held_count, mut held_dropped) = (held.len(), 0);
-        if held_count > MAX_HELD_RECORDS {
-            for (k, _) in &held {
-                self.mark_skipped(k.eni);
-            }
-            held_dropped = held_count;
-        } else {
-            self.sums.extend(held);
-        }
-        WindowRecords {
-            window,
-            instances,
-            held: held_count - held_dropped,
-            held_dropped,
-        }
+        (!instances.is_empty()).then_some(WindowChunk { instances })
     }
 }
 
@@ -292,5 +796,102 @@ fn passes(filter: TrafficFilter, action: Action) -> bool {
         TrafficFilter::All => true,
         TrafficFilter::Accept => action == Action::Accept,
         TrafficFilter::Reject => action == Action::Reject,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuple(src: &str, src_port: u16, dst: &str, dst_port: u16, protocol: u8) -> FlowTuple {
+        FlowTuple {
+            src: src.parse().unwrap(),
+            src_port,
+            dst: dst.parse().unwrap(),
+            dst_port,
+            protocol,
+        }
+    }
+
+    /// The tuples the aggregate holds, back as tuples.
+    fn tuples(agg: &WindowAggregate) -> Vec<FlowTuple> {
+        let mut v: Vec<FlowTuple> = agg
+            .sums4
+            .keys()
+            .map(|k| k.tuple())
+            .chain(agg.sums6.keys().map(|k| k.tuple()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_record_slot_is_smaller_than_with_ip_addr_keys() {
+        // With two IpAddr in the key the map's slot was 80 bytes (key 44,
+        // sum 32). IPv4 keys are 16 bytes, IPv6 keys 40.
+        assert_eq!(std::mem::size_of::<V4Key>(), 16);
+        assert_eq!(std::mem::size_of::<V6Key>(), 40);
+        assert_eq!(std::mem::size_of::<(V4Key, RecordSum)>(), 48);
+        assert_eq!(std::mem::size_of::<(V6Key, RecordSum)>(), 72);
+    }
+
+    #[test]
+    fn keys_give_back_the_tuple_with_its_address_families() {
+        let eni = EniIndex::new(3).unwrap();
+        let mut agg = WindowAggregate::default();
+        let in_tuples = [
+            tuple("10.0.0.5", 40000, "198.51.100.9", 443, 6),
+            tuple("fd00::5", 53, "2001:db8::1", 5353, 17),
+            // An IPv4-mapped IPv6 address is IPv6 all the same.
+            tuple("::ffff:10.0.0.5", 1, "fd00::5", 2, 6),
+            // Families mixed (never reported; kept exact anyway).
+            tuple("10.0.0.5", 1, "fd00::5", 2, 6),
+            tuple("fd00::5", 1, "10.0.0.5", 2, 6),
+            tuple("0.0.0.0", 0, "255.255.255.255", 65535, 132),
+        ];
+        for t in in_tuples {
+            agg.add(eni, Direction::In, Action::Accept, t, (1, 60), None);
+        }
+        // ICMP: conntrack's echo id and type/code are not ports.
+        agg.add(
+            eni,
+            Direction::Out,
+            Action::Reject,
+            tuple("10.0.0.5", 7, "198.51.100.9", 8 << 8, 1),
+            (1, 84),
+            None,
+        );
+        let mut expect = in_tuples.to_vec();
+        expect.push(tuple("10.0.0.5", 0, "198.51.100.9", 0, 1));
+        expect.sort();
+        assert_eq!(tuples(&agg), expect);
+        assert_eq!((agg.sums4.len(), agg.sums6.len()), (3, 4));
+        let icmp = agg.sums4.keys().find(|k| k.rest.protocol == 1).unwrap();
+        assert_eq!(
+            (icmp.rest.eni, icmp.rest.direction(), icmp.rest.action()),
+            (eni, Direction::Out, Action::Reject)
+        );
+    }
+
+    #[test]
+    fn direction_action_and_eni_keep_records_apart() {
+        let t = tuple("10.0.0.5", 40000, "198.51.100.9", 443, 6);
+        let (a, b) = (EniIndex::new(0).unwrap(), EniIndex::new(1).unwrap());
+        let mut agg = WindowAggregate::default();
+        let rule: Arc<str> = Arc::from("drop");
+        for eni in [a, b] {
+            for d in [Direction::In, Direction::Out] {
+                for action in [Action::Accept, Action::Reject] {
+                    agg.add(eni, d, action, t, (1, 100), None);
+                    agg.add(eni, d, action, t, (2, 200), Some(&rule));
+                    agg.add(eni, d, action, t, (0, 0), None);
+                }
+            }
+        }
+        assert_eq!(agg.len(), 8);
+        for s in agg.sums4.values() {
+            assert_eq!((s.packets, s.bytes), (3, 300));
+            assert_eq!(s.rule.as_deref(), Some("drop"));
+        }
     }
 }

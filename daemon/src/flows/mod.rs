@@ -6,9 +6,9 @@ mod table;
 mod tests;
 mod window;
 
-pub use aggregate::FlowTuple;
 #[cfg(test)]
 pub use aggregate::WindowRecords;
+pub use aggregate::{FlowTuple, WindowChunk, WindowDrain};
 pub use table::{FlowTable, HandoffEntry, LossScope};
 #[cfg(test)]
 pub use window::CaptureWindow;

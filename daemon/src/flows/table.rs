@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use flowlogd_plugin_api::{Action, Direction};
 
-use super::aggregate::{FlowTuple, WindowAggregate, WindowRecords};
+#[cfg(test)]
+use super::aggregate::WindowRecords;
+use super::aggregate::{FlowTuple, WindowAggregate, WindowDrain};
 use super::window::{CaptureWindow, Clock};
 use crate::eni::{EniIndex, EniRegistry};
 #[cfg(test)]
@@ -480,6 +482,7 @@ impl<C: Clock> FlowTable<C> {
         self.begin_close(end);
         self.finish_close(reg)
             .expect("begin_close opened a closing window")
+            .collect_all()
     }
 
     /// Starts closing the open window at `end` (see
@@ -522,18 +525,17 @@ impl<C: Clock> FlowTable<C> {
     }
 
     /// Ends the close begun by [`FlowTable::begin_close`]: the closed
-    /// window's records, `None` if no close was pending. Records held for
-    /// ENIs waiting for their metadata move into the open window.
-    pub fn finish_close(&mut self, reg: &EniRegistry) -> Option<WindowRecords> {
+    /// window's records, to be taken chunk by chunk; `None` if no close was
+    /// pending. Records held for ENIs waiting for their metadata move into
+    /// the open window.
+    pub fn finish_close(&mut self, reg: &EniRegistry) -> Option<WindowDrain> {
         let mut closing = self.closing.take()?;
-        let records = closing.agg.take_records(reg, closing.window);
-        // What stays in the closed aggregate is held for the next window.
-        self.agg.absorb(closing.agg);
+        let drain = closing.agg.close(reg, closing.window, &mut self.agg);
         // Give memory back after a burst of connections has gone.
         if self.flows.capacity() > 4 * self.flows.len().max(4096) {
             self.flows.shrink_to(self.flows.len() * 2);
         }
-        Some(records)
+        Some(drain)
     }
 
     fn on_new(&mut self, reg: &EniRegistry, e: &ConntrackEntry) {

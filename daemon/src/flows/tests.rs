@@ -104,12 +104,38 @@ impl Fixture {
     fn close(&mut self) -> WindowRecords {
         let deadline = self.table.next_deadline();
         self.clock.set(deadline);
-        self.table.close_window(&self.reg, deadline)
+        in_old_order(self.table.close_window(&self.reg, deadline))
     }
 
     fn eni(&self, id: &str) -> EniIndex {
         self.reg.find(id).unwrap()
     }
+}
+
+/// Record order within a window is not part of the format: the drain
+/// gives OK records in its hash map's order and the NODATA / SKIPDATA
+/// records last. The tests read them in the order the daemon emitted them
+/// before it drained in chunks: by ENI (the fixtures' ENI ids sort as their
+/// indices do), each ENI's OK records by action, direction and tuple, then
+/// its NODATA or SKIPDATA record.
+fn in_old_order(mut w: WindowRecords) -> WindowRecords {
+    for i in &mut w.instances {
+        i.records.sort_by_key(|r| {
+            let flow = r.flow.map(|f| {
+                (
+                    f.action,
+                    f.direction,
+                    f.srcaddr,
+                    f.srcport,
+                    f.dstaddr,
+                    f.dstport,
+                    f.protocol,
+                )
+            });
+            (r.eni.eni_id.clone(), r.log_status != LogStatus::Ok, flow)
+        });
+    }
+    w
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -826,7 +852,7 @@ fn early_close_uses_the_given_end() {
     );
     // SIGTERM at 10:07:30.
     f.clock.set(TEN + 450);
-    let w = f.table.close_window(&f.reg, TEN + 450);
+    let w = in_old_order(f.table.close_window(&f.reg, TEN + 450));
     assert_eq!(
         w.window,
         CaptureWindow {
@@ -851,12 +877,12 @@ fn next_window_starts_where_the_last_one_ended() {
     assert_eq!(f.table.next_deadline(), TEN + 600);
     // The loop woke up 3 s late.
     f.clock.set(TEN + 603);
-    let w = f.table.close_window(&f.reg, TEN + 600);
+    let w = in_old_order(f.table.close_window(&f.reg, TEN + 600));
     assert_eq!(w.window.end, TEN + 600);
     assert_eq!(f.table.next_deadline(), TEN + 1200);
     // A clock stepped back never yields a window ending before it starts.
     f.clock.set(TEN);
-    let w = f.table.close_window(&f.reg, TEN);
+    let w = in_old_order(f.table.close_window(&f.reg, TEN));
     assert_eq!(
         w.window,
         CaptureWindow {
@@ -978,7 +1004,7 @@ fn records_of_an_eni_waiting_for_its_metadata_are_held_then_emitted() {
     dump(&mut table, &reg, c.clone().counted((5, 500), (0, 0)));
     table.mark_lost(LossScope::All);
     clock.set(TEN + 600);
-    let w1 = table.close_window(&reg, TEN + 600);
+    let w1 = in_old_order(table.close_window(&reg, TEN + 600));
     assert_eq!(w1.record_count(), 0);
     assert_eq!((w1.held, w1.held_dropped), (1, 0));
 
@@ -1006,7 +1032,7 @@ fn records_of_an_eni_waiting_for_its_metadata_are_held_then_emitted() {
         TEN + 700,
     );
     clock.set(TEN + 1200);
-    let w2 = table.close_window(&reg, TEN + 1200);
+    let w2 = in_old_order(table.close_window(&reg, TEN + 1200));
     assert_eq!(w2.held, 0);
     // All 8 packets, in the window the ids became known; the loss marked
     // while it was held is not forgotten.
@@ -1020,7 +1046,7 @@ fn records_of_an_eni_waiting_for_its_metadata_are_held_then_emitted() {
         (r.start, r.end, r.eni.vm_id.as_str()),
         (TEN + 600, TEN + 1200, "i-ecs")
     );
-    let w3 = table.close_window(&reg, TEN + 1800);
+    let w3 = in_old_order(table.close_window(&reg, TEN + 1800));
     assert_eq!(statuses(&w3, 0, "eni-late"), [LogStatus::NoData]);
 }
 
@@ -1080,6 +1106,498 @@ fn two_incarnations_of_one_tuple_with_one_id_are_counted_apart() {
     assert_eq!(f.table.stats().anomalies, 0);
 }
 
+// The chunked drain of a closed window.
+
+use super::aggregate::{has_ports, InstanceRecords, WindowAggregate, WindowDrain};
+
+/// The fixtures' open window.
+const WINDOW: CaptureWindow = CaptureWindow {
+    start: TEN,
+    end: TEN + 600,
+};
+
+fn tuple(protocol: u8, src: &str, src_port: u16, dst: &str, dst_port: u16) -> FlowTuple {
+    FlowTuple {
+        src: ip(src),
+        src_port,
+        dst: ip(dst),
+        dst_port,
+        protocol,
+    }
+}
+
+/// One `WindowAggregate::add` of the reference below.
+#[derive(Clone)]
+struct Add {
+    eni: &'static str,
+    direction: Direction,
+    action: Action,
+    tuple: FlowTuple,
+    packets: u64,
+    bytes: u64,
+}
+
+/// Traffic over the fixture's three ENIs: eni-a only accepted traffic,
+/// eni-b both kinds, eni-c (whose interface never appears) only rejected;
+/// IPv4 and IPv6; some tuples twice (summed); ICMP whose echo ids differ
+/// (one record).
+fn traffic() -> Vec<Add> {
+    let mut adds = Vec::new();
+    for i in 0..60u16 {
+        let eni = ["eni-a", "eni-b", "eni-c"][usize::from(i % 3)];
+        let action = match (eni, i % 2) {
+            ("eni-a", _) | ("eni-b", 0) => Action::Accept,
+            _ => Action::Reject,
+        };
+        let direction = if i % 4 < 2 { In } else { Out };
+        let t = match i % 5 {
+            0 => tuple(UDP, "fd00::5", 5000 + i, "2001:db8::1", 53),
+            1 if i % 7 == 1 => tuple(ICMP, A, i, R, 8 << 8),
+            _ => tuple(TCP, A, 40000 + i, R, 443),
+        };
+        let add = Add {
+            eni,
+            direction,
+            action,
+            tuple: t,
+            packets: u64::from(i) + 1,
+            bytes: 100 * (u64::from(i) + 1),
+        };
+        if i % 6 == 0 {
+            adds.push(Add {
+                packets: 2,
+                bytes: 20,
+                ..add.clone()
+            });
+        }
+        if t.protocol == ICMP {
+            adds.push(Add {
+                tuple: FlowTuple { src_port: 0, ..t },
+                ..add.clone()
+            });
+        }
+        adds.push(add);
+    }
+    adds
+}
+
+fn aggregate_of(reg: &EniRegistry, adds: &[Add]) -> WindowAggregate {
+    let mut agg = WindowAggregate::default();
+    for a in adds {
+        let eni = reg.find(a.eni).unwrap();
+        agg.add(
+            eni,
+            a.direction,
+            a.action,
+            a.tuple,
+            (a.packets, a.bytes),
+            None,
+        );
+    }
+    agg
+}
+
+/// What the fixture's instances should get for `adds` (eni-b marked
+/// lost), computed without the aggregate.
+fn expected(reg: &EniRegistry, adds: &[Add]) -> WindowRecords {
+    type Key = (&'static str, Action, Direction, FlowTuple);
+    let mut sums: Vec<(Key, (u64, u64))> = Vec::new();
+    for a in adds {
+        let mut t = a.tuple;
+        if !has_ports(t.protocol) {
+            (t.src_port, t.dst_port) = (0, 0);
+        }
+        let key = (a.eni, a.action, a.direction, t);
+        match sums.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, s)) => *s = (s.0 + a.packets, s.1 + a.bytes),
+            None => sums.push((key, (a.packets, a.bytes))),
+        }
+    }
+    let record = |eni: &str, flow, log_status| FlowRecord {
+        eni: Arc::clone(reg.ids(reg.find(eni).unwrap())),
+        flow,
+        start: WINDOW.start,
+        end: WINDOW.end,
+        log_status,
+        rule: None,
+    };
+    let ok = |(eni, action, direction, t): Key, (packets, bytes)| {
+        let flow = FlowFields {
+            srcaddr: t.src,
+            srcport: t.src_port,
+            dstaddr: t.dst,
+            dstport: t.dst_port,
+            protocol: t.protocol,
+            direction,
+            packets,
+            bytes,
+            action,
+        };
+        record(eni, Some(flow), LogStatus::Ok)
+    };
+    let mut all: Vec<FlowRecord> = sums.iter().map(|&(k, s)| ok(k, s)).collect();
+    all.push(record("eni-b", None, LogStatus::SkipData));
+    let a_accept: Vec<FlowRecord> = sums
+        .iter()
+        .filter(|((eni, action, ..), _)| *eni == "eni-a" && *action == Action::Accept)
+        .map(|&(k, s)| ok(k, s))
+        .collect();
+    let a_reject = vec![record("eni-a", None, LogStatus::NoData)];
+    in_old_order(WindowRecords {
+        window: WINDOW,
+        instances: [all, a_accept, a_reject]
+            .into_iter()
+            .enumerate()
+            .map(|(instance, records)| InstanceRecords { instance, records })
+            .collect(),
+        held: 0,
+        held_dropped: 0,
+    })
+}
+
+fn close_traffic(f: &Fixture, adds: &[Add]) -> WindowDrain {
+    let mut agg = aggregate_of(&f.reg, adds);
+    agg.mark_skipped(f.eni("eni-b"));
+    let mut next = WindowAggregate::default();
+    let drain = agg.close(&f.reg, WINDOW, &mut next);
+    assert_eq!((agg.len(), next.len()), (0, 0));
+    drain
+}
+
+#[test]
+fn the_one_shot_drain_gives_each_instance_its_records() {
+    let f = Fixture::new(1000);
+    let adds = traffic();
+    let w = in_old_order(close_traffic(&f, &adds).collect_all());
+    let expect = expected(&f.reg, &adds);
+    assert_eq!(w, expect);
+    assert!(records(&w, A_ACCEPT).len() > 10);
+    assert!(records(&w, ALL).len() > records(&w, A_ACCEPT).len() + 10);
+}
+
+#[test]
+fn chunks_add_up_to_the_one_shot_records_for_every_chunk_size() {
+    let f = Fixture::new(1000);
+    let adds = traffic();
+    let one_shot = in_old_order(close_traffic(&f, &adds).collect_all());
+    // The VPC instance takes every OK record.
+    let n = records(&one_shot, ALL)
+        .iter()
+        .filter(|r| r.log_status == LogStatus::Ok)
+        .count();
+    assert!(n > 40, "{n}");
+    for k in [1, 7, n, n + 1] {
+        let mut drain = close_traffic(&f, &adds);
+        let mut per_instance: Vec<Vec<FlowRecord>> = vec![Vec::new(); 3];
+        let (mut ok_chunks, mut statuses) = (0, 0);
+        while let Some(chunk) = drain.next_chunk(k) {
+            assert_eq!(statuses, 0, "chunk size {k}: NODATA / SKIPDATA come last");
+            assert!(!chunk.instances.is_empty());
+            assert!(chunk.instances.windows(2).all(|w| w[0].0 < w[1].0));
+            let is_ok = |r: &FlowRecord| r.log_status == LogStatus::Ok;
+            if chunk.instances.iter().all(|(_, b)| b.iter().all(is_ok)) {
+                ok_chunks += 1;
+                assert_eq!(chunk.instances[0].0, ALL);
+                let whole = chunk.instances[0].1.len();
+                assert!(whole == k || (whole < k && whole == n - (ok_chunks - 1) * k));
+            } else {
+                assert!(chunk.instances.iter().all(|(_, b)| !b.iter().any(is_ok)));
+                statuses += 1;
+            }
+            for (i, batch) in chunk.instances {
+                assert!(!batch.is_empty() && batch.len() <= k);
+                per_instance[i].extend(batch.iter().cloned());
+            }
+            if ok_chunks == 1 && k < n {
+                assert!(!drain.is_done());
+            }
+        }
+        assert_eq!((ok_chunks, statuses), (n.div_ceil(k), 1), "chunk size {k}");
+        assert!(drain.is_done());
+        assert_eq!(drain.next_chunk(k), None);
+        assert_eq!(drain.records_emitted(), one_shot.record_count() as u64);
+        let chunked = in_old_order(WindowRecords {
+            window: drain.window,
+            instances: per_instance
+                .into_iter()
+                .enumerate()
+                .map(|(instance, records)| InstanceRecords { instance, records })
+                .collect(),
+            held: drain.held,
+            held_dropped: drain.held_dropped,
+        });
+        assert_eq!(chunked, one_shot, "chunk size {k}");
+    }
+}
+
+#[test]
+fn an_instance_that_takes_all_of_a_chunk_gets_its_arc() {
+    let f = Fixture::new(1000);
+    let (a, b) = (f.eni("eni-a"), f.eni("eni-b"));
+    let mut agg = WindowAggregate::default();
+    for port in 0..5 {
+        let t = tuple(TCP, A, 40000 + port, R, 443);
+        agg.add(a, Out, Action::Accept, t, (1, 60), None);
+    }
+    let mut drain = agg.close(&f.reg, WINDOW, &mut WindowAggregate::default());
+    let chunk = drain.next_chunk(100).unwrap();
+    let taken: Vec<usize> = chunk.instances.iter().map(|(i, _)| *i).collect();
+    assert_eq!(taken, [ALL, A_ACCEPT]);
+    let (all, accept) = (&chunk.instances[0].1, &chunk.instances[1].1);
+    assert!(Arc::ptr_eq(all, accept), "one Vec for both instances");
+    assert_eq!((all.len(), Arc::strong_count(all)), (5, 2));
+    // The statuses: eni-b idle for the VPC, eni-a idle for the reject-only
+    // instance, whatever eni-a's accepted traffic.
+    let statuses = drain.next_chunk(100).unwrap();
+    let seen: Vec<(usize, String, LogStatus)> = statuses
+        .instances
+        .iter()
+        .flat_map(|(i, b)| b.iter().map(|r| (*i, r.eni.eni_id.clone(), r.log_status)))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (ALL, "eni-b".to_owned(), LogStatus::NoData),
+            (A_REJECT, "eni-a".to_owned(), LogStatus::NoData)
+        ]
+    );
+    assert!(drain.is_done());
+    assert_eq!(drain.next_chunk(100), None);
+
+    // An instance that takes part of a chunk gets a copy of its part; the
+    // instance that takes all of it has the chunk to itself.
+    let mut agg = WindowAggregate::default();
+    for port in 0..2 {
+        let t = tuple(TCP, A, 40000 + port, R, 443);
+        agg.add(a, Out, Action::Accept, t, (1, 60), None);
+        agg.add(b, Out, Action::Accept, t, (1, 60), None);
+    }
+    let blocked = tuple(TCP, R, 6000, A, 23);
+    agg.add(a, In, Action::Reject, blocked, (1, 60), None);
+    let mut drain = agg.close(&f.reg, WINDOW, &mut WindowAggregate::default());
+    let chunk = drain.next_chunk(5).unwrap();
+    let shape: Vec<(usize, usize, usize)> = chunk
+        .instances
+        .iter()
+        .map(|(i, b)| (*i, b.len(), Arc::strong_count(b)))
+        .collect();
+    assert_eq!(shape, [(ALL, 5, 1), (A_ACCEPT, 2, 1), (A_REJECT, 1, 1)]);
+    let accepted = &chunk.instances[1].1;
+    assert!(accepted
+        .iter()
+        .all(|r| r.eni.eni_id == "eni-a" && r.flow.unwrap().action == Action::Accept));
+    assert_eq!(chunk.instances[2].1[0].flow.unwrap().action, Action::Reject);
+    // Every instance has records of eni-a of its kind; eni-b has some too.
+    assert_eq!(drain.next_chunk(5), None);
+    assert_eq!(drain.records_emitted(), 8);
+}
+
+#[test]
+fn drain_statuses_follow_loss_marks_existence_and_window_length() {
+    let f = Fixture::new(1000);
+    let a = f.eni("eni-a");
+    let statuses = |drain: WindowDrain| {
+        let w = in_old_order(drain.collect_all());
+        (0..3)
+            .map(|i| {
+                records(&w, i)
+                    .iter()
+                    .map(|r| (r.eni.eni_id.clone(), r.log_status))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let s = |id: &str, status| (id.to_owned(), status);
+    let (ok, no, skip) = (LogStatus::Ok, LogStatus::NoData, LogStatus::SkipData);
+
+    // Lost data of unknown ENIs: SKIPDATA for every ENI that existed (not
+    // eni-c), in every instance covering it, besides the OK records.
+    let mut agg = WindowAggregate::default();
+    let t = tuple(TCP, A, 40000, R, 443);
+    agg.add(a, Out, Action::Accept, t, (1, 60), None);
+    agg.mark_all_skipped();
+    let drain = agg.close(&f.reg, WINDOW, &mut WindowAggregate::default());
+    assert_eq!(
+        statuses(drain),
+        [
+            vec![s("eni-a", ok), s("eni-a", skip), s("eni-b", skip)],
+            vec![s("eni-a", ok), s("eni-a", skip)],
+            vec![s("eni-a", skip)],
+        ]
+    );
+
+    // A window of zero length: no NODATA, but lost data is still said.
+    let mut agg = WindowAggregate::default();
+    agg.mark_skipped(f.eni("eni-b"));
+    let empty = CaptureWindow {
+        start: TEN + 600,
+        end: TEN + 600,
+    };
+    let drain = agg.close(&f.reg, empty, &mut WindowAggregate::default());
+    assert_eq!(statuses(drain), [vec![s("eni-b", skip)], vec![], vec![]]);
+
+    // An empty window of some length: NODATA per existing ENI and instance.
+    let drain = WindowAggregate::default().close(&f.reg, WINDOW, &mut WindowAggregate::default());
+    assert_eq!(
+        statuses(drain),
+        [
+            vec![s("eni-a", no), s("eni-b", no)],
+            vec![s("eni-a", no)],
+            vec![s("eni-a", no)],
+        ]
+    );
+}
+
+/// The ENIs of an ECS registry: eni-s from the config (eth0, A), and the
+/// interface with `ECS_MAC` (eth1, B), held until the service answers.
+/// One instance: vpc-1.
+const ECS_MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0, 0, 0x42];
+
+fn ecs_registry() -> EniRegistry {
+    use crate::config::Unmapped;
+    let mut reg = EniRegistry::from_parts(
+        &[eni("eni-s", "vsw-1", EniMatch::Interface("eth0".into()))],
+        &[flow_log(
+            "vpc",
+            ResourceType::Vpc,
+            "vpc-1",
+            TrafficFilter::All,
+        )],
+    )
+    .unwrap();
+    reg.learn_from_ecs(Unmapped::Ignore);
+    for ev in [
+        link(2, "eth0", Some([2; 6])),
+        addr(2, A),
+        link(4, "eth1", Some(ECS_MAC)),
+        addr(4, B),
+    ] {
+        reg.apply(&ev, TEN + 10);
+    }
+    reg
+}
+
+fn ecs_answers(reg: &mut EniRegistry, eni_id: &str, vpc_id: &str, now: i64) {
+    use crate::metadata::{EcsEni, EcsSnapshot, SnapshotUpdate};
+    let mut snapshot = EcsSnapshot {
+        instance_id: "i-ecs".into(),
+        account_id: "5678".into(),
+        ..EcsSnapshot::default()
+    };
+    snapshot.enis.insert(
+        ECS_MAC,
+        EcsEni {
+            eni_id: eni_id.into(),
+            vpc_id: vpc_id.into(),
+            vswitch_id: "vsw-ecs".into(),
+        },
+    );
+    reg.apply_metadata(
+        &SnapshotUpdate {
+            snapshot,
+            looked_for: vec![ECS_MAC],
+            retrying: vec![],
+        },
+        now,
+    );
+}
+
+#[test]
+fn close_moves_held_records_and_their_loss_into_the_next_aggregate() {
+    let mut reg = ecs_registry();
+    let (s, held) = (reg.by_ifindex(2).unwrap(), reg.by_ifindex(4).unwrap());
+    assert!(reg.is_held(held) && !reg.is_held(s));
+    let (t1, t2, t3) = (
+        tuple(UDP, R, 5000, B, 53),
+        tuple(UDP, R, 5001, B, 53),
+        tuple(TCP, A, 40000, R, 443),
+    );
+    let mut agg = WindowAggregate::default();
+    agg.add(held, In, Action::Accept, t1, (2, 200), None);
+    agg.add(held, In, Action::Accept, t2, (1, 100), None);
+    agg.add(s, Out, Action::Accept, t3, (1, 60), None);
+    agg.mark_skipped(held);
+    // The next window counted traffic already (the close comes after the
+    // deadline): held records add to it.
+    let mut next = WindowAggregate::default();
+    next.add(held, In, Action::Accept, t1, (5, 500), None);
+    next.add(s, Out, Action::Accept, t3, (1, 60), None);
+
+    let w1 = agg.close(&reg, WINDOW, &mut next).collect_all();
+    assert_eq!((w1.held, w1.held_dropped), (2, 0));
+    assert_eq!(agg.len(), 0);
+    assert_eq!(next.len(), 3);
+    assert_eq!(
+        records(&w1, 0)
+            .iter()
+            .map(|r| (r.eni.eni_id.as_str(), r.log_status))
+            .collect::<Vec<_>>(),
+        [("eni-s", LogStatus::Ok)],
+        "nothing of the held ENI, not even its SKIPDATA"
+    );
+
+    // The service answers; the window closes; the registry changes again
+    // while its drain is in progress: the drain goes by what it was.
+    ecs_answers(&mut reg, "eni-late", "vpc-1", TEN + 700);
+    let second = CaptureWindow {
+        start: TEN + 600,
+        end: TEN + 1200,
+    };
+    let drain = next.close(&reg, second, &mut WindowAggregate::default());
+    ecs_answers(&mut reg, "eni-moved", "vpc-2", TEN + 1200);
+    reg.apply(&RouteEvent::LinkRemoved { index: 2 }, TEN + 1200);
+    let w2 = in_old_order(drain.collect_all());
+    assert_eq!((w2.held, w2.held_dropped), (0, 0));
+    assert_eq!(
+        flows_of(&w2, 0, "eni-late"),
+        [
+            rec(In, UDP, R, 5000, B, 53, 7, 700),
+            rec(In, UDP, R, 5001, B, 53, 1, 100)
+        ]
+    );
+    assert_eq!(statuses(&w2, 0, "eni-late"), [LogStatus::SkipData]);
+    assert_eq!(
+        flows_of(&w2, 0, "eni-s"),
+        [rec(Out, TCP, A, 40000, R, 443, 1, 60)]
+    );
+    assert_eq!(records(&w2, 0).len(), 4);
+}
+
+#[test]
+fn too_many_held_records_are_dropped_and_their_enis_marked() {
+    let reg = ecs_registry();
+    let held = reg.by_ifindex(4).unwrap();
+    let mut agg = WindowAggregate::default();
+    let count = (1usize << 18) + 1;
+    for i in 0..count {
+        let i = u32::try_from(i).unwrap();
+        let src = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 | (i >> 8)));
+        let t = FlowTuple {
+            src,
+            src_port: (i & 0xff) as u16,
+            dst: ip(B),
+            dst_port: 53,
+            protocol: UDP,
+        };
+        agg.add(held, In, Action::Accept, t, (1, 60), None);
+    }
+    let mut next = WindowAggregate::default();
+    let w = agg.close(&reg, WINDOW, &mut next).collect_all();
+    assert_eq!((w.held, w.held_dropped), (0, count));
+    assert_eq!(w.record_count(), 1, "the static ENI's NODATA");
+    assert_eq!(next.len(), 0);
+    let mut reg = reg;
+    ecs_answers(&mut reg, "eni-late", "vpc-1", TEN + 700);
+    let second = CaptureWindow {
+        start: TEN + 600,
+        end: TEN + 1200,
+    };
+    let w2 = next
+        .close(&reg, second, &mut WindowAggregate::default())
+        .collect_all();
+    assert_eq!(statuses(&w2, 0, "eni-late"), [LogStatus::SkipData]);
+}
+
 // ---- a window closed while events go on (the loop reads the closing dump
 // in slices between event reads) ----
 
@@ -1103,6 +1621,7 @@ impl Fixture {
         self.table
             .finish_close(&self.reg)
             .expect("a close was pending")
+            .collect_all()
     }
 }
 

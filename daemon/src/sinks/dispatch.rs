@@ -204,6 +204,21 @@ impl Dispatcher {
         true
     }
 
+    /// The most records any one sink has queued now.
+    pub fn most_queued_records(&self) -> u64 {
+        self.workers
+            .iter()
+            .map(|w| {
+                w.shared
+                    .state
+                    .lock()
+                    .expect("sink queue lock")
+                    .queued_records
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Asks every sink to flush (`FLUSH_*` flags) after what is queued.
     pub fn flush_all(&self, flags: u32) {
         for w in &self.workers {
