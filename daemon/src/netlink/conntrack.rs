@@ -21,6 +21,7 @@ use netlink_packet_netfilter::conntrack::ConntrackMessage;
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
+use super::batch_recv::ReceiveSlots;
 use super::ct_parse::parse_conntrack_message;
 use super::socket::{DumpLimits, DumpReader, DumpStatus, NetlinkSocket, Received, SocketOptions};
 use super::stats::{DrainStats, DumpStats};
@@ -35,6 +36,17 @@ const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 /// serve its other sources. Each conntrack event is its own datagram of a
 /// few hundred bytes.
 const DRAIN_BUDGET: usize = 8192;
+
+/// Event datagrams read per system call, and the room for each. An event
+/// is one message of `ctnetlink_nlmsg_size` at most: under 1 KiB with every
+/// attribute (three IPv6 tuples, counters, timestamps, protoinfo, helper
+/// name, NAT sequence adjustment, labels), plus the security context
+/// string with SECMARK. 4 KiB leaves room for that; a longer event would be
+/// counted as a parse error, not parsed cut. 64 slots of it are 256 KiB.
+const EVENT_SLOTS: ReceiveSlots = ReceiveSlots {
+    count: 64,
+    len: 4096,
+};
 
 /// A dump that has not reached NLMSG_DONE by then is abandoned. The kernel
 /// fills the socket as fast as we read, so 250k entries take well under a
@@ -128,6 +140,7 @@ impl ConntrackEvents {
             receive_buffer_bytes: Some(config.receive_buffer_bytes),
             no_enobufs: config.reliable,
             broadcast_error: config.reliable,
+            receive_slots: EVENT_SLOTS,
             ..SocketOptions::default()
         };
         Ok(ConntrackEvents {

@@ -1,6 +1,7 @@
 //! One module per netlink family. Messages are turned into the plain structs
 //! of `crate::model` here; no netlink type leaves this module.
 
+mod batch_recv;
 mod conntrack;
 mod ct_attrs;
 mod ct_parse;

@@ -1,6 +1,6 @@
-//! A non-blocking netlink socket with one reused receive buffer, and the
-//! synchronous request/dump exchange that the conntrack and route dumps
-//! share.
+//! A netlink socket: non-blocking event reads in batches (recvmmsg, see
+//! `batch_recv`), single reads into one reused buffer for the synchronous
+//! request/dump exchange that the conntrack and route dumps share.
 
 use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
@@ -11,6 +11,7 @@ use netlink_packet_core::{
 };
 use netlink_sys::{Socket, SocketAddr};
 
+use super::batch_recv::{BatchRead, BatchReceiver, ReceiveSlots, Slot};
 use super::stats::DrainStats;
 
 // include/uapi/linux/netlink.h
@@ -40,6 +41,10 @@ pub struct SocketOptions {
     /// Reads block; `receive_timeout` (SO_RCVTIMEO) bounds each read.
     pub blocking: bool,
     pub receive_timeout: Option<Duration>,
+    /// Buffers of `drain_messages`, which reads a batch of datagrams per
+    /// system call. `recv` and `dump` always use one buffer of
+    /// [`RECEIVE_BUFFER_LEN`].
+    pub receive_slots: ReceiveSlots,
 }
 
 /// The outcome of one read.
@@ -60,7 +65,11 @@ pub enum Received<'a> {
 pub struct NetlinkSocket {
     socket: Socket,
     port_id: u32,
+    /// The buffer of `recv` (one datagram at a time), allocated by the
+    /// first `recv`: event sockets that are only drained never need it.
     buf: Vec<u8>,
+    /// The slots of `drain_messages` (a batch at a time).
+    batch: BatchReceiver,
     receive_buffer_granted: usize,
 }
 
@@ -91,7 +100,8 @@ impl NetlinkSocket {
         let mut this = NetlinkSocket {
             port_id: addr.port_number(),
             socket,
-            buf: vec![0; RECEIVE_BUFFER_LEN],
+            buf: Vec::new(),
+            batch: BatchReceiver::new(options.receive_slots),
             receive_buffer_granted: 0,
         };
         this.receive_buffer_granted = match options.receive_buffer_bytes {
@@ -159,6 +169,9 @@ impl NetlinkSocket {
     /// results), and `InvalidData` when a datagram was larger than the
     /// buffer and therefore cut.
     pub fn recv(&mut self) -> io::Result<Received<'_>> {
+        if self.buf.is_empty() {
+            self.buf = vec![0; RECEIVE_BUFFER_LEN];
+        }
         loop {
             // MSG_TRUNC makes recv return the datagram's real length, so a
             // datagram larger than the buffer is detected, not parsed cut.
@@ -183,12 +196,18 @@ impl NetlinkSocket {
         }
     }
 
-    /// Reads datagrams until none is queued or `budget` reads are done, and
-    /// hands every netlink message in them to `on_message`. Counts messages,
-    /// overruns (ENOBUFS), malformed headers and cut datagrams (as parse
-    /// errors) and read errors in the returned stats; sets `more_pending`
-    /// when the budget ran out, because readiness will not be reported
-    /// again for what is still queued. `what` names the socket in logs.
+    /// Reads datagrams until none is queued or `budget` datagrams are read,
+    /// and hands every netlink message in them to `on_message`. Counts
+    /// messages, overruns (ENOBUFS), malformed headers and cut datagrams
+    /// (as parse errors) and read errors in the returned stats; sets
+    /// `more_pending` when the budget ran out, because readiness will not
+    /// be reported again for what is still queued. `what` names the socket
+    /// in logs.
+    ///
+    /// Reads never block (MSG_DONTWAIT), also on a socket opened blocking,
+    /// and fill up to `SocketOptions::receive_slots` datagrams per system
+    /// call. An overrun report uses up one datagram of the budget, as
+    /// when each read was one recv(2).
     pub fn drain_messages(
         &mut self,
         what: &str,
@@ -196,18 +215,20 @@ impl NetlinkSocket {
         mut on_message: impl FnMut(Message<'_>, &mut DrainStats),
     ) -> DrainStats {
         let mut stats = DrainStats::default();
-        for _ in 0..budget {
-            let datagram = match self.recv() {
-                Ok(Received::Datagram(d)) => d,
-                Ok(Received::WouldBlock) => return stats,
-                Ok(Received::Overrun) => {
+        let fd = self.socket.as_raw_fd();
+        let mut left = budget;
+        while left > 0 {
+            // A short batch does not mean the queue is empty: recvmmsg also
+            // stops at an error (a dropped multicast), returns what it read
+            // and reports the error on the next call. Only EAGAIN ends the
+            // drain.
+            match self.batch.read(fd, left) {
+                // At least one: the loop ends however the kernel answers.
+                Ok(BatchRead::Datagrams(n)) => left = left.saturating_sub(n.max(1)),
+                Ok(BatchRead::WouldBlock) => return stats,
+                Ok(BatchRead::Overrun) => {
                     stats.overruns += 1;
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    // An oversized datagram was cut: its messages are lost.
-                    log::warn!("{what}: {e}");
-                    stats.parse_errors += 1;
+                    left -= 1;
                     continue;
                 }
                 Err(e) => {
@@ -215,14 +236,28 @@ impl NetlinkSocket {
                     stats.read_errors += 1;
                     return stats;
                 }
-            };
-            for message in Messages::new(datagram) {
-                stats.messages += 1;
-                let Ok(message) = message else {
-                    stats.parse_errors += 1;
-                    break;
+            }
+            for slot in self.batch.datagrams() {
+                let datagram = match slot {
+                    Slot::Datagram(d) => d,
+                    Slot::Truncated { len } => {
+                        // Cut by the kernel: its messages are lost.
+                        log::warn!(
+                            "{what}: netlink datagram of {len} bytes exceeds the {} byte receive slot",
+                            self.batch.slots().len
+                        );
+                        stats.parse_errors += 1;
+                        continue;
+                    }
                 };
-                on_message(message, &mut stats);
+                for message in Messages::new(datagram) {
+                    stats.messages += 1;
+                    let Ok(message) = message else {
+                        stats.parse_errors += 1;
+                        break;
+                    };
+                    on_message(message, &mut stats);
+                }
             }
         }
         stats.more_pending = true;
@@ -515,6 +550,7 @@ fn set_receive_timeout(fd: RawFd, timeout: Duration) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::test_support::{in_new_netns, require_root};
 
     fn message(kind: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
         let len = NLMSG_HDRLEN + payload.len();
@@ -558,6 +594,248 @@ mod tests {
         datagram[..4].copy_from_slice(&3u32.to_ne_bytes());
         let parsed: Vec<_> = Messages::new(&datagram).collect();
         assert_eq!(parsed, vec![Err(MalformedHeader)]);
+    }
+
+    /// A message with sequence number `seq` and `payload_len` bytes of
+    /// payload, for telling datagrams apart.
+    fn numbered(seq: u32, payload_len: usize) -> Vec<u8> {
+        let mut m = message(0x100, 0, &vec![0xab; payload_len]);
+        m[8..12].copy_from_slice(&seq.to_ne_bytes());
+        m
+    }
+
+    // include/uapi/linux/netlink.h. Its multicast groups need no
+    // privilege to join or to send to, so a user socket can queue
+    // datagrams on an event socket the way the kernel does: each send is
+    // one datagram in every member's queue, dropped (ENOBUFS) when the
+    // member's receive buffer is full.
+    const NETLINK_USERSOCK: isize = 2;
+    const GROUP: u32 = 1;
+
+    /// An event socket of NETLINK_USERSOCK in GROUP. Open it inside
+    /// `in_new_netns`, so no other test's datagrams reach it.
+    fn member(slots: ReceiveSlots, receive_buffer_bytes: usize) -> NetlinkSocket {
+        NetlinkSocket::open(
+            NETLINK_USERSOCK,
+            &SocketOptions {
+                groups: vec![GROUP],
+                receive_buffer_bytes: Some(receive_buffer_bytes),
+                receive_slots: slots,
+                ..SocketOptions::default()
+            },
+        )
+        .expect("open a NETLINK_USERSOCK member")
+    }
+
+    struct GroupSender(Socket);
+
+    impl GroupSender {
+        fn open() -> Self {
+            let mut socket = Socket::new(NETLINK_USERSOCK).expect("NETLINK_USERSOCK socket");
+            socket.bind_auto().expect("bind");
+            GroupSender(socket)
+        }
+
+        /// One datagram to every member of GROUP.
+        fn send(&self, datagram: &[u8]) {
+            let to = SocketAddr::new(0, 1 << (GROUP - 1));
+            match self.0.send_to(datagram, &to, 0) {
+                Ok(sent) => assert_eq!(sent, datagram.len()),
+                // netlink_sendmsg delivers to the group, then also unicasts
+                // to port 0, where NETLINK_USERSOCK has no kernel socket.
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {}
+                Err(e) => panic!("multicast send: {e}"),
+            }
+        }
+    }
+
+    /// Drains once, returning the stats and the sequence numbers seen.
+    fn drain_seqs(socket: &mut NetlinkSocket, budget: usize) -> (DrainStats, Vec<u32>) {
+        let mut seqs = Vec::new();
+        let stats = socket.drain_messages("test", budget, |m, _| seqs.push(m.seq));
+        (stats, seqs)
+    }
+
+    #[test]
+    fn drain_reads_more_datagrams_than_slots_in_order_within_its_budget() {
+        if !require_root("drain_reads_more_datagrams_than_slots_in_order_within_its_budget") {
+            return;
+        }
+        in_new_netns(|| {
+            let sender = GroupSender::open();
+            let mut socket = member(
+                ReceiveSlots {
+                    count: 8,
+                    len: 1024,
+                },
+                1 << 20,
+            );
+            for seq in 0..100 {
+                sender.send(&numbered(seq, 64));
+            }
+            // One datagram with two messages: one of the budget, two messages.
+            let mut two = numbered(100, 8);
+            two.extend(numbered(101, 8));
+            sender.send(&two);
+
+            // 30 is not a multiple of 8: the last batch must ask for 6.
+            let (stats, seqs) = drain_seqs(&mut socket, 30);
+            assert_eq!(seqs, (0..30).collect::<Vec<_>>());
+            assert_eq!(
+                stats,
+                DrainStats {
+                    messages: 30,
+                    more_pending: true,
+                    ..DrainStats::default()
+                }
+            );
+            let (stats, seqs) = drain_seqs(&mut socket, 71);
+            assert_eq!(seqs, (30..102).collect::<Vec<_>>());
+            assert_eq!(stats.messages, 72);
+            // Exactly the budget was queued: whether more is pending is
+            // only known from another read.
+            assert!(stats.more_pending);
+            let (stats, seqs) = drain_seqs(&mut socket, 1000);
+            assert!(seqs.is_empty());
+            assert_eq!(stats, DrainStats::default());
+        });
+    }
+
+    #[test]
+    fn drain_counts_a_datagram_longer_than_its_slot_and_parses_none_of_it() {
+        if !require_root("drain_counts_a_datagram_longer_than_its_slot_and_parses_none_of_it") {
+            return;
+        }
+        in_new_netns(|| {
+            let sender = GroupSender::open();
+            let mut socket = member(ReceiveSlots { count: 4, len: 256 }, 1 << 20);
+            sender.send(&numbered(0, 16));
+            // 3 messages of 196 bytes: the first one would fit the slot,
+            // so a cut datagram would still yield it if parsed.
+            let mut long = numbered(1, 180);
+            long.extend(numbered(2, 180));
+            long.extend(numbered(3, 180));
+            sender.send(&long);
+            sender.send(&numbered(4, 16));
+
+            let (stats, seqs) = drain_seqs(&mut socket, 100);
+            assert_eq!(seqs, [0, 4]);
+            assert_eq!(
+                stats,
+                DrainStats {
+                    messages: 2,
+                    parse_errors: 1,
+                    ..DrainStats::default()
+                }
+            );
+        });
+    }
+
+    #[test]
+    fn drain_counts_an_overrun_and_reads_what_was_queued() {
+        if !require_root("drain_counts_an_overrun_and_reads_what_was_queued") {
+            return;
+        }
+        in_new_netns(|| {
+            let sender = GroupSender::open();
+            // 32 KiB of receive buffer hold a few dozen small datagrams
+            // (each costs its skb's truesize, about 1 KiB); the rest of
+            // the 500 are dropped, and the socket gets one ENOBUFS.
+            let mut socket = member(
+                ReceiveSlots {
+                    count: 4,
+                    len: 1024,
+                },
+                16 * 1024,
+            );
+            for seq in 0..500 {
+                sender.send(&numbered(seq, 200));
+            }
+            let (stats, seqs) = drain_seqs(&mut socket, 1000);
+            let queued = seqs.len();
+            assert!(
+                (5..500).contains(&queued),
+                "expected a drop after more than one batch, got {queued} of 500"
+            );
+            assert_eq!(seqs, (0..queued as u32).collect::<Vec<_>>());
+            assert_eq!(
+                stats,
+                DrainStats {
+                    messages: queued as u64,
+                    overruns: 1,
+                    ..DrainStats::default()
+                }
+            );
+
+            // Read empty, the socket takes datagrams again.
+            for seq in 500..510 {
+                sender.send(&numbered(seq, 200));
+            }
+            let (stats, seqs) = drain_seqs(&mut socket, 1000);
+            assert_eq!(seqs, (500..510).collect::<Vec<_>>());
+            assert_eq!(stats.overruns, 0);
+        });
+    }
+
+    /// A sender floods a small receive buffer while the socket is drained,
+    /// so drops happen at any point, including while a recvmmsg call is
+    /// between two datagrams (the kernel then returns what it read and
+    /// reports ENOBUFS on the next call). Whatever the interleaving:
+    /// datagrams arrive in order, and the first one after a gap arrives
+    /// after an overrun was counted.
+    #[test]
+    fn drain_under_a_flood_keeps_order_and_counts_loss_before_the_gap() {
+        if !require_root("drain_under_a_flood_keeps_order_and_counts_loss_before_the_gap") {
+            return;
+        }
+        in_new_netns(|| {
+            const SENT: u32 = 20_000;
+            let sender = GroupSender::open();
+            let mut socket = member(
+                ReceiveSlots {
+                    count: 16,
+                    len: 1024,
+                },
+                4 * 1024,
+            );
+            let flood = std::thread::spawn(move || {
+                for seq in 0..SENT {
+                    sender.send(&numbered(seq, 200));
+                }
+            });
+            let mut seqs: Vec<u32> = Vec::new();
+            let mut overruns = 0;
+            let mut overruns_at_first_gap = None;
+            let mut drained = false;
+            // Bounded: the sender stops; then a few drains empty the queue.
+            for _ in 0..10_000_000 {
+                let sender_done = flood.is_finished();
+                let stats = socket.drain_messages("test", 64, |m, stats| {
+                    let expected = seqs.last().map_or(0, |last| last + 1);
+                    if m.seq != expected && overruns_at_first_gap.is_none() {
+                        overruns_at_first_gap = Some(overruns + stats.overruns);
+                    }
+                    seqs.push(m.seq);
+                });
+                overruns += stats.overruns;
+                assert_eq!(stats.parse_errors + stats.read_errors, 0);
+                if sender_done && stats.messages == 0 && stats.overruns == 0 {
+                    drained = true;
+                    break;
+                }
+            }
+            flood.join().unwrap();
+            assert!(drained, "drain loop hit its bound");
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "datagrams out of order or repeated"
+            );
+            if let Some(counted) = overruns_at_first_gap {
+                assert!(counted >= 1, "a gap in the sequence before any overrun");
+            }
+            let lost = SENT as usize - seqs.len();
+            assert_eq!(lost > 0, overruns > 0, "{lost} lost, {overruns} overruns");
+        });
     }
 
     #[test]
