@@ -428,6 +428,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         config.path.display()
     );
+    startup::keep_large_allocations_mapped();
     match capture::run(config) {
         Ok(0) => {
             log::info!("stopped");

