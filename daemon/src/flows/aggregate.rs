@@ -203,36 +203,94 @@ fn v6_octets(a: IpAddr) -> ([u8; 16], bool) {
     }
 }
 
+/// A `u64` kept as two `u32` halves, so that [`RecordSum`] needs only
+/// 4-byte alignment: with a 16-byte IPv4 key the map's slot is then 36
+/// bytes, not 48. The window's sums are the largest part of the daemon's
+/// memory at a close.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SplitU64([u32; 2]);
+
+impl SplitU64 {
+    fn get(self) -> u64 {
+        (u64::from(self.0[0]) << 32) | u64::from(self.0[1])
+    }
+
+    fn add(&mut self, v: u64) {
+        let sum = self.get().saturating_add(v);
+        self.0 = [(sum >> 32) as u32, sum as u32];
+    }
+}
+
+/// The firewall rule of a REJECT record, as an index into the window's
+/// [`Rules`]; 0 for none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct RuleId(u32);
+
+/// The rules that a window's REJECT records name. A record holds a
+/// 4-byte [`RuleId`] instead of an `Option<Arc<str>>` (16 bytes).
+#[derive(Default)]
+struct Rules {
+    names: Vec<Arc<str>>,
+    ids: HashMap<Arc<str>, RuleId, SumHasher>,
+    /// The last rule looked up, by address: drops mostly come in runs of
+    /// one rule, and the reject path hands out one `Arc` per rule.
+    last: Option<(usize, RuleId)>,
+}
+
+impl Rules {
+    fn intern(&mut self, rule: Option<&Arc<str>>) -> RuleId {
+        let Some(rule) = rule else {
+            return RuleId(0);
+        };
+        let addr = Arc::as_ptr(rule).cast::<u8>() as usize;
+        if let Some((last, id)) = self.last {
+            if last == addr {
+                return id;
+            }
+        }
+        let id = match self.ids.get(rule) {
+            Some(&id) => id,
+            None => {
+                self.names.push(Arc::clone(rule));
+                let id = RuleId(u32::try_from(self.names.len()).unwrap_or(u32::MAX));
+                self.ids.insert(Arc::clone(rule), id);
+                id
+            }
+        };
+        self.last = Some((addr, id));
+        id
+    }
+
+    fn get(&self, id: RuleId) -> Option<Arc<str>> {
+        let i = usize::try_from(id.0).ok()?.checked_sub(1)?;
+        self.names.get(i).cloned()
+    }
+}
+
 struct RecordSum {
-    packets: u64,
-    bytes: u64,
-    rule: Option<Arc<str>>,
+    packets: SplitU64,
+    bytes: SplitU64,
+    rule: RuleId,
 }
 
 impl RecordSum {
-    fn add(&mut self, packets: u64, bytes: u64, rule: Option<&Arc<str>>) {
-        self.packets = self.packets.saturating_add(packets);
-        self.bytes = self.bytes.saturating_add(bytes);
-        if self.rule.is_none() {
-            self.rule = rule.cloned();
+    fn add(&mut self, packets: u64, bytes: u64, rule: RuleId) {
+        self.packets.add(packets);
+        self.bytes.add(bytes);
+        if self.rule == RuleId(0) {
+            self.rule = rule;
         }
     }
 }
 
 type Sums<K> = HashMap<K, RecordSum, SumHasher>;
 
-fn add_to<K: RecordKey>(
-    sums: &mut Sums<K>,
-    key: K,
-    packets: u64,
-    bytes: u64,
-    rule: Option<&Arc<str>>,
-) {
+fn add_to<K: RecordKey>(sums: &mut Sums<K>, key: K, packets: u64, bytes: u64, rule: RuleId) {
     sums.entry(key)
         .or_insert(RecordSum {
-            packets: 0,
-            bytes: 0,
-            rule: None,
+            packets: SplitU64::default(),
+            bytes: SplitU64::default(),
+            rule: RuleId(0),
         })
         .add(packets, bytes, rule);
 }
@@ -274,6 +332,7 @@ impl WindowRecords {
 pub(super) struct WindowAggregate {
     sums4: Sums<V4Key>,
     sums6: Sums<V6Key>,
+    rules: Rules,
     /// Per ENI: data was lost in this window.
     skipped: Vec<bool>,
     /// Data was lost for every ENI (an overrun whose ENIs are unknown).
@@ -294,6 +353,7 @@ impl WindowAggregate {
         if packets == 0 {
             return;
         }
+        let rule = self.rules.intern(rule);
         let t = tuple.for_record();
         let mut rest = KeyRest {
             src_port: t.src_port,
@@ -350,8 +410,9 @@ impl WindowAggregate {
 
     /// Takes `other`'s sums and loss marks into this aggregate.
     pub(super) fn absorb(&mut self, other: WindowAggregate) {
-        merge_into(&mut self.sums4, other.sums4.into_iter().collect());
-        merge_into(&mut self.sums6, other.sums6.into_iter().collect());
+        let from = &other.rules;
+        merge_into(&mut self.sums4, &mut self.rules, other.sums4, from);
+        merge_into(&mut self.sums6, &mut self.rules, other.sums6, from);
         for (i, &skipped) in other.skipped.iter().enumerate() {
             if let (true, Some(eni)) = (skipped, EniIndex::new(i)) {
                 self.mark_skipped(eni);
@@ -383,6 +444,7 @@ impl WindowAggregate {
     ) -> WindowDrain {
         let mut sums4 = std::mem::take(&mut self.sums4);
         let mut sums6 = std::mem::take(&mut self.sums6);
+        let rules = std::mem::take(&mut self.rules);
         let skipped = std::mem::take(&mut self.skipped);
         let all_skipped = std::mem::take(&mut self.all_skipped);
 
@@ -401,8 +463,8 @@ impl WindowAggregate {
                 }
                 held_dropped = held_count;
             } else {
-                merge_into(&mut next.sums4, held4);
-                merge_into(&mut next.sums6, held6);
+                merge_into(&mut next.sums4, &mut next.rules, held4, &rules);
+                merge_into(&mut next.sums6, &mut next.rules, held6, &rules);
             }
         }
 
@@ -444,6 +506,7 @@ impl WindowAggregate {
             held_dropped,
             ok4: (!sums4.is_empty()).then(|| sums4.into_iter()),
             ok6: (!sums6.is_empty()).then(|| sums6.into_iter()),
+            rules,
             enis,
             instances,
             statuses: None,
@@ -465,7 +528,7 @@ fn take_held<K: RecordKey>(sums: &mut Sums<K>, held: &[bool]) -> Vec<(K, RecordS
             RecordSum {
                 packets: s.packets,
                 bytes: s.bytes,
-                rule: s.rule.take(),
+                rule: s.rule,
             },
         ));
         false
@@ -473,9 +536,17 @@ fn take_held<K: RecordKey>(sums: &mut Sums<K>, held: &[bool]) -> Vec<(K, RecordS
     out
 }
 
-fn merge_into<K: RecordKey>(sums: &mut Sums<K>, records: Vec<(K, RecordSum)>) {
+/// Adds `records`, whose rules are `from`'s, into `sums`, whose rules are
+/// `rules`.
+fn merge_into<K: RecordKey>(
+    sums: &mut Sums<K>,
+    rules: &mut Rules,
+    records: impl IntoIterator<Item = (K, RecordSum)>,
+    from: &Rules,
+) {
     for (k, s) in records {
-        add_to(sums, k, s.packets, s.bytes, s.rule.as_ref());
+        let rule = rules.intern(from.get(s.rule).as_ref());
+        add_to(sums, k, s.packets.get(), s.bytes.get(), rule);
     }
 }
 
@@ -524,6 +595,8 @@ pub struct WindowDrain {
     pub(crate) held_dropped: usize,
     ok4: Option<hash_map::IntoIter<V4Key, RecordSum>>,
     ok6: Option<hash_map::IntoIter<V6Key, RecordSum>>,
+    /// The rules the sums name.
+    rules: Rules,
     enis: Vec<EniView>,
     instances: Vec<InstanceView>,
     /// The NODATA / SKIPDATA chunk, built once the OK records are out
@@ -679,8 +752,8 @@ impl WindowDrain {
                 dstport: t.dst_port,
                 protocol: t.protocol,
                 direction: rest.direction(),
-                packets: sum.packets,
-                bytes: sum.bytes,
+                packets: sum.packets.get(),
+                bytes: sum.bytes.get(),
                 action: rest.action(),
             };
             records.push(FlowRecord {
@@ -689,7 +762,7 @@ impl WindowDrain {
                 start: self.window.start,
                 end: self.window.end,
                 log_status: LogStatus::Ok,
-                rule: sum.rule,
+                rule: self.rules.get(sum.rule),
             });
             enis.push(rest.eni.get());
         }
@@ -828,11 +901,13 @@ mod tests {
     #[test]
     fn a_record_slot_is_smaller_than_with_ip_addr_keys() {
         // With two IpAddr in the key the map's slot was 80 bytes (key 44,
-        // sum 32). IPv4 keys are 16 bytes, IPv6 keys 40.
+        // sum 32). IPv4 keys are 16 bytes, IPv6 keys 40, the sum 20
+        // (counters in u32 halves, the rule as an index).
         assert_eq!(std::mem::size_of::<V4Key>(), 16);
         assert_eq!(std::mem::size_of::<V6Key>(), 40);
-        assert_eq!(std::mem::size_of::<(V4Key, RecordSum)>(), 48);
-        assert_eq!(std::mem::size_of::<(V6Key, RecordSum)>(), 72);
+        assert_eq!(std::mem::size_of::<RecordSum>(), 20);
+        assert_eq!(std::mem::size_of::<(V4Key, RecordSum)>(), 36);
+        assert_eq!(std::mem::size_of::<(V6Key, RecordSum)>(), 60);
     }
 
     #[test]
@@ -890,8 +965,45 @@ mod tests {
         }
         assert_eq!(agg.len(), 8);
         for s in agg.sums4.values() {
-            assert_eq!((s.packets, s.bytes), (3, 300));
-            assert_eq!(s.rule.as_deref(), Some("drop"));
+            assert_eq!((s.packets.get(), s.bytes.get()), (3, 300));
+            assert_eq!(agg.rules.get(s.rule).as_deref(), Some("drop"));
         }
+    }
+    #[test]
+    fn counters_keep_the_full_u64_range_and_saturate() {
+        let mut c = SplitU64::default();
+        c.add(u64::from(u32::MAX));
+        c.add(5);
+        assert_eq!(c.get(), u64::from(u32::MAX) + 5);
+        c.add(u64::MAX - 10);
+        assert_eq!(c.get(), u64::MAX);
+    }
+
+    #[test]
+    fn rules_keep_their_names_when_sums_move_between_windows() {
+        let eni = EniIndex::new(1).unwrap();
+        let t = tuple("198.51.100.9", 40000, "10.0.0.5", 22, 6);
+        let u = tuple("198.51.100.9", 40001, "10.0.0.5", 23, 6);
+        let (x, y): (Arc<str>, Arc<str>) = (Arc::from("sg-1:ssh"), Arc::from("sg-1:telnet"));
+        let mut old = WindowAggregate::default();
+        old.add(eni, Direction::In, Action::Reject, t, (1, 60), Some(&x));
+        let mut next = WindowAggregate::default();
+        // In `next`, index 1 is another rule.
+        next.add(eni, Direction::In, Action::Reject, u, (1, 60), Some(&y));
+        next.absorb(old);
+        let rule_of = |agg: &WindowAggregate, port: u16| {
+            let (_, s) = agg
+                .sums4
+                .iter()
+                .find(|(k, _)| k.rest.dst_port == port)
+                .unwrap();
+            agg.rules.get(s.rule)
+        };
+        assert_eq!(rule_of(&next, 22).as_deref(), Some("sg-1:ssh"));
+        assert_eq!(rule_of(&next, 23).as_deref(), Some("sg-1:telnet"));
+        // An equal name from another Arc is the same rule.
+        let x2: Arc<str> = Arc::from("sg-1:ssh");
+        assert_eq!(next.rules.intern(Some(&x2)), next.rules.intern(Some(&x)));
+        assert_eq!(next.rules.names.len(), 2);
     }
 }
