@@ -48,10 +48,18 @@ const DUMP: Token = Token(5);
 const DUMP_SLICE_DATAGRAMS: usize = 16;
 
 /// Most records per chunk of a closed window sent to the sinks (about
-/// 1.7 MB): the window's records become sink records a chunk at a time.
-const EMIT_CHUNK_RECORDS: usize = 16 * 1024;
+/// 0.9 MB): the window's records become sink records a chunk at a time.
+const EMIT_CHUNK_RECORDS: usize = 8 * 1024;
 /// How soon the loop looks again at queues that had no room.
 const EMIT_RETRY: Duration = Duration::from_millis(5);
+
+/// While events are arriving, the loop lets them gather this long before
+/// it reads again: the kernel sends each conntrack event as a datagram of
+/// its own, and reading them a few at a time costs a wake-up and a system
+/// call for each few. The socket's buffer holds far more than this much.
+const EVENT_GATHER: Duration = Duration::from_millis(1);
+/// A read of fewer messages than this counts as "a few".
+const EVENT_GATHER_BELOW: u64 = 64;
 
 /// Bytes of each dropped packet NFLOG copies to us: an IPv6 header with a
 /// few extension headers and the transport ports fit; the record's size
@@ -142,6 +150,8 @@ struct Capture {
     last_held: usize,
     /// The closed window whose records are being sent, chunk by chunk.
     emitting: Option<EmittingWindow>,
+    /// Event messages read since the loop last slept in `poll`.
+    events_read: u64,
 }
 
 /// How a closed window goes out for a sink queue bound of `capacity`
@@ -357,6 +367,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         dump_pending: false,
         last_held: 0,
         emitting: None,
+        events_read: 0,
         config,
     };
     // Interfaces and addresses now; changes arrive on the watcher.
@@ -441,6 +452,11 @@ pub fn run(config: Config) -> Result<u64, RunError> {
 
     let mut poll_events = Events::with_capacity(64);
     let lost = loop {
+        // Events came in a trickle at the last read: let them gather.
+        let trickle = std::mem::take(&mut capture.events_read);
+        if trickle > 0 && trickle < EVENT_GATHER_BELOW && !capture.drain_pending {
+            std::thread::sleep(EVENT_GATHER);
+        }
         let timeout = if capture.drain_pending || capture.dump_pending {
             Duration::ZERO
         } else if capture.emitting.as_ref().is_some_and(|e| e.waiting) {
@@ -620,6 +636,7 @@ impl Capture {
             }
         }
         self.drain_pending |= s.more_pending;
+        self.events_read += s.messages;
         LoopStats::add(&mut self.stats.conntrack, &s);
     }
 
