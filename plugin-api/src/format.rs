@@ -48,41 +48,47 @@ fn id_or_dash(s: &str) -> &str {
 
 /// Appends the text form of `r` to `out`, without a line ending.
 pub fn write_text(out: &mut String, r: &RecordView<'_>) {
-    let _ = write!(
-        out,
-        "{} {} {} {} {} {} ",
-        r.version(),
-        id_or_dash(r.vswitch_id()),
-        id_or_dash(r.vm_id()),
-        id_or_dash(r.vpc_id()),
-        id_or_dash(r.account_id()),
-        id_or_dash(r.eni_id()),
-    );
-    match r.flow() {
+    push_int(out, r.version());
+    for id in [
+        r.vswitch_id(),
+        r.vm_id(),
+        r.vpc_id(),
+        r.account_id(),
+        r.eni_id(),
+    ] {
+        out.push(' ');
+        out.push_str(id_or_dash(id));
+    }
+    out.push(' ');
+    let flow = r.flow();
+    match &flow {
         Some(f) => {
-            let _ = write!(
-                out,
-                "{} {} {} {} {} {} {} {} ",
-                f.srcaddr,
-                f.srcport,
-                f.dstaddr,
-                f.dstport,
-                f.protocol,
-                f.direction.as_str(),
-                f.packets,
-                f.bytes
-            );
+            push_addr(out, f.srcaddr);
+            out.push(' ');
+            push_int(out, f.srcport);
+            out.push(' ');
+            push_addr(out, f.dstaddr);
+            out.push(' ');
+            push_int(out, f.dstport);
+            out.push(' ');
+            push_int(out, f.protocol);
+            out.push(' ');
+            out.push_str(f.direction.as_str());
+            out.push(' ');
+            push_int(out, f.packets);
+            out.push(' ');
+            push_int(out, f.bytes);
+            out.push(' ');
         }
         None => out.push_str("- - - - - - - - "),
     }
-    let _ = write!(
-        out,
-        "{} {} {} ",
-        r.start(),
-        r.end(),
-        r.log_status().as_str()
-    );
-    match r.flow() {
+    push_int(out, r.start());
+    out.push(' ');
+    push_int(out, r.end());
+    out.push(' ');
+    out.push_str(r.log_status().as_str());
+    out.push(' ');
+    match &flow {
         Some(f) => out.push_str(f.action.as_str()),
         None => out.push('-'),
     }
@@ -157,50 +163,60 @@ pub fn to_json(r: &RecordView<'_>) -> String {
 /// Appends the JSON object of `r` to `out` (keys in the design's order),
 /// without a line ending. Written straight into `out`, with no intermediate
 /// `serde_json::Value`: sinks call this for every record, and building a
-/// map per record was most of a busy file sink's time.
+/// map per record was most of a busy file sink's time. For the same reason
+/// nothing here goes through `core::fmt` on the common path (see
+/// `push_int`, `push_addr`).
 pub fn write_json(out: &mut String, r: &RecordView<'_>) {
-    let str_field = |out: &mut String, key: &str, value: &str| {
-        let _ = write!(out, "\"{key}\":");
-        push_json_string(out, value);
-        out.push(',');
-    };
-    let _ = write!(out, "{{\"version\":{},", r.version());
-    str_field(out, "vswitch-id", r.vswitch_id());
-    str_field(out, "vm-id", r.vm_id());
-    str_field(out, "vpc-id", r.vpc_id());
-    str_field(out, "account-id", r.account_id());
-    str_field(out, "eni-id", r.eni_id());
-    match r.flow() {
+    out.push_str("{\"version\":");
+    push_int(out, r.version());
+    out.push_str(",\"vswitch-id\":");
+    push_json_string(out, r.vswitch_id());
+    out.push_str(",\"vm-id\":");
+    push_json_string(out, r.vm_id());
+    out.push_str(",\"vpc-id\":");
+    push_json_string(out, r.vpc_id());
+    out.push_str(",\"account-id\":");
+    push_json_string(out, r.account_id());
+    out.push_str(",\"eni-id\":");
+    push_json_string(out, r.eni_id());
+    let flow = r.flow();
+    match &flow {
         Some(f) => {
-            let _ = write!(
-                out,
-                "\"srcaddr\":\"{}\",\"srcport\":{},\"dstaddr\":\"{}\",\"dstport\":{},\"protocol\":{},\
-                 \"direction\":\"{}\",\"packets\":{},\"bytes\":{},",
-                f.srcaddr,
-                f.srcport,
-                f.dstaddr,
-                f.dstport,
-                f.protocol,
-                f.direction.as_str(),
-                f.packets,
-                f.bytes
-            );
+            // Addresses need no escaping: digits, `.`, `:` and hex only.
+            out.push_str(",\"srcaddr\":\"");
+            push_addr(out, f.srcaddr);
+            out.push_str("\",\"srcport\":");
+            push_int(out, f.srcport);
+            out.push_str(",\"dstaddr\":\"");
+            push_addr(out, f.dstaddr);
+            out.push_str("\",\"dstport\":");
+            push_int(out, f.dstport);
+            out.push_str(",\"protocol\":");
+            push_int(out, f.protocol);
+            out.push_str(",\"direction\":\"");
+            out.push_str(f.direction.as_str());
+            out.push_str("\",\"packets\":");
+            push_int(out, f.packets);
+            out.push_str(",\"bytes\":");
+            push_int(out, f.bytes);
         }
         None => out.push_str(
-            "\"srcaddr\":null,\"srcport\":null,\"dstaddr\":null,\"dstport\":null,\"protocol\":null,\
-             \"direction\":null,\"packets\":null,\"bytes\":null,",
+            ",\"srcaddr\":null,\"srcport\":null,\"dstaddr\":null,\"dstport\":null,\"protocol\":null,\
+             \"direction\":null,\"packets\":null,\"bytes\":null",
         ),
     }
-    let _ = write!(
-        out,
-        "\"start\":{},\"end\":{},\"log-status\":\"{}\",\"action\":",
-        r.start(),
-        r.end(),
-        r.log_status().as_str()
-    );
-    match r.flow() {
+    out.push_str(",\"start\":");
+    push_int(out, r.start());
+    out.push_str(",\"end\":");
+    push_int(out, r.end());
+    out.push_str(",\"log-status\":\"");
+    out.push_str(r.log_status().as_str());
+    out.push_str("\",\"action\":");
+    match &flow {
         Some(f) => {
-            let _ = write!(out, "\"{}\"", f.action.as_str());
+            out.push('"');
+            out.push_str(f.action.as_str());
+            out.push('"');
         }
         None => out.push_str("null"),
     }
@@ -211,9 +227,73 @@ pub fn write_json(out: &mut String, r: &RecordView<'_>) {
     out.push('}');
 }
 
+/// `n` in decimal, as `Display` writes it, without `core::fmt`'s
+/// per-call machinery.
+fn push_int<I: itoa::Integer>(out: &mut String, n: I) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+/// The decimal form of every octet followed by a dot, zero padded to three
+/// digits: entry `n` is bytes `4n..4n + 4`, and [`push_addr`] skips the
+/// padding zeros.
+const OCTETS_DOTTED: &str = {
+    const BYTES: [u8; 256 * 4] = {
+        let mut b = [0; 256 * 4];
+        let mut n = 0;
+        while n < 256 {
+            b[4 * n] = b'0' + (n / 100) as u8;
+            b[4 * n + 1] = b'0' + (n / 10 % 10) as u8;
+            b[4 * n + 2] = b'0' + (n % 10) as u8;
+            b[4 * n + 3] = b'.';
+            n += 1;
+        }
+        b
+    };
+    match std::str::from_utf8(&BYTES) {
+        Ok(s) => s,
+        Err(_) => panic!("the octet table is ASCII"),
+    }
+};
+
+/// `addr` as its `Display` writes it. IPv4 (nearly every record) from a
+/// table of octets; IPv6 through `Display`, whose RFC 5952 compression is
+/// not worth redoing for the rarer family.
+fn push_addr(out: &mut String, addr: IpAddr) {
+    match addr {
+        IpAddr::V4(a) => {
+            let [o1, o2, o3, o4] = a.octets();
+            push_octet(out, o1, true);
+            push_octet(out, o2, true);
+            push_octet(out, o3, true);
+            push_octet(out, o4, false);
+        }
+        IpAddr::V6(a) => {
+            let _ = write!(out, "{a}");
+        }
+    }
+}
+
+fn push_octet(out: &mut String, n: u8, dot: bool) {
+    let entry = 4 * usize::from(n);
+    let leading_zeros = usize::from(n < 100) + usize::from(n < 10);
+    out.push_str(&OCTETS_DOTTED[entry + leading_zeros..entry + 3 + usize::from(dot)]);
+}
+
+/// Whether `value` can go into a JSON string literal as it is. Checking
+/// bytes is enough: every byte of a multi-byte UTF-8 character is >= 0x80.
+fn needs_json_escape(value: &str) -> bool {
+    value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
+}
+
 /// `value` as a JSON string literal (RFC 8259 escaping).
 fn push_json_string(out: &mut String, value: &str) {
     out.push('"');
+    if !needs_json_escape(value) {
+        // The common case (ids, rule names): one copy, not a push per char.
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
     for c in value.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -326,6 +406,8 @@ pub fn parse_json(line: &str) -> Result<FlowRecord, ParseRecordError> {
 mod tests {
     use super::*;
 
+    use crate::abi::FfiRecord;
+
     fn sample() -> FlowRecord {
         FlowRecord {
             eni: Arc::new(EniIds {
@@ -419,5 +501,352 @@ mod tests {
     fn parse_json_names_the_bad_field() {
         let e = parse_json(r#"{"log-status":"OK","srcaddr":"x"}"#).unwrap_err();
         assert_eq!(e.0, "field `srcaddr`: expected an IP address");
+    }
+
+    /// The writers as they were before they stopped going through
+    /// `core::fmt`: the oracle the fast ones must match byte for byte.
+    mod reference {
+        use std::fmt::Write as _;
+
+        use super::super::id_or_dash;
+        use crate::record::RecordView;
+
+        pub fn text(r: &RecordView<'_>) -> String {
+            let mut out = String::new();
+            let _ = write!(
+                out,
+                "{} {} {} {} {} {} ",
+                r.version(),
+                id_or_dash(r.vswitch_id()),
+                id_or_dash(r.vm_id()),
+                id_or_dash(r.vpc_id()),
+                id_or_dash(r.account_id()),
+                id_or_dash(r.eni_id()),
+            );
+            match r.flow() {
+                Some(f) => {
+                    let _ = write!(
+                        out,
+                        "{} {} {} {} {} {} {} {} ",
+                        f.srcaddr,
+                        f.srcport,
+                        f.dstaddr,
+                        f.dstport,
+                        f.protocol,
+                        f.direction.as_str(),
+                        f.packets,
+                        f.bytes
+                    );
+                }
+                None => out.push_str("- - - - - - - - "),
+            }
+            let _ = write!(
+                out,
+                "{} {} {} ",
+                r.start(),
+                r.end(),
+                r.log_status().as_str()
+            );
+            match r.flow() {
+                Some(f) => out.push_str(f.action.as_str()),
+                None => out.push('-'),
+            }
+            out
+        }
+
+        pub fn json(r: &RecordView<'_>) -> String {
+            let mut out = String::new();
+            let out = &mut out;
+            let str_field = |out: &mut String, key: &str, value: &str| {
+                let _ = write!(out, "\"{key}\":");
+                json_string(out, value);
+                out.push(',');
+            };
+            let _ = write!(out, "{{\"version\":{},", r.version());
+            str_field(out, "vswitch-id", r.vswitch_id());
+            str_field(out, "vm-id", r.vm_id());
+            str_field(out, "vpc-id", r.vpc_id());
+            str_field(out, "account-id", r.account_id());
+            str_field(out, "eni-id", r.eni_id());
+            match r.flow() {
+                Some(f) => {
+                    let _ = write!(
+                        out,
+                        "\"srcaddr\":\"{}\",\"srcport\":{},\"dstaddr\":\"{}\",\"dstport\":{},\"protocol\":{},\
+                         \"direction\":\"{}\",\"packets\":{},\"bytes\":{},",
+                        f.srcaddr,
+                        f.srcport,
+                        f.dstaddr,
+                        f.dstport,
+                        f.protocol,
+                        f.direction.as_str(),
+                        f.packets,
+                        f.bytes
+                    );
+                }
+                None => out.push_str(
+                    "\"srcaddr\":null,\"srcport\":null,\"dstaddr\":null,\"dstport\":null,\"protocol\":null,\
+                     \"direction\":null,\"packets\":null,\"bytes\":null,",
+                ),
+            }
+            let _ = write!(
+                out,
+                "\"start\":{},\"end\":{},\"log-status\":\"{}\",\"action\":",
+                r.start(),
+                r.end(),
+                r.log_status().as_str()
+            );
+            match r.flow() {
+                Some(f) => {
+                    let _ = write!(out, "\"{}\"", f.action.as_str());
+                }
+                None => out.push_str("null"),
+            }
+            if let Some(rule) = r.rule() {
+                out.push_str(",\"rule\":");
+                json_string(out, rule);
+            }
+            out.push('}');
+            std::mem::take(out)
+        }
+
+        pub fn json_string(out: &mut String, value: &str) {
+            out.push('"');
+            for c in value.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c if (c as u32) < 0x20 => {
+                        let _ = write!(out, "\\u{:04x}", c as u32);
+                    }
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+    }
+
+    /// Both writers against the reference, appending after existing text
+    /// as the sinks do.
+    #[track_caller]
+    fn assert_matches_reference(ffi: &FfiRecord) {
+        // SAFETY: the caller's record owns the strings `ffi` points to.
+        let v = unsafe { RecordView::new(ffi) };
+        let mut out = String::from("prefix|");
+        write_text(&mut out, &v);
+        assert_eq!(out, format!("prefix|{}", reference::text(&v)));
+        out.truncate("prefix|".len());
+        write_json(&mut out, &v);
+        assert_eq!(out, format!("prefix|{}", reference::json(&v)));
+    }
+
+    /// A cheap deterministic generator, so the loops below cover many
+    /// values without a `rand` dependency and fail the same way every run.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn with_addrs(srcaddr: IpAddr, dstaddr: IpAddr) -> FlowRecord {
+        let mut r = sample();
+        let f = r.flow.as_mut().unwrap();
+        f.srcaddr = srcaddr;
+        f.dstaddr = dstaddr;
+        r
+    }
+
+    #[test]
+    fn ipv4_is_written_as_display_writes_it() {
+        use std::net::Ipv4Addr;
+        let mut addrs: Vec<Ipv4Addr> = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.0.1",
+            "1.2.3.4",
+            "100.64.0.9",
+            "192.168.0.10",
+            "9.10.99.100",
+            "101.110.199.200",
+            "127.0.0.1",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        // Every octet value in every position.
+        for n in 0..=255u8 {
+            addrs.push(Ipv4Addr::new(n, 0, 0, 0));
+            addrs.push(Ipv4Addr::new(1, n, 1, 1));
+            addrs.push(Ipv4Addr::new(255, 255, n, 255));
+            addrs.push(Ipv4Addr::new(10, 0, 0, n));
+        }
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        addrs.extend((0..50_000).map(|_| Ipv4Addr::from(rng.next() as u32)));
+
+        let mut out = String::new();
+        for a in &addrs {
+            out.clear();
+            push_addr(&mut out, IpAddr::V4(*a));
+            assert_eq!(out, a.to_string());
+        }
+        for pair in addrs.chunks_exact(2).take(3_000) {
+            let r = with_addrs(IpAddr::V4(pair[0]), IpAddr::V4(pair[1]));
+            assert_matches_reference(&r.to_ffi());
+        }
+    }
+
+    #[test]
+    fn ipv6_is_written_as_display_writes_it() {
+        let addrs = [
+            "::",
+            "::1",
+            "1::",
+            "2001:db8::1",
+            "2001:db8:0:1:0:0:0:10",
+            "2001:db8:0:0:1:0:0:1",
+            "fe80::1:2:3:4",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "1:2:3:4:5:6:7:8",
+            "::ffff:1.2.3.4",
+            "::1.2.3.4",
+            "64:ff9b::10.0.0.1",
+        ];
+        let mut out = String::new();
+        for a in addrs {
+            let a: IpAddr = a.parse().unwrap();
+            out.clear();
+            push_addr(&mut out, a);
+            assert_eq!(out, a.to_string());
+            assert_matches_reference(&with_addrs(a, "10.0.0.1".parse().unwrap()).to_ffi());
+        }
+    }
+
+    #[test]
+    fn integers_are_written_as_display_writes_them() {
+        let mut unsigned: Vec<u64> = vec![0, 9, 10, 99, 100, 255, 256, 65_535, 65_536];
+        unsigned.extend([u64::from(u32::MAX), u64::MAX - 1, u64::MAX]);
+        for p in 0..=19 {
+            let p = 10u64.pow(p);
+            unsigned.extend([p - 1, p, p + 1]);
+        }
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        // Random values of every width, not just huge ones.
+        unsigned.extend((0..10_000).map(|i| rng.next() >> (i % 64)));
+
+        let mut out = String::new();
+        let mut check = |n: &dyn std::fmt::Display, push: &dyn Fn(&mut String)| {
+            out.clear();
+            push(&mut out);
+            assert_eq!(out, n.to_string());
+        };
+        for &n in &unsigned {
+            check(&n, &|o| push_int(o, n));
+            let (small, port, proto) = (n as u32, n as u16, n as u8);
+            check(&small, &|o| push_int(o, small));
+            check(&port, &|o| push_int(o, port));
+            check(&proto, &|o| push_int(o, proto));
+            for signed in [n as i64, (n as i64).wrapping_neg()] {
+                check(&signed, &|o| push_int(o, signed));
+            }
+        }
+        for signed in [i64::MIN, i64::MIN + 1, -1, 0, 1, i64::MAX] {
+            check(&signed, &|o| push_int(o, signed));
+        }
+
+        for (i, n) in unsigned.iter().copied().enumerate().take(2_000) {
+            let mut r = sample();
+            let f = r.flow.as_mut().unwrap();
+            f.srcport = n as u16;
+            f.dstport = (n >> 16) as u16;
+            f.protocol = n as u8;
+            f.packets = n;
+            f.bytes = unsigned[unsigned.len() - 1 - i];
+            r.start = n as i64;
+            r.end = (n as i64).wrapping_neg();
+            let mut ffi = r.to_ffi();
+            ffi.version = n as u32;
+            assert_matches_reference(&ffi);
+        }
+    }
+
+    #[test]
+    fn json_strings_are_escaped_only_when_they_need_it() {
+        let plain = [
+            "",
+            "eni-bp1a2b3c4d",
+            "sg-1:deny-ssh",
+            "a/b'c",
+            " ",
+            "~\u{7f}",
+            "eni-\u{e9}",
+            "\u{65e5}\u{672c}",
+        ];
+        let escaped = [
+            "\"",
+            "\\",
+            "\n",
+            "\r",
+            "\t",
+            "\u{0}",
+            "\u{1}",
+            "\u{8}",
+            "\u{c}",
+            "\u{1f}",
+            "sg \"q\"\\x\n\u{1}",
+            "\"at the start",
+            "at the end\\",
+            "\u{e9}\u{1b}[0m",
+        ];
+        let mut out = String::new();
+        for s in plain.iter().chain(&escaped) {
+            assert_eq!(needs_json_escape(s), escaped.contains(s), "{s:?}");
+            out.clear();
+            push_json_string(&mut out, s);
+            let mut expected = String::new();
+            reference::json_string(&mut expected, s);
+            assert_eq!(out, expected);
+            let back: String = serde_json::from_str(&out).unwrap();
+            assert_eq!(back, *s);
+            if !escaped.contains(s) {
+                assert_eq!(out, format!("\"{s}\""));
+            }
+
+            // The same strings as ids and rule of whole records.
+            let mut r = sample();
+            let eni = Arc::make_mut(&mut r.eni);
+            eni.eni_id = (*s).into();
+            eni.vswitch_id = format!("vsw-{s}");
+            eni.vm_id = format!("{s}-i");
+            r.rule = Some(Arc::from(*s));
+            assert_matches_reference(&r.to_ffi());
+        }
+    }
+
+    #[test]
+    fn records_without_flow_fields_match_the_reference() {
+        for log_status in [LogStatus::NoData, LogStatus::SkipData] {
+            let mut r = sample();
+            r.flow = None;
+            r.log_status = log_status;
+            assert_matches_reference(&r.to_ffi());
+            r.eni = Arc::new(EniIds::default());
+            assert_matches_reference(&r.to_ffi());
+        }
+        // An OK record whose address family is unknown has no flow fields
+        // either (`RecordView::flow` is `None`): dashes and nulls.
+        let r = sample();
+        let mut ffi = r.to_ffi();
+        ffi.dstaddr.family = crate::abi::ADDR_NONE;
+        assert_matches_reference(&ffi);
+        // SAFETY: `r` outlives the view.
+        assert!(to_text(&unsafe { RecordView::new(&ffi) }).ends_with(" OK -"));
     }
 }
