@@ -48,8 +48,8 @@ const DUMP: Token = Token(5);
 const DUMP_SLICE_DATAGRAMS: usize = 16;
 
 /// Most records per chunk of a closed window sent to the sinks (about
-/// 0.9 MB): the window's records become sink records a chunk at a time.
-const EMIT_CHUNK_RECORDS: usize = 8 * 1024;
+/// 0.5 MB): the window's records become sink records a chunk at a time.
+const EMIT_CHUNK_RECORDS: usize = 4 * 1024;
 /// How soon the loop looks again at queues that had no room.
 const EMIT_RETRY: Duration = Duration::from_millis(5);
 
@@ -57,7 +57,7 @@ const EMIT_RETRY: Duration = Duration::from_millis(5);
 /// it reads again: the kernel sends each conntrack event as a datagram of
 /// its own, and reading them a few at a time costs a wake-up and a system
 /// call for each few. The socket's buffer holds far more than this much.
-const EVENT_GATHER: Duration = Duration::from_millis(1);
+const EVENT_GATHER: Duration = Duration::from_millis(4);
 /// A read of fewer messages than this counts as "a few".
 const EVENT_GATHER_BELOW: u64 = 64;
 

@@ -269,7 +269,14 @@ impl<C: Clock> FlowTable<C> {
     /// Bytes the flow table's hash map has allocated (its slots and their
     /// control bytes), for the window log line: bytes per live flow.
     pub fn table_bytes(&self) -> usize {
-        self.flows.capacity() * (std::mem::size_of::<(FlowKey, FlowEntry)>() + 1)
+        // hashbrown fills at most 7/8 of its buckets, a power of two.
+        let capacity = self.flows.capacity();
+        let buckets = if capacity == 0 {
+            0
+        } else {
+            (capacity * 8 / 7).next_power_of_two()
+        };
+        buckets * (std::mem::size_of::<(FlowKey, FlowEntry)>() + 1)
     }
 
     /// Starts the open window at `start` instead of its aligned start: a
