@@ -1,0 +1,383 @@
+//! Closing a window without stalling the loop: the conntrack dump that
+//! harvests the closing window is read in slices between the event sockets
+//! (`start_dump`, `read_dump_slice`, `end_dump`), and the closed window's
+//! records go to the sinks in chunks as their queues drain (`emit_chunks`).
+//! Where the daemon needs the table's state at once (an ENI losing an
+//! address, a reload, shutdown) a running dump is finished blocking
+//! (`finish_running_dump`, `close_window_now`).
+
+use std::io;
+use std::time::Duration;
+
+use super::Capture;
+use crate::flows::WindowDrain;
+use crate::netlink::{DumpStats, DumpStep};
+use crate::routing;
+
+/// Datagrams of a running dump read per loop iteration. A dump datagram
+/// holds about 100 entries, which take the kernel and the parser about
+/// 0.3 ms: a slice stalls the other sockets for a few milliseconds.
+const DUMP_SLICE_DATAGRAMS: usize = 16;
+
+/// Most records per chunk of a closed window sent to the sinks (about
+/// 0.5 MB): the window's records become sink records a chunk at a time.
+const EMIT_CHUNK_RECORDS: usize = 4 * 1024;
+/// How soon the loop looks again at queues that had no room.
+pub(super) const EMIT_RETRY: Duration = Duration::from_millis(5);
+
+/// How a closed window goes out for a sink queue bound of `capacity`
+/// records and `instances` flow logs: chunks of at most `chunk` records,
+/// the next one only while every sink's queue holds fewer than
+/// `low_water`. So the records wait in the aggregate's compact form rather
+/// than as sink records in a queue, and a sink slower than capture does
+/// not make the queue overflow. A sink that stays behind keeps the rest
+/// until the next window closes, which then sends all of it (the queue's
+/// bound counts and reports what does not fit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EmitPacing {
+    chunk: usize,
+    low_water: u64,
+}
+
+impl EmitPacing {
+    fn new(capacity: u64, instances: usize) -> Self {
+        // One chunk can reach one sink once per instance naming it: a
+        // quarter of the queue per chunk leaves room for it and more.
+        let per_instance = capacity / 4 / instances.max(1) as u64;
+        let chunk = usize::try_from(per_instance)
+            .unwrap_or(usize::MAX)
+            .clamp(1, EMIT_CHUNK_RECORDS);
+        EmitPacing {
+            chunk,
+            low_water: (2 * chunk as u64).min(capacity / 2).max(1),
+        }
+    }
+}
+
+/// A closed window on its way to the sinks.
+pub(super) struct EmittingWindow {
+    drain: WindowDrain,
+    /// The close's dump, for its costs in the window's log line.
+    close: RunningDump,
+    dump_entries: u64,
+    /// The sinks' queues were full at the last try.
+    pub(super) waiting: bool,
+}
+
+/// Why a dump runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum DumpPurpose {
+    /// It harvests the window being closed ([`FlowTable::begin_close`]).
+    CloseWindow,
+    /// An overrun lost events: the table is read again.
+    Resync,
+    /// Connections are harvested now, before an ENI loses an address.
+    Harvest,
+}
+
+/// A dump in progress and what it costs the capture thread.
+pub(super) struct RunningDump {
+    purpose: DumpPurpose,
+    /// When the close (or the dump) began.
+    began: std::time::Instant,
+    /// Capture-thread time spent on it so far: the slices, the begin and
+    /// the end.
+    busy: Duration,
+    /// The longest of those stretches: how long the loop served no socket.
+    longest: Duration,
+    /// Reads of the dump's replies (each at most `DUMP_SLICE_DATAGRAMS`
+    /// datagrams, or one blocking read to the end).
+    slices: u32,
+}
+
+impl RunningDump {
+    fn new(purpose: DumpPurpose, began: std::time::Instant) -> Self {
+        RunningDump {
+            purpose,
+            began,
+            busy: Duration::ZERO,
+            longest: Duration::ZERO,
+            slices: 0,
+        }
+    }
+
+    /// One stretch of capture-thread time spent on the dump.
+    fn account(&mut self, stretch: Duration) {
+        self.busy += stretch;
+        self.longest = self.longest.max(stretch);
+    }
+
+    /// A stretch that read replies.
+    fn account_read(&mut self, stretch: Duration) {
+        self.account(stretch);
+        self.slices += 1;
+    }
+}
+
+impl Capture {
+    /// Starts a dump that the loop reads in slices (`read_dump_slice`).
+    /// Events queued before it are applied first, so the dump and the
+    /// events agree on what is gone.
+    pub(super) fn start_dump(&mut self, purpose: DumpPurpose, began: std::time::Instant) {
+        let started = std::time::Instant::now();
+        self.drain_conntrack();
+        self.table.begin_dump();
+        let mut running = RunningDump::new(purpose, began);
+        match self.dumper.start() {
+            Ok(()) => {
+                running.account(started.elapsed());
+                self.dump = Some(running);
+                // The kernel queues the first replies at once.
+                self.dump_pending = true;
+            }
+            Err(e) => {
+                self.dump = Some(running);
+                self.end_dump(Err(e));
+            }
+        }
+    }
+
+    /// One slice of the running dump.
+    pub(super) fn read_dump_slice(&mut self) {
+        let started = std::time::Instant::now();
+        let (table, registry) = (&mut self.table, &self.registry);
+        let step = self.dumper.read_some(DUMP_SLICE_DATAGRAMS, |entry| {
+            table.on_dump_entry(registry, &entry)
+        });
+        if let Some(d) = &mut self.dump {
+            d.account_read(started.elapsed());
+        }
+        match step {
+            Ok(DumpStep::Running { more_queued }) => self.dump_pending = more_queued,
+            Ok(DumpStep::Done(stats)) => self.end_dump(Ok(stats)),
+            Err(e) => self.end_dump(Err(e)),
+        }
+    }
+
+    /// Reads the running dump to its end, blocking: before anything that
+    /// needs the table as it is now (a harvest, a reload, shutdown).
+    pub(super) fn finish_running_dump(&mut self) {
+        if self.dump.is_none() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let (table, registry) = (&mut self.table, &self.registry);
+        let result = self
+            .dumper
+            .finish(|entry| table.on_dump_entry(registry, &entry));
+        if let Some(d) = &mut self.dump {
+            d.account_read(started.elapsed());
+        }
+        self.end_dump(result);
+    }
+
+    /// The running dump is over: connections it no longer listed are
+    /// judged, and the window it closed is emitted.
+    fn end_dump(&mut self, result: io::Result<DumpStats>) {
+        let started = std::time::Instant::now();
+        let Some(mut running) = self.dump.take() else {
+            return;
+        };
+        self.dump_pending = false;
+        // DESTROY events the dump itself caused (it evicts expired entries)
+        // or that raced with it are applied before the dump is judged.
+        self.drain_conntrack();
+        let mut entries = 0;
+        match result {
+            Ok(s) => {
+                entries = s.entries;
+                self.stats.dump_parse_errors += s.parse_errors;
+                if s.interrupted {
+                    self.stats.dumps_interrupted += 1;
+                    log::warn!("conntrack dump was interrupted by a table resize; counters will be harvested later");
+                }
+                self.table.end_dump(!s.interrupted);
+            }
+            Err(e) => {
+                log::error!("conntrack dump failed: {e}; long-lived connections are harvested at the next dump");
+                self.table.end_dump(false);
+            }
+        }
+        running.account(started.elapsed());
+        if running.purpose == DumpPurpose::CloseWindow {
+            self.emit_closed_window(running, entries);
+        }
+    }
+
+    /// Harvests every live connection now (blocking): a running dump is
+    /// read to its end, otherwise a new one is made.
+    pub(super) fn harvest_now(&mut self) {
+        if self.dump.is_none() {
+            self.start_dump(DumpPurpose::Harvest, std::time::Instant::now());
+        }
+        self.finish_running_dump();
+    }
+
+    /// Begins closing the open window at `end`: queued events and drops
+    /// count in it, and a dump harvests its long-lived connections; the
+    /// records go out when the dump ends (`end_dump`).
+    pub(super) fn begin_close(&mut self, end: i64) {
+        let began = std::time::Instant::now();
+        self.drain_nflog();
+        self.drain_conntrack();
+        self.table.begin_close(end);
+        self.start_dump(DumpPurpose::CloseWindow, began);
+    }
+
+    /// Closes the open window at `end` at once, blocking until its dump is
+    /// read (reload, shutdown). Returns the records still held for ENIs
+    /// waiting for their metadata.
+    pub(super) fn close_window_now(&mut self, end: i64) -> usize {
+        self.finish_running_dump();
+        self.emit_chunks(true);
+        self.begin_close(end);
+        self.finish_running_dump();
+        self.emit_chunks(true);
+        self.last_held
+    }
+
+    /// The window whose close dump just ended: its records start out to
+    /// the sinks.
+    fn emit_closed_window(&mut self, running: RunningDump, dump_entries: u64) {
+        let started = std::time::Instant::now();
+        let Some(drain) = self.table.finish_close(&self.registry) else {
+            return;
+        };
+        let (held, held_dropped) = (drain.held, drain.held_dropped);
+        self.last_held = held;
+        if held > 0 {
+            log::info!(
+                "metadata: {held} records held for ENIs waiting for their ids; they go out with the window in which \
+                 the ids are known"
+            );
+        }
+        if held_dropped > 0 {
+            log::error!(
+                "metadata: {held_dropped} held records dropped (too many while the metadata service is down); their \
+                 ENIs' windows will say SKIPDATA"
+            );
+        }
+        let mut close = running;
+        close.account(started.elapsed());
+        self.emitting = Some(EmittingWindow {
+            drain,
+            close,
+            dump_entries,
+            waiting: false,
+        });
+        self.emit_chunks(false);
+    }
+
+    /// Sends chunks of the closed window's records while the sinks' queues
+    /// have room (all of them if `force`: before the next window, a reload
+    /// or shutdown); at the last, flushes the sinks and logs the window.
+    pub(super) fn emit_chunks(&mut self, force: bool) {
+        let Some(mut e) = self.emitting.take() else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let pacing = EmitPacing::new(
+            self.config.daemon.sink_queue_records,
+            self.config.flow_logs.len(),
+        );
+        e.waiting = false;
+        let mut done = false;
+        loop {
+            if !force && self.dispatcher.most_queued_records() >= pacing.low_water {
+                e.waiting = true;
+                break;
+            }
+            match e.drain.next_chunk(pacing.chunk) {
+                Some(chunk) => routing::dispatch_chunk(&self.config, &self.dispatcher, &chunk),
+                None => {
+                    done = true;
+                    break;
+                }
+            }
+        }
+        e.close.account(started.elapsed());
+        if !done {
+            self.emitting = Some(e);
+            return;
+        }
+        self.dispatcher
+            .flush_all(flowlogd_plugin_api::abi::FLUSH_WINDOW_END);
+        self.log_window(&e);
+    }
+
+    /// The window line: what the window produced and cost, and the loop's
+    /// counters so far.
+    fn log_window(&self, e: &EmittingWindow) {
+        let window = e.drain.window;
+        let count = e.drain.records_emitted();
+        let t = self.table.stats();
+        let c = &self.stats.conntrack;
+        if let Some((_, rejects)) = &self.nflog {
+            let r = rejects.stats();
+            let n = &self.stats.nflog;
+            log::info!(
+                "nflog: {} packets, {} malformed, {} overruns; {} with a foreign prefix ignored, {} not on an ENI, {} \
+                 unreadable headers",
+                n.entries,
+                n.parse_errors,
+                n.overruns,
+                r.foreign_prefix,
+                r.not_on_an_eni,
+                r.bad_headers
+            );
+        }
+        log::info!(
+            "window {}-{}: {count} records in {} ms; closing took {} ms of the capture thread, longest stall {} ms \
+             (dump of {} entries in {} slices); {} live connections (peak {}), table {} bytes; \
+             conntrack: {} events, {} malformed, {} overruns, {} resyncs; lost connections {} ({} came back), \
+             table-full drops {}, anomalies {}",
+            window.start,
+            window.end,
+            e.close.began.elapsed().as_millis(),
+            e.close.busy.as_millis(),
+            e.close.longest.as_millis(),
+            e.dump_entries,
+            e.close.slices,
+            t.entries,
+            t.peak_entries,
+            self.table.table_bytes(),
+            c.entries,
+            c.parse_errors + self.stats.dump_parse_errors,
+            c.overruns,
+            self.stats.resyncs,
+            t.lost_connections,
+            t.revived,
+            t.table_full_drops,
+            t.anomalies
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emit_pacing_fits_chunks_into_the_sink_queue() {
+        // The default queue (262,144 records), one instance: full chunks.
+        assert_eq!(
+            EmitPacing::new(262_144, 1),
+            EmitPacing {
+                chunk: EMIT_CHUNK_RECORDS,
+                low_water: 2 * EMIT_CHUNK_RECORDS as u64
+            }
+        );
+        // A small queue: a chunk per instance is a quarter of it, so a
+        // chunk sent just under the low-water mark still fits.
+        for (capacity, instances) in [(2000, 1), (2000, 3), (100, 10), (1, 1), (0, 2)] {
+            let p = EmitPacing::new(capacity, instances);
+            assert!(p.chunk >= 1 && p.low_water >= 1, "{p:?}");
+            if capacity >= 8 * instances as u64 {
+                assert!(
+                    p.low_water + (p.chunk * instances) as u64 <= capacity,
+                    "{capacity} {instances}: {p:?}"
+                );
+            }
+        }
+    }
+}
