@@ -11,9 +11,10 @@
 //! /proc/self/ns/net): conntrack ids are per namespace, so a handoff from
 //! another namespace sharing the state directory is ignored.
 //!
-//! Format: a header line `flowlogd-handoff 1 <written-at> <netns>`, then
+//! Format: a header line `flowlogd-handoff 2 <written-at> <netns>`, then
 //! one line per connection:
-//! `<zone<<32|id> <fingerprint> <orig packets> <orig bytes> <reply packets> <reply bytes>`.
+//! `<flow key> <orig packets> <orig bytes> <reply packets> <reply bytes>`.
+//! Version 1 files (with a fingerprint column) are refused as malformed.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use crate::flows::HandoffEntry;
 
 const FILE_NAME: &str = "conntrack-handoff";
-const HEADER: &str = "flowlogd-handoff 1";
+const HEADER: &str = "flowlogd-handoff 2";
 /// A handoff older than this is ignored: counting hours of traffic into
 /// one window would mislead more than leaving it out.
 pub const MAX_AGE_SECS: i64 = 3600;
@@ -49,7 +50,7 @@ pub fn write(state_dir: &Path, written_at: i64, entries: &[HandoffEntry]) -> io:
     writeln!(out, "{HEADER} {written_at} {}", netns_id())?;
     for e in entries {
         let [op, ob, rp, rb] = e.attributed;
-        writeln!(out, "{} {} {op} {ob} {rp} {rb}", e.key, e.fingerprint)?;
+        writeln!(out, "{} {op} {ob} {rp} {rb}", e.key)?;
     }
     out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     std::fs::rename(&tmp, &path)
@@ -119,13 +120,12 @@ pub fn take(state_dir: &Path, now: i64) -> Result<Option<Vec<HandoffEntry>>, Rea
     let mut entries = Vec::new();
     for (i, line) in lines.enumerate() {
         let f: Vec<u64> = line.split(' ').filter_map(|x| x.parse().ok()).collect();
-        if f.len() != 6 || f[1] > u64::from(u16::MAX) {
+        let &[key, op, ob, rp, rb] = f.as_slice() else {
             return Err(ReadError::Malformed { line: i + 2 });
-        }
+        };
         entries.push(HandoffEntry {
-            key: f[0],
-            fingerprint: f[1] as u16,
-            attributed: [f[2], f[3], f[4], f[5]],
+            key,
+            attributed: [op, ob, rp, rb],
         });
     }
     Ok(Some(entries))
@@ -147,7 +147,6 @@ mod tests {
         let dir = tmp("rt");
         let entries = vec![HandoffEntry {
             key: (3 << 32) | 77,
-            fingerprint: 4242,
             attributed: [1, 60, 2, 120],
         }];
         write(&dir, 1000, &entries).unwrap();
@@ -167,7 +166,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             path_in(&dir),
-            format!("flowlogd-handoff 1 1000 {}\n1 2 3\n", netns_id()),
+            format!("flowlogd-handoff 2 1000 {}\n1 2 3\n", netns_id()),
         )
         .unwrap();
         assert!(matches!(
@@ -176,7 +175,7 @@ mod tests {
         ));
         // A handoff from another network namespace (conntrack ids are per
         // namespace) is not applied.
-        std::fs::write(path_in(&dir), "flowlogd-handoff 1 1000 net:[1]\n").unwrap();
+        std::fs::write(path_in(&dir), "flowlogd-handoff 2 1000 net:[1]\n").unwrap();
         assert!(matches!(
             take(&dir, 1000),
             Err(ReadError::OtherNamespace { .. })

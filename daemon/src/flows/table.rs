@@ -21,8 +21,8 @@ use crate::eni::{EniIndex, EniRegistry};
 use crate::model::Counters;
 use crate::model::{ConntrackEntry, ConntrackKind, Tuple};
 
-/// A connection's identity while it lives: CTA_ZONE, a fingerprint of the
-/// original tuple and start time, and CTA_ID. The id alone is not enough: it
+/// A connection's identity while it lives: a hash of CTA_ZONE, the
+/// original tuple and the start time, beside CTA_ID. The id alone is not enough: it
 /// is a 32-bit hash, and a live table of 250k entries was seen holding 4 to
 /// 10 ids shared by two connections each. Nor are id and tuple: a reopened
 /// TCP 5-tuple (a SYN on a TIME_WAIT entry replaces it) usually lands at the
@@ -71,12 +71,6 @@ fn key_of(e: &ConntrackEntry) -> FlowKey {
     (u64::from(incarnation_hash(e)) << 32) | u64::from(e.id)
 }
 
-/// What an entry keeps to recognise its connection (and the handoff file
-/// carries): 16 bits of the same hash.
-fn fingerprint_of(e: &ConntrackEntry) -> u16 {
-    incarnation_hash(e) as u16
-}
-
 fn incarnation_hash(e: &ConntrackEntry) -> u32 {
     fingerprint(e.zone, &e.orig, e.start_ns)
 }
@@ -85,17 +79,14 @@ fn incarnation_hash(e: &ConntrackEntry) -> u32 {
 type Attributed = [u64; 4];
 
 /// One live connection. Tuples are not kept: every message that brings new
-/// counters also brings the tuples, so 40 bytes are enough.
+/// counters also brings the tuples, and the key holds a hash of them, so a
+/// message with another tuple under the same id finds another entry.
 #[derive(Clone, Copy, Debug)]
 struct FlowEntry {
     attributed: Attributed,
     enis: Attribution,
     /// The dump generation that last saw the connection alive.
     epoch: u16,
-    /// A hash of the original tuple: a different one under the same id is
-    /// another connection (old kernels derive CTA_ID from the pointer,
-    /// which the slab reuses).
-    fingerprint: u16,
 }
 
 /// The ENIs a connection belongs to.
@@ -176,10 +167,9 @@ pub struct FlowStats {
 /// bytes that flowed while no daemon ran are then counted, not lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HandoffEntry {
-    /// CTA_ZONE << 32 | CTA_ID.
+    /// The flow key: a hash of zone, original tuple and start time << 32 |
+    /// CTA_ID.
     pub key: u64,
-    /// The original tuple's fingerprint (same id, other tuple = other connection).
-    pub fingerprint: u16,
     /// orig packets, orig bytes, reply packets, reply bytes.
     pub attributed: [u64; 4],
 }
@@ -318,7 +308,7 @@ impl<C: Clock> FlowTable<C> {
             }
         };
         if let Some(enis) = self.attribute(reg, e) {
-            self.insert(key, e, enis, current);
+            self.insert(key, enis, current);
         }
     }
 
@@ -329,14 +319,13 @@ impl<C: Clock> FlowTable<C> {
             .iter()
             .map(|(key, f)| HandoffEntry {
                 key: *key,
-                fingerprint: f.fingerprint,
                 attributed: f.attributed,
             })
             .collect()
     }
 
     /// After the start-up baseline: a connection the previous run handed
-    /// off (same id, same tuple, counters not behind) is attributed from
+    /// off (same key, counters not behind) is attributed from
     /// where that run stopped, so its next harvest includes what flowed
     /// while no daemon ran. Returns how many connections were resumed.
     pub fn resume_from(&mut self, entries: &[HandoffEntry]) -> usize {
@@ -345,7 +334,7 @@ impl<C: Clock> FlowTable<C> {
             let Some(f) = self.flows.get_mut(&h.key) else {
                 continue;
             };
-            if f.fingerprint != h.fingerprint || (0..4).any(|i| h.attributed[i] > f.attributed[i]) {
+            if (0..4).any(|i| h.attributed[i] > f.attributed[i]) {
                 continue;
             }
             f.attributed = h.attributed;
@@ -554,7 +543,7 @@ impl<C: Clock> FlowTable<C> {
             return;
         }
         if let Some(enis) = self.attribute(reg, e) {
-            self.insert(key, e, enis, [0; 4]);
+            self.insert(key, enis, [0; 4]);
         }
     }
 
@@ -571,7 +560,7 @@ impl<C: Clock> FlowTable<C> {
             return;
         };
         if let Some(f) = self.flows.get_mut(&key) {
-            if let Some(delta) = delta(f, e, &current) {
+            if let Some(delta) = delta(f, &current) {
                 f.attributed = current;
                 f.epoch = self.epoch;
                 f.enis.refresh(reg, e);
@@ -585,7 +574,7 @@ impl<C: Clock> FlowTable<C> {
         // Unknown: created since the last dump (NEW events may be off);
         // everything it carries is new.
         if let Some(enis) = self.attribute(reg, e) {
-            if self.insert(key, e, enis, current) {
+            if self.insert(key, enis, current) {
                 let agg = dump_target(&mut self.agg, &mut self.closing, self.in_dump);
                 harvest(agg, enis, e, current);
             }
@@ -608,7 +597,7 @@ impl<C: Clock> FlowTable<C> {
             return;
         };
         if let Some(mut f) = known {
-            if let Some(delta) = delta(&f, e, &current) {
+            if let Some(delta) = delta(&f, &current) {
                 f.enis.refresh(reg, e);
                 harvest(&mut self.agg, f.enis, e, delta);
                 return;
@@ -643,13 +632,7 @@ impl<C: Clock> FlowTable<C> {
 
     /// Tracks a connection from now on; `false` (and its ENIs' window
     /// marked SKIPDATA) if the table is full.
-    fn insert(
-        &mut self,
-        key: FlowKey,
-        e: &ConntrackEntry,
-        enis: Attribution,
-        attributed: Attributed,
-    ) -> bool {
+    fn insert(&mut self, key: FlowKey, enis: Attribution, attributed: Attributed) -> bool {
         if self.flows.len() >= self.max_flows {
             self.stats.table_full_drops += 1;
             enis.enis().for_each(|eni| self.agg.mark_skipped(eni));
@@ -661,7 +644,6 @@ impl<C: Clock> FlowTable<C> {
                 attributed,
                 enis,
                 epoch: self.epoch,
-                fingerprint: fingerprint_of(e),
             },
         );
         self.stats.peak_entries = self.stats.peak_entries.max(self.flows.len() as u64);
@@ -688,12 +670,9 @@ fn counters(e: &ConntrackEntry) -> Option<Attributed> {
     Some([o.packets, o.bytes, r.packets, r.bytes])
 }
 
-/// What `current` adds to what `f` attributed, or `None` if this is not
-/// the same connection (another tuple, or counters that went backwards).
-fn delta(f: &FlowEntry, e: &ConntrackEntry, current: &Attributed) -> Option<Attributed> {
-    if f.fingerprint != fingerprint_of(e) {
-        return None;
-    }
+/// What `current` adds to what `f` attributed, or `None` if counters went
+/// backwards (not the connection we knew).
+fn delta(f: &FlowEntry, current: &Attributed) -> Option<Attributed> {
     let mut d = [0; 4];
     for i in 0..4 {
         d[i] = current[i].checked_sub(f.attributed[i])?;
@@ -894,7 +873,6 @@ mod size_tests {
                 outbound: None,
             },
             epoch: 0,
-            fingerprint: 0,
         };
         for n in [10_000u64, 57_345, 100_000] {
             m.clear();
