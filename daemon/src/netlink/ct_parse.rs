@@ -122,6 +122,23 @@ impl From<DecodeError> for ParseError {
 /// Any message that is not a well-formed ctnetlink NEW/DELETE with both
 /// tuples and CTA_ID. Never panics, whatever the bytes.
 pub fn parse_conntrack_message(bytes: &[u8]) -> Result<ConntrackEntry, ParseError> {
+    parse_message(bytes, |nla| {
+        let context = if nla.kind() == CTA_TUPLE_ORIG {
+            "invalid CTA_TUPLE_ORIG value"
+        } else {
+            "invalid CTA_TUPLE_REPLY value"
+        };
+        tuple(nla.value(), context)
+    })
+}
+
+/// The message around its tuples, each CTA_TUPLE_ORIG / CTA_TUPLE_REPLY
+/// decoded by `decode_tuple` (the tests pass the crate's decoder, to
+/// compare it with this file's).
+fn parse_message(
+    bytes: &[u8],
+    decode_tuple: impl Fn(&NlaBuffer<&[u8]>) -> Result<Tuple, ParseError>,
+) -> Result<ConntrackEntry, ParseError> {
     let message = match Messages::new(bytes).next() {
         Some(Ok(message)) => message,
         _ => return Err(ParseError::Header),
@@ -166,8 +183,8 @@ pub fn parse_conntrack_message(bytes: &[u8]) -> Result<ConntrackEntry, ParseErro
     for nla in NlasIterator::new(attributes) {
         let nla: NlaBuffer<&[u8]> = nla?;
         match nla.kind() {
-            CTA_TUPLE_ORIG => orig = Some(tuple(nla.value(), "invalid CTA_TUPLE_ORIG value")?),
-            CTA_TUPLE_REPLY => reply = Some(tuple(nla.value(), "invalid CTA_TUPLE_REPLY value")?),
+            CTA_TUPLE_ORIG => orig = Some(decode_tuple(&nla)?),
+            CTA_TUPLE_REPLY => reply = Some(decode_tuple(&nla)?),
             _ => match ct_attrs::decode(&nla)? {
                 Some(CtAttr::CountersOrig(c)) => entry.orig_counters = Some(c),
                 Some(CtAttr::CountersReply(c)) => entry.reply_counters = Some(c),
@@ -415,84 +432,15 @@ mod tests {
         ConntrackAttribute, IPTuple, ProtoTuple, Tuple as CtTuple,
     };
 
-    /// `parse_conntrack_message` as it was with the tuples decoded by
+    /// `parse_conntrack_message` as it was, with the tuples decoded by
     /// netlink-packet-netfilter (commit 03c8819).
     fn parse_with_crate(bytes: &[u8]) -> Result<ConntrackEntry, ParseError> {
-        let message = match Messages::new(bytes).next() {
-            Some(Ok(message)) => message,
-            _ => return Err(ParseError::Header),
-        };
-        let [subsys, msg_type] = message.message_type.to_be_bytes();
-        if subsys != NFNL_SUBSYS_CTNETLINK {
-            return Err(ParseError::UnexpectedType {
-                message_type: message.message_type,
-            });
-        }
-        let kind = match msg_type {
-            IPCTNL_MSG_CT_NEW if message.flags & (NLM_F_CREATE | NLM_F_EXCL) != 0 => {
-                ConntrackKind::New
+        parse_message(bytes, |nla| match ConntrackAttribute::parse(nla)? {
+            ConntrackAttribute::CtaTupleOrig(parts) | ConntrackAttribute::CtaTupleReply(parts) => {
+                tuple_from(&parts)
             }
-            IPCTNL_MSG_CT_NEW => ConntrackKind::Update,
-            IPCTNL_MSG_CT_DELETE => ConntrackKind::Destroy,
-            _ => {
-                return Err(ParseError::UnexpectedType {
-                    message_type: message.message_type,
-                })
-            }
-        };
-        let Some(attributes) = message.payload.get(NFGENMSG_LEN..) else {
-            return Err(ParseError::Missing("nfgenmsg"));
-        };
-        let family = message.payload[0];
-        let mut orig = None;
-        let mut reply = None;
-        let mut id = None;
-        let mut entry = ConntrackEntry {
-            kind,
-            id: 0,
-            zone: 0,
-            orig: unspecified_tuple(),
-            reply: unspecified_tuple(),
-            orig_counters: None,
-            reply_counters: None,
-            start_ns: None,
-            stop_ns: None,
-            mark: 0,
-        };
-        for nla in NlasIterator::new(attributes) {
-            let nla: NlaBuffer<&[u8]> = nla?;
-            match nla.kind() {
-                CTA_TUPLE_ORIG | CTA_TUPLE_REPLY => match ConntrackAttribute::parse(&nla)? {
-                    ConntrackAttribute::CtaTupleOrig(parts) => orig = Some(tuple_from(&parts)?),
-                    ConntrackAttribute::CtaTupleReply(parts) => reply = Some(tuple_from(&parts)?),
-                    _ => {}
-                },
-                _ => match ct_attrs::decode(&nla)? {
-                    Some(CtAttr::CountersOrig(c)) => entry.orig_counters = Some(c),
-                    Some(CtAttr::CountersReply(c)) => entry.reply_counters = Some(c),
-                    Some(CtAttr::Id(v)) => id = Some(v),
-                    Some(CtAttr::Zone(v)) => entry.zone = v,
-                    Some(CtAttr::Mark(v)) => entry.mark = v,
-                    Some(CtAttr::Timestamp { start, stop }) => {
-                        entry.start_ns = start;
-                        entry.stop_ns = stop;
-                    }
-                    None => {}
-                },
-            }
-        }
-        entry.orig = orig.ok_or(ParseError::Missing("CTA_TUPLE_ORIG"))?;
-        entry.reply = reply.ok_or(ParseError::Missing("CTA_TUPLE_REPLY"))?;
-        entry.id = id.ok_or(ParseError::Missing("CTA_ID"))?;
-        let family_matches = match family {
-            NFPROTO_IPV4 => entry.orig.src.is_ipv4() && entry.reply.src.is_ipv4(),
-            NFPROTO_IPV6 => entry.orig.src.is_ipv6() && entry.reply.src.is_ipv6(),
-            _ => true,
-        };
-        if !family_matches {
-            return Err(ParseError::MixedFamilies);
-        }
-        Ok(entry)
+            _ => unreachable!("only tuple attributes are passed"),
+        })
     }
 
     /// `IcmpKey::add` took the crate's `DefaultNla`; it now takes the
