@@ -1168,6 +1168,47 @@ fn burst_setup(label: &str) -> Burst {
     Burst { tmp, a, b, ea, eb }
 }
 
+/// A UDP sink on B port 9000, the bursts' target.
+fn burst_sink(s: &Burst) -> LineProcess {
+    let mut sink = LineProcess::traffic(
+        &s.b,
+        TRAFFIC,
+        &["udp-sink", &sockaddr(s.eb.v4.into(), 9000)],
+    );
+    sink.expect_line("listening", STEP);
+    sink
+}
+
+/// Panics unless `records` hold exactly the `flows` one-datagram flows of a
+/// burst (A ports `BURST_PORT..` to B port 9000), each once with 28 +
+/// `BURST_PAYLOAD` bytes, and no other flow.
+#[track_caller]
+fn assert_burst_flows_exact(s: &Burst, records: &[Value], flows: u32, ctx: &str) {
+    let (ia, ib) = (IpAddr::V4(s.ea.v4), IpAddr::V4(s.eb.v4));
+    let want: BTreeMap<FlowId, Counts> = (0..flows)
+        .map(|i| {
+            let port = BURST_PORT + u16::try_from(i).expect("burst ports fit");
+            (
+                FlowId::new("eni-a", "out", ia, port, ib, 9000, 17),
+                Counts::new(1, u64::from(28 + BURST_PAYLOAD)),
+            )
+        })
+        .collect();
+    let got = totals(records);
+    if got != want {
+        let missing = want.keys().filter(|k| !got.contains_key(k)).count();
+        let wrong: Vec<_> = got
+            .iter()
+            .filter(|(k, c)| want.get(k) != Some(c))
+            .take(10)
+            .collect();
+        panic!(
+            "{} flows recorded, {missing} missing, differing (first 10): {wrong:?}\n{ctx}",
+            got.len()
+        );
+    }
+}
+
 /// Right after a window boundary, sends `BURST` one-datagram flows to B
 /// port 9000 and flushes A's conntrack table, which destroys them all at
 /// once: a burst of DESTROY events carrying the flows' only counters (no
@@ -1209,12 +1250,7 @@ fn event_overrun_is_reported_as_skipdata_and_capture_continues() {
     }
     let s = burst_setup("ovr");
     let plugins = plugin_dir(&s.tmp);
-    let mut sink = LineProcess::traffic(
-        &s.b,
-        TRAFFIC,
-        &["udp-sink", &sockaddr(s.eb.v4.into(), 9000)],
-    );
-    sink.expect_line("listening", STEP);
+    let sink = burst_sink(&s);
     let out = s.tmp.join("a.jsonl");
     let cfg = write_config(
         &s.tmp,
@@ -1340,12 +1376,7 @@ fn reliable_events_survive_a_destroy_burst_exactly() {
     }
     let s = burst_setup("rel");
     let plugins = plugin_dir(&s.tmp);
-    let mut sink = LineProcess::traffic(
-        &s.b,
-        TRAFFIC,
-        &["udp-sink", &sockaddr(s.eb.v4.into(), 9000)],
-    );
-    sink.expect_line("listening", STEP);
+    let sink = burst_sink(&s);
     let out = s.tmp.join("a.jsonl");
     let cfg = write_config(
         &s.tmp,
@@ -1371,28 +1402,7 @@ fn reliable_events_survive_a_destroy_burst_exactly() {
         skipped.is_empty(),
         "SKIPDATA with reliable delivery: {skipped:?}\n{ctx}"
     );
-    let (ia, ib) = (IpAddr::V4(s.ea.v4), IpAddr::V4(s.eb.v4));
-    let want: BTreeMap<FlowId, Counts> = (0..BURST as u16)
-        .map(|i| {
-            (
-                FlowId::new("eni-a", "out", ia, BURST_PORT + i, ib, 9000, 17),
-                Counts::new(1, u64::from(28 + BURST_PAYLOAD)),
-            )
-        })
-        .collect();
-    let got = totals(&records);
-    if got != want {
-        let missing = want.keys().filter(|k| !got.contains_key(k)).count();
-        let wrong: Vec<_> = got
-            .iter()
-            .filter(|(k, c)| want.get(k) != Some(c))
-            .take(10)
-            .collect();
-        panic!(
-            "{} flows recorded, {missing} missing, differing (first 10): {wrong:?}\n{ctx}",
-            got.len()
-        );
-    }
+    assert_burst_flows_exact(&s, &records, BURST, &ctx);
     drop(sink);
 }
 
@@ -1422,12 +1432,7 @@ fn a_window_closing_over_many_connections_is_dumped_in_slices_and_exact() {
     const FLOWS: u32 = 20_000;
     let s = burst_setup("slc");
     let plugins = plugin_dir(&s.tmp);
-    let mut sink = LineProcess::traffic(
-        &s.b,
-        TRAFFIC,
-        &["udp-sink", &sockaddr(s.eb.v4.into(), 9000)],
-    );
-    sink.expect_line("listening", STEP);
+    let sink = burst_sink(&s);
     let out = s.tmp.join("a.jsonl");
     let cfg = write_config(
         &s.tmp,
@@ -1469,28 +1474,7 @@ fn a_window_closing_over_many_connections_is_dumped_in_slices_and_exact() {
         !records.iter().any(|r| log_status(r) == "SKIPDATA"),
         "SKIPDATA\n{ctx}"
     );
-    let (ia, ib) = (IpAddr::V4(s.ea.v4), IpAddr::V4(s.eb.v4));
-    let want: BTreeMap<FlowId, Counts> = (0..FLOWS)
-        .map(|i| {
-            (
-                FlowId::new("eni-a", "out", ia, BURST_PORT + i as u16, ib, 9000, 17),
-                Counts::new(1, u64::from(28 + BURST_PAYLOAD)),
-            )
-        })
-        .collect();
-    let got = totals(&records);
-    if got != want {
-        let missing = want.keys().filter(|k| !got.contains_key(k)).count();
-        let wrong: Vec<_> = got
-            .iter()
-            .filter(|(k, c)| want.get(k) != Some(c))
-            .take(10)
-            .collect();
-        panic!(
-            "{} flows recorded, {missing} missing, differing (first 10): {wrong:?}\n{ctx}",
-            got.len()
-        );
-    }
+    assert_burst_flows_exact(&s, &records, FLOWS, &ctx);
     // Harvested by the close dump, in the window they were sent in.
     let in_window = records
         .iter()
@@ -1512,12 +1496,7 @@ fn a_window_larger_than_the_sink_queue_reaches_a_slow_sink_whole() {
     const FLOWS: u32 = 20_000;
     let s = burst_setup("pace");
     let plugins = plugin_dir(&s.tmp);
-    let mut sink = LineProcess::traffic(
-        &s.b,
-        TRAFFIC,
-        &["udp-sink", &sockaddr(s.eb.v4.into(), 9000)],
-    );
-    sink.expect_line("listening", STEP);
+    let sink = burst_sink(&s);
     let out = s.tmp.join("a.jsonl");
     let body = format!(
         "{}{}[sinks.out]\nplugin = \"testsink\"\npath = \"{}\"\ndelay_ms = 10\n",
@@ -1544,18 +1523,7 @@ fn a_window_larger_than_the_sink_queue_reaches_a_slow_sink_whole() {
     let records = read_json_records(&out);
     let ctx = context(&[("A", &d)], &[], &[]);
     assert!(!log.contains("queue full"), "{ctx}");
-    let got = totals(&records);
-    let (ia, ib) = (IpAddr::V4(s.ea.v4), IpAddr::V4(s.eb.v4));
-    let missing = (0..FLOWS)
-        .filter(|i| {
-            let id = FlowId::new("eni-a", "out", ia, BURST_PORT + *i as u16, ib, 9000, 17);
-            got.get(&id) != Some(&Counts::new(1, u64::from(28 + BURST_PAYLOAD)))
-        })
-        .count();
-    assert_eq!(
-        missing, 0,
-        "{missing} of {FLOWS} flows missing or wrong\n{ctx}"
-    );
+    assert_burst_flows_exact(&s, &records, FLOWS, &ctx);
     drop(sink);
 }
 
