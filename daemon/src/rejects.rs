@@ -31,6 +31,11 @@ pub struct RejectCapture {
     /// Rule names by prefix, so a packet costs no allocation once its
     /// rule has been seen.
     rules: HashMap<Box<[u8]>, Option<Arc<str>>>,
+    /// The last prefix seen and its rule: drops come in runs of one rule,
+    /// and a byte comparison is cheaper than hashing the prefix again. (An
+    /// empty prefix names no rule, which is where this starts.)
+    last_prefix: Vec<u8>,
+    last_rule: Option<Arc<str>>,
     stats: RejectStats,
 }
 
@@ -43,6 +48,8 @@ impl RejectCapture {
         RejectCapture {
             require_prefix,
             rules: HashMap::new(),
+            last_prefix: Vec::new(),
+            last_rule: None,
             stats: RejectStats::default(),
         }
     }
@@ -51,18 +58,27 @@ impl RejectCapture {
         self.stats
     }
 
-    fn rule_of(&mut self, prefix: &[u8]) -> Option<Arc<str>> {
-        if let Some(rule) = self.rules.get(prefix) {
-            return rule.clone();
+    /// Makes `last_rule` the rule named by `prefix` (`None`: not a
+    /// flowlogd prefix).
+    fn look_up_rule(&mut self, prefix: &[u8]) {
+        if self.last_prefix == prefix {
+            return;
         }
-        let rule = std::str::from_utf8(prefix)
-            .ok()
-            .and_then(packet::rule_of_prefix)
-            .map(Arc::from);
-        if self.rules.len() < MAX_CACHED_PREFIXES {
-            self.rules.insert(prefix.into(), rule.clone());
-        }
-        rule
+        self.last_rule = match self.rules.get(prefix) {
+            Some(rule) => rule.clone(),
+            None => {
+                let rule = std::str::from_utf8(prefix)
+                    .ok()
+                    .and_then(packet::rule_of_prefix)
+                    .map(Arc::from);
+                if self.rules.len() < MAX_CACHED_PREFIXES {
+                    self.rules.insert(prefix.into(), rule.clone());
+                }
+                rule
+            }
+        };
+        self.last_prefix.clear();
+        self.last_prefix.extend_from_slice(prefix);
     }
 
     /// One logged packet: arriving on an ENI (indev) it is an `in` record of
@@ -75,7 +91,8 @@ impl RejectCapture {
         table: &mut FlowTable<C>,
         p: &LoggedPacket<'_>,
     ) {
-        let rule = self.rule_of(p.prefix);
+        self.look_up_rule(p.prefix);
+        let rule = self.last_rule.as_ref();
         if rule.is_none() && self.require_prefix {
             self.stats.foreign_prefix += 1;
             return;
@@ -115,5 +132,29 @@ impl RejectCapture {
             headers.ip_len,
             rule,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rule_follows_every_change_of_prefix() {
+        let mut r = RejectCapture::new(true);
+        for (prefix, rule) in [
+            ("flowlogd:sg-1:ssh", Some("sg-1:ssh")),
+            ("flowlogd:sg-1:ssh", Some("sg-1:ssh")),
+            ("flowlogd:sg-1:rdp ", Some("sg-1:rdp")),
+            ("other-tool: ", None),
+            ("flowlogd:sg-1:ssh", Some("sg-1:ssh")),
+            ("", None),
+            ("flowlogd:sg-1:rdp ", Some("sg-1:rdp")),
+        ] {
+            r.look_up_rule(prefix.as_bytes());
+            assert_eq!(r.last_rule.as_deref(), rule, "{prefix:?}");
+        }
+        // Each distinct prefix was parsed and kept once.
+        assert_eq!(r.rules.len(), 4);
     }
 }

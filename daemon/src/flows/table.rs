@@ -455,7 +455,7 @@ impl<C: Clock> FlowTable<C> {
         tuple: FlowTuple,
         packets: u64,
         bytes: u64,
-        rule: Option<Arc<str>>,
+        rule: Option<&Arc<str>>,
     ) {
         self.agg.add(
             eni,
@@ -463,7 +463,7 @@ impl<C: Clock> FlowTable<C> {
             Action::Reject,
             tuple,
             (packets, bytes),
-            rule.as_ref(),
+            rule,
         );
     }
 

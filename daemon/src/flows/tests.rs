@@ -588,8 +588,7 @@ fn traffic_filters_route_records_to_instances() {
         dst_port: 23,
         protocol: TCP,
     };
-    f.table
-        .add_reject(a, In, blocked, 1, 60, Some(Arc::clone(&rule)));
+    f.table.add_reject(a, In, blocked, 1, 60, Some(&rule));
     f.table.add_reject(a, In, blocked, 2, 120, None);
     let w = f.close();
 
