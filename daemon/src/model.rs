@@ -4,6 +4,24 @@
 
 use std::net::IpAddr;
 
+/// IANA protocol numbers the daemon treats specially.
+pub mod ipproto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const DCCP: u8 = 33;
+    pub const ICMPV6: u8 = 58;
+    pub const SCTP: u8 = 132;
+    pub const UDPLITE: u8 = 136;
+}
+
+/// Whether `protocol`'s header starts with a source and a destination port
+/// (conntrack keys these by port; records show 0 for the others).
+pub fn has_ports(protocol: u8) -> bool {
+    use ipproto::{DCCP, SCTP, TCP, UDP, UDPLITE};
+    matches!(protocol, TCP | UDP | DCCP | SCTP | UDPLITE)
+}
+
 /// One direction's 5-tuple as conntrack reports it (CTA_TUPLE_ORIG or
 /// CTA_TUPLE_REPLY). Ports are 0 for protocols without ports; for ICMP and
 /// ICMPv6 `src_port` carries the echo id and `dst_port` type << 8 | code,

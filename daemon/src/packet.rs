@@ -5,6 +5,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::model::has_ports;
+
 /// What a logged packet's headers say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PacketHeaders {
@@ -40,12 +42,6 @@ impl std::fmt::Display for PacketError {
     }
 }
 
-const TCP: u8 = 6;
-const UDP: u8 = 17;
-const DCCP: u8 = 33;
-const SCTP: u8 = 132;
-const UDPLITE: u8 = 136;
-
 // IPv6 extension headers that may come before the transport header.
 const HOPOPTS: u8 = 0;
 const ROUTING: u8 = 43;
@@ -54,10 +50,6 @@ const AH: u8 = 51;
 const DSTOPTS: u8 = 60;
 /// More extension headers than any real packet has: stop walking.
 const MAX_IPV6_EXTENSIONS: usize = 8;
-
-fn has_ports(protocol: u8) -> bool {
-    matches!(protocol, TCP | UDP | DCCP | SCTP | UDPLITE)
-}
 
 fn be16(b: &[u8], at: usize) -> Result<u16, PacketError> {
     b.get(at..at + 2)
@@ -178,6 +170,7 @@ pub fn rule_of_prefix(prefix: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ipproto::UDP;
 
     /// A TCP SYN from 10.0.0.1:40000 to 10.0.0.2:22, 60 bytes
     /// (IPv4 header + TCP header with options), as `nft ... log group`

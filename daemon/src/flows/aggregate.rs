@@ -12,12 +12,7 @@ use flowlogd_plugin_api::{Action, Direction, EniIds, FlowFields, FlowRecord, Log
 use super::window::CaptureWindow;
 use crate::config::TrafficFilter;
 use crate::eni::{EniIndex, EniRegistry};
-
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_DCCP: u8 = 33;
-const IPPROTO_SCTP: u8 = 132;
-const IPPROTO_UDPLITE: u8 = 136;
+use crate::model::has_ports;
 
 /// Most records held back for ENIs waiting for their metadata (a service
 /// that stays down must not grow the daemon without bound): a window's
@@ -33,15 +28,6 @@ const MAX_HELD_RECORDS: usize = 1 << 18;
 /// whose inputs an attacker may study. Either is several times cheaper than
 /// SipHash on a key of two or three machine words.
 type SumHasher = ahash::RandomState;
-
-/// Whether `protocol` has ports. Conntrack keys ICMP and ICMPv6 by echo id
-/// and type/code in the port fields; records show those as port 0.
-pub fn has_ports(protocol: u8) -> bool {
-    matches!(
-        protocol,
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_DCCP | IPPROTO_SCTP | IPPROTO_UDPLITE
-    )
-}
 
 /// A directional 5-tuple as a record shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1107,7 +1107,8 @@ fn two_incarnations_of_one_tuple_with_one_id_are_counted_apart() {
 
 // The chunked drain of a closed window.
 
-use super::aggregate::{has_ports, InstanceRecords, WindowAggregate, WindowDrain};
+use super::aggregate::{InstanceRecords, WindowAggregate, WindowDrain};
+use crate::model::has_ports;
 
 /// The fixtures' open window.
 const WINDOW: CaptureWindow = CaptureWindow {

@@ -27,7 +27,7 @@ use netlink_packet_core::{
 
 use super::ct_attrs::{self, CtAttr, IcmpKey};
 use super::socket::Messages;
-use crate::model::{ConntrackEntry, ConntrackKind, Tuple};
+use crate::model::{has_ports, ipproto, ConntrackEntry, ConntrackKind, Tuple};
 
 // include/uapi/linux/netfilter/nfnetlink.h
 const NFNL_SUBSYS_CTNETLINK: u8 = 1;
@@ -58,15 +58,6 @@ const CTA_PROTO_DST_PORT: u16 = 3; // be16
 // include/uapi/linux/netfilter.h
 const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
-
-// IANA protocol numbers whose conntrack tuple carries ports.
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_DCCP: u8 = 33;
-const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_SCTP: u8 = 132;
-const IPPROTO_UDPLITE: u8 = 136;
 
 /// Why a conntrack message was rejected.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,11 +253,9 @@ fn tuple(nested: &[u8], context: &'static str) -> Result<Tuple, ParseError> {
     }
     let protocol = parts.protocol.ok_or(ParseError::Missing("CTA_PROTO_NUM"))?;
     let (src_port, dst_port) = match protocol {
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP | IPPROTO_DCCP => {
-            (parts.src_port.unwrap_or(0), parts.dst_port.unwrap_or(0))
-        }
+        p if has_ports(p) => (parts.src_port.unwrap_or(0), parts.dst_port.unwrap_or(0)),
         // As conntrack keys ICMP: the echo id, and type/code.
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+        ipproto::ICMP | ipproto::ICMPV6 => {
             let icmp = parts.icmp;
             (
                 icmp.id.unwrap_or(0),
@@ -337,6 +326,10 @@ fn proto_part(nested: &[u8], parts: &mut TupleParts) -> Result<(), DecodeError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ipproto::{
+        DCCP as IPPROTO_DCCP, ICMP as IPPROTO_ICMP, ICMPV6 as IPPROTO_ICMPV6, SCTP as IPPROTO_SCTP,
+        TCP as IPPROTO_TCP, UDP as IPPROTO_UDP, UDPLITE as IPPROTO_UDPLITE,
+    };
     use crate::netlink::test_support::load_fixture;
     use std::alloc::{GlobalAlloc, Layout, System};
     use std::cell::Cell;
