@@ -46,6 +46,23 @@ pub const fn default_true() -> bool {
 pub const fn default_sink_queue_records() -> u64 {
     262_144
 }
+/// Each sink's durable spool on disk: about 5M records of spilled
+/// windows, hours of a busy VM's output while its sink is down.
+pub const fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+/// The open window's sums: at this bound they are emitted early as records
+/// of the same window, so a flood of distinct 5-tuples cannot exhaust
+/// memory (about 8M IPv4 sums).
+pub const fn default_window_memory_bytes() -> u64 {
+    256 << 20
+}
+fn spanned_spool_max_bytes() -> Spanned<i64> {
+    Spanned::new(0..0, default_spool_max_bytes() as i64)
+}
+fn spanned_window_memory_bytes() -> Spanned<i64> {
+    Spanned::new(0..0, default_window_memory_bytes() as i64)
+}
 /// How long shutdown waits for sinks to deliver what they hold.
 pub const fn default_shutdown_timeout_secs() -> u32 {
     10
@@ -88,6 +105,10 @@ pub struct RawDaemon {
     pub sink_queue_records: Spanned<i64>,
     #[serde(default = "spanned_shutdown_timeout")]
     pub shutdown_timeout_secs: Spanned<i64>,
+    #[serde(default = "spanned_spool_max_bytes")]
+    pub spool_max_bytes: Spanned<i64>,
+    #[serde(default = "spanned_window_memory_bytes")]
+    pub window_memory_bytes: Spanned<i64>,
     #[serde(default = "spanned_conntrack_rcvbuf")]
     pub conntrack_rcvbuf_bytes: Spanned<i64>,
     #[serde(default = "default_true")]
@@ -156,6 +177,8 @@ impl Default for RawDaemon {
             install_tracking_table: true,
             sink_queue_records: spanned_sink_queue_records(),
             shutdown_timeout_secs: spanned_shutdown_timeout(),
+            spool_max_bytes: spanned_spool_max_bytes(),
+            window_memory_bytes: spanned_window_memory_bytes(),
             conntrack_rcvbuf_bytes: spanned_conntrack_rcvbuf(),
             conntrack_reliable_events: true,
             rcvbuf_max_bytes: spanned_rcvbuf_max(),

@@ -75,6 +75,7 @@ fn unknown_key() {
         "/etc/flowlogd.toml:4:1: daemon.window: unknown field `window`, expected one of `capture_window_secs`, \
          `plugin_dir`, `state_dir`, `nflog_groups`, `max_flow_logs`, `max_flows`, `log_level`, \
          `enable_conntrack_accounting`, `install_tracking_table`, `sink_queue_records`, `shutdown_timeout_secs`, \
+         `spool_max_bytes`, `window_memory_bytes`, \
          `conntrack_rcvbuf_bytes`, `conntrack_reliable_events`, `rcvbuf_max_bytes`, \
          `nflog_require_prefix`, `nflog_rcvbuf_bytes`"
     );

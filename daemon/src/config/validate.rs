@@ -42,6 +42,10 @@ pub struct DaemonConfig {
     pub install_tracking_table: bool,
     pub sink_queue_records: u64,
     pub shutdown_timeout_secs: u32,
+    /// Cap of each sink's spool directory (`state_dir/spool/<sink>`).
+    pub spool_max_bytes: u64,
+    /// Cap of the open window's sums; reached, they are emitted early.
+    pub window_memory_bytes: u64,
     /// Receive buffer of the conntrack event socket.
     pub conntrack_rcvbuf_bytes: u64,
     /// Ask the kernel to keep a connection until its DESTROY event is
@@ -341,6 +345,16 @@ fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigErr
         "daemon.shutdown_timeout_secs",
         0..=3600,
     )? as u32;
+    let spool_max_bytes = cx.int_in(
+        &d.spool_max_bytes,
+        "daemon.spool_max_bytes",
+        (1 << 20)..=(1 << 50),
+    )? as u64;
+    let window_memory_bytes = cx.int_in(
+        &d.window_memory_bytes,
+        "daemon.window_memory_bytes",
+        (1 << 20)..=(1 << 40),
+    )? as u64;
     let conntrack_rcvbuf_bytes = cx.int_in(
         &d.conntrack_rcvbuf_bytes,
         "daemon.conntrack_rcvbuf_bytes",
@@ -394,6 +408,8 @@ fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigErr
         install_tracking_table: d.install_tracking_table,
         sink_queue_records,
         shutdown_timeout_secs,
+        spool_max_bytes,
+        window_memory_bytes,
         conntrack_rcvbuf_bytes,
         conntrack_reliable_events: d.conntrack_reliable_events,
         nflog_require_prefix: d.nflog_require_prefix,
