@@ -246,7 +246,8 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         ))
     };
 
-    let dispatcher = startup::start_sinks(&config).map_err(RunError::Config)?;
+    let dispatcher = startup::start_sinks(&config, Some(&startup::spool_settings(&config)))
+        .map_err(RunError::Config)?;
 
     let clock = SystemClock;
     let mut capture = Capture {
@@ -790,20 +791,27 @@ impl Capture {
         // sinks and instances they were captured for.
         let now = SystemClock.now_unix();
         let held = self.close_window_now(now);
-        let new_dispatcher = match startup::start_sinks(&new) {
+        // A sink's spool is open in one worker at a time: the old sinks stop
+        // (spooling what they hold) before the new ones start.
+        let timeout = Duration::from_secs(self.config.daemon.shutdown_timeout_secs.into());
+        startup::stop_sinks(&mut self.dispatcher, timeout);
+        self.dispatcher = match startup::start_sinks(&new, Some(&startup::spool_settings(&new))) {
             Ok(d) => d,
             Err(e) => {
                 log::error!("reload refused, keeping the running config: {e}");
-                self.dispatcher
-                    .flush_all(flowlogd_plugin_api::abi::FLUSH_REOPEN);
+                match startup::start_sinks(
+                    &self.config,
+                    Some(&startup::spool_settings(&self.config)),
+                ) {
+                    Ok(d) => self.dispatcher = d,
+                    Err(e) => log::error!(
+                        "reload: the running config's sinks do not start again either: {e}; no sink runs until a \
+                         reload or restart succeeds"
+                    ),
+                }
                 return;
             }
         };
-        let mut old_dispatcher = std::mem::replace(&mut self.dispatcher, new_dispatcher);
-        startup::stop_sinks(
-            &mut old_dispatcher,
-            Duration::from_secs(self.config.daemon.shutdown_timeout_secs.into()),
-        );
         let handoff = self.table.handoff();
         if held > 0 {
             log::warn!(

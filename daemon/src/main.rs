@@ -390,7 +390,9 @@ fn replay(config_path: &std::path::Path, records_path: &std::path::Path) -> Exit
             }
         }
     }
-    let mut dispatcher = match startup::start_sinks(&config) {
+    // No spool: replay is a one-off push, and a running daemon may hold
+    // the spools; what the sinks do not take is reported (exit 1).
+    let mut dispatcher = match startup::start_sinks(&config, None) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("flowlogd: {e}");

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError, SinkConfig};
-use crate::sinks::{check_options, resolve_plugin, Dispatcher, PluginLibrary, SinkSpec};
+use crate::sinks::{
+    check_options, resolve_plugin, Dispatcher, PluginLibrary, SinkSpec, SinkStats, SpoolSettings,
+};
 
 /// Why a sink could not be set up: its config location and the reason.
 pub fn sink_error(
@@ -18,11 +20,23 @@ pub fn sink_error(
     config.sink_option_error(sink, key, message)
 }
 
-/// Loads every configured sink's plugin and opens it in its worker.
+/// Where the daemon keeps its sinks' spools: `state_dir/spool/<sink>`.
+pub fn spool_settings(config: &Config) -> SpoolSettings {
+    SpoolSettings {
+        root: config.daemon.state_dir.join("spool"),
+        max_bytes: config.daemon.spool_max_bytes,
+    }
+}
+
+/// Loads every configured sink's plugin and opens it in its worker, with
+/// its spool (`None`: without, as `flowlogd replay` runs).
 ///
 /// # Errors
 /// A [`ConfigError`] at the sink's table or the offending option.
-pub fn start_sinks(config: &Config) -> Result<Dispatcher, ConfigError> {
+pub fn start_sinks(
+    config: &Config,
+    spools: Option<&SpoolSettings>,
+) -> Result<Dispatcher, ConfigError> {
     let mut specs = Vec::new();
     for sink in &config.sinks {
         let library = load_sink_library(config, sink)?;
@@ -41,7 +55,7 @@ pub fn start_sinks(config: &Config) -> Result<Dispatcher, ConfigError> {
             options: sink.options.clone(),
         });
     }
-    Dispatcher::start(specs, config.daemon.sink_queue_records).map_err(|e| {
+    Dispatcher::start(specs, config.daemon.sink_queue_records, spools).map_err(|e| {
         let sink = config
             .sinks
             .iter()
@@ -105,34 +119,49 @@ pub fn check_sinks(config: &Config) -> Result<Vec<String>, ConfigError> {
 }
 
 /// Shuts the sinks down and logs what happened to their records.
-/// Returns the number of records that were not delivered.
+/// Returns the number of records that will never be delivered (what waits
+/// in a spool is not among them: the next start delivers it).
 pub fn stop_sinks(dispatcher: &mut Dispatcher, timeout: Duration) -> u64 {
     let mut lost = 0;
     for s in dispatcher.shutdown(timeout) {
-        let not_delivered = s.dropped_queue_full + s.rejected + s.undelivered_at_shutdown;
-        lost += not_delivered;
-        if not_delivered > 0 {
-            log::error!(
-                "sink {}: {} records delivered, {} NOT delivered ({} dropped on a full queue, {} rejected by the \
-                 sink, {} still undelivered at shutdown), {} retries",
-                s.name,
-                s.delivered,
-                not_delivered,
-                s.dropped_queue_full,
-                s.rejected,
-                s.undelivered_at_shutdown,
-                s.retries
-            );
-        } else {
-            log::info!(
-                "sink {}: {} records delivered, {} retries",
-                s.name,
-                s.delivered,
-                s.retries
-            );
-        }
+        lost += s.lost();
+        log_sink_summary(&s);
     }
     lost
+}
+
+fn log_sink_summary(s: &SinkStats) {
+    let spooled = if s.spool_records_left > 0 {
+        format!(
+            ", {} left in the spool for the next start",
+            s.spool_records_left
+        )
+    } else {
+        String::new()
+    };
+    if s.lost() > 0 {
+        log::error!(
+            "sink {}: {} records delivered{spooled}, {} NOT delivered ({} dropped on a full queue, {} dropped on a \
+             full or failing spool, {} rejected by the sink, {} still undelivered at shutdown, {} in corrupt spool \
+             batches), {} retries",
+            s.name,
+            s.delivered,
+            s.lost(),
+            s.dropped_queue_full,
+            s.dropped_spool_full,
+            s.rejected,
+            s.undelivered_at_shutdown,
+            s.spool_lost,
+            s.retries
+        );
+    } else {
+        log::info!(
+            "sink {}: {} records delivered{spooled}, {} retries",
+            s.name,
+            s.delivered,
+            s.retries
+        );
+    }
 }
 
 /// Keeps the daemon's large allocations in their own mappings, returned to

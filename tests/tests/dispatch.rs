@@ -149,7 +149,8 @@ fn rejected_records_are_counted_and_reported() {
         "{err}"
     );
     assert!(
-        err.contains("sink r: 0 records delivered, 7 NOT delivered (0 dropped on a full queue, 7 rejected by the sink, 0 still undelivered at shutdown)"),
+        err.contains("sink r: 0 records delivered, 7 NOT delivered (0 dropped on a full queue, 0 dropped on a full or failing spool, \
+             7 rejected by the sink, 0 still undelivered at shutdown, 0 in corrupt spool batches)"),
         "{err}"
     );
 }
@@ -189,7 +190,8 @@ fn a_full_queue_counts_and_reports_dropped_records() {
         ),
         "{err}"
     );
-    assert!(err.contains("20 NOT delivered (20 dropped on a full queue, 0 rejected by the sink, 0 still undelivered at shutdown)"), "{err}");
+    assert!(err.contains("20 NOT delivered (20 dropped on a full queue, 0 dropped on a full or failing spool, 0 rejected by the sink, \
+         0 still undelivered at shutdown, 0 in corrupt spool batches)"), "{err}");
     assert!(read_json_records(&s.tmp.join("out.jsonl")).is_empty());
 }
 
@@ -215,5 +217,6 @@ fn a_sink_still_failing_at_shutdown_is_reported() {
         err.contains("sink down: write still failing at shutdown"),
         "{err}"
     );
-    assert!(err.contains("4 NOT delivered (0 dropped on a full queue, 0 rejected by the sink, 4 still undelivered at shutdown)"), "{err}");
+    assert!(err.contains("4 NOT delivered (0 dropped on a full queue, 0 dropped on a full or failing spool, 0 rejected by the sink, \
+         4 still undelivered at shutdown, 0 in corrupt spool batches)"), "{err}");
 }

@@ -1,19 +1,29 @@
-//! Each sink gets a worker thread and a bounded queue, so a slow or dead
-//! sink never stalls capture (Vector's model: the host owns buffering).
+//! Each sink gets a worker thread, a bounded memory queue and a durable
+//! spool on disk, so a slow or dead sink never stalls capture and loses
+//! nothing (Vector's model: the host owns buffering).
 //!
-//! - The queue is bounded in *records*. A batch that does not fit is not
-//!   queued; its records are counted as dropped and logged. Nothing grows
-//!   without bound.
-//! - A batch the plugin answers with RETRY stays at the head of the queue
-//!   (still counted against the bound) and is retried with exponential
-//!   backoff: records are never dropped while being retried.
+//! - The memory queue is bounded in *records*. A batch goes to the spool
+//!   (`spool.rs`) instead when the queue is full, while the sink fails,
+//!   while anything is spooled (so that order is kept: everything in the
+//!   memory queue is older than everything spooled), and at shutdown.
+//! - The worker delivers the memory queue first, then the spool, oldest
+//!   first. A batch leaves the spool only once the plugin answered
+//!   delivered (or rejected): delivery is at least once.
+//! - A batch the plugin answers with RETRY is retried with exponential
+//!   backoff; the first RETRY moves what the memory queue holds (the rest of
+//!   that batch and everything behind it) into the spool, so a sink that is
+//!   down keeps its records on disk, not in memory.
 //! - A REJECTED batch is counted as undelivered and logged.
-//! - At shutdown the workers get a deadline; whatever is still undelivered
-//!   then is counted and reported.
+//! - At shutdown the workers get a deadline; what is still undelivered then
+//!   goes to the spool and is delivered after the next start.
+//! - Only a full spool (or one that cannot be written) drops records; they
+//!   are counted, logged and reported. Without a spool (`flowlogd replay`)
+//!   a full queue drops and counts, as does what is left at shutdown.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,12 +31,15 @@ use flowlogd_plugin_api::FlowRecord;
 
 use super::instance::{CallError, PluginInstance};
 use super::loader::PluginLibrary;
+use super::spool::{self, Spool, SpooledBatch};
 
 /// Records passed to a plugin per `write` call: bounds the per-call
 /// conversion buffers; plugins batch further as they need.
 const WRITE_CHUNK_RECORDS: usize = 1024;
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A spool that stays full logs its drops at most this often.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 enum Item {
     Batch(Arc<Vec<FlowRecord>>),
@@ -36,8 +49,25 @@ enum Item {
 struct QueueState {
     items: VecDeque<Item>,
     queued_records: u64,
-    /// Set at shutdown: no more items; finish by `deadline`.
+    /// Set at shutdown: finish by `deadline`, then spool the rest.
     closing: Option<Instant>,
+    /// The sink answered RETRY and has not delivered since: new batches go
+    /// to the spool, where they survive a crash.
+    failing: bool,
+    spool: Option<Spool>,
+    /// Shutdown gave up on a worker stuck in a plugin call and spooled its
+    /// queue: whatever the worker finishes later is not acknowledged.
+    abandoned: bool,
+    last_drop_log: Option<Instant>,
+}
+
+impl QueueState {
+    /// New batches must go behind what is spooled, or the sink is failing.
+    fn spool_first(&self) -> bool {
+        self.spool
+            .as_ref()
+            .is_some_and(|s| !s.is_empty() || self.failing || self.closing.is_some())
+    }
 }
 
 struct Shared {
@@ -48,13 +78,22 @@ struct Shared {
     stats: Counters,
 }
 
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().expect("sink queue lock")
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     delivered: AtomicU64,
     dropped_queue_full: AtomicU64,
+    dropped_spool_full: AtomicU64,
+    spooled: AtomicU64,
     rejected: AtomicU64,
     undelivered_at_shutdown: AtomicU64,
     retries: AtomicU64,
+    spool_lost: AtomicU64,
 }
 
 /// What happened to one sink's records.
@@ -62,10 +101,31 @@ struct Counters {
 pub struct SinkStats {
     pub name: String,
     pub delivered: u64,
+    /// Dropped because the memory queue was full and there is no spool.
     pub dropped_queue_full: u64,
+    /// Dropped because the spool was full or could not be written.
+    pub dropped_spool_full: u64,
+    /// Written to the spool (including at shutdown).
+    pub spooled: u64,
     pub rejected: u64,
+    /// Neither delivered nor kept in the spool at shutdown.
     pub undelivered_at_shutdown: u64,
     pub retries: u64,
+    /// Records in spooled batches that no longer checked out when read.
+    pub spool_lost: u64,
+    /// Records waiting in the spool when the worker stopped.
+    pub spool_records_left: u64,
+}
+
+impl SinkStats {
+    /// Records that will never reach the sink.
+    pub fn lost(&self) -> u64 {
+        self.dropped_queue_full
+            + self.dropped_spool_full
+            + self.rejected
+            + self.undelivered_at_shutdown
+            + self.spool_lost
+    }
 }
 
 struct SinkWorker {
@@ -86,6 +146,14 @@ pub struct SinkSpec {
     pub options: toml::Table,
 }
 
+/// Where the sinks' spools live and how large each may grow.
+#[derive(Clone, Debug)]
+pub struct SpoolSettings {
+    /// `state_dir/spool`: one directory per sink below it.
+    pub root: PathBuf,
+    pub max_bytes: u64,
+}
+
 /// Why a sink did not start.
 #[derive(Debug)]
 pub struct StartError {
@@ -95,16 +163,37 @@ pub struct StartError {
 }
 
 impl Dispatcher {
-    /// Starts a worker per sink, each opening its plugin instance on its own
-    /// thread, and waits until every one has opened (or one failed).
+    /// Opens each sink's spool, starts a worker per sink, each opening its
+    /// plugin instance on its own thread, and waits until every one has
+    /// opened (or one failed). Records left in a spool by an earlier run
+    /// are delivered first.
     ///
     /// # Errors
-    /// The first sink whose plugin refused its options or failed to open.
-    pub fn start(specs: Vec<SinkSpec>, capacity_records: u64) -> Result<Dispatcher, StartError> {
+    /// The first sink whose spool cannot be opened, or whose plugin refused
+    /// its options or failed to open.
+    pub fn start(
+        specs: Vec<SinkSpec>,
+        capacity_records: u64,
+        spools: Option<&SpoolSettings>,
+    ) -> Result<Dispatcher, StartError> {
         let mut dispatcher = Dispatcher {
             workers: Vec::new(),
         };
         for spec in specs {
+            let spool = match spools {
+                Some(settings) => match open_spool(settings, &spec.name) {
+                    Ok(s) => Some(s),
+                    Err(message) => {
+                        dispatcher.shutdown(Duration::ZERO);
+                        return Err(StartError {
+                            sink: spec.name,
+                            message,
+                            key: None,
+                        });
+                    }
+                },
+                None => None,
+            };
             let shared = Arc::new(Shared {
                 name: spec.name.clone(),
                 capacity_records,
@@ -112,6 +201,10 @@ impl Dispatcher {
                     items: VecDeque::new(),
                     queued_records: 0,
                     closing: None,
+                    failing: false,
+                    spool,
+                    abandoned: false,
+                    last_drop_log: None,
                 }),
                 wake: Condvar::new(),
                 stats: Counters::default(),
@@ -170,9 +263,10 @@ impl Dispatcher {
         self.workers.iter().position(|w| w.shared.name == name)
     }
 
-    /// Queues a batch for sink `index` without blocking. If the queue
-    /// cannot take it, its records are counted as dropped and `false` is
-    /// returned.
+    /// Hands a batch to sink `index` without waiting for the sink: into its
+    /// memory queue, or its spool (see the module's rules). Returns `false`
+    /// if the records were dropped (counted and logged): no spool and a
+    /// full queue, or a full spool.
     pub fn send(&self, index: usize, records: Arc<Vec<FlowRecord>>) -> bool {
         let Some(w) = self.workers.get(index) else {
             return false;
@@ -181,11 +275,46 @@ impl Dispatcher {
         if n == 0 {
             return true;
         }
-        let mut st = w.shared.state.lock().expect("sink queue lock");
-        if st.closing.is_some() || st.queued_records + n > w.shared.capacity_records {
+        let shared = &w.shared;
+        let mut st = shared.lock();
+        let fits = st.closing.is_none() && st.queued_records + n <= shared.capacity_records;
+        if st.spool.is_some() && (st.spool_first() || !fits) {
+            let appended = st.spool.as_mut().expect("checked above").append(&records);
+            let (kept, why) = match appended {
+                Ok(kept) => (kept, None),
+                Err(e) => (0, Some(e.to_string())),
+            };
+            shared.stats.spooled.fetch_add(kept, Ordering::Relaxed);
+            if kept > 0 {
+                shared.wake.notify_one();
+            }
+            if kept == n {
+                return true;
+            }
+            let lost = n - kept;
+            let total = shared
+                .stats
+                .dropped_spool_full
+                .fetch_add(lost, Ordering::Relaxed)
+                + lost;
+            if should_log_drop(&mut st) {
+                let why = why.unwrap_or_else(|| {
+                    format!(
+                        "the spool is full (spool_max_bytes = {} bytes)",
+                        st.spool.as_ref().map_or(0, |s| s.max_bytes())
+                    )
+                });
+                log::error!(
+                    "sink {}: dropped {lost} records ({total} dropped so far): {why}; the sink is down or slower \
+                     than capture",
+                    shared.name
+                );
+            }
+            return false;
+        }
+        if !fits {
             drop(st);
-            let total = w
-                .shared
+            let total = shared
                 .stats
                 .dropped_queue_full
                 .fetch_add(n, Ordering::Relaxed)
@@ -193,36 +322,36 @@ impl Dispatcher {
             log::warn!(
                 "sink {}: queue full ({} records), dropped a batch of {n} records ({total} dropped so far); \
                  the sink is slower than capture or down",
-                w.shared.name,
-                w.shared.capacity_records
+                shared.name,
+                shared.capacity_records
             );
             return false;
         }
         st.queued_records += n;
         st.items.push_back(Item::Batch(records));
-        w.shared.wake.notify_one();
+        shared.wake.notify_one();
         true
     }
 
-    /// The most records any one sink has queued now.
+    /// The most records any one sink has queued in memory now.
     pub fn most_queued_records(&self) -> u64 {
         self.workers
             .iter()
-            .map(|w| {
-                w.shared
-                    .state
-                    .lock()
-                    .expect("sink queue lock")
-                    .queued_records
-            })
+            .map(|w| w.shared.lock().queued_records)
             .max()
             .unwrap_or(0)
     }
 
-    /// Asks every sink to flush (`FLUSH_*` flags) after what is queued.
+    /// Asks every sink to flush (`FLUSH_*` flags) after what is queued, and
+    /// makes what was spooled durable.
     pub fn flush_all(&self, flags: u32) {
         for w in &self.workers {
-            let mut st = w.shared.state.lock().expect("sink queue lock");
+            let mut st = w.shared.lock();
+            if let Some(spool) = st.spool.as_mut() {
+                if let Err(e) = spool.sync() {
+                    log::error!("sink {}: cannot sync the spool: {e}", w.shared.name);
+                }
+            }
             if st.closing.is_none() {
                 st.items.push_back(Item::Flush(flags));
                 w.shared.wake.notify_one();
@@ -230,12 +359,13 @@ impl Dispatcher {
         }
     }
 
-    /// Lets every worker finish what is queued within `timeout`, closes the
-    /// plugins, and returns what happened to each sink's records.
+    /// Lets every worker deliver what it holds within `timeout`, spools what
+    /// is left, closes the plugins, and returns what happened to each
+    /// sink's records.
     pub fn shutdown(&mut self, timeout: Duration) -> Vec<SinkStats> {
         let deadline = Instant::now() + timeout;
         for w in &self.workers {
-            let mut st = w.shared.state.lock().expect("sink queue lock");
+            let mut st = w.shared.lock();
             st.closing = Some(deadline);
             w.shared.wake.notify_one();
         }
@@ -251,22 +381,81 @@ impl Dispatcher {
                     }
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    let st = w.shared.state.lock().expect("sink queue lock");
-                    w.shared
-                        .stats
-                        .undelivered_at_shutdown
-                        .fetch_add(st.queued_records, Ordering::Relaxed);
                     log::error!(
                         "sink {}: plugin did not return in time; abandoning it",
                         w.shared.name
                     );
+                    let mut st = w.shared.lock();
+                    st.abandoned = true;
                 }
             }
-            out.push(stats_of(&w.shared));
+            let mut st = w.shared.lock();
+            // What the worker did not get to (an abandoned one's whole
+            // queue, its batch in the plugin included: at least once).
+            spill_queue(&w.shared, &mut st, None);
+            let left = st.queued_records;
+            if left > 0 {
+                w.shared
+                    .stats
+                    .undelivered_at_shutdown
+                    .fetch_add(left, Ordering::Relaxed);
+                st.items.clear();
+                st.queued_records = 0;
+            }
+            let mut stats = stats_of(&w.shared);
+            if let Some(mut spool) = st.spool.take() {
+                if let Err(e) = spool.sync() {
+                    log::error!("sink {}: cannot sync the spool: {e}", w.shared.name);
+                }
+                stats.spool_records_left = spool.records();
+                if stats.spool_records_left > 0 {
+                    log::info!(
+                        "sink {}: {} records ({} bytes) wait in {} for the next start",
+                        w.shared.name,
+                        stats.spool_records_left,
+                        spool.bytes(),
+                        spool.dir().display()
+                    );
+                }
+            }
+            out.push(stats);
         }
         self.workers.clear();
         out
     }
+}
+
+fn open_spool(settings: &SpoolSettings, sink: &str) -> Result<Spool, String> {
+    let dir = settings.root.join(spool::dir_name(sink));
+    let (spool, report) = Spool::open(&dir, settings.max_bytes)
+        .map_err(|e| format!("cannot open the sink's spool: {e}"))?;
+    if report.records > 0 {
+        log::info!(
+            "sink {sink}: {} records ({} bytes) wait in the spool {} from an earlier run; delivering them first",
+            report.records,
+            report.bytes,
+            dir.display()
+        );
+    }
+    if report.cut_bytes > 0 {
+        log::warn!(
+            "sink {sink}: the spool had {} bytes of torn or corrupt batches, cut",
+            report.cut_bytes
+        );
+    }
+    Ok(spool)
+}
+
+fn should_log_drop(st: &mut QueueState) -> bool {
+    let now = Instant::now();
+    if st
+        .last_drop_log
+        .is_some_and(|t| now.duration_since(t) < DROP_LOG_INTERVAL)
+    {
+        return false;
+    }
+    st.last_drop_log = Some(now);
+    true
 }
 
 fn stats_of(s: &Shared) -> SinkStats {
@@ -274,9 +463,13 @@ fn stats_of(s: &Shared) -> SinkStats {
         name: s.name.clone(),
         delivered: s.stats.delivered.load(Ordering::Relaxed),
         dropped_queue_full: s.stats.dropped_queue_full.load(Ordering::Relaxed),
+        dropped_spool_full: s.stats.dropped_spool_full.load(Ordering::Relaxed),
+        spooled: s.stats.spooled.load(Ordering::Relaxed),
         rejected: s.stats.rejected.load(Ordering::Relaxed),
         undelivered_at_shutdown: s.stats.undelivered_at_shutdown.load(Ordering::Relaxed),
         retries: s.stats.retries.load(Ordering::Relaxed),
+        spool_lost: s.stats.spool_lost.load(Ordering::Relaxed),
+        spool_records_left: 0,
     }
 }
 
@@ -288,37 +481,164 @@ impl Drop for Dispatcher {
     }
 }
 
-/// The worker loop: take the head item, deliver it (retrying), pop it.
-fn run_worker(shared: &Shared, mut instance: PluginInstance) {
-    loop {
-        let item = {
-            let mut st = shared.state.lock().expect("sink queue lock");
-            loop {
-                if let Some(front) = st.items.front() {
-                    let item = match front {
-                        Item::Batch(b) => Item::Batch(Arc::clone(b)),
-                        Item::Flush(f) => Item::Flush(*f),
-                    };
-                    break Some(item);
-                }
-                if st.closing.is_some() {
-                    break None;
-                }
-                st = shared.wake.wait(st).expect("sink queue lock");
-            }
-        };
-        let Some(item) = item else { break };
-        match &item {
-            Item::Batch(records) => deliver_batch(shared, &mut instance, records),
-            Item::Flush(flags) => {
-                let flags = *flags;
-                let _ = with_retry(shared, "flush", || instance.flush(flags));
+/// Moves the memory queue into the spool, before what is spooled (it is
+/// older). `head_rest` replaces the queue's head batch when the worker
+/// delivered part of it already. Returns whether the queue was moved.
+///
+/// While running, all of it moves or none (the worker keeps retrying from
+/// memory). At shutdown (`closing`) as much as fits moves, oldest first,
+/// and the rest is counted as dropped on a full spool.
+fn spill_queue(shared: &Shared, st: &mut QueueState, head_rest: Option<&[FlowRecord]>) -> bool {
+    if st.items.is_empty() {
+        return true;
+    }
+    let closing = st.closing.is_some();
+    let QueueState {
+        items,
+        spool,
+        queued_records,
+        ..
+    } = st;
+    let Some(spool) = spool.as_mut() else {
+        return false;
+    };
+    let mut batches: Vec<&[FlowRecord]> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        if let Item::Batch(records) = item {
+            match (i, head_rest) {
+                (0, Some(rest)) => batches.push(rest),
+                _ => batches.push(records),
             }
         }
-        let mut st = shared.state.lock().expect("sink queue lock");
-        st.items.pop_front();
-        if let Item::Batch(records) = &item {
-            st.queued_records -= records.len() as u64;
+    }
+    let n: u64 = batches.iter().map(|b| b.len() as u64).sum();
+    let kept = match spool.prepend(&batches, closing) {
+        Ok(kept) => kept,
+        Err(e) => {
+            log::error!(
+                "sink {}: cannot move {n} queued records to the spool: {e}",
+                shared.name
+            );
+            if !closing {
+                return false;
+            }
+            0
+        }
+    };
+    let spooled = kept;
+    shared.stats.spooled.fetch_add(spooled, Ordering::Relaxed);
+    if spooled < n {
+        log::error!(
+            "sink {}: {} queued records dropped at shutdown: the spool is full or failing",
+            shared.name,
+            n - spooled
+        );
+        shared
+            .stats
+            .dropped_spool_full
+            .fetch_add(n - spooled, Ordering::Relaxed);
+    }
+    items.clear();
+    *queued_records = 0;
+    true
+}
+
+/// What the worker is delivering.
+enum Work {
+    /// The memory queue's head; the `Arc` identifies it there.
+    Memory(Arc<Vec<FlowRecord>>),
+    Spooled(SpooledBatch),
+    Flush(u32),
+}
+
+/// A batch being delivered, and how many of its chunks are done.
+struct Current {
+    work: Work,
+    chunks_done: usize,
+}
+
+impl Current {
+    fn records(&self) -> &[FlowRecord] {
+        match &self.work {
+            Work::Memory(r) => r,
+            Work::Spooled(b) => &b.records,
+            Work::Flush(_) => &[],
+        }
+    }
+
+    fn rest(&self) -> &[FlowRecord] {
+        let records = self.records();
+        &records[(self.chunks_done * WRITE_CHUNK_RECORDS).min(records.len())..]
+    }
+}
+
+/// The worker loop: take the oldest batch (memory queue first, then the
+/// spool), deliver it a chunk at a time, retrying; acknowledge it.
+fn run_worker(shared: &Shared, mut instance: PluginInstance) {
+    let mut current: Option<Current> = None;
+    let mut backoff = BACKOFF_INITIAL;
+    let mut attempts = 0u32;
+    loop {
+        if current.is_none() {
+            current = next_work(shared);
+        }
+        let Some(cur) = current.as_mut() else { break };
+        if let Work::Flush(flags) = cur.work {
+            let _ = with_retry(shared, "flush", || instance.flush(flags));
+            finish(shared, cur);
+            current = None;
+            continue;
+        }
+        match deliver(shared, &mut instance, cur) {
+            Ok(()) => {
+                if attempts > 0 {
+                    log::info!(
+                        "sink {}: write succeeded after {attempts} retries",
+                        shared.name
+                    );
+                }
+                attempts = 0;
+                backoff = BACKOFF_INITIAL;
+                shared.lock().failing = false;
+                finish(shared, cur);
+                current = None;
+            }
+            Err(message) => {
+                attempts += 1;
+                shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+                // Log the first failure and then every 10th, so a sink that
+                // is down for an hour does not flood the log.
+                if attempts == 1 || attempts % 10 == 0 {
+                    log::warn!(
+                        "sink {}: write failed (attempt {attempts}), retrying in {} ms: {message}",
+                        shared.name,
+                        backoff.as_millis()
+                    );
+                }
+                let mut st = shared.lock();
+                st.failing = true;
+                // The sink is down: keep the queue on disk rather than in
+                // memory, where a crash would lose it.
+                if matches!(cur.work, Work::Memory(_))
+                    && spill_queue(shared, &mut st, Some(cur.rest()))
+                {
+                    current = None;
+                }
+                if !wait_backoff(shared, st, backoff) {
+                    break;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+    // Stopped at the shutdown deadline in the middle of a queued batch:
+    // spool its rest and what is behind it.
+    if let Some(cur) = &current {
+        if matches!(cur.work, Work::Memory(_)) {
+            let mut st = shared.lock();
+            if !st.abandoned {
+                spill_queue(shared, &mut st, Some(cur.rest()));
+            }
         }
     }
     // Final flush so that buffered output reaches disk or the peer.
@@ -328,30 +648,150 @@ fn run_worker(shared: &Shared, mut instance: PluginInstance) {
     drop(instance);
 }
 
-/// Delivers `records` in chunks, retrying each; counts what was rejected
-/// or still failing at the shutdown deadline.
-fn deliver_batch(shared: &Shared, instance: &mut PluginInstance, records: &[FlowRecord]) {
-    for (i, chunk) in records.chunks(WRITE_CHUNK_RECORDS).enumerate() {
-        match with_retry(shared, "write", || instance.write(chunk)) {
-            Outcome::Done => {
-                shared
-                    .stats
-                    .delivered
-                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+/// The oldest work: the memory queue's head, else the spool's oldest
+/// batch; waits for one. `None` when shutting down and nothing is left, or
+/// the shutdown deadline passed.
+fn next_work(shared: &Shared) -> Option<Current> {
+    let mut st = shared.lock();
+    loop {
+        if st.abandoned {
+            return None;
+        }
+        if let Some(deadline) = st.closing {
+            if Instant::now() >= deadline {
+                return None;
             }
-            Outcome::Rejected => {
-                shared
-                    .stats
-                    .rejected
-                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        if let Some(front) = st.items.front() {
+            let work = match front {
+                Item::Batch(b) => Work::Memory(Arc::clone(b)),
+                Item::Flush(f) => Work::Flush(*f),
+            };
+            return Some(Current {
+                work,
+                chunks_done: 0,
+            });
+        }
+        if let Some(spool) = st.spool.as_mut() {
+            let mut lost = 0;
+            let oldest = spool.oldest(&mut lost);
+            if lost > 0 {
+                shared.stats.spool_lost.fetch_add(lost, Ordering::Relaxed);
             }
-            Outcome::GaveUp => {
-                let rest = (records.len() - i * WRITE_CHUNK_RECORDS) as u64;
+            match oldest {
+                Ok(Some(batch)) => {
+                    return Some(Current {
+                        work: Work::Spooled(batch),
+                        chunks_done: 0,
+                    })
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    log::error!(
+                        "sink {}: cannot read the spool, trying again in {} s: {e}",
+                        shared.name,
+                        BACKOFF_MAX.as_secs()
+                    );
+                    st = shared
+                        .wake
+                        .wait_timeout(st, BACKOFF_MAX)
+                        .expect("sink queue lock")
+                        .0;
+                    continue;
+                }
+            }
+        }
+        if st.closing.is_some() {
+            return None;
+        }
+        st = shared.wake.wait(st).expect("sink queue lock");
+    }
+}
+
+/// Sleeps `backoff` on the condvar (so shutdown wakes it early). Returns
+/// `false` if the shutdown deadline comes before the next attempt.
+fn wait_backoff(shared: &Shared, st: MutexGuard<'_, QueueState>, backoff: Duration) -> bool {
+    if st.abandoned {
+        return false;
+    }
+    if let Some(deadline) = st.closing {
+        if Instant::now() + backoff > deadline {
+            log::error!("sink {}: write still failing at shutdown", shared.name);
+            return false;
+        }
+    }
+    let _ = shared
+        .wake
+        .wait_timeout(st, backoff)
+        .expect("sink queue lock");
+    true
+}
+
+/// Writes the chunks of `cur` not yet delivered. Rejected chunks are
+/// counted and skipped. `Err` carries a RETRY answer's message.
+fn deliver(
+    shared: &Shared,
+    instance: &mut PluginInstance,
+    cur: &mut Current,
+) -> Result<(), String> {
+    let total = cur.records().len();
+    while cur.chunks_done * WRITE_CHUNK_RECORDS < total {
+        let from = cur.chunks_done * WRITE_CHUNK_RECORDS;
+        let chunk = &cur.records()[from..(from + WRITE_CHUNK_RECORDS).min(total)];
+        let n = chunk.len() as u64;
+        match instance.write(chunk) {
+            Ok(()) => {
+                shared.stats.delivered.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(CallError::Rejected { message, key }) => {
+                let key = key.map(|k| format!("{k}: ")).unwrap_or_default();
+                log::error!(
+                    "sink {}: write rejected, not retrying: {key}{message} ({n} records)",
+                    shared.name
+                );
+                shared.stats.rejected.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(CallError::Retry(message)) => return Err(message),
+        }
+        cur.chunks_done += 1;
+    }
+    Ok(())
+}
+
+/// Takes finished work off the queue or out of the spool.
+fn finish(shared: &Shared, cur: &Current) {
+    let mut st = shared.lock();
+    if st.abandoned {
+        return;
+    }
+    match &cur.work {
+        Work::Memory(records) => {
+            if matches!(st.items.front(), Some(Item::Batch(b)) if Arc::ptr_eq(b, records)) {
+                st.items.pop_front();
+                st.queued_records -= records.len() as u64;
+            }
+        }
+        Work::Flush(_) => {
+            if matches!(st.items.front(), Some(Item::Flush(_))) {
+                st.items.pop_front();
+            }
+        }
+        Work::Spooled(batch) => {
+            let parsed = batch.records.len() as u64;
+            if batch.header_records > parsed {
                 shared
                     .stats
-                    .undelivered_at_shutdown
-                    .fetch_add(rest, Ordering::Relaxed);
-                return;
+                    .spool_lost
+                    .fetch_add(batch.header_records - parsed, Ordering::Relaxed);
+            }
+            if let Some(spool) = st.spool.as_mut() {
+                if let Err(e) = spool.acknowledge(batch) {
+                    // It will be delivered again after a restart.
+                    log::error!(
+                        "sink {}: cannot record a delivered batch in the spool: {e}",
+                        shared.name
+                    );
+                }
             }
         }
     }

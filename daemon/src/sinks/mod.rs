@@ -1,10 +1,11 @@
 //! Sink plugins: finding and loading them, and feeding each through its own
-//! worker thread behind a bounded queue.
+//! worker thread behind a bounded queue and a durable spool.
 
 mod dispatch;
 mod instance;
 mod loader;
+mod spool;
 
-pub use dispatch::{Dispatcher, SinkSpec};
+pub use dispatch::{Dispatcher, SinkSpec, SinkStats, SpoolSettings};
 pub use instance::{check_options, CallError};
 pub use loader::{resolve_plugin, scan_plugin_dir, PluginLibrary};

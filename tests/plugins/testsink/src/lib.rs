@@ -1,7 +1,8 @@
 //! A sink for flowlogd's tests. It appends each record as a JSON line to
 //! `path`, and can misbehave on demand so the tests can check the daemon's
 //! side of the contract: a slow sink does not block others, RETRY is
-//! retried, REJECTED and panics are counted and reported.
+//! retried, REJECTED and panics are counted and reported, a sink that is
+//! down for a while gets its records from the spool.
 
 use std::io::Write;
 use std::time::Duration;
@@ -27,6 +28,10 @@ struct TestOptions {
     /// Panic in write.
     #[serde(default)]
     panic_in_write: bool,
+    /// Answer RETRY to every write while this file exists: a sink that is
+    /// down for as long as a test says.
+    #[serde(default)]
+    down_while_exists: Option<String>,
 }
 
 struct TestSink {
@@ -58,6 +63,13 @@ impl Sink for TestSink {
         }
         if self.options.reject {
             return Err(SinkError::rejected("testsink rejects everything"));
+        }
+        if let Some(flag) = &self.options.down_while_exists {
+            if std::path::Path::new(flag).exists() {
+                return Err(SinkError::retry(format!(
+                    "testsink is down while {flag} exists"
+                )));
+            }
         }
         if self.failures_left > 0 {
             self.failures_left -= 1;
