@@ -31,8 +31,17 @@ usage: bash bench/run.sh [options]
   --steps "R ..."        rate steps, per second, `max` = as fast as the generator
                          goes [10000 50000 100000 max]
   --step-secs S          seconds per step [10]
-  --kinds "K ..."        step kinds: ct (new UDP flows: conntrack), nflog (dropped,
-                         logged packets) [ct nflog]
+  --kinds "K ..."        kinds of run: ct (new UDP flows: conntrack), nflog (dropped,
+                         logged packets), one step each; and the operator's routine
+                         under load, one run each: stop (SIGTERM right after --op-secs
+                         of --op-rate new flows/s, all flows live, then start again),
+                         reload (SIGHUP 3 s after the traffic), flood (--flood-secs of
+                         distinct flows at --op-rate with window_memory_bytes scaled
+                         down as the window is) [ct nflog stop reload flood]
+  --op-rate R            new UDP flows per second of stop, reload, flood [100000]
+  --op-secs S            seconds of traffic before the stop or reload [10]
+  --flood-secs S         seconds of the flood, of the 600 s default window: the
+                         window's memory bound is scaled by S/600 [60]
   --packets-per-flow K   packets per UDP flow in the steps [1]
   --long-secs S          the long mixed run; 0 skips it [60]
   --long-flows R         its new UDP flows per second [25000]
@@ -62,7 +71,10 @@ EOF
 SMOKE=0
 STEPS="10000 50000 100000 max"
 STEP_SECS=10
-KINDS="ct nflog"
+KINDS="ct nflog stop reload flood"
+OP_RATE=100000
+OP_SECS=10
+FLOOD_SECS=60
 PPF=1
 LONG_SECS=60
 LONG_FLOWS=25000
@@ -87,6 +99,9 @@ while (($#)); do
         --steps) STEPS="$2"; shift ;;
         --step-secs) STEP_SECS="$2"; shift ;;
         --kinds) KINDS="$2"; shift ;;
+        --op-rate) OP_RATE="$2"; shift ;;
+        --op-secs) OP_SECS="$2"; shift ;;
+        --flood-secs) FLOOD_SECS="$2"; shift ;;
         --packets-per-flow) PPF="$2"; shift ;;
         --long-secs) LONG_SECS="$2"; shift ;;
         --long-flows) LONG_FLOWS="$2"; shift ;;
@@ -335,6 +350,10 @@ settle() {
 }
 
 # --- listeners ---------------------------------------------------------------------------
+# The shipped defaults, but for what the bench namespace needs: the
+# listeners share one ct table, and a max step keeps two million entries.
+# FLOWLOGD_EXTRA adds [daemon] keys for one run (the flood's scaled bound).
+FLOWLOGD_EXTRA=""
 write_flowlogd_config() {  # dir window
     local dir=$1 window=$2
     mkdir -p "$dir/plugins" "$dir/state"
@@ -350,10 +369,7 @@ log_level = "info"
 # The benchmark's own table references ct (the same for every listener).
 install_tracking_table = false
 max_flows = 10000000
-# One window may hold every flow of a step: a queue that takes them all,
-# and time to write them at shutdown.
-sink_queue_records = 20000000
-shutdown_timeout_secs = 300
+$FLOWLOGD_EXTRA
 
 [[eni]]
 id = "eni-bench"
@@ -482,9 +498,57 @@ stop_listener() {  # dir
 RESULTS=$TMP/results.jsonl
 RUN_N=0
 
-# run_one LABEL KIND LISTENER SECS FLOWS DROPS TCP PPF WINDOW UDP_TIMEOUT
+# Sets a stopped listener's files aside before it starts again in the same
+# directory: its cost and log are added up at the end (merge_run_files).
+set_run_aside() {  # dir
+    local dir=$1 n=1
+    while [[ -e $dir/rusage.$n.json ]]; do n=$((n + 1)); done
+    mv "$dir/rusage.json" "$dir/rusage.$n.json"
+    [[ -f $dir/stderr.log ]] && mv "$dir/stderr.log" "$dir/stderr.$n.log"
+    rm -f "$dir/pid"
+}
+
+# One listener's cost over all its starts: CPU times summed, the largest
+# peak RSS; logs in start order.
+merge_run_files() {  # dir
+    local dir=$1
+    compgen -G "$dir/rusage.*.json" >/dev/null || return 0
+    python3 - "$dir" <<'PY'
+import glob, json, sys
+d = sys.argv[1]
+runs = [json.load(open(p)) for p in sorted(glob.glob(d + "/rusage.*.json"))] + [json.load(open(d + "/rusage.json"))]
+out = dict(runs[-1])
+out["utime_secs"] = sum(r["utime_secs"] for r in runs)
+out["stime_secs"] = sum(r["stime_secs"] for r in runs)
+out["maxrss_kib"] = max(r["maxrss_kib"] for r in runs)
+out["starts"] = len(runs)
+json.dump(out, open(d + "/rusage.json", "w"))
+PY
+    cat "$dir"/stderr.*.log "$dir/stderr.log" >"$dir/stderr-all.log" 2>/dev/null || true
+    mv "$dir/stderr-all.log" "$dir/stderr.log"
+}
+
+# What a stop leaves in flowlogd's spool is delivered by its next start, as
+# on an operator's machine: start it again until the spool is empty
+# (bounded), then stop it.
+deliver_spool() {  # listener dir window
+    local listener=$1 dir=$2 window=$3
+    [[ $listener == flowlogd ]] || return 0
+    compgen -G "$dir/state/spool/*/*.seg" >/dev/null || return 0
+    log "  the stop left records in the spool: starting flowlogd again to deliver them"
+    set_run_aside "$dir"
+    start_listener "$listener" "$dir" "$window"
+    local deadline=$((SECONDS + 600))
+    while compgen -G "$dir/state/spool/*/*.seg" >/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+    compgen -G "$dir/state/spool/*/*.seg" >/dev/null && echo "warning: spool not delivered after 600 s" >&2
+    stop_listener "$dir"
+}
+
+# run_one LABEL KIND LISTENER SECS FLOWS DROPS TCP PPF WINDOW UDP_TIMEOUT [OP]
+# OP: stop (SIGTERM right after the traffic, then start again) or reload
+# (SIGHUP 3 s after it).
 run_one() {
-    local label=$1 kind=$2 listener=$3 secs=$4 flows=$5 drops=$6 tcp=$7 ppf=$8 window=$9 udp_timeout=${10}
+    local label=$1 kind=$2 listener=$3 secs=$4 flows=$5 drops=$6 tcp=$7 ppf=$8 window=$9 udp_timeout=${10} op=${11:-}
     RUN_N=$((RUN_N + 1))
     local dir=$TMP/run-$RUN_N-${listener}
     mkdir -p "$dir"
@@ -509,6 +573,29 @@ run_one() {
     wait "$gen_pid" || { cat "$dir/loadgen.log" >&2; die "the generator failed"; }
     forget_pid "$gen_pid"
     in_vm nft -j list counters table inet flbench >"$dir/counters.json"
+    if [[ $listener != none ]]; then
+        case $op in
+            stop)
+                # Every flow is still live: the stop closes the window with
+                # all of them, the next start carries them on.
+                log "  SIGTERM under load, then start again"
+                stop_listener "$dir"
+                deliver_spool "$listener" "$dir" "$window"
+                set_run_aside "$dir"
+                start_listener "$listener" "$dir" "$window"
+                ;;
+            reload)
+                sleep 3
+                log "  SIGHUP"
+                kill -HUP "$DAEMON_PID"
+                if [[ $listener == flowlogd ]]; then
+                    local until=$((SECONDS + 120))
+                    while ! grep -q "reloaded" "$dir/stderr.log" && ((SECONDS < until)); do sleep 0.1; done
+                    grep -q "reloaded" "$dir/stderr.log" || die "flowlogd did not log a reload in 120 s"
+                fi
+                ;;
+        esac
+    fi
     # Every entry's DESTROY event now, instead of over the UDP timeout.
     local t0=$SECONDS
     flush_vm
@@ -517,6 +604,8 @@ run_one() {
     if [[ $listener != none ]]; then
         nl_drops=$(vm_netlink_sum 9)
         stop_listener "$dir"
+        deliver_spool "$listener" "$dir" "$window"
+        merge_run_files "$dir"
     fi
     local args=(--label "$label" --kind "$kind" --daemon "$listener" --target "$flows/$drops/$tcp"
         --truth "$dir/truth.json" --counters "$dir/counters.json" --netlink-drops "$nl_drops"
@@ -548,7 +637,8 @@ else
             case $kind in
                 ct) flows=$step drops=0 ;;
                 nflog) flows=0 drops=$step ;;
-                *) die "unknown kind $kind (ct, nflog)" ;;
+                stop | reload | flood) continue ;;
+                *) die "unknown kind $kind (ct, nflog, stop, reload, flood)" ;;
             esac
             label="$kind $step"
             [[ $step == max ]] && run_one "$label" "$kind" none "$STEP_SECS" "$flows" "$drops" 0 "$PPF" 3600 30
@@ -556,6 +646,26 @@ else
                 run_one "$label" "$kind" "$l" "$STEP_SECS" "$flows" "$drops" 0 "$PPF" 3600 30
             done
         done
+    done
+    for kind in $KINDS; do
+        case $kind in
+            stop | reload)
+                for l in $LISTENERS; do
+                    run_one "$kind under load ($OP_RATE/s, ${OP_SECS} s)" ct "$l" "$OP_SECS" "$OP_RATE" 0 0 "$PPF" 600 30 "$kind"
+                done
+                ;;
+            flood)
+                # A full default window (600 s) scaled down to FLOOD_SECS:
+                # the window's memory bound scaled by the same factor.
+                bound=$((268435456 * FLOOD_SECS / 600))
+                FLOWLOGD_EXTRA="window_memory_bytes = $bound"
+                for l in $LISTENERS; do
+                    run_one "flood ($OP_RATE/s, ${FLOOD_SECS} s, window_memory_bytes $((bound >> 20)) MiB)" ct "$l" \
+                        "$FLOOD_SECS" "$OP_RATE" 0 0 1 600 30
+                done
+                FLOWLOGD_EXTRA=""
+                ;;
+        esac
     done
     if ((LONG_SECS > 0)); then
         for l in $LISTENERS; do
