@@ -640,6 +640,18 @@ impl DaemonProcess {
         }
     }
 
+    /// SIGKILL to the daemon's exact pid (a crash: no shutdown code runs);
+    /// waits for it.
+    pub fn crash(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        // Child::kill is SIGKILL to this child's pid only.
+        let _ = self.child.kill();
+        let status = self.child.wait().expect("wait for flowlogd");
+        self.status = Some(status);
+    }
+
     /// [`DaemonProcess::terminate`], asserting exit code 0.
     #[track_caller]
     pub fn stop(&mut self) {

@@ -235,6 +235,41 @@ fn a_sink_down_for_three_windows_gets_every_record_in_order() {
     );
 }
 
+/// A crash (SIGKILL) while a sink is down: what was spooled survives it.
+/// The sink's first failed write moved its queue to the spool and the
+/// window close made the spool durable, so the next start delivers every
+/// record of the closed windows.
+#[test]
+fn spooled_records_survive_a_crash() {
+    if !require_root("spooled_records_survive_a_crash") {
+        return;
+    }
+    let rig = rig("spkill", "capture_window_secs = 2");
+    std::fs::write(&rig.flag, "").unwrap();
+    let mut daemon = rig.start("first.log");
+    rig.burst(250, 40_000);
+    let ports: BTreeSet<u64> = (40_000..40_250).collect();
+    // The burst's window closes, then one more, so its records are on disk.
+    let seen = daemon.closed_windows().len();
+    daemon.wait_for_window(seen + 1, Duration::from_secs(15));
+    // Child::kill is SIGKILL to the daemon's exact pid: no shutdown runs.
+    daemon.crash();
+    let first_log = daemon.log();
+    assert!(!first_log.contains("stopped"), "{first_log}");
+    assert!(!segment_files(&rig.spool_dir()).is_empty(), "{first_log}");
+
+    std::fs::remove_file(&rig.flag).unwrap();
+    let mut daemon = rig.start("second.log");
+    wait_for_records(&rig.out, ports.len(), Duration::from_secs(30), &daemon);
+    daemon.stop();
+    let log = daemon.log();
+    assert!(
+        log.contains("from an earlier run; delivering them first"),
+        "{log}"
+    );
+    assert_each_flow_once(&read_json_records(&rig.out), &ports, &log);
+}
+
 /// A sink down across a stop and a start: the stop keeps its records in
 /// the spool and says so; a torn batch appended to the spool (a crash in
 /// the middle of a write) is cut at the next start; once the sink is back,
@@ -332,5 +367,8 @@ fn a_full_spool_reports_exactly_what_it_dropped() {
         emitted - dropped + second,
         "delivered = emitted - dropped ({emitted} emitted, {dropped} dropped, then {second} in the second run):\n{log}"
     );
-    assert!(log.contains("from an earlier run; delivering them first"), "{log}");
+    assert!(
+        log.contains("from an earlier run; delivering them first"),
+        "{log}"
+    );
 }
