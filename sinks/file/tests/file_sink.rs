@@ -592,7 +592,7 @@ fn records_after_the_file_is_moved_away_go_to_a_new_file() {
     let log = CapturedLog::default();
     let mut sink = open_logged(&path, "", &log);
     write_numbered(&mut sink, 0, 100);
-    // logrotate without postrotate (no SIGUSR1): renamed, nobody told us.
+    // logrotate without postrotate (no reopen signal): renamed, nobody told us.
     fs::rename(&path, &moved).unwrap();
     write_numbered(&mut sink, 100, 400);
 
@@ -603,7 +603,7 @@ fn records_after_the_file_is_moved_away_go_to_a_new_file() {
     assert_eq!(
         log.warnings(),
         [format!(
-            "{p} was moved away without a reopen (SIGUSR1); what was written is in the moved \
+            "{p} was moved away without a reopen; what was written is in the moved \
              file, new records go to {p}",
             p = path.display()
         )]
