@@ -11,6 +11,12 @@
 //! rotate_keep = 5                       # flow.log.1 .. flow.log.5
 //! file_mode = "0640"
 //! ```
+//!
+//! A file removed, moved away or replaced behind the sink's back (`rm -rf`
+//! of its directory, logrotate without a reopen) is noticed before the next
+//! batch and at each window end, logged as a warning, and replaced by a new
+//! file at `path`; no batch is reported written into a deleted file (see
+//! `rotating_file`).
 
 mod file_identity;
 mod options;

@@ -282,7 +282,8 @@ impl RotatingFile {
     /// file away, new lines go to a new file at `path`.
     ///
     /// # Errors
-    /// I/O errors, with the path; the old file stays in use.
+    /// I/O errors, with the path; the old file stays in use unless it was
+    /// deleted (then the next write tries `path` again).
     pub fn reopen(&mut self) -> io::Result<()> {
         // Asked for, so nothing to warn about unless the file was deleted
         // (a batch half written into it must start again in the new one).
