@@ -11,7 +11,14 @@
 //! rotate_keep = 5                       # flow.log.1 .. flow.log.5
 //! file_mode = "0640"
 //! ```
+//!
+//! A file removed, moved away or replaced behind the sink's back (`rm -rf`
+//! of its directory, logrotate without a reopen) is noticed before the next
+//! batch and at each window end, logged as a warning, and replaced by a new
+//! file at `path`; no batch is reported written into a deleted file (see
+//! `rotating_file`).
 
+mod file_identity;
 mod options;
 mod rotating_file;
 
@@ -29,13 +36,13 @@ pub struct FileSink {
 }
 
 impl Sink for FileSink {
-    fn open(_host: &Host, options: &Options) -> Result<Self, SinkError> {
+    fn open(host: &Host, options: &Options) -> Result<Self, SinkError> {
         let config = FileConfig::from_options(options)?;
         // Attributed to `path`: whatever stops us creating or opening the
         // file (permissions, a missing mount, a directory there) is fixed
         // there or next to it.
-        let file =
-            RotatingFile::open(&config).map_err(|e| SinkError::config("path", e.to_string()))?;
+        let file = RotatingFile::open(&config, host.log)
+            .map_err(|e| SinkError::config("path", e.to_string()))?;
         Ok(FileSink {
             format: config.format,
             file,
@@ -50,7 +57,9 @@ impl Sink for FileSink {
 
     /// Formats the whole batch, then writes it and flushes, so `tail -f`
     /// sees whole batches. A retry of a batch that failed part way resumes
-    /// where it stopped (see `rotating_file`).
+    /// where it stopped. The path is checked before each batch and the
+    /// file after it, so a file moved away gets no further batch and no
+    /// batch is reported written into a deleted file (see `rotating_file`).
     fn write(&mut self, records: &[RecordView<'_>]) -> Result<(), SinkError> {
         self.lines.clear();
         for r in records {
@@ -66,6 +75,15 @@ impl Sink for FileSink {
     }
 
     fn flush(&mut self, flags: FlushFlags) -> Result<(), SinkError> {
+        // The path is checked at each window end: if the file went away
+        // during a quiet window, the operator hears of it now and finds a
+        // new file (and directory) at the path. Not when a reopen was asked
+        // for: then a moved file is expected, and the reopen follows it.
+        if flags.window_end && !flags.reopen {
+            self.file
+                .follow_path()
+                .map_err(|e| SinkError::retry(e.to_string()))?;
+        }
         // Sync before a reopen, so the window's records are durable in the
         // file they were written to.
         if flags.window_end {

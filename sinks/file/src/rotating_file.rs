@@ -11,12 +11,37 @@
 //! lost. If the host sends a different batch instead (it gave up on the old
 //! one), the old batch's half-written line, if any, is finished first so the
 //! file holds only whole records.
+//!
+//! Following the path: before each batch, at each window end and after a
+//! write error, `stat(path)` is compared with the open file (see
+//! `file_identity`). A file moved away or replaced without a reopen is left
+//! to whoever moved it and a new one is opened at `path`. A file deleted
+//! while open (`rm`, `rm -rf` of its directory) is checked for after each
+//! batch too (`fstat`): a batch that went into a deleted file is written
+//! again to a new file, and only then reported written, so no record is
+//! reported delivered into a deleted file. A missing directory is created
+//! again as at start; if that fails the write fails (the host retries and
+//! keeps the records).
+//!
+//! What is left: records of a batch that was confirmed written are the
+//! operator's once the file is deleted later (as with any delivered file).
+//! A batch racing a move lands in the moved file: not lost, only there. On NFS a removed open file is renamed (`.nfsXXXX`), not
+//! unlinked, so it looks moved, not deleted: the one batch racing the
+//! removal is lost there.
+//!
+//! Cost: one `stat` and one `fstat` per write call, about 0.3 and 0.15 µs
+//! (ext4, release build); a write call of one record went from 0.4 to
+//! 1.2 µs, one of 1024 records (the host's largest) takes 150 µs either
+//! way. Cheap enough to check every batch rather than only at window end.
 
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use flowlogd_plugin_api::HostLog;
+
+use crate::file_identity::{self, FileId, PathState};
 use crate::options::FileConfig;
 
 /// Larger than any record line, so a line normally reaches the file in one
@@ -32,15 +57,24 @@ pub struct RotatingFile {
     rotate_keep: u32,
     file_mode: u32,
     /// `None` after a rotation renamed the file but could not create the
-    /// next one: the next write tries again.
+    /// next one, or after the file was found deleted and no new one could
+    /// be created: the next write tries again.
     out: Option<OpenFile>,
     failed: Option<FailedBatch>,
+    /// The host's log, for what happened to the file behind our back.
+    log: HostLog,
+    /// Runs between the path check and the write: lets a test delete the
+    /// file exactly in the window the check after the write is there for.
+    #[cfg(test)]
+    between_check_and_write: Option<Box<dyn FnOnce() + Send>>,
 }
 
 struct OpenFile {
     writer: BufWriter<File>,
     /// Bytes in the file plus bytes held by `writer`.
     size: u64,
+    /// Which file this is, to tell whether `path` still leads to it.
+    id: FileId,
 }
 
 /// A batch whose write failed, and how many of its bytes the file took.
@@ -52,17 +86,14 @@ struct FailedBatch {
 impl RotatingFile {
     /// Creates the parent directory if needed and opens `config.path` for
     /// appending; the size of an existing file counts toward rotation.
+    /// What happens to the file later is logged through `log`.
     ///
     /// # Errors
     /// I/O errors, with the path in the message.
-    pub fn open(config: &FileConfig) -> io::Result<RotatingFile> {
+    pub fn open(config: &FileConfig, log: HostLog) -> io::Result<RotatingFile> {
         if let Some(dir) = config.path.parent() {
             if !dir.exists() {
-                DirBuilder::new()
-                    .recursive(true)
-                    .mode(DIR_MODE)
-                    .create(dir)
-                    .map_err(context("cannot create directory", dir))?;
+                create_dir(dir)?;
             }
         }
         Ok(RotatingFile {
@@ -72,16 +103,41 @@ impl RotatingFile {
             rotate_keep: config.rotate_keep,
             file_mode: config.file_mode,
             failed: None,
+            log,
+            #[cfg(test)]
+            between_check_and_write: None,
         })
     }
 
     /// Appends `batch` (whole lines, each ending in `\n`), rotating between
     /// lines as needed, then flushes the buffer so that readers see the
-    /// whole batch at once.
+    /// whole batch at once. Returns only once the batch is in a file that
+    /// `path` or a name it was moved to still leads to.
     ///
     /// # Errors
     /// The first I/O error; call again with the same batch to resume.
     pub fn write_batch(&mut self, batch: &[u8]) -> io::Result<()> {
+        match self.try_write_batch(batch) {
+            Ok(()) => Ok(()),
+            // The error may come from the file having gone away (found
+            // deleted after the write, ESTALE on NFS): if so, the batch goes
+            // to the new file now rather than at the host's retry.
+            Err(e) => {
+                if self.follow_path()? {
+                    self.try_write_batch(batch)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    fn try_write_batch(&mut self, batch: &[u8]) -> io::Result<()> {
+        self.follow_path()?;
+        #[cfg(test)]
+        if let Some(race) = self.between_check_and_write.take() {
+            race();
+        }
         let mut start = 0;
         if let Some(failed) = self.failed.take() {
             if failed.bytes == batch {
@@ -91,7 +147,20 @@ impl RotatingFile {
                 self.write_from(&failed.bytes[..line_end], failed.done)?;
             }
         }
-        self.write_from(batch, start)
+        self.write_from(batch, start)?;
+        // The path was checked before the write, but the file may have been
+        // deleted since; then the batch is in no file anyone can read.
+        if self.open_file_is_deleted()? {
+            self.failed = Some(FailedBatch {
+                bytes: batch.to_vec(),
+                done: 0,
+            });
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} was deleted while being written", self.path.display()),
+            ));
+        }
+        Ok(())
     }
 
     /// Writes `batch[pos..]` and flushes; on failure remembers how far it got.
@@ -113,7 +182,7 @@ impl RotatingFile {
             let rest = &batch[*pos..];
             let line_len = line_len(rest);
             if self.out.is_none() {
-                self.out = Some(open_file(&self.path, self.file_mode)?);
+                self.out = Some(self.open_path()?);
             }
             // Rotate only between lines: the rest of a half-written line
             // (after a failure) belongs in the file that has its start.
@@ -175,7 +244,7 @@ impl RotatingFile {
         while fs::remove_file(numbered(&self.path, k)).is_ok() {
             k += 1;
         }
-        self.out = Some(open_file(&self.path, self.file_mode)?);
+        self.out = Some(self.open_path()?);
         Ok(())
     }
 
@@ -213,14 +282,94 @@ impl RotatingFile {
     /// file away, new lines go to a new file at `path`.
     ///
     /// # Errors
-    /// I/O errors, with the path; the old file stays in use.
+    /// I/O errors, with the path; the old file stays in use unless it was
+    /// deleted (then the next write tries `path` again).
     pub fn reopen(&mut self) -> io::Result<()> {
-        let mut next = open_file(&self.path, self.file_mode)?;
+        // Asked for, so nothing to warn about unless the file was deleted
+        // (a batch half written into it must start again in the new one).
+        if self.open_file_is_deleted()? {
+            self.drop_deleted_file();
+        }
+        let next = self.open_path()?;
+        self.switch_to(next)
+    }
+
+    /// Checks that `path` still leads to the open file. If not, logs what
+    /// happened and switches to a new file at `path`, creating its
+    /// directory again if it was removed. Returns whether it switched.
+    ///
+    /// # Errors
+    /// `stat` errors other than "not found", and what stops a new file from
+    /// being created; the records are then not written (the host retries).
+    pub fn follow_path(&mut self) -> io::Result<bool> {
+        let Some(out) = self.out.as_ref() else {
+            // Nothing open: the next write opens `path` anyway.
+            return Ok(false);
+        };
+        let state = file_identity::path_state(&self.path, out.id)
+            .map_err(context("cannot stat", &self.path))?;
+        if state == PathState::Same {
+            return Ok(false);
+        }
+        let path = self.path.display().to_string();
+        if self.open_file_is_deleted()? {
+            self.log.warn(&format!(
+                "{path} was deleted while open (the file or its directory was removed); \
+                 opening a new {path}, and the batch being written, if any, is written again there"
+            ));
+            self.drop_deleted_file();
+            self.out = Some(self.open_path()?);
+        } else {
+            let what = match state {
+                PathState::Missing => "was moved away",
+                _ => "was replaced by another file",
+            };
+            self.log.warn(&format!(
+                "{path} {what} without a reopen; what was written is in the moved \
+                 file, new records go to {path}"
+            ));
+            let next = self.open_path()?;
+            self.switch_to(next)?;
+        }
+        Ok(true)
+    }
+
+    fn open_file_is_deleted(&self) -> io::Result<bool> {
+        match self.out.as_ref() {
+            Some(out) => file_identity::is_deleted(out.writer.get_ref())
+                .map_err(context("cannot stat the open file", &self.path)),
+            None => Ok(false),
+        }
+    }
+
+    /// Forgets a file nobody can read any more: what it holds of a failed
+    /// batch counts as not written, and its unwritten buffer, which is part
+    /// of that batch, is dropped rather than carried to the next file.
+    fn drop_deleted_file(&mut self) {
+        if let Some(failed) = self.failed.as_mut() {
+            failed.done = 0;
+        }
+        if let Some(old) = self.out.take() {
+            // into_parts: dropping the BufWriter itself would write the
+            // buffer into the deleted file.
+            drop(old.writer.into_parts());
+        }
+    }
+
+    /// Makes `next` the open file; what the old file's buffer still holds
+    /// goes to the new one rather than being lost.
+    fn switch_to(&mut self, mut next: OpenFile) -> io::Result<()> {
         if let Some(old) = self.out.take() {
             let mut old = old.writer;
-            // What the old file refuses goes to the new one rather than
-            // being lost.
             let _ = old.flush();
+            // The window-end fsync reaches only the current file, so the
+            // old one, moved away with our records in it, gets it now.
+            if let Err(e) = old.get_ref().sync_data() {
+                self.log.warn(&format!(
+                    "cannot fsync the file moved away from {}: {e}",
+                    self.path.display()
+                ));
+            }
             let (_, unwritten) = old.into_parts();
             let unwritten = unwritten.unwrap_or_else(|panicked| panicked.into_inner());
             next.writer
@@ -231,6 +380,34 @@ impl RotatingFile {
         self.out = Some(next);
         Ok(())
     }
+
+    /// Opens `path`, creating its directory again (and saying so) if it was
+    /// removed since the start.
+    fn open_path(&self) -> io::Result<OpenFile> {
+        match open_file(&self.path, self.file_mode) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let Some(dir) = self.path.parent() else {
+                    return Err(e);
+                };
+                create_dir(dir)?;
+                self.log.warn(&format!(
+                    "directory {} was removed; created it again with mode {DIR_MODE:04o} as at start",
+                    dir.display()
+                ));
+                open_file(&self.path, self.file_mode)
+            }
+            result => result,
+        }
+    }
+}
+
+/// Creates `dir` and its missing parents with `DIR_MODE`.
+fn create_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(context("cannot create directory", dir))
 }
 
 /// Opens `path` for appending, creating it with `mode` if missing.
@@ -255,10 +432,11 @@ fn open_file(path: &Path, mode: u32) -> io::Result<OpenFile> {
             .map_err(context("cannot open", path))?,
         Err(e) => return Err(context("cannot create", path)(e)),
     };
-    let size = file.metadata().map_err(context("cannot stat", path))?.len();
+    let meta = file.metadata().map_err(context("cannot stat", path))?;
     Ok(OpenFile {
         writer: BufWriter::with_capacity(BUFFER_BYTES, file),
-        size,
+        size: meta.len(),
+        id: FileId::of(&meta),
     })
 }
 
@@ -314,13 +492,16 @@ mod tests {
             Scratch(dir)
         }
         fn open(&self) -> RotatingFile {
-            RotatingFile::open(&FileConfig {
-                path: self.0.join("flow.log"),
-                format: Format::Text,
-                rotate_bytes: 0,
-                rotate_keep: 1,
-                file_mode: 0o640,
-            })
+            RotatingFile::open(
+                &FileConfig {
+                    path: self.0.join("flow.log"),
+                    format: Format::Text,
+                    rotate_bytes: 0,
+                    rotate_keep: 1,
+                    file_mode: 0o640,
+                },
+                HostLog::stderr(),
+            )
             .unwrap()
         }
         fn content(&self) -> String {
@@ -355,6 +536,27 @@ mod tests {
         f.write_batch(OLD).unwrap();
         assert_eq!(scratch.content().as_bytes(), OLD);
         assert!(f.failed.is_none());
+    }
+
+    #[test]
+    fn a_batch_written_into_a_file_deleted_after_the_check_is_written_again() {
+        let scratch = Scratch::new("race");
+        let mut f = scratch.open();
+        f.write_batch(b"before\n").unwrap();
+        let dir = scratch.0.clone();
+        // The directory goes after the check before the batch found the
+        // file in place: the write itself succeeds, into a deleted file.
+        f.between_check_and_write = Some(Box::new(move || fs::remove_dir_all(dir).unwrap()));
+        f.write_batch(OLD).unwrap();
+        assert!(f.between_check_and_write.is_none(), "the race did not run");
+        assert_eq!(scratch.content().as_bytes(), OLD);
+        assert!(f.failed.is_none());
+        // And the next batch goes on in the new file.
+        f.write_batch(b"after\n").unwrap();
+        assert_eq!(
+            scratch.content(),
+            format!("{}after\n", String::from_utf8_lossy(OLD))
+        );
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The file sink through its `Sink` implementation, in temporary directories.
 
+use std::ffi::{c_int, c_void};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use flowlogd_plugin_api::abi::FfiRecord;
+use flowlogd_plugin_api::abi::{FfiHost, FfiRecord, FfiStr, LOG_WARN};
 use flowlogd_plugin_api::{
     Action, Direction, EniIds, ErrorKind, FlowFields, FlowRecord, FlushFlags, Host, LogStatus,
     Options, RecordView, Sink, SinkError,
@@ -297,23 +298,23 @@ fn reopen_after_the_file_was_moved_away() {
     let dir = TempDir::new("reopen");
     let path = dir.join("flow.log");
     let moved = dir.join("flow.log-20231114");
-    let mut sink = open_at(&path, "");
+    let log = CapturedLog::default();
+    let mut sink = open_logged(&path, "", &log);
     write_numbered(&mut sink, 0, 10);
     // logrotate (without copytruncate) renames the file, then signals us.
     fs::rename(&path, &moved).unwrap();
-    write_numbered(&mut sink, 10, 5);
     sink.flush(FlushFlags {
         window_end: true,
         reopen: true,
     })
     .unwrap();
-    write_numbered(&mut sink, 15, 7);
+    write_numbered(&mut sink, 10, 7);
     drop(sink);
 
-    let old: Vec<u64> = read(&moved).lines().map(number_of).collect();
-    let new: Vec<u64> = read(&path).lines().map(number_of).collect();
-    assert_eq!(old, (0..15).collect::<Vec<_>>());
-    assert_eq!(new, (15..22).collect::<Vec<_>>());
+    assert_eq!(numbers_in(&moved), (0..10).collect::<Vec<_>>());
+    assert_eq!(numbers_in(&path), (10..17).collect::<Vec<_>>());
+    // Asked for: nothing to warn about.
+    assert_eq!(log.warnings(), Vec::<String>::new());
 }
 
 #[test]
@@ -448,4 +449,246 @@ fn write_errors_ask_for_a_retry_and_name_the_file() {
     );
     // The retry resumes: everything is buffered, only the flush is repeated.
     assert_eq!(try_write(&mut sink, &golden_records()).unwrap_err(), e);
+}
+
+/// The host's log as a test sees it: each line the sink logged, with its
+/// level.
+#[derive(Default)]
+struct CapturedLog(Mutex<Vec<(c_int, String)>>);
+
+impl CapturedLog {
+    fn warnings(&self) -> Vec<String> {
+        let lines = self.0.lock().unwrap();
+        lines
+            .iter()
+            .filter(|(level, _)| *level == LOG_WARN)
+            .map(|(_, line)| line.clone())
+            .collect()
+    }
+}
+
+unsafe extern "C" fn capture(ctx: *mut c_void, level: c_int, msg: *const u8, len: usize) {
+    // SAFETY: ctx is the CapturedLog given to `open_logged`, which outlives
+    // the sink; the sink passes `len` readable bytes.
+    let (log, bytes) = unsafe {
+        (
+            &*(ctx as *const CapturedLog),
+            std::slice::from_raw_parts(msg, len),
+        )
+    };
+    let line = String::from_utf8_lossy(bytes).into_owned();
+    log.0.lock().unwrap().push((level, line));
+}
+
+/// Opens the sink at `path` with a host whose log goes to `log`.
+fn open_logged(path: &Path, extra: &str, log: &CapturedLog) -> FileSink {
+    let ffi = FfiHost {
+        struct_size: std::mem::size_of::<FfiHost>() as u32,
+        sink_name: FfiStr::new("local"),
+        daemon_version: FfiStr::new("test"),
+        log: Some(capture),
+        log_ctx: log as *const CapturedLog as *mut c_void,
+    };
+    // SAFETY: `ffi` is valid and its strings are 'static.
+    let host = unsafe { Host::from_ffi(&ffi) };
+    let options = options(&format!("path = {:?}\n{extra}", path.to_str().unwrap()));
+    FileSink::open(&host, &options).unwrap()
+}
+
+fn numbers_in(path: &Path) -> Vec<u64> {
+    read(path).lines().map(number_of).collect()
+}
+
+const WINDOW_END: FlushFlags = FlushFlags {
+    window_end: true,
+    reopen: false,
+};
+
+#[test]
+fn records_after_the_directory_is_removed_go_to_a_recreated_directory() {
+    let dir = TempDir::new("dir-removed");
+    let logs = dir.join("logs");
+    let path = logs.join("flow.log");
+    let log = CapturedLog::default();
+    let mut sink = open_logged(&path, "", &log);
+    write_numbered(&mut sink, 0, 100);
+    fs::remove_dir_all(&logs).unwrap();
+    // Several batches (write_numbered varies their size), as the host sends.
+    write_numbered(&mut sink, 100, 900);
+    sink.flush(WINDOW_END).unwrap();
+
+    let after = numbers_in(&path);
+    assert_eq!(after.len(), 900);
+    assert_eq!(after, (100..1000).collect::<Vec<_>>());
+    let mode = fs::metadata(&logs).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode & !0o750, 0, "directory mode {mode:o}");
+    assert_eq!(
+        log.warnings(),
+        [
+            format!(
+                "{p} was deleted while open (the file or its directory was removed); \
+                 opening a new {p}, and the batch being written, if any, is written again there",
+                p = path.display()
+            ),
+            format!(
+                "directory {} was removed; created it again with mode 0750 as at start",
+                logs.display()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_window_end_notices_a_removed_directory_without_a_write() {
+    let dir = TempDir::new("dir-removed-idle");
+    let logs = dir.join("logs");
+    let path = logs.join("flow.log");
+    let log = CapturedLog::default();
+    let mut sink = open_logged(&path, "", &log);
+    write_numbered(&mut sink, 0, 10);
+    fs::remove_dir_all(&logs).unwrap();
+    sink.flush(WINDOW_END).unwrap();
+    // The operator finds the file back at window close, before any record.
+    assert_eq!(read(&path), "");
+    assert_eq!(log.warnings().len(), 2, "{:?}", log.warnings());
+    write_numbered(&mut sink, 10, 5);
+    assert_eq!(numbers_in(&path), (10..15).collect::<Vec<_>>());
+    assert_eq!(log.warnings().len(), 2, "{:?}", log.warnings());
+}
+
+#[test]
+fn a_directory_that_cannot_be_recreated_asks_for_a_retry_and_keeps_the_batch() {
+    let dir = TempDir::new("dir-blocked");
+    let logs = dir.join("logs");
+    let path = logs.join("flow.log");
+    let log = CapturedLog::default();
+    let mut sink = open_logged(&path, "", &log);
+    write_numbered(&mut sink, 0, 10);
+    fs::remove_dir_all(&logs).unwrap();
+    // A file where the directory was: the path cannot be written.
+    fs::write(&logs, "").unwrap();
+    let batch: Vec<FlowRecord> = (10..20).map(numbered).collect();
+    let e = try_write(&mut sink, &batch).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Retry);
+    assert_eq!(
+        e.message,
+        format!(
+            "cannot stat {}: Not a directory (os error 20)",
+            path.display()
+        )
+    );
+    // Fixed: the host's retry of the same batch lands whole in a new file.
+    fs::remove_file(&logs).unwrap();
+    write(&mut sink, &batch);
+    assert_eq!(numbers_in(&path), (10..20).collect::<Vec<_>>());
+    assert_eq!(log.warnings().len(), 2, "{:?}", log.warnings());
+}
+
+#[test]
+fn records_after_the_file_is_moved_away_go_to_a_new_file() {
+    let dir = TempDir::new("moved");
+    let path = dir.join("flow.log");
+    let moved = dir.join("flow.log-20231114");
+    let log = CapturedLog::default();
+    let mut sink = open_logged(&path, "", &log);
+    write_numbered(&mut sink, 0, 100);
+    // logrotate without postrotate (no reopen signal): renamed, nobody told us.
+    fs::rename(&path, &moved).unwrap();
+    write_numbered(&mut sink, 100, 400);
+
+    assert_eq!(numbers_in(&moved), (0..100).collect::<Vec<_>>());
+    let after = numbers_in(&path);
+    assert_eq!(after.len(), 400);
+    assert_eq!(after, (100..500).collect::<Vec<_>>());
+    assert_eq!(
+        log.warnings(),
+        [format!(
+            "{p} was moved away without a reopen; what was written is in the moved \
+             file, new records go to {p}",
+            p = path.display()
+        )]
+    );
+}
+
+#[test]
+fn records_after_the_file_is_replaced_go_to_the_new_file() {
+    let dir = TempDir::new("replaced");
+    let path = dir.join("flow.log");
+    let moved = dir.join("flow.log.1");
+    let log = CapturedLog::default();
+    let mut sink = open_logged(&path, "", &log);
+    write_numbered(&mut sink, 0, 100);
+    // logrotate's `create`: renamed, and a new empty file in its place.
+    fs::rename(&path, &moved).unwrap();
+    fs::write(&path, "").unwrap();
+    write_numbered(&mut sink, 100, 400);
+
+    assert_eq!(numbers_in(&moved), (0..100).collect::<Vec<_>>());
+    assert_eq!(numbers_in(&path), (100..500).collect::<Vec<_>>());
+    assert_eq!(log.warnings().len(), 1, "{:?}", log.warnings());
+    assert!(
+        log.warnings()[0].contains("was replaced by another file without a reopen"),
+        "{:?}",
+        log.warnings()
+    );
+}
+
+#[test]
+fn records_after_another_file_is_renamed_over_it_go_to_that_file() {
+    let dir = TempDir::new("renamed-over");
+    let path = dir.join("flow.log");
+    let other = dir.join("flow.log.new");
+    let log = CapturedLog::default();
+    let mut sink = open_logged(&path, "", &log);
+    write_numbered(&mut sink, 0, 100);
+    // The rename deletes the file we have open.
+    fs::write(&other, "").unwrap();
+    fs::rename(&other, &path).unwrap();
+    write_numbered(&mut sink, 100, 400);
+
+    assert_eq!(numbers_in(&path), (100..500).collect::<Vec<_>>());
+    assert_eq!(log.warnings().len(), 1, "{:?}", log.warnings());
+    assert!(log.warnings()[0].contains("was deleted while open"));
+}
+
+#[test]
+fn rotation_goes_on_after_the_directory_is_removed() {
+    const N: u64 = 3000;
+    let dir = TempDir::new("rotation-dir-removed");
+    let logs = dir.join("logs");
+    let path = logs.join("flow.log");
+    let log = CapturedLog::default();
+    let mut sink = open_logged(&path, "rotate_bytes = 4096\nrotate_keep = 1000", &log);
+    write_numbered(&mut sink, 0, 500);
+    fs::remove_dir_all(&logs).unwrap();
+    write_numbered(&mut sink, 500, N - 500);
+    drop(sink);
+
+    let files = files_oldest_first(&path);
+    assert!(
+        files.len() > 20,
+        "expected rotations, got {} files",
+        files.len()
+    );
+    let numbers: Vec<u64> = files.iter().flat_map(|f| numbers_in(f)).collect();
+    assert_eq!(numbers, (500..N).collect::<Vec<_>>());
+    assert_eq!(log.warnings().len(), 2, "{:?}", log.warnings());
+}
+
+#[test]
+fn reopen_after_the_file_was_deleted_does_not_warn() {
+    let dir = TempDir::new("reopen-deleted");
+    let path = dir.join("flow.log");
+    let log = CapturedLog::default();
+    let mut sink = open_logged(&path, "", &log);
+    write_numbered(&mut sink, 0, 10);
+    fs::remove_file(&path).unwrap();
+    sink.flush(FlushFlags {
+        window_end: false,
+        reopen: true,
+    })
+    .unwrap();
+    write_numbered(&mut sink, 10, 5);
+    assert_eq!(numbers_in(&path), (10..15).collect::<Vec<_>>());
+    assert_eq!(log.warnings(), Vec::<String>::new());
 }
