@@ -420,13 +420,9 @@ pub fn run(config: Config) -> Result<u64, RunError> {
             capture.start_dump(DumpPurpose::Resync, std::time::Instant::now());
         }
         if terminate {
-            // A close in progress is finished first, under its own bounds.
-            capture.finish_running_dump();
-            capture.emit_chunks(true);
             let now = SystemClock.now_unix();
             log::info!("terminating: closing the open window early at {now}");
-            capture.drain_until_quiet();
-            capture.close_window_now(now);
+            capture.close_final_window(now);
             break capture.shutdown(tracking_table);
         }
         if SystemClock.now_unix() >= capture.table.next_deadline() {
@@ -550,7 +546,8 @@ impl Capture {
     /// events from a worker a little later, so one empty read is not the
     /// end. Bounded by `shutdown_timeout_secs`; if events are still coming
     /// then, the window is marked SKIPDATA rather than closed as if whole.
-    fn drain_until_quiet(&mut self) {
+    /// `when` says in the log which drain it was.
+    fn drain_until_quiet(&mut self, when: &str) {
         const QUIET: Duration = Duration::from_millis(300);
         let deadline = std::time::Instant::now()
             + Duration::from_secs(self.config.daemon.shutdown_timeout_secs.into());
@@ -581,7 +578,7 @@ impl Capture {
             }
         }
         if drained > 0 {
-            log::info!("terminating: read {drained} queued events before the last window");
+            log::info!("terminating: read {drained} queued events {when}, counted in the last window");
         }
     }
 
