@@ -46,7 +46,8 @@ fn stop_after_idle_udp_flows_expired_counts_every_packet() {
     // A long window: the final close at SIGTERM is the only one.
     std::fs::write(
         &cfg,
-        config_with(&plugins, &body).replace("[daemon]\n", "[daemon]\ncapture_window_secs = 3600\n"),
+        config_with(&plugins, &body)
+            .replace("[daemon]\n", "[daemon]\ncapture_window_secs = 3600\n"),
     )
     .unwrap();
     let mut daemon = DaemonProcess::start(&a, &cfg, &tmp.join("daemon.log"));

@@ -239,18 +239,6 @@ impl Capture {
         self.start_dump(DumpPurpose::CloseWindow, began);
     }
 
-    /// Closes the open window at `end` at once, blocking until its dump is
-    /// read (reload). Returns the records still held for ENIs
-    /// waiting for their metadata.
-    pub(super) fn close_window_now(&mut self, end: i64) -> usize {
-        self.finish_running_dump();
-        self.emit_chunks(true);
-        self.begin_close(end);
-        self.finish_running_dump();
-        self.emit_chunks(true);
-        self.last_held
-    }
-
     /// SIGTERM: closes the open window at `end` and emits it, blocking.
     /// Unlike a window's regular close, no event counts in a next window
     /// (there is none): the dump harvests into the open window, and the
@@ -276,7 +264,6 @@ impl Capture {
             return;
         };
         let (held, held_dropped) = (drain.held, drain.held_dropped);
-        self.last_held = held;
         if held > 0 {
             log::info!(
                 "metadata: {held} records held for ENIs waiting for their ids; they go out with the window in which \
