@@ -33,6 +33,11 @@ impl<C: Clock> FlowTable<C> {
     /// `to[i]` of the new one, or gone (`None`). The open window's sums,
     /// its loss marks and every connection's ENIs are renumbered.
     pub fn renumber_enis(&mut self, to: &[Option<EniIndex>]) -> Renumbered {
+        // The usual reload keeps the ENIs as they were: nothing to rebuild
+        // (the window's sums can be millions).
+        if to.iter().enumerate().all(|(i, &t)| t == EniIndex::new(i)) {
+            return Renumbered::default();
+        }
         let mut r = Renumbered {
             sums_dropped: self.agg.renumber_enis(to),
             flows_detached: 0,
