@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::Capture;
 use crate::config::{Config, ConfigError};
+use crate::sinks::Dispatcher;
 use crate::startup;
 
 /// What a swap did, for the reload's log line.
@@ -33,6 +34,14 @@ fn unchanged(old: &Config, new: &Config, name: &str) -> bool {
         && d.state_dir == e.state_dir
         && d.sink_queue_records == e.sink_queue_records
         && d.spool_max_bytes == e.spool_max_bytes
+}
+
+/// Starts `config`'s sinks, as start-up does.
+// Merging with the spool (start_sinks takes the spool settings): this is
+// the one call to change, to
+// `startup::start_sinks(config, Some(&startup::spool_settings(config)))`.
+fn start(config: &Config) -> Result<Dispatcher, ConfigError> {
+    startup::start_sinks(config)
 }
 
 /// `config` with only the sinks `keep` names (for starting some of them).
@@ -77,7 +86,7 @@ impl Capture {
             &mut retiring,
             Duration::from_secs(old.daemon.shutdown_timeout_secs.into()),
         );
-        match startup::start_sinks(&to_start) {
+        match start(&to_start) {
             Ok(started) => {
                 let restarted = started.sink_names();
                 self.dispatcher.join(started);
@@ -86,7 +95,7 @@ impl Capture {
             Err(e) => {
                 // Back to the running config: its stopped sinks start again.
                 let again = with_sinks(old, |n| retired.iter().any(|r| r == n));
-                match startup::start_sinks(&again) {
+                match start(&again) {
                     Ok(d) => self.dispatcher.join(d),
                     Err(e2) => log::error!(
                         "reload: cannot start the running config's sinks {} again either: {e2}; records for them \
