@@ -311,7 +311,7 @@ for key in nf_conntrack_acct nf_conntrack_timestamp nf_conntrack_events; do
 done
 check "modules-load.d: nf_conntrack" has "$x/usr/lib/modules-load.d/flowlogd.conf" '^nf_conntrack$'
 check "logrotate: /var/log/flowlogd/*.log" has "$x/etc/logrotate.d/flowlogd" '^/var/log/flowlogd/\*\.log \{$'
-check "logrotate: postrotate sends SIGHUP" has "$x/etc/logrotate.d/flowlogd" 'systemctl kill .*--signal=HUP flowlogd\.service'
+check "logrotate: postrotate sends SIGUSR1" has "$x/etc/logrotate.d/flowlogd" 'systemctl kill .*--signal=USR1 flowlogd\.service'
 for page in man8/flowlogd.8.gz man5/flowlogd.toml.5.gz; do
     f=$x/usr/share/man/$page
     warnings=$(LC_ALL=C.UTF-8 MANROFFSEQ='' MANWIDTH=80 man --warnings -E UTF-8 -l -Tutf8 -Z "$f" 2>&1 >/dev/null || echo "man failed")
@@ -516,7 +516,7 @@ exposure=$(chroot "$r" systemd-analyze security --offline=yes /lib/systemd/syste
 echo "     systemd-analyze security: ${exposure:-?}"
 
 # The daemon as the unit runs it, on real traffic: ping the peer 3 times,
-# SIGHUP (reload + early window close), SIGTERM (close + flush).
+# SIGHUP (reload, the window goes on), SIGTERM (close + flush).
 log=$out/daemon.log
 # Not through a shell function: ip, chroot and setpriv each exec the next,
 # so $! is the daemon's own pid.

@@ -34,6 +34,8 @@ use crate::tracking::{self, TrackingError, TrackingTable};
 use crate::{handoff, startup};
 
 mod close;
+mod reload;
+mod sink_swap;
 
 use close::{DumpPurpose, EmittingWindow, RunningDump, EMIT_RETRY};
 
@@ -138,13 +140,12 @@ struct Capture {
     dump: Option<RunningDump>,
     /// The running dump has replies queued beyond the last slice's budget.
     dump_pending: bool,
-    /// Records the last closed window held back for ENIs waiting for
-    /// their metadata.
-    last_held: usize,
     /// The closed window whose records are being sent, chunk by chunk.
     emitting: Option<EmittingWindow>,
     /// Event messages read since the loop last slept in `poll`.
     events_read: u64,
+    /// Records that sinks stopped by a reload could not deliver.
+    lost_at_reload: u64,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns the number of records
@@ -270,9 +271,9 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         metadata_failing: false,
         dump: None,
         dump_pending: false,
-        last_held: 0,
         emitting: None,
         events_read: 0,
+        lost_at_reload: 0,
         config,
     };
     // Interfaces and addresses now; changes arrive on the watcher.
@@ -397,6 +398,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
                     match signals.next() {
                         Ok(Some(Signal::Terminate)) => terminate = true,
                         Ok(Some(Signal::Reload)) => capture.reload(),
+                        Ok(Some(Signal::Reopen)) => capture.reopen_outputs("SIGUSR1"),
                         Ok(None) => break,
                         Err(e) => {
                             log::error!("reading signals failed: {e}");
@@ -421,14 +423,11 @@ pub fn run(config: Config) -> Result<u64, RunError> {
             capture.start_dump(DumpPurpose::Resync, std::time::Instant::now());
         }
         if terminate {
-            // A close in progress is finished first, under its own bounds.
-            capture.finish_running_dump();
-            capture.emit_chunks(true);
             let now = SystemClock.now_unix();
             log::info!("terminating: closing the open window early at {now}");
-            capture.drain_until_quiet();
-            capture.close_window_now(now);
-            break capture.shutdown(tracking_table);
+            capture.close_final_window(now);
+            let lost_at_reload = capture.lost_at_reload;
+            break capture.shutdown(tracking_table) + lost_at_reload;
         }
         if SystemClock.now_unix() >= capture.table.next_deadline() {
             if capture.table.is_closing() || capture.emitting.is_some() {
@@ -551,7 +550,8 @@ impl Capture {
     /// events from a worker a little later, so one empty read is not the
     /// end. Bounded by `shutdown_timeout_secs`; if events are still coming
     /// then, the window is marked SKIPDATA rather than closed as if whole.
-    fn drain_until_quiet(&mut self) {
+    /// `when` says in the log which drain it was.
+    fn drain_until_quiet(&mut self, when: &str) {
         const QUIET: Duration = Duration::from_millis(300);
         let deadline = std::time::Instant::now()
             + Duration::from_secs(self.config.daemon.shutdown_timeout_secs.into());
@@ -582,7 +582,9 @@ impl Capture {
             }
         }
         if drained > 0 {
-            log::info!("terminating: read {drained} queued events before the last window");
+            log::info!(
+                "terminating: read {drained} queued events {when}, counted in the last window"
+            );
         }
     }
 
@@ -738,155 +740,6 @@ impl Capture {
             }
         }
         self.after_registry_change();
-    }
-
-    /// SIGHUP: reopen outputs (logrotate) and reload the config. A config
-    /// that does not validate, or whose sinks do not open, is refused and
-    /// the daemon carries on with the old one. Otherwise the open window is
-    /// closed early and emitted under the old config, and capture goes on
-    /// under the new one with every connection's attributed counters carried
-    /// over, so nothing is lost or counted twice across the reload.
-    fn reload(&mut self) {
-        log::info!("SIGHUP: reloading {}", self.config.path.display());
-        let new = match crate::config::load(&self.config.path) {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!("reload refused, keeping the running config: {e}");
-                self.dispatcher
-                    .flush_all(flowlogd_plugin_api::abi::FLUSH_REOPEN);
-                return;
-            }
-        };
-        let mut registry = match EniRegistry::new(&new) {
-            Ok(r) => r,
-            Err(e) => {
-                log::error!("reload refused, keeping the running config: {e}");
-                return;
-            }
-        };
-        for (what, changed) in [
-            (
-                "daemon.nflog_groups",
-                new.daemon.nflog_groups != self.config.daemon.nflog_groups,
-            ),
-            (
-                "daemon.install_tracking_table",
-                new.daemon.install_tracking_table != self.config.daemon.install_tracking_table,
-            ),
-            (
-                "daemon.conntrack_rcvbuf_bytes",
-                new.daemon.conntrack_rcvbuf_bytes != self.config.daemon.conntrack_rcvbuf_bytes,
-            ),
-            (
-                "daemon.conntrack_reliable_events",
-                new.daemon.conntrack_reliable_events
-                    != self.config.daemon.conntrack_reliable_events,
-            ),
-        ] {
-            if changed {
-                log::warn!("reload: a change of {what} takes effect at the next restart");
-            }
-        }
-        // Close the window under the old config: its records go to the
-        // sinks and instances they were captured for.
-        let now = SystemClock.now_unix();
-        let held = self.close_window_now(now);
-        // A sink's spool is open in one worker at a time: the old sinks stop
-        // (spooling what they hold) before the new ones start.
-        let timeout = Duration::from_secs(self.config.daemon.shutdown_timeout_secs.into());
-        startup::stop_sinks(&mut self.dispatcher, timeout);
-        self.dispatcher = match startup::start_sinks(&new, Some(&startup::spool_settings(&new))) {
-            Ok(d) => d,
-            Err(e) => {
-                log::error!("reload refused, keeping the running config: {e}");
-                match startup::start_sinks(
-                    &self.config,
-                    Some(&startup::spool_settings(&self.config)),
-                ) {
-                    Ok(d) => self.dispatcher = d,
-                    Err(e) => log::error!(
-                        "reload: the running config's sinks do not start again either: {e}; no sink runs until a \
-                         reload or restart succeeds"
-                    ),
-                }
-                return;
-            }
-        };
-        let handoff = self.table.handoff();
-        if held > 0 {
-            log::warn!(
-                "reload: {held} records held for ENIs waiting for their metadata are dropped with the old flow table"
-            );
-        }
-        // The same service: what it said still holds, so ENIs it described
-        // are not left waiting for it again.
-        if let (Some(snapshot), MetadataSource::Ecs(ecs)) =
-            (self.registry.metadata_snapshot(), &new.metadata)
-        {
-            if self
-                .metadata
-                .as_ref()
-                .is_some_and(|w| w.config().base_url == ecs.base_url)
-            {
-                registry.adopt_snapshot(snapshot.clone());
-            }
-        }
-        self.registry = registry;
-        let mut events = Vec::new();
-        match self.route.dump_all(|ev| events.push(ev)) {
-            Ok(_) => events.iter().for_each(|ev| self.registry.apply(ev, now)),
-            Err(e) => {
-                log::error!("reload: cannot list interfaces: {e}; they are learnt from events")
-            }
-        }
-        self.table = FlowTable::new(
-            SystemClock,
-            new.daemon.capture_window_secs,
-            new.daemon.max_flows,
-        );
-        // The early-closed window ended at `now`; the next one starts there.
-        self.table.start_window_at(now);
-        let max_flows_note = new.daemon.max_flows;
-        if let Some((_, rejects)) = &mut self.nflog {
-            *rejects = RejectCapture::new(new.daemon.nflog_require_prefix);
-        }
-        self.config = new;
-        match &self.config.metadata {
-            MetadataSource::Static => self.metadata = None,
-            MetadataSource::Ecs(ecs) => {
-                let same = self.metadata.as_ref().is_some_and(|w| {
-                    w.config().base_url == ecs.base_url && w.config().ttl_secs == ecs.ttl_secs
-                });
-                if same {
-                    self.after_registry_change();
-                } else {
-                    // Dropping the old handle ends its thread.
-                    let ecs = ecs.clone();
-                    self.start_metadata(&ecs);
-                }
-            }
-        }
-        let (table, registry) = (&mut self.table, &self.registry);
-        table.begin_dump();
-        let result = self.dumper.dump(|entry| table.baseline(registry, &entry));
-        self.table.end_dump(false);
-        if let Err(e) = result {
-            // Without a baseline, connections are counted in full at the
-            // next dump; mark the window rather than risk double counting
-            // silently.
-            log::error!("reload: conntrack dump failed: {e}");
-            self.table.mark_lost(LossScope::All);
-        }
-        let resumed = self.table.resume_from(&handoff);
-        log::info!(
-            "reloaded: {} ENIs, {} flow logs, {} sinks; {resumed} of {} live connections carried over; window {} s, \
-             max_flows {max_flows_note}",
-            self.config.enis.len(),
-            self.config.flow_logs.len(),
-            self.config.sinks.len(),
-            handoff.len(),
-            self.config.daemon.capture_window_secs
-        );
     }
 
     fn shutdown(mut self, tracking_table: Option<TrackingTable>) -> u64 {

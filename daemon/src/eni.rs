@@ -251,13 +251,29 @@ impl EniRegistry {
         &self.enis[eni.get()].ids
     }
 
-    #[cfg(test)]
     /// The ENI with this id.
     pub fn find(&self, eni_id: &str) -> Option<EniIndex> {
         self.enis
             .iter()
             .position(|e| e.ids.eni_id == eni_id)
             .and_then(EniIndex::new)
+    }
+
+    /// For a reload: each ENI of this registry (by index) as an ENI of
+    /// `new`, the registry built from the new config, or `None` if `new`
+    /// has no such ENI. The same ENI is the one bound to the same
+    /// interface (its addresses, hence its flows, are that interface's;
+    /// the new config may have changed its ids), or, without an interface
+    /// now, the one with the same ENI id.
+    pub fn counterparts_in(&self, new: &EniRegistry) -> Vec<Option<EniIndex>> {
+        self.enis
+            .iter()
+            .map(|e| match e.ifindex {
+                Some(ifindex) => new.by_ifindex(ifindex),
+                None if e.ids.eni_id != "-" => new.find(&e.ids.eni_id),
+                None => None,
+            })
+            .collect()
     }
 
     /// The ENI that owns the local address `addr`, if any.

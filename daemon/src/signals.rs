@@ -10,11 +10,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 pub enum Signal {
     /// SIGTERM / SIGINT: close the window early, flush, exit.
     Terminate,
-    /// SIGHUP: reopen outputs and reload the config.
+    /// SIGHUP: reload the config, keeping the open window (and reopen
+    /// outputs, as SIGUSR1 does).
     Reload,
+    /// SIGUSR1: reopen outputs (logrotate), nothing else.
+    Reopen,
 }
 
-/// A non-blocking signalfd for SIGTERM, SIGINT and SIGHUP.
+/// A non-blocking signalfd for SIGTERM, SIGINT, SIGHUP and SIGUSR1.
 pub struct SignalFd {
     fd: OwnedFd,
 }
@@ -27,6 +30,7 @@ fn handled_set() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
         set
     }
 }
@@ -86,6 +90,7 @@ impl SignalFd {
             return Ok(match info.ssi_signo as i32 {
                 libc::SIGTERM | libc::SIGINT => Some(Signal::Terminate),
                 libc::SIGHUP => Some(Signal::Reload),
+                libc::SIGUSR1 => Some(Signal::Reopen),
                 _ => continue,
             });
         }

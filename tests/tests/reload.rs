@@ -1,8 +1,11 @@
-//! SIGHUP reloads the config without losing counters: the open window is
-//! emitted under the old config, capture continues under the new one, and
-//! a connection's records across the reload sum to the kernel's counters.
-//! A config that does not validate is refused and the daemon carries on.
+//! SIGHUP reloads the config without closing the open window: the window
+//! goes on with its sums and every connection's counters, and the new
+//! config governs the records emitted from then on (here: sinks added and
+//! changed). Sinks whose config did not change keep running. A config that
+//! does not validate, or whose sinks do not start, is refused and the
+//! daemon carries on with the old one. SIGUSR1 only reopens the outputs.
 
+use std::path::Path;
 use std::time::Duration;
 
 use flowlogd_tests::netns::{veth_pair, DaemonProcess, LineProcess, Netns};
@@ -10,80 +13,126 @@ use flowlogd_tests::*;
 use serde_json::Value;
 
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_flowlogd-traffic");
+const STEP: Duration = Duration::from_secs(10);
 
-fn config(plugins: &std::path::Path, tmp: &TempDir, sinks: &[&str]) -> String {
+/// An ENI `veth-a`, one flow log instance naming every sink, and file sinks
+/// `(name, file in tmp)` writing JSON lines.
+fn config(plugins: &Path, tmp: &TempDir, window_secs: u32, sinks: &[(&str, &str)]) -> String {
     let mut body = eni_toml("eni-a", "veth-a", "vpc-r");
     body.push_str(&format!(
         "[[flow_log]]\nname = \"all\"\nresource_type = \"vpc\"\nresource_id = \"vpc-r\"\nsinks = [{}]\n\n",
-        sinks.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+        sinks
+            .iter()
+            .map(|(s, _)| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
-    for s in sinks {
+    for (s, file) in sinks {
         body.push_str(&format!(
             "[sinks.{s}]\nplugin = \"file\"\npath = \"{}\"\nformat = \"json\"\n\n",
-            tmp.join(&format!("{s}.jsonl")).display()
+            tmp.join(file).display()
         ));
     }
-    config_with(plugins, &body).replace("[daemon]\n", "[daemon]\ncapture_window_secs = 600\n")
+    config_with(plugins, &body).replace(
+        "[daemon]\n",
+        &format!("[daemon]\ncapture_window_secs = {window_secs}\n"),
+    )
 }
 
-fn hup(pid: u32) {
+/// `kill -<signal> <pid>`.
+fn signal(pid: u32, signal: &str) {
     let o = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
+        .args([&format!("-{signal}"), &pid.to_string()])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
 }
 
-fn sum(records: &[Value], direction: &str) -> (u64, u64) {
+/// The OK records of UDP traffic arriving on the ENI.
+fn udp_in(records: &[Value]) -> Vec<&Value> {
     records
         .iter()
-        .filter(|r| r["log-status"] == "OK" && r["direction"] == direction && r["protocol"] == 17)
-        .fold((0, 0), |(p, b), r| {
-            (
-                p + r["packets"].as_u64().unwrap(),
-                b + r["bytes"].as_u64().unwrap(),
-            )
-        })
+        .filter(|r| r["log-status"] == "OK" && r["direction"] == "in" && r["protocol"] == 17)
+        .collect()
 }
 
-/// Traffic before and after a SIGHUP that adds a second sink: the first
-/// window (closed early by the reload) goes to the old sink only, the
-/// second to both, and over both windows the UDP flow's records sum to
-/// exactly what was sent.
+fn window_of(r: &Value) -> (i64, i64) {
+    (r["start"].as_i64().unwrap(), r["end"].as_i64().unwrap())
+}
+
+fn counts_of(r: &Value) -> (u64, u64) {
+    (r["packets"].as_u64().unwrap(), r["bytes"].as_u64().unwrap())
+}
+
+/// How many times the log says a sink's plugin was started.
+fn starts_of(log: &str, sink: &str) -> usize {
+    log.matches(&format!("sink {sink}: plugin file")).count()
+}
+
+/// One UDP flow (one 5-tuple) with 5 datagrams before a SIGHUP and 1 after
+/// it, all in one window. The reload keeps sink `keep` (unchanged) running,
+/// restarts `moved` (its path changed) and adds `added`. The window is not
+/// closed early: each sink of the new config gets ONE record of that flow,
+/// for the whole window (its full length), with all 6 datagrams; the old
+/// path of `moved` gets none of it. Before that, a config that does not
+/// validate and one whose sink does not open are refused.
 #[test]
-fn sighup_reloads_without_losing_counters() {
-    if !require_root("sighup_reloads_without_losing_counters") {
+fn sighup_keeps_the_open_window_and_the_new_config_governs_its_records() {
+    if !require_root("sighup_keeps_the_open_window_and_the_new_config_governs_its_records") {
         return;
     }
+    const WINDOW: u32 = 15;
     let a = Netns::new("hupa");
     let b = Netns::new("hupb");
     let (a_end, _) = veth_pair(&a, "veth-a", &b, "veth-b", 41);
     let tmp = TempDir::new("reload");
     let plugins = plugin_dir(&tmp);
     let cfg = tmp.join("flowlogd.toml");
-    std::fs::write(&cfg, config(&plugins, &tmp, &["one"])).unwrap();
+    let old = [("keep", "keep.jsonl"), ("moved", "moved-old.jsonl")];
+    std::fs::write(&cfg, config(&plugins, &tmp, WINDOW, &old)).unwrap();
     let mut daemon = DaemonProcess::start(&a, &cfg, &tmp.join("daemon.log"));
+    // A window has just closed: the next one is whole, and long enough
+    // for the steps below.
+    let (_, start) = daemon.wait_for_window(0, Duration::from_secs(u64::from(WINDOW) + 10));
+    let window = (start, start + i64::from(WINDOW));
 
     let target = format!("{}:5400", a_end.v4);
     let mut server = LineProcess::traffic(&a, TRAFFIC, &["udp-sink", &target]);
-    server.expect_line("listening", Duration::from_secs(10));
-    // One UDP flow (one socket, one 5-tuple) on both sides of the reload.
+    server.expect_line("listening", STEP);
     let mut client = LineProcess::traffic(&b, TRAFFIC, &["udp-client", &target, "5", "100", "0"]);
-    client.expect_line("done", Duration::from_secs(10));
+    client.expect_line("done", STEP);
 
-    // An invalid config is refused; the daemon carries on.
+    // A config that does not validate is refused; the daemon carries on.
     std::fs::write(&cfg, "[daemon]\ncapture_window_secs = 0\n").unwrap();
-    hup(daemon.pid());
-    daemon.wait_for_log(
-        "reload refused, keeping the running config",
-        Duration::from_secs(10),
+    signal(daemon.pid(), "HUP");
+    daemon.wait_for_log("reload refused, keeping the running config", STEP);
+    // So is one whose changed sink does not open (an option the plugin
+    // rejects): the stopped sink is started again under the old config.
+    let broken = config(&plugins, &tmp, WINDOW, &old).replace(
+        "moved-old.jsonl\"\nformat = \"json\"",
+        "moved-old.jsonl\"\nformat = \"xml\"",
     );
+    std::fs::write(&cfg, broken).unwrap();
+    signal(daemon.pid(), "HUP");
+    daemon.wait_for_log("sinks.moved", STEP);
+    let refusals = daemon.log().matches("reload refused").count();
+    assert_eq!(refusals, 2, "{}", daemon.log());
+    // Started at start-up, with the rejected option, and again as it was.
+    assert_eq!(starts_of(&daemon.log(), "moved"), 3, "{}", daemon.log());
 
-    std::fs::write(&cfg, config(&plugins, &tmp, &["one", "two"])).unwrap();
-    hup(daemon.pid());
+    let new = [
+        ("keep", "keep.jsonl"),
+        ("moved", "moved-new.jsonl"),
+        ("added", "added.jsonl"),
+    ];
+    std::fs::write(&cfg, config(&plugins, &tmp, WINDOW, &new)).unwrap();
+    signal(daemon.pid(), "HUP");
     daemon.wait_for_log(
-        "reloaded: 1 ENIs, 1 flow logs, 2 sinks",
-        Duration::from_secs(10),
+        &format!(
+            "reloaded: 1 ENIs, 1 flow logs, 3 sinks (1 kept running, started added, moved); the open window {}-{}",
+            window.0, window.1
+        ),
+        STEP,
     );
     // Same 5-tuple again: the same conntrack entry continues.
     let port = client
@@ -92,23 +141,88 @@ fn sighup_reloads_without_losing_counters() {
         .find_map(|l| l.strip_prefix("local ").map(str::to_owned))
         .unwrap();
     let mut again = LineProcess::traffic(&b, TRAFFIC, &["udp-burst", &target, "1", "100", &port]);
-    again.expect_line("sent 1", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(300));
+    again.expect_line("sent 1", STEP);
+    // The window closes at its regular end, not at the reload.
+    let closed = daemon.wait_for_window(1, Duration::from_secs(u64::from(WINDOW) + 10));
+    assert_eq!(closed, window, "{}", daemon.log());
     daemon.stop();
     let log = daemon.log();
 
-    let one = read_json_records(&tmp.join("one.jsonl"));
-    let two = read_json_records(&tmp.join("two.jsonl"));
-    // Over both windows: 6 datagrams of 128 bytes in, nothing lost or doubled.
-    assert_eq!(sum(&one, "in"), (6, 6 * 128), "{one:#?}\n{log}");
-    // The second sink only has the window after the reload: 1 datagram.
-    assert_eq!(sum(&two, "in"), (1, 128), "{two:#?}\n{log}");
-    let windows: std::collections::BTreeSet<(i64, i64)> = one
+    // 6 datagrams of 100 bytes (128 at the IP layer), in one record of the
+    // whole window, in every sink of the new config.
+    for file in ["keep.jsonl", "moved-new.jsonl", "added.jsonl"] {
+        let records = read_json_records(&tmp.join(file));
+        let udp = udp_in(&records);
+        assert_eq!(udp.len(), 1, "{file}: {records:#?}\n{log}");
+        assert_eq!(window_of(udp[0]), window, "{file}: {udp:#?}");
+        assert_eq!(counts_of(udp[0]), (6, 6 * 128), "{file}: {udp:#?}\n{log}");
+    }
+    let old_path = read_json_records(&tmp.join("moved-old.jsonl"));
+    assert_eq!(udp_in(&old_path).len(), 0, "{old_path:#?}");
+    // `keep` ran through both reloads; `moved` was started once more, with
+    // its new path.
+    assert_eq!(starts_of(&log, "keep"), 1, "{log}");
+    assert_eq!(starts_of(&log, "moved"), 4, "{log}");
+    assert_eq!(starts_of(&log, "added"), 1, "{log}");
+}
+
+/// SIGUSR1 makes the file sink reopen its file, as logrotate's postrotate
+/// needs: the file moved away gets nothing more, the records emitted after
+/// the signal land in a new file at the configured path. Nothing is
+/// reloaded.
+#[test]
+fn sigusr1_reopens_the_file_sink() {
+    if !require_root("sigusr1_reopens_the_file_sink") {
+        return;
+    }
+    const WINDOW: u32 = 5;
+    let a = Netns::new("usra");
+    let b = Netns::new("usrb");
+    let (a_end, _) = veth_pair(&a, "veth-a", &b, "veth-b", 42);
+    let tmp = TempDir::new("reopen");
+    let plugins = plugin_dir(&tmp);
+    let cfg = tmp.join("flowlogd.toml");
+    std::fs::write(
+        &cfg,
+        config(&plugins, &tmp, WINDOW, &[("out", "out.jsonl")]),
+    )
+    .unwrap();
+    let mut daemon = DaemonProcess::start(&a, &cfg, &tmp.join("daemon.log"));
+    // The first window's records (NODATA) create the file.
+    daemon.wait_for_window(0, Duration::from_secs(u64::from(WINDOW) + 10));
+    let (out, rotated) = (tmp.join("out.jsonl"), tmp.join("out.jsonl.1"));
+    poll_until(|| out.exists(), "the sink's file to exist");
+    std::fs::rename(&out, &rotated).unwrap();
+    signal(daemon.pid(), "USR1");
+    daemon.wait_for_log("SIGUSR1: sinks reopen their outputs", STEP);
+
+    let target = format!("{}:5401", a_end.v4);
+    let mut server = LineProcess::traffic(&a, TRAFFIC, &["udp-sink", &target]);
+    server.expect_line("listening", STEP);
+    let mut client = LineProcess::traffic(&b, TRAFFIC, &["udp-client", &target, "3", "100", "0"]);
+    client.expect_line("done", STEP);
+    daemon.stop();
+    let log = daemon.log();
+
+    let new_file = read_json_records(&out);
+    let udp = udp_in(&new_file);
+    let sum = udp
         .iter()
-        .map(|r| (r["start"].as_i64().unwrap(), r["end"].as_i64().unwrap()))
-        .collect();
-    assert!(
-        windows.len() >= 2,
-        "the reload closes the window early: {windows:?}"
-    );
+        .map(|r| counts_of(r))
+        .fold((0, 0), |(p, b), (q, c)| (p + q, b + c));
+    assert_eq!(sum, (3, 3 * 128), "{new_file:#?}\n{log}");
+    let moved = read_json_records(&rotated);
+    assert!(!moved.is_empty(), "the first window went to the old file");
+    assert_eq!(udp_in(&moved).len(), 0, "{moved:#?}");
+    assert!(!log.contains("reloading"), "{log}");
+}
+
+/// Polls `done` every 20 ms for up to 10 s.
+#[track_caller]
+fn poll_until(done: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + STEP;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "waited for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -4,7 +4,9 @@
 //! records go to the sinks in chunks as their queues drain (`emit_chunks`).
 //! Where the daemon needs the table's state at once (an ENI losing an
 //! address, a reload, shutdown) a running dump is finished blocking
-//! (`finish_running_dump`, `close_window_now`).
+//! (`finish_running_dump`). The last window, at shutdown, is closed only
+//! once its dump and the events that follow it are in
+//! (`close_final_window`).
 
 use std::io;
 use std::time::Duration;
@@ -73,6 +75,9 @@ pub(super) enum DumpPurpose {
     Resync,
     /// Connections are harvested now, before an ENI loses an address.
     Harvest,
+    /// Shutdown: the dump harvests into the open window, which closes at
+    /// `end` only after the dump and the events it caused are read.
+    FinalClose { end: i64 },
 }
 
 /// A dump in progress and what it costs the capture thread.
@@ -199,8 +204,18 @@ impl Capture {
             }
         }
         running.account(started.elapsed());
-        if running.purpose == DumpPurpose::CloseWindow {
-            self.emit_closed_window(running, entries);
+        match running.purpose {
+            DumpPurpose::CloseWindow => self.emit_closed_window(running, entries),
+            DumpPurpose::FinalClose { end } => {
+                // The dump evicted the expired entries it passed (the kernel
+                // removes them lazily, so after idle flows this is where most
+                // go); their DESTROY events, and those the kernel re-sends a
+                // little later, are this last window's too.
+                self.drain_until_quiet("after the final dump");
+                self.table.begin_close(end);
+                self.emit_closed_window(running, entries);
+            }
+            DumpPurpose::Resync | DumpPurpose::Harvest => {}
         }
     }
 
@@ -224,16 +239,21 @@ impl Capture {
         self.start_dump(DumpPurpose::CloseWindow, began);
     }
 
-    /// Closes the open window at `end` at once, blocking until its dump is
-    /// read (reload, shutdown). Returns the records still held for ENIs
-    /// waiting for their metadata.
-    pub(super) fn close_window_now(&mut self, end: i64) -> usize {
+    /// SIGTERM: closes the open window at `end` and emits it, blocking.
+    /// Unlike a window's regular close, no event counts in a next window
+    /// (there is none): the dump harvests into the open window, and the
+    /// window closes only once the events queued before the dump, those it
+    /// caused and those that follow it have been read into it. What comes
+    /// later still is in the connections the handoff carries to the next
+    /// run.
+    pub(super) fn close_final_window(&mut self, end: i64) {
+        // A close in progress is finished first, under its own bounds.
         self.finish_running_dump();
         self.emit_chunks(true);
-        self.begin_close(end);
+        self.drain_until_quiet("before the final dump");
+        self.start_dump(DumpPurpose::FinalClose { end }, std::time::Instant::now());
         self.finish_running_dump();
         self.emit_chunks(true);
-        self.last_held
     }
 
     /// The window whose close dump just ended: its records start out to
@@ -244,7 +264,6 @@ impl Capture {
             return;
         };
         let (held, held_dropped) = (drain.held, drain.held_dropped);
-        self.last_held = held;
         if held > 0 {
             log::info!(
                 "metadata: {held} records held for ENIs waiting for their ids; they go out with the window in which \

@@ -446,6 +446,24 @@ impl WindowAggregate {
         self.all_skipped |= other.all_skipped;
     }
 
+    /// A reload renumbered the ENIs: ENI `i` is now `to[i]`, or gone.
+    /// Returns the sums dropped with ENIs that are gone.
+    pub(super) fn renumber_enis(&mut self, to: &[Option<EniIndex>]) -> usize {
+        let map = |eni: EniIndex| to.get(eni.get()).copied().flatten();
+        let mut dropped = 0;
+        let skipped = std::mem::take(&mut self.skipped);
+        for (i, &lost) in skipped.iter().enumerate() {
+            if let Some(eni) = EniIndex::new(i).filter(|_| lost).and_then(map) {
+                mark(&mut self.skipped, eni);
+            }
+        }
+        let sums4 = std::mem::take(&mut self.sums4);
+        dropped += renumber_into(&mut self.sums4, &mut self.skipped, sums4, map);
+        let sums6 = std::mem::take(&mut self.sums6);
+        dropped += renumber_into(&mut self.sums6, &mut self.skipped, sums6, map);
+        dropped
+    }
+
     /// Distinct records summed so far.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
@@ -575,6 +593,47 @@ fn merge_into<K: RecordKey>(
         if !add_to(sums, k, s.packets(), s.bytes(), rule) {
             mark(skipped, k.rest().eni);
         }
+    }
+}
+
+/// Moves `from`'s sums into `sums` under their ENI's new index (two old
+/// ENIs may become one); returns how many had no new index.
+fn renumber_into<K: RecordKey + WithEni>(
+    sums: &mut Sums<K>,
+    skipped: &mut Vec<bool>,
+    from: Sums<K>,
+    map: impl Fn(EniIndex) -> Option<EniIndex>,
+) -> usize {
+    let mut dropped = 0;
+    for (k, s) in from {
+        let Some(eni) = map(k.rest().eni) else {
+            dropped += 1;
+            continue;
+        };
+        let k = k.with_eni(eni);
+        if !add_to(sums, k, s.packets(), s.bytes(), s.rule) {
+            mark(skipped, eni);
+        }
+    }
+    dropped
+}
+
+/// A key under another ENI.
+trait WithEni {
+    fn with_eni(self, eni: EniIndex) -> Self;
+}
+
+impl WithEni for V4Key {
+    fn with_eni(mut self, eni: EniIndex) -> Self {
+        self.rest.eni = eni;
+        self
+    }
+}
+
+impl WithEni for V6Key {
+    fn with_eni(mut self, eni: EniIndex) -> Self {
+        self.rest.eni = eni;
+        self
     }
 }
 

@@ -21,6 +21,8 @@ use crate::eni::{EniIndex, EniRegistry};
 use crate::model::Counters;
 use crate::model::{ConntrackEntry, ConntrackKind, Tuple};
 
+mod reload;
+
 /// A connection's identity while it lives: a hash of CTA_ZONE, the
 /// original tuple and the start time, beside CTA_ID. The id alone is not enough: it
 /// is a 32-bit hash, and a live table of 250k entries was seen holding 4 to
@@ -267,13 +269,6 @@ impl<C: Clock> FlowTable<C> {
             (capacity * 8 / 7).next_power_of_two()
         };
         buckets * (std::mem::size_of::<(FlowKey, FlowEntry)>() + 1)
-    }
-
-    /// Starts the open window at `start` instead of its aligned start: a
-    /// table that takes over from another (config reload) continues where
-    /// the other's last window ended. The end stays aligned.
-    pub fn start_window_at(&mut self, start: i64) {
-        self.window.start = start.clamp(self.window.start, self.window.end);
     }
 
     /// When the open window is due to close (Unix seconds): dump, then

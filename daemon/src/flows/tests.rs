@@ -1717,3 +1717,82 @@ fn a_connection_lost_by_the_closing_dump_marks_the_closing_window() {
     assert_eq!(statuses(&w1, ALL, "eni-a"), vec![LogStatus::SkipData]);
     assert_eq!(statuses(&w2, ALL, "eni-a"), vec![LogStatus::NoData]);
 }
+
+/// A reload replaces the registry but keeps the table and the open window:
+/// sums and connections move to the new registry's ENIs (the same
+/// interface, whatever its new ids), an ENI the new config drops takes its
+/// sums with it, and the reload's dump counts in full what the old config
+/// owned and had not seen yet, but baselines what only the new one owns.
+#[test]
+fn reload_renumbers_the_open_window_and_keeps_every_counter() {
+    let mut f = Fixture::new(1000);
+    let known = conn(1, TCP, B, 40000, R, 443);
+    f.dump(&[known.clone().counted((2, 200), (1, 100))]);
+    let dropped = conn(2, TCP, A, 40001, R, 80);
+    f.dump(&[
+        known.clone().counted((2, 200), (1, 100)),
+        dropped.clone().counted((3, 300), (0, 0)),
+    ]);
+    // eni-a goes, eni-b gets new ids (and index 0), eni-d on eth5 is new.
+    let mut new = EniRegistry::from_parts(
+        &[
+            eni("eni-b2", "vsw-2", EniMatch::Mac(MAC_B)),
+            eni("eni-c", "vsw-1", EniMatch::Interface("eth9".into())),
+            eni("eni-d", "vsw-1", EniMatch::Interface("eth5".into())),
+        ],
+        &[flow_log(
+            "vpc",
+            ResourceType::Vpc,
+            "vpc-1",
+            TrafficFilter::All,
+        )],
+    )
+    .unwrap();
+    let now = f.clock.now_unix();
+    for ev in [
+        link(2, "eth0", Some([2; 6])),
+        addr(2, A),
+        link(3, "eth1", Some(MAC_B)),
+        addr(3, B),
+        link(5, "eth5", Some([5; 6])),
+        addr(5, "10.0.2.9"),
+    ] {
+        new.apply(&ev, now);
+    }
+    let to = f.reg.counterparts_in(&new);
+    assert_eq!(
+        to,
+        [None, new.find("eni-b2"), new.find("eni-c")],
+        "by interface, else by id"
+    );
+    let r = f.table.renumber_enis(&to);
+    assert_eq!((r.sums_dropped, r.flows_detached), (1, 1));
+
+    let created_since = conn(3, UDP, B, 5353, R, 53);
+    let only_new = conn(4, TCP, R, 50000, "10.0.2.9", 22);
+    f.table.begin_dump();
+    for e in [
+        known.clone().counted((5, 500), (1, 100)),
+        created_since.clone().counted((4, 400), (0, 0)),
+        only_new.clone().counted((7, 700), (7, 700)),
+    ] {
+        f.table.on_reload_dump_entry(&f.reg, &new, &e);
+    }
+    f.table.end_dump(false);
+    f.reg = new;
+    f.event(only_new.clone().kind(Destroy).counted((8, 800), (7, 700)));
+    let w = f.close();
+    assert_eq!(
+        sort(flows_of(&w, 0, "eni-b2")),
+        sort(vec![
+            rec(Out, TCP, B, 40000, R, 443, 5, 500),
+            rec(In, TCP, R, 443, B, 40000, 1, 100),
+            rec(Out, UDP, B, 5353, R, 53, 4, 400),
+        ])
+    );
+    assert_eq!(
+        flows_of(&w, 0, "eni-d"),
+        [rec(In, TCP, R, 50000, "10.0.2.9", 22, 1, 100)]
+    );
+    assert!(records(&w, 0).iter().all(|r| r.eni.eni_id != "eni-a"));
+}

@@ -862,3 +862,27 @@ fn with_retry(
         }
     }
 }
+
+// reload support: a reload keeps the workers of unchanged sinks running and
+// replaces only the others, so the dispatcher is split and joined by sink.
+impl Dispatcher {
+    /// The names of the running sinks.
+    pub fn sink_names(&self) -> Vec<String> {
+        self.workers.iter().map(|w| w.shared.name.clone()).collect()
+    }
+
+    /// Moves the workers of the sinks `take` names out into a dispatcher of
+    /// their own (to be shut down or kept); the rest stay here, running.
+    pub fn split_off(&mut self, take: impl Fn(&str) -> bool) -> Dispatcher {
+        let (taken, kept) = std::mem::take(&mut self.workers)
+            .into_iter()
+            .partition(|w| take(&w.shared.name));
+        self.workers = kept;
+        Dispatcher { workers: taken }
+    }
+
+    /// Takes over `other`'s running workers.
+    pub fn join(&mut self, mut other: Dispatcher) {
+        self.workers.append(&mut other.workers);
+    }
+}

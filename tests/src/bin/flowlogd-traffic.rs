@@ -17,6 +17,8 @@
 //! udp-sink ADDR:PORT              receive and discard datagrams until killed
 //! udp-burst ADDR:PORT N S PORT0   N one-datagram flows of S bytes, from source
 //!                                 ports PORT0, PORT0+1, ... (distinct 5-tuples)
+//! udp-flows ADDR:PORT N P S PORT0 N flows of P datagrams of S bytes each,
+//!                                 from source ports PORT0, PORT0+1, ...
 //! ```
 //!
 //! The TCP transfer protocol: the client sends a 16-byte header (N and R as
@@ -43,7 +45,8 @@ fn main() -> ExitCode {
         Some("udp-client") => udp_client(&args[1..]),
         Some("udp-sink") => udp_sink(&args[1..]),
         Some("udp-burst") => udp_burst(&args[1..]),
-        _ => Err("usage: flowlogd-traffic tcp-server|tcp-client|udp-server|udp-client|udp-sink|udp-burst ...".into()),
+        Some("udp-flows") => udp_flows(&args[1..]),
+        _ => Err("usage: flowlogd-traffic tcp-server|tcp-client|udp-server|udp-client|udp-sink|udp-burst|udp-flows ...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -281,4 +284,33 @@ fn udp_burst(args: &[String]) -> Result<()> {
         "sent {flows} in {} ms",
         started.elapsed().as_millis()
     ))
+}
+
+fn udp_flows(args: &[String]) -> Result<()> {
+    let peer: SocketAddr = arg(args, 0, "ADDR:PORT")?;
+    let flows: u16 = arg(args, 1, "N")?;
+    let packets: u64 = arg(args, 2, "P")?;
+    let size: usize = arg(args, 3, "S")?;
+    let first: u16 = arg(args, 4, "PORT0")?;
+    if u32::from(first) + u32::from(flows) > 65536 {
+        return Err("source ports run past 65535".into());
+    }
+    let sockets = (0..flows)
+        .map(|i| udp_for(&peer, first + i))
+        .collect::<Result<Vec<_>>>()?;
+    let payload = vec![0xa5u8; size];
+    // Round robin: every flow stays alive (recently used) until the end.
+    // A pause between rounds keeps the receiving veth's backlog (1000
+    // packets by default) from dropping datagrams before conntrack sees
+    // them, so what was sent is what the kernel counts.
+    for round in 0..packets {
+        if round > 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for (i, s) in sockets.iter().enumerate() {
+            s.send_to(&payload, peer)
+                .map_err(|e| format!("send from port {}: {e}", usize::from(first) + i))?;
+        }
+    }
+    say(&format!("sent {}", u64::from(flows) * packets))
 }
