@@ -28,6 +28,7 @@ use crate::netlink::{
     NflogSocket, RouteWatcher,
 };
 use crate::rejects::RejectCapture;
+use crate::run_marker::{self, RunMarker};
 use crate::signals::{Signal, SignalFd};
 use crate::sinks::Dispatcher;
 use crate::tracking::{self, TrackingError, TrackingTable};
@@ -171,15 +172,27 @@ pub fn run(config: Config) -> Result<u64, RunError> {
     // nf_conntrack is loaded, which the table (or the socket) does.
     let tracking_table = if config.daemon.install_tracking_table {
         let t = TrackingTable::install().map_err(RunError::Tracking)?;
-        log::info!(
-            "installed nftables table inet flowlogd (a `ct state` rule, no verdicts) so this namespace tracks \
-             connections{}",
-            if t.replaced_existing() { "; replaced one left by an earlier run" } else { "" }
-        );
+        if t.found_existing() {
+            log::info!(
+                "nftables table inet flowlogd (a `ct state` rule, no verdicts) was in place, left by the previous \
+                 run so tracking did not stop; renewed it"
+            );
+        } else {
+            log::info!(
+                "installed nftables table inet flowlogd (a `ct state` rule, no verdicts) so this namespace tracks \
+                 connections; it stays across restarts (`flowlogd remove-tracking-table` removes it)"
+            );
+        }
         Some(t)
     } else {
         log::info!(
-            "install_tracking_table = false: relying on the host firewall to reference `ct`"
+            "install_tracking_table = false: relying on the host firewall to reference `ct`{}",
+            if tracking::table_present() {
+                "; a table inet flowlogd from an earlier run is still in place (`flowlogd remove-tracking-table` \
+                 removes it)"
+            } else {
+                ""
+            }
         );
         None
     };
@@ -276,6 +289,10 @@ pub fn run(config: Config) -> Result<u64, RunError> {
     };
     // Interfaces and addresses now; changes arrive on the watcher.
     let now = clock.now_unix();
+    // The first window begins now, not at its aligned start: the previous
+    // run already emitted a window up to its stop, and this one must not
+    // overlap it. It ends at the aligned boundary as usual.
+    capture.table.start_window_at(now);
     let mut initial = Vec::new();
     capture
         .route
@@ -303,7 +320,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
             );
         }
     }
-    capture.baseline()?;
+    capture.baseline(now)?;
 
     let mut poll = Poll::new().map_err(io_err("cannot create the event loop"))?;
     let registry = poll.registry();
@@ -477,8 +494,12 @@ fn until(deadline: i64) -> Duration {
 
 impl Capture {
     /// The start-up dump: what live connections carried before we started is
-    /// not ours to attribute.
-    fn baseline(&mut self) -> Result<(), RunError> {
+    /// not ours to attribute, except what the previous run's handoff says
+    /// it had not attributed yet. Here this run also takes over from the
+    /// previous one: the handoff is consumed and this run's marker written
+    /// in the same step, so from here on a stop that is not clean is told
+    /// to the next start.
+    fn baseline(&mut self, started_at: i64) -> Result<(), RunError> {
         let (table, registry) = (&mut self.table, &self.registry);
         table.begin_dump();
         let stats = self
@@ -494,7 +515,8 @@ impl Capture {
             self.table.stats().entries
         );
         let state_dir = &self.config.daemon.state_dir;
-        match handoff::take(state_dir, SystemClock.now_unix()) {
+        let previous = run_marker::read(state_dir);
+        let handoff_used = match handoff::take(state_dir, SystemClock.now_unix()) {
             Ok(Some(entries)) => {
                 let resumed = self.table.resume_from(&entries);
                 log::info!(
@@ -502,12 +524,25 @@ impl Capture {
                      while no daemon ran is counted in this window)",
                     entries.len()
                 );
+                true
             }
-            Ok(None) => {}
-            Err(e) => log::warn!(
-                "{}: not resuming from the previous run's handoff: {e}",
-                handoff::path_in(state_dir).display()
-            ),
+            Ok(None) => false,
+            Err(e) => {
+                log::warn!(
+                    "{}: not resuming from the previous run's handoff: {e}",
+                    handoff::path_in(state_dir).display()
+                );
+                false
+            }
+        };
+        if let Some(unclean) = run_marker::judge(previous, handoff_used, &run_marker::boot_id()) {
+            log::error!("{unclean}; marking this run's first window SKIPDATA for every ENI");
+            self.table.mark_lost(LossScope::All);
+        }
+        if let Err(e) = run_marker::write(state_dir, &RunMarker::current(started_at)) {
+            log::warn!(
+                "cannot write the run marker: {e}; if this run does not stop cleanly, the next start cannot tell"
+            );
         }
         Ok(())
     }
@@ -887,13 +922,21 @@ impl Capture {
         let entries = self.table.handoff();
         let state_dir = &self.config.daemon.state_dir;
         match handoff::write(state_dir, SystemClock.now_unix(), &entries) {
-            Ok(()) => log::info!(
-                "handed off {} live connections to the next run in {}",
-                entries.len(),
-                handoff::path_in(state_dir).display()
-            ),
-            Err(e) => log::warn!(
-                "cannot write {}: {e}; a restart will not count what flows until then",
+            Ok(()) => {
+                log::info!(
+                    "handed off {} live connections to the next run in {}",
+                    entries.len(),
+                    handoff::path_in(state_dir).display()
+                );
+                // Only a stop that handed off is clean; otherwise the marker
+                // stays and the next start reports the loss.
+                if let Err(e) = run_marker::remove(state_dir) {
+                    log::warn!("cannot remove the run marker: {e}; the next start will mark its first window SKIPDATA");
+                }
+            }
+            Err(e) => log::error!(
+                "cannot write {}: {e}; a restart will not count what flows until then, and marks its first window \
+                 SKIPDATA",
                 handoff::path_in(state_dir).display()
             ),
         }
@@ -901,11 +944,11 @@ impl Capture {
             &mut self.dispatcher,
             Duration::from_secs(self.config.daemon.shutdown_timeout_secs.into()),
         );
-        if let Some(t) = tracking_table {
-            match t.remove() {
-                Ok(()) => log::info!("removed nftables table inet flowlogd"),
-                Err(e) => log::error!("{e}"),
-            }
+        if tracking_table.is_some() {
+            log::info!(
+                "left nftables table inet flowlogd in place: the namespace keeps tracking until the next start \
+                 (`flowlogd remove-tracking-table` removes it)"
+            );
         }
         lost
     }
