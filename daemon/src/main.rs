@@ -333,13 +333,8 @@ fn print_tracking_report(config: &Config) {
     println!("connection tracking (this network namespace):");
     if d.install_tracking_table {
         println!(
-            "  at start: installs nftables table inet flowlogd (a `ct state` rule, no verdicts), {}; it stays after \
-             exit so restarts lose nothing (`flowlogd remove-tracking-table` removes it)",
-            if tracking::table_present() {
-                "in place now"
-            } else {
-                "not there now"
-            }
+            "  at start: installs nftables table inet flowlogd (a `ct state` rule, no verdicts); it stays after exit \
+             so restarts lose nothing (`flowlogd remove-tracking-table` removes it)"
         );
     } else {
         println!("  install_tracking_table = false: the host firewall must reference `ct` or nothing is tracked");
