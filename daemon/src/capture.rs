@@ -28,7 +28,7 @@ use crate::netlink::{
     NflogSocket, RouteWatcher,
 };
 use crate::rejects::RejectCapture;
-use crate::run_marker::{self, RunMarker};
+use crate::run_marker::{self, Judgement, RunMarker};
 use crate::signals::{Signal, SignalFd};
 use crate::sinks::Dispatcher;
 use crate::tracking::{self, TrackingError, TrackingTable};
@@ -535,11 +535,25 @@ impl Capture {
                 false
             }
         };
-        if let Some(unclean) = run_marker::judge(previous, handoff_used, &run_marker::boot_id()) {
-            log::error!("{unclean}; marking this run's first window SKIPDATA for every ENI");
-            self.table.mark_lost(LossScope::All);
+        let here = RunMarker::current(started_at);
+        match run_marker::judge(previous, handoff_used, &here, run_marker::is_live_flowlogd) {
+            Judgement::Clean => {}
+            Judgement::Unclean(unclean) => {
+                log::error!("{unclean}; marking this run's first window SKIPDATA for every ENI");
+                self.table.mark_lost(LossScope::All);
+            }
+            Judgement::Shared(other) => {
+                log::warn!(
+                    "state_dir {} is in use by flowlogd pid {} (network namespace {}): if this run does not stop \
+                     cleanly, the next start cannot tell; give each daemon its own state_dir",
+                    state_dir.display(),
+                    other.pid,
+                    other.netns
+                );
+                return Ok(());
+            }
         }
-        if let Err(e) = run_marker::write(state_dir, &RunMarker::current(started_at)) {
+        if let Err(e) = run_marker::write(state_dir, &here) {
             log::warn!(
                 "cannot write the run marker: {e}; if this run does not stop cleanly, the next start cannot tell"
             );
@@ -930,7 +944,7 @@ impl Capture {
                 );
                 // Only a stop that handed off is clean; otherwise the marker
                 // stays and the next start reports the loss.
-                if let Err(e) = run_marker::remove(state_dir) {
+                if let Err(e) = run_marker::remove_own(state_dir) {
                     log::warn!("cannot remove the run marker: {e}; the next start will mark its first window SKIPDATA");
                 }
             }

@@ -176,25 +176,55 @@ pub struct UncleanStop {
     rebooted: bool,
 }
 
+/// What a start makes of the marker it found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Judgement {
+    /// A first start, or the previous run stopped cleanly.
+    Clean,
+    /// The previous run was capturing and did not stop cleanly.
+    Unclean(UncleanStop),
+    /// The marker is that of another flowlogd running now with the same
+    /// state directory (a shared `state_dir`, e.g. daemons of several
+    /// network namespaces): not a previous run of this one. Its marker is
+    /// left alone, and this run's own unclean stop cannot be detected.
+    Shared(RunMarker),
+}
+
 /// Whether the previous run stopped uncleanly: a marker (or something
 /// unreadable in its place) and no handoff used. A handoff that was used
 /// means the previous run emitted its last window and handed off what it
 /// attributed; if it died after that (between the handoff and removing
-/// the marker), nothing of the window was lost to capture.
+/// the marker), nothing of the window was lost to capture. `here` is this
+/// run's marker; `is_live_flowlogd` says whether a pid is a flowlogd
+/// running now ([`is_live_flowlogd`]; a parameter for the tests).
 ///
 /// A reboot counts as unclean too: conntrack starts empty, so there is
 /// nothing to resume anyway, but the previous run's open window was still
 /// never emitted, and SKIPDATA is the honest report of that.
-pub fn judge(previous: Previous, handoff_used: bool, boot_id: &str) -> Option<UncleanStop> {
+pub fn judge(
+    previous: Previous,
+    handoff_used: bool,
+    here: &RunMarker,
+    is_live_flowlogd: impl Fn(u32) -> bool,
+) -> Judgement {
     if handoff_used {
-        return None;
+        return Judgement::Clean;
     }
     let rebooted = match &previous {
-        Previous::None => return None,
-        Previous::Marker(m) => m.boot_id != boot_id && boot_id != "unknown",
+        Previous::None => return Judgement::Clean,
+        Previous::Marker(m) => {
+            let known = m.boot_id != "unknown" && here.boot_id != "unknown";
+            let rebooted = known && m.boot_id != here.boot_id;
+            // Our own pid can only be the marker's if its process is gone
+            // and the pid was recycled to us.
+            if !rebooted && m.pid != here.pid && is_live_flowlogd(m.pid) {
+                return Judgement::Shared(m.clone());
+            }
+            rebooted
+        }
         Previous::Unreadable(_) => false,
     };
-    Some(UncleanStop { previous, rebooted })
+    Judgement::Unclean(UncleanStop { previous, rebooted })
 }
 
 impl fmt::Display for UncleanStop {
@@ -225,17 +255,41 @@ impl fmt::Display for UncleanStop {
     }
 }
 
+/// Whether `pid` is a running process named flowlogd (in this pid
+/// namespace); a zombie (killed, not yet reaped) is not running.
+pub fn is_live_flowlogd(pid: u32) -> bool {
+    // /proc/<pid>/stat: `pid (comm) state ...`; comm may hold spaces and
+    // parentheses, so the state follows the last ')'.
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let comm = &stat[open + 1..close];
+    let state = stat[close + 1..].split_whitespace().next();
+    comm == "flowlogd" && !matches!(state, Some("Z" | "X"))
+}
+
 /// The daemon that is capturing with this state directory right now, if
 /// any: a marker from this boot whose pid is a live `flowlogd`.
 pub fn running_daemon(state_dir: &Path) -> Option<RunMarker> {
     let Previous::Marker(m) = read(state_dir) else {
         return None;
     };
-    if m.boot_id != boot_id() {
-        return None;
+    (m.boot_id == boot_id() && is_live_flowlogd(m.pid)).then_some(m)
+}
+
+/// Removes the marker if it is this process's (a clean stop); another
+/// daemon's marker in a shared state directory is left alone.
+///
+/// # Errors
+/// The I/O error, with the path.
+pub fn remove_own(state_dir: &Path) -> io::Result<()> {
+    match read(state_dir) {
+        Previous::Marker(m) if m.pid == std::process::id() => remove(state_dir),
+        _ => Ok(()),
     }
-    let comm = std::fs::read_to_string(format!("/proc/{}/comm", m.pid)).ok()?;
-    (comm.trim() == "flowlogd").then_some(m)
 }
 
 #[cfg(test)]
@@ -323,18 +377,40 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    fn here() -> RunMarker {
+        RunMarker {
+            pid: 7,
+            ..marker("b")
+        }
+    }
+
+    fn unclean(j: Judgement) -> UncleanStop {
+        match j {
+            Judgement::Unclean(u) => u,
+            other => panic!("expected unclean, got {other:?}"),
+        }
+    }
+
+    const DEAD: fn(u32) -> bool = |_| false;
+
     #[test]
     fn first_start_and_clean_stop_are_not_unclean() {
         // No marker: a first start (or a clean stop), whatever the handoff.
-        assert_eq!(judge(Previous::None, false, "b"), None);
-        assert_eq!(judge(Previous::None, true, "b"), None);
+        assert_eq!(
+            judge(Previous::None, false, &here(), DEAD),
+            Judgement::Clean
+        );
+        assert_eq!(judge(Previous::None, true, &here(), DEAD), Judgement::Clean);
         // Marker and a handoff used: died after handing off, nothing lost.
-        assert_eq!(judge(Previous::Marker(marker("b")), true, "b"), None);
+        assert_eq!(
+            judge(Previous::Marker(marker("b")), true, &here(), DEAD),
+            Judgement::Clean
+        );
     }
 
     #[test]
     fn marker_without_handoff_is_unclean_and_says_why() {
-        let crash = judge(Previous::Marker(marker("b")), false, "b").expect("unclean");
+        let crash = unclean(judge(Previous::Marker(marker("b")), false, &here(), DEAD));
         assert!(!crash.rebooted);
         let text = crash.to_string();
         assert!(
@@ -342,20 +418,67 @@ mod tests {
             "{text}"
         );
 
-        let reboot = judge(Previous::Marker(marker("a")), false, "b").expect("unclean");
+        let reboot = unclean(judge(Previous::Marker(marker("a")), false, &here(), DEAD));
         assert!(reboot.rebooted);
         assert!(reboot.to_string().contains("boot id changed"), "{reboot}");
 
         // Without a boot id a reboot cannot be told; still unclean.
-        let unknown = judge(Previous::Marker(marker("a")), false, "unknown").expect("unclean");
-        assert!(!unknown.rebooted);
+        let unknown = RunMarker {
+            boot_id: "unknown".into(),
+            ..here()
+        };
+        let u = unclean(judge(Previous::Marker(marker("a")), false, &unknown, DEAD));
+        assert!(!u.rebooted);
 
-        let unreadable =
-            judge(Previous::Unreadable("x: malformed".into()), false, "b").expect("unclean");
+        let unreadable = unclean(judge(
+            Previous::Unreadable("x: malformed".into()),
+            false,
+            &here(),
+            DEAD,
+        ));
         assert!(
             unreadable.to_string().contains("x: malformed"),
             "{unreadable}"
         );
+    }
+
+    #[test]
+    fn a_live_daemon_sharing_the_state_dir_is_not_a_previous_run() {
+        let live = |pid| pid == 4242;
+        assert_eq!(
+            judge(Previous::Marker(marker("b")), false, &here(), live),
+            Judgement::Shared(marker("b"))
+        );
+        // The same pid in another boot is not that daemon.
+        assert!(matches!(
+            judge(Previous::Marker(marker("a")), false, &here(), live),
+            Judgement::Unclean(_)
+        ));
+        // Our own pid, recycled from a dead run, is not another daemon.
+        let me = RunMarker {
+            pid: 4242,
+            ..here()
+        };
+        assert!(matches!(
+            judge(Previous::Marker(marker("b")), false, &me, live),
+            Judgement::Unclean(_)
+        ));
+    }
+
+    #[test]
+    fn only_the_own_marker_is_removed() {
+        let dir = tmp("own");
+        write(&dir, &marker("b")).unwrap();
+        remove_own(&dir).unwrap();
+        assert_eq!(
+            read(&dir),
+            Previous::Marker(marker("b")),
+            "another daemon's"
+        );
+        write(&dir, &RunMarker::current(1)).unwrap();
+        remove_own(&dir).unwrap();
+        assert_eq!(read(&dir), Previous::None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
