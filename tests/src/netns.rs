@@ -650,17 +650,16 @@ impl DaemonProcess {
         }
     }
 
-    /// SIGKILL to the daemon's exact pid (an unclean stop: no last
-    /// window, no handoff); waits for it and returns its status.
-    pub fn kill(&mut self) -> ExitStatus {
-        if let Some(status) = self.exited() {
-            return status;
+    /// SIGKILL to the daemon's exact pid (a crash: no shutdown code runs);
+    /// waits for it.
+    pub fn crash(&mut self) {
+        if self.exited().is_some() {
+            return;
         }
         // Child::kill is SIGKILL to this child's pid only.
         let _ = self.child.kill();
         let status = self.child.wait().expect("wait for flowlogd");
         self.status = Some(status);
-        status
     }
 
     /// [`DaemonProcess::terminate`], asserting exit code 0.

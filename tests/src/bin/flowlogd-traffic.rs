@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         Some("udp-sink") => udp_sink(&args[1..]),
         Some("udp-flow") => udp_flow(&args[1..]),
         Some("udp-burst") => udp_burst(&args[1..]),
-        _ => Err("usage: flowlogd-traffic tcp-server|tcp-client|udp-server|udp-client|udp-sink|udp-flow|udp-burst ...".into()),
+        _ => Err("usage: flowlogd-traffic tcp-server|tcp-client|udp-server|udp-client|udp-sink|udp-burst ...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
