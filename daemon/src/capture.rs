@@ -292,7 +292,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
     // The first window begins now, not at its aligned start: the previous
     // run already emitted a window up to its stop, and this one must not
     // overlap it. It ends at the aligned boundary as usual.
-    capture.table.start_window_at(now);
+    capture.table.start_first_window_at(now);
     let mut initial = Vec::new();
     capture
         .route

@@ -289,6 +289,13 @@ impl<C: Clock> FlowTable<C> {
         }
     }
 
+    /// Begins a run's first window at `start` (its start time) instead of
+    /// the aligned start: the previous run emitted a window up to its
+    /// stop, and this one must not overlap it. The end stays aligned.
+    pub fn start_first_window_at(&mut self, start: i64) {
+        self.window.start = start.clamp(self.window.start, self.window.end);
+    }
+
     /// A connection of the start-up dump: what it carried so far happened
     /// before the daemon started and is not attributed.
     pub fn baseline(&mut self, reg: &EniRegistry, e: &ConntrackEntry) {

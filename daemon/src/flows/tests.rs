@@ -285,6 +285,26 @@ fn baseline_attributes_nothing_from_before_start() {
     );
 }
 
+/// A start after an unclean stop: the first window begins at the start
+/// (not at the aligned boundary before it, which the previous run's
+/// windows covered), ends at the aligned boundary, and every ENI that
+/// exists gets SKIPDATA besides the OK records of what was counted.
+#[test]
+fn first_window_begins_at_the_start_and_can_be_marked_lost() {
+    let mut f = Fixture::new(1000);
+    let started = f.clock.now_unix();
+    f.table.start_first_window_at(started);
+    f.table.mark_lost(LossScope::All);
+    let c = conn(1, UDP, A, 40000, R, 53);
+    f.event(c.clone().kind(Destroy).counted((2, 200), (1, 100)));
+    let w = f.close();
+    assert_eq!(w.window.start, started);
+    assert_eq!(w.window.end, TEN + i64::from(W));
+    assert_eq!(flows_of(&w, ALL, "eni-a").len(), 2);
+    assert_eq!(statuses(&w, ALL, "eni-a"), [LogStatus::SkipData]);
+    assert_eq!(statuses(&w, ALL, "eni-b"), [LogStatus::SkipData]);
+}
+
 #[test]
 fn destroy_of_baselined_connection_gives_only_the_delta_since_baseline() {
     let mut f = Fixture::new(1000);
