@@ -10,6 +10,7 @@
 //! end hands its sums to `FlowTable::begin_close`, later events count in the
 //! next window, and the records go out when the dump ends (`close`).
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -495,16 +496,47 @@ fn until(deadline: i64) -> Duration {
 impl Capture {
     /// The start-up dump: what live connections carried before we started is
     /// not ours to attribute, except what the previous run's handoff says
-    /// it had not attributed yet. Here this run also takes over from the
+    /// it had not attributed yet, and all of what connections created
+    /// while no daemon ran carried. Here this run also takes over from the
     /// previous one: the handoff is consumed and this run's marker written
-    /// in the same step, so from here on a stop that is not clean is told
-    /// to the next start.
+    /// before the dump, so from here on (a failed dump included) a stop
+    /// that is not clean is told to the next start.
     fn baseline(&mut self, started_at: i64) -> Result<(), RunError> {
+        let state_dir = self.config.daemon.state_dir.clone();
+        let previous = run_marker::read(&state_dir);
+        let handoff = match handoff::take(&state_dir, SystemClock.now_unix()) {
+            Ok(h) => h,
+            Err(e) => {
+                log::warn!(
+                    "{}: not resuming from the previous run's handoff: {e}",
+                    handoff::path_in(&state_dir).display()
+                );
+                None
+            }
+        };
+        self.take_over(previous, handoff.is_some(), started_at);
+
+        let counted_until = handoff.as_ref().and_then(|h| h.counted_until);
+        let handed_off: HashSet<u64> = handoff
+            .iter()
+            .flat_map(|h| h.entries.iter().map(|e| e.key))
+            .collect();
+        let mut in_full = 0usize;
         let (table, registry) = (&mut self.table, &self.registry);
         table.begin_dump();
         let stats = self
             .dumper
-            .dump(|entry| table.baseline(registry, &entry))
+            .dump(|entry| match counted_until {
+                Some(until) => {
+                    in_full += usize::from(table.baseline_after_handoff(
+                        registry,
+                        &entry,
+                        until,
+                        &handed_off,
+                    ));
+                }
+                None => table.baseline(registry, &entry),
+            })
             .map_err(io_err("cannot dump the conntrack table"))?;
         // The baseline defines what is known; nothing can be "missing" yet.
         self.table.end_dump(false);
@@ -514,27 +546,21 @@ impl Capture {
             stats.entries,
             self.table.stats().entries
         );
+        if let Some(h) = handoff {
+            let resumed = self.table.resume_from(&h.entries);
+            log::info!(
+                "resumed {resumed} of {} connections handed off by the previous run, and counts in full {in_full} \
+                 created since it stopped counting (what they carried while no daemon ran is counted in this window)",
+                h.entries.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// Judges how the previous run stopped (SKIPDATA for this run's first
+    /// window if it did not stop cleanly) and writes this run's marker.
+    fn take_over(&mut self, previous: run_marker::Previous, handoff_used: bool, started_at: i64) {
         let state_dir = &self.config.daemon.state_dir;
-        let previous = run_marker::read(state_dir);
-        let handoff_used = match handoff::take(state_dir, SystemClock.now_unix()) {
-            Ok(Some(entries)) => {
-                let resumed = self.table.resume_from(&entries);
-                log::info!(
-                    "resumed {resumed} of {} connections handed off by the previous run (what they carried \
-                     while no daemon ran is counted in this window)",
-                    entries.len()
-                );
-                true
-            }
-            Ok(None) => false,
-            Err(e) => {
-                log::warn!(
-                    "{}: not resuming from the previous run's handoff: {e}",
-                    handoff::path_in(state_dir).display()
-                );
-                false
-            }
-        };
         let here = RunMarker::current(started_at);
         match run_marker::judge(previous, handoff_used, &here, run_marker::is_live_flowlogd) {
             Judgement::Clean => {}
@@ -550,7 +576,7 @@ impl Capture {
                     other.pid,
                     other.netns
                 );
-                return Ok(());
+                return;
             }
         }
         if let Err(e) = run_marker::write(state_dir, &here) {
@@ -558,7 +584,6 @@ impl Capture {
                 "cannot write the run marker: {e}; if this run does not stop cleanly, the next start cannot tell"
             );
         }
-        Ok(())
     }
 
     fn drain_conntrack(&mut self) {
@@ -935,7 +960,9 @@ impl Capture {
         // attributed so a restart neither loses nor double counts.
         let entries = self.table.handoff();
         let state_dir = &self.config.daemon.state_dir;
-        match handoff::write(state_dir, SystemClock.now_unix(), &entries) {
+        // The window just closed ended where the open one starts.
+        let counted_until = self.table.window_start();
+        match handoff::write(state_dir, SystemClock.now_unix(), counted_until, &entries) {
             Ok(()) => {
                 log::info!(
                     "handed off {} live connections to the next run in {}",

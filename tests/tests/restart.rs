@@ -27,9 +27,12 @@ struct Setup {
     tmp: TempDir,
     plugins: PathBuf,
     a: Netns,
-    _b: Netns,
+    b: Netns,
+    target: String,
     _server: LineProcess,
     flow: LineProcess,
+    /// The first flow's source port.
+    flow_port: u16,
 }
 
 impl Setup {
@@ -42,17 +45,22 @@ impl Setup {
         let target = format!("{}:{SERVER_PORT}", a_end.v4);
         let mut server = LineProcess::traffic(&a, TRAFFIC, &["udp-sink", &target]);
         server.expect_line("listening", TIMEOUT);
-        let mut flow =
-            LineProcess::traffic(&b, TRAFFIC, &["udp-flow", &target, &PAYLOAD.to_string()]);
-        flow.expect_line("local", TIMEOUT);
+        let (flow, flow_port) = open_flow(&b, &target);
         Setup {
             tmp,
             plugins,
             a,
-            _b: b,
+            b,
+            target,
             _server: server,
             flow,
+            flow_port,
         }
+    }
+
+    /// Another UDP flow to the sink (its own 5-tuple) and its source port.
+    fn open_flow(&self) -> (LineProcess, u16) {
+        open_flow(&self.b, &self.target)
     }
 
     /// A config for run `name`, whose records go to `<name>.jsonl`; every
@@ -88,10 +96,9 @@ impl Setup {
         read_json_records(&self.records_path(name))
     }
 
-    /// `k` datagrams on the one UDP flow.
+    /// `k` datagrams on the first UDP flow.
     fn send(&mut self, k: u64) {
-        self.flow.send_line(&format!("send {k}"));
-        self.flow.expect_line(&format!("sent {k}"), TIMEOUT);
+        send(&mut self.flow, k);
     }
 
     fn marker(&self) -> PathBuf {
@@ -102,14 +109,19 @@ impl Setup {
         self.a.nft_tables().iter().any(|t| t == "inet flowlogd")
     }
 
-    /// The kernel's count of the flow's original direction (b -> a).
-    fn kernel_packets(&self) -> (u64, u64) {
+    /// The kernel's count of the original direction (b -> a) of the UDP
+    /// flow from `sport`.
+    fn kernel_packets(&self, sport: u16) -> (u64, u64) {
         let (entries, _) = self.a.settled_conntrack();
         let flows: Vec<_> = entries
             .iter()
-            .filter(|e| e.protocol == 17 && e.orig.dport == SERVER_PORT)
+            .filter(|e| e.protocol == 17 && e.orig.dport == SERVER_PORT && e.orig.sport == sport)
             .collect();
-        assert_eq!(flows.len(), 1, "one UDP conntrack entry: {entries:#?}");
+        assert_eq!(
+            flows.len(),
+            1,
+            "one UDP conntrack entry from {sport}: {entries:#?}"
+        );
         (flows[0].orig.packets, flows[0].orig.bytes)
     }
 
@@ -124,11 +136,34 @@ impl Setup {
     }
 }
 
+/// A UDP flow from `ns` to `target` and its source port.
+fn open_flow(ns: &Netns, target: &str) -> (LineProcess, u16) {
+    let mut flow = LineProcess::traffic(ns, TRAFFIC, &["udp-flow", target, &PAYLOAD.to_string()]);
+    let port = flow.expect_number("local", TIMEOUT);
+    (flow, u16::try_from(port).expect("a port"))
+}
+
+/// `k` datagrams on `flow`.
+fn send(flow: &mut LineProcess, k: u64) {
+    flow.send_line(&format!("send {k}"));
+    flow.expect_line(&format!("sent {k}"), TIMEOUT);
+}
+
 /// Packets and bytes of the OK UDP records arriving on eni-a.
 fn udp_in(records: &[Value]) -> (u64, u64) {
+    udp_in_where(records, |_| true)
+}
+
+/// The same for the flow from source port `sport`.
+fn udp_in_from(records: &[Value], sport: u16) -> (u64, u64) {
+    udp_in_where(records, |r| r["srcport"] == sport)
+}
+
+fn udp_in_where(records: &[Value], pick: impl Fn(&Value) -> bool) -> (u64, u64) {
     records
         .iter()
         .filter(|r| r["log-status"] == "OK" && r["direction"] == "in" && r["protocol"] == 17)
+        .filter(|r| pick(r))
         .fold((0, 0), |(p, b), r| {
             (
                 p + r["packets"].as_u64().unwrap(),
@@ -157,7 +192,10 @@ fn bound(records: &[Value], key: &str) -> Vec<i64> {
 /// table at exit (the old behaviour) loses the gap's packets. The second
 /// run's first window starts where the first run's last one ended, not at
 /// the aligned boundary, so no two windows overlap, and a clean stop is
-/// not reported as a loss.
+/// not reported as a loss. A second flow, created while no daemon runs,
+/// sends 30 then and 20 under the second run: all 50 are counted (it was
+/// created after the first run stopped counting, so the second run does
+/// not baseline it away).
 #[test]
 fn stop_and_start_mid_window_loses_nothing() {
     if !require_root("stop_and_start_mid_window_loses_nothing") {
@@ -193,10 +231,14 @@ fn stop_and_start_mid_window_loses_nothing() {
     );
 
     s.send(100); // no daemon runs
+    let (mut late, late_port) = s.open_flow();
+    send(&mut late, 30);
     let restarted_at = unix_now();
     let mut d2 = s.start("run2");
     s.send(100);
-    let kernel = s.kernel_packets();
+    send(&mut late, 20);
+    let kernel = s.kernel_packets(s.flow_port);
+    let kernel_late = s.kernel_packets(late_port);
     d2.stop();
     let log = format!("--- run 1\n{}\n--- run 2\n{}", d1.log(), d2.log());
 
@@ -207,8 +249,15 @@ fn stop_and_start_mid_window_loses_nothing() {
         (400, 400 * IP_BYTES),
         "the kernel counted every datagram\n{ctx}"
     );
-    let (p1, b1) = udp_in(&r1);
-    let (p2, b2) = udp_in(&r2);
+    assert_eq!(kernel_late, (50, 50 * IP_BYTES), "{ctx}");
+    assert_eq!(
+        udp_in_from(&r2, late_port),
+        kernel_late,
+        "the flow created while no daemon ran is counted in full\n{ctx}"
+    );
+    assert_eq!(udp_in_from(&r1, late_port), (0, 0), "{ctx}");
+    let (p1, b1) = udp_in_from(&r1, s.flow_port);
+    let (p2, b2) = udp_in_from(&r2, s.flow_port);
     assert!(
         p1 >= 100 && p2 >= 100,
         "both runs recorded part of the flow\n{ctx}"
@@ -219,8 +268,10 @@ fn stop_and_start_mid_window_loses_nothing() {
         "run 1 + run 2 = what was sent, gap included\n{ctx}"
     );
     assert!(
-        d2.log().contains("resumed 1 of"),
-        "run 2 resumed the flow\n{ctx}"
+        d2.log().contains(
+            "resumed 1 of 1 connections handed off by the previous run, and counts in full 1"
+        ),
+        "run 2 resumed the flow and counts the new one in full\n{ctx}"
     );
 
     let last_end = bound(&r1, "end")
