@@ -960,8 +960,7 @@ impl Capture {
         // attributed so a restart neither loses nor double counts.
         let entries = self.table.handoff();
         let state_dir = &self.config.daemon.state_dir;
-        // The window just closed ended where the open one starts.
-        let counted_until = self.table.window_start();
+        let counted_until = self.table.counted_until();
         match handoff::write(state_dir, SystemClock.now_unix(), counted_until, &entries) {
             Ok(()) => {
                 log::info!(

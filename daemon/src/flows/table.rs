@@ -296,9 +296,10 @@ impl<C: Clock> FlowTable<C> {
         self.window.start = start.clamp(self.window.start, self.window.end);
     }
 
-    /// Where the open window began: after a close, the end of the window
-    /// just closed (what the handoff says was counted until).
-    pub fn window_start(&self) -> i64 {
+    /// Until when this table's counts went out with a closed window: the
+    /// end of the window closed last, where the open one began (for the
+    /// handoff).
+    pub fn counted_until(&self) -> i64 {
         self.window.start
     }
 
