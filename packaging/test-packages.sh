@@ -13,10 +13,13 @@
 #   default route goes out of an interface named ens5, and checks the
 #   user, directories, enabled unit, the postinst's interface, check-config,
 #   plugins, `systemd-analyze verify`, the daemon recording real traffic as
-#   user flowlogd with only CAP_NET_ADMIN, SIGHUP, logrotate, an upgrade
-#   that keeps the edited conffile, and purge; installs the .rpm with
-#   `rpm --root` into an empty directory (--noscripts: no shell there) and,
-#   scriptlets included, into a copy of the Debian root, then erases it.
+#   user flowlogd with only CAP_NET_ADMIN, SIGHUP, logrotate, the tracking
+#   table left in place at exit and kept by an upgrade, an upgrade that
+#   keeps the edited conffile, and purge (which removes the table); installs
+#   the .rpm with `rpm --root` into an empty directory (--noscripts: no
+#   shell there) and, scriptlets included, into a copy of the Debian root,
+#   then erases it (which removes the table). Maintainer scripts that touch
+#   the table run in the test's namespace, never the host's.
 #
 # The install tests need root (debootstrap, chroot, network namespaces):
 # without root they are skipped with a message, under CI=true they fail.
@@ -264,6 +267,8 @@ check "deb postinst: enables the unit (deb-systemd-helper)" has "$out/deb-contro
 check "deb postinst: reloads systemd" has "$out/deb-control/postinst" 'systemctl --system daemon-reload'
 check "deb postrm: purge removes /var/lib/flowlogd" has "$out/deb-control/postrm" '^ *rm -rf /var/lib/flowlogd$'
 check "deb postrm: never removes /var/log/flowlogd" lacks "$out/deb-control/postrm" 'rm .*/var/log'
+check "deb prerm: removal removes the tracking table" has "$out/deb-control/prerm" '^ *if \[ "\$1" = remove \] && \[ -x /usr/sbin/flowlogd \]; then$'
+check "deb prerm: runs flowlogd remove-tracking-table" has "$out/deb-control/prerm" '^ */usr/sbin/flowlogd remove-tracking-table '
 scripts_parse() { sh -n "$out/deb-control/postinst" && sh -n "$out/deb-control/prerm" && sh -n "$out/deb-control/postrm"; }
 check "deb maintainer scripts parse (sh -n)" scripts_parse
 
@@ -353,6 +358,7 @@ check "rpm %pre: creates the system user" has "$out/rpm-scripts" 'useradd --syst
 check "rpm %post: creates /var/lib/flowlogd and /var/log/flowlogd" has "$out/rpm-scripts" 'for dir in /var/lib/flowlogd /var/log/flowlogd'
 check "rpm %post: enables the unit" has "$out/rpm-scripts" 'systemctl --no-reload enable flowlogd\.service'
 check "rpm %preun: stops and disables on erase" has "$out/rpm-scripts" 'disable --now flowlogd\.service'
+check "rpm %preun: erase removes the tracking table" has "$out/rpm-scripts" '^ */usr/sbin/flowlogd remove-tracking-table '
 check "rpm %postun: erase removes /var/lib/flowlogd" has "$out/rpm-scripts" '^ *rm -rf /var/lib/flowlogd$'
 check "rpm scriptlets: never remove /var/log/flowlogd" lacks "$out/rpm-scripts" 'rm .*/var/log'
 rpm -qip "$rpm_file" 2>/dev/null >"$out/rpm-info"
@@ -546,7 +552,7 @@ if wait_for "$log" 'capturing:' 15; then
         " eni-primary $peer_addr 0 $vm_addr 0 1 in 3 252 [0-9]+ [0-9]+ OK ACCEPT$"
     check "flow.log is flowlogd's, 0640" test "$(owner_mode "$r" /var/log/flowlogd/flow.log)" = "flowlogd:flowlogd 640"
     check "state handed off in /var/lib/flowlogd" test "$(owner_mode "$r" /var/lib/flowlogd/conntrack-handoff | cut -d' ' -f1)" = flowlogd:flowlogd
-    check "nft table inet flowlogd removed at exit" has "$log" 'removed nftables table inet flowlogd'
+    check "nft table inet flowlogd left in place at exit (a restart loses nothing)" quiet in_vm nft list table inet flowlogd
 else
     not_ok "daemon started as user flowlogd with only CAP_NET_ADMIN (nft table, sysctls, netlink)"
     kill -KILL "$daemon_pid" 2>/dev/null || true
@@ -564,8 +570,12 @@ echo '# edited by the operator' >>"$r/etc/flowlogd.toml"
 cp "$r/etc/flowlogd.toml" "$out/edited.toml"
 check "dpkg -i again (upgrade path)" in_vm chroot "$r" dpkg -i --force-confold /tmp/flowlogd.deb
 check "upgrade kept the edited /etc/flowlogd.toml" cmp -s "$r/etc/flowlogd.toml" "$out/edited.toml"
+check "upgrade kept the tracking table" quiet in_vm nft list table inet flowlogd
 
-check "dpkg --purge flowlogd" chroot "$r" dpkg --purge flowlogd
+# In the VM namespace: the prerm removes the tracking table of the
+# namespace it runs in.
+check "dpkg --purge flowlogd" in_vm chroot "$r" dpkg --purge flowlogd
+check "purge removed the tracking table" test -z "$(in_vm nft list tables | grep -x 'table inet flowlogd')"
 check "purge removed /var/lib/flowlogd" test ! -e "$r/var/lib/flowlogd"
 check "purge kept /var/log/flowlogd and its logs" test -d "$r/var/log/flowlogd" -a -n "$(ls "$r"/var/log/flowlogd/flow.log-* 2>/dev/null)"
 check "purge removed /etc/flowlogd.toml, the binary and the plugins" test ! -e "$r/etc/flowlogd.toml" -a ! -e "$r/usr/sbin/flowlogd" -a ! -e "$r/usr/lib/flowlogd"
@@ -593,7 +603,10 @@ for p in "${plugins[@]}"; do
 done
 rpm --root "$r" -V --nodeps flowlogd >"$out/rpm-verify" 2>&1 || true
 check "rpm -V: only /etc/flowlogd.toml changed (by %post)" test "$(grep -v ' /etc/flowlogd.toml$' "$out/rpm-verify" | wc -l)" -eq 0
-check "rpm --root -e flowlogd" rpm --root "$r" -e --nodeps flowlogd
+# A table as the daemon leaves it; the erase (in the VM namespace) removes it.
+check "tracking table in place before the erase" in_vm nft add table inet flowlogd
+check "rpm --root -e flowlogd" in_vm rpm --root "$r" -e --nodeps flowlogd
+check "erase removed the tracking table" test -z "$(in_vm nft list tables | grep -x 'table inet flowlogd')"
 check "erase removed /var/lib/flowlogd" test ! -e "$r/var/lib/flowlogd"
 check "erase kept /var/log/flowlogd" test -d "$r/var/log/flowlogd"
 check "erase disabled the unit" test ! -e "$r/etc/systemd/system/multi-user.target.wants/flowlogd.service"

@@ -4,7 +4,9 @@
 # the default route, plugins come from the build, records go to
 # target/sample/flow.log, and windows are 60 s so records show up soon.
 # Needs root (CAP_NET_ADMIN for the netlink groups and the nftables table).
-# Stop it with Ctrl-C: it closes the open window early and flushes.
+# Stop it with Ctrl-C: it closes the open window early and flushes. Its
+# nftables table inet flowlogd stays in this namespace (so a restart loses
+# nothing); `flowlogd remove-tracking-table` removes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,5 +33,6 @@ sed -e "s|^capture_window_secs = .*|capture_window_secs = 60|" \
     etc/flowlogd.toml >"$sample/flowlogd.toml"
 
 echo "run-sample: ENI interface $iface; records in $sample/flow.log"
+echo "run-sample: after Ctrl-C, remove the tracking table with: target/release/flowlogd remove-tracking-table --config $sample/flowlogd.toml"
 target/release/flowlogd check-config --config "$sample/flowlogd.toml"
 exec target/release/flowlogd run --config "$sample/flowlogd.toml"

@@ -10,6 +10,7 @@
 //! end hands its sums to `FlowTable::begin_close`, later events count in the
 //! next window, and the records go out when the dump ends (`close`).
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -28,6 +29,7 @@ use crate::netlink::{
     NflogSocket, RouteWatcher,
 };
 use crate::rejects::RejectCapture;
+use crate::run_marker::{self, Judgement, RunMarker};
 use crate::signals::{Signal, SignalFd};
 use crate::sinks::Dispatcher;
 use crate::tracking::{self, TrackingError, TrackingTable};
@@ -172,15 +174,27 @@ pub fn run(config: Config) -> Result<u64, RunError> {
     // nf_conntrack is loaded, which the table (or the socket) does.
     let tracking_table = if config.daemon.install_tracking_table {
         let t = TrackingTable::install().map_err(RunError::Tracking)?;
-        log::info!(
-            "installed nftables table inet flowlogd (a `ct state` rule, no verdicts) so this namespace tracks \
-             connections{}",
-            if t.replaced_existing() { "; replaced one left by an earlier run" } else { "" }
-        );
+        if t.found_existing() {
+            log::info!(
+                "nftables table inet flowlogd (a `ct state` rule, no verdicts) was in place, left by the previous \
+                 run so tracking did not stop; renewed it"
+            );
+        } else {
+            log::info!(
+                "installed nftables table inet flowlogd (a `ct state` rule, no verdicts) so this namespace tracks \
+                 connections; it stays across restarts (`flowlogd remove-tracking-table` removes it)"
+            );
+        }
         Some(t)
     } else {
         log::info!(
-            "install_tracking_table = false: relying on the host firewall to reference `ct`"
+            "install_tracking_table = false: relying on the host firewall to reference `ct`{}",
+            if tracking::table_present() {
+                "; a table inet flowlogd from an earlier run is still in place (`flowlogd remove-tracking-table` \
+                 removes it)"
+            } else {
+                ""
+            }
         );
         None
     };
@@ -278,6 +292,10 @@ pub fn run(config: Config) -> Result<u64, RunError> {
     };
     // Interfaces and addresses now; changes arrive on the watcher.
     let now = clock.now_unix();
+    // The first window begins now, not at its aligned start: the previous
+    // run already emitted a window up to its stop, and this one must not
+    // overlap it. It ends at the aligned boundary as usual.
+    capture.table.start_first_window_at(now);
     let mut initial = Vec::new();
     capture
         .route
@@ -305,7 +323,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
             );
         }
     }
-    capture.baseline()?;
+    capture.baseline(now)?;
 
     let mut poll = Poll::new().map_err(io_err("cannot create the event loop"))?;
     let registry = poll.registry();
@@ -477,13 +495,48 @@ fn until(deadline: i64) -> Duration {
 
 impl Capture {
     /// The start-up dump: what live connections carried before we started is
-    /// not ours to attribute.
-    fn baseline(&mut self) -> Result<(), RunError> {
+    /// not ours to attribute, except what the previous run's handoff says
+    /// it had not attributed yet, and all of what connections created
+    /// while no daemon ran carried. Here this run also takes over from the
+    /// previous one: the handoff is consumed and this run's marker written
+    /// before the dump, so from here on (a failed dump included) a stop
+    /// that is not clean is told to the next start.
+    fn baseline(&mut self, started_at: i64) -> Result<(), RunError> {
+        let state_dir = self.config.daemon.state_dir.clone();
+        let previous = run_marker::read(&state_dir);
+        let handoff = match handoff::take(&state_dir, SystemClock.now_unix()) {
+            Ok(h) => h,
+            Err(e) => {
+                log::warn!(
+                    "{}: not resuming from the previous run's handoff: {e}",
+                    handoff::path_in(&state_dir).display()
+                );
+                None
+            }
+        };
+        self.take_over(previous, handoff.is_some(), started_at);
+
+        let counted_until = handoff.as_ref().and_then(|h| h.counted_until);
+        let handed_off: HashSet<u64> = handoff
+            .iter()
+            .flat_map(|h| h.entries.iter().map(|e| e.key))
+            .collect();
+        let mut in_full = 0usize;
         let (table, registry) = (&mut self.table, &self.registry);
         table.begin_dump();
         let stats = self
             .dumper
-            .dump(|entry| table.baseline(registry, &entry))
+            .dump(|entry| match counted_until {
+                Some(until) => {
+                    in_full += usize::from(table.baseline_after_handoff(
+                        registry,
+                        &entry,
+                        until,
+                        &handed_off,
+                    ));
+                }
+                None => table.baseline(registry, &entry),
+            })
             .map_err(io_err("cannot dump the conntrack table"))?;
         // The baseline defines what is known; nothing can be "missing" yet.
         self.table.end_dump(false);
@@ -493,23 +546,44 @@ impl Capture {
             stats.entries,
             self.table.stats().entries
         );
-        let state_dir = &self.config.daemon.state_dir;
-        match handoff::take(state_dir, SystemClock.now_unix()) {
-            Ok(Some(entries)) => {
-                let resumed = self.table.resume_from(&entries);
-                log::info!(
-                    "resumed {resumed} of {} connections handed off by the previous run (what they carried \
-                     while no daemon ran is counted in this window)",
-                    entries.len()
-                );
-            }
-            Ok(None) => {}
-            Err(e) => log::warn!(
-                "{}: not resuming from the previous run's handoff: {e}",
-                handoff::path_in(state_dir).display()
-            ),
+        if let Some(h) = handoff {
+            let resumed = self.table.resume_from(&h.entries);
+            log::info!(
+                "resumed {resumed} of {} connections handed off by the previous run, and counts in full {in_full} \
+                 created since it stopped counting (what they carried while no daemon ran is counted in this window)",
+                h.entries.len()
+            );
         }
         Ok(())
+    }
+
+    /// Judges how the previous run stopped (SKIPDATA for this run's first
+    /// window if it did not stop cleanly) and writes this run's marker.
+    fn take_over(&mut self, previous: run_marker::Previous, handoff_used: bool, started_at: i64) {
+        let state_dir = &self.config.daemon.state_dir;
+        let here = RunMarker::current(started_at);
+        match run_marker::judge(previous, handoff_used, &here, run_marker::is_live_flowlogd) {
+            Judgement::Clean => {}
+            Judgement::Unclean(unclean) => {
+                log::error!("{unclean}; marking this run's first window SKIPDATA for every ENI");
+                self.table.mark_lost(LossScope::All);
+            }
+            Judgement::Shared(other) => {
+                log::warn!(
+                    "state_dir {} is in use by flowlogd pid {} (network namespace {}): if this run does not stop \
+                     cleanly, the next start cannot tell; give each daemon its own state_dir",
+                    state_dir.display(),
+                    other.pid,
+                    other.netns
+                );
+                return;
+            }
+        }
+        if let Err(e) = run_marker::write(state_dir, &here) {
+            log::warn!(
+                "cannot write the run marker: {e}; if this run does not stop cleanly, the next start cannot tell"
+            );
+        }
     }
 
     fn drain_conntrack(&mut self) {
@@ -747,14 +821,23 @@ impl Capture {
         // attributed so a restart neither loses nor double counts.
         let entries = self.table.handoff();
         let state_dir = &self.config.daemon.state_dir;
-        match handoff::write(state_dir, SystemClock.now_unix(), &entries) {
-            Ok(()) => log::info!(
-                "handed off {} live connections to the next run in {}",
-                entries.len(),
-                handoff::path_in(state_dir).display()
-            ),
-            Err(e) => log::warn!(
-                "cannot write {}: {e}; a restart will not count what flows until then",
+        let counted_until = self.table.counted_until();
+        match handoff::write(state_dir, SystemClock.now_unix(), counted_until, &entries) {
+            Ok(()) => {
+                log::info!(
+                    "handed off {} live connections to the next run in {}",
+                    entries.len(),
+                    handoff::path_in(state_dir).display()
+                );
+                // Only a stop that handed off is clean; otherwise the marker
+                // stays and the next start reports the loss.
+                if let Err(e) = run_marker::remove_own(state_dir) {
+                    log::warn!("cannot remove the run marker: {e}; the next start will mark its first window SKIPDATA");
+                }
+            }
+            Err(e) => log::error!(
+                "cannot write {}: {e}; a restart will not count what flows until then, and marks its first window \
+                 SKIPDATA",
                 handoff::path_in(state_dir).display()
             ),
         }
@@ -762,11 +845,11 @@ impl Capture {
             &mut self.dispatcher,
             Duration::from_secs(self.config.daemon.shutdown_timeout_secs.into()),
         );
-        if let Some(t) = tracking_table {
-            match t.remove() {
-                Ok(()) => log::info!("removed nftables table inet flowlogd"),
-                Err(e) => log::error!("{e}"),
-            }
+        if tracking_table.is_some() {
+            log::info!(
+                "left nftables table inet flowlogd in place: the namespace keeps tracking until the next start \
+                 (`flowlogd remove-tracking-table` removes it)"
+            );
         }
         lost
     }

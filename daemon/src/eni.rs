@@ -307,6 +307,10 @@ impl EniRegistry {
     /// Whether the ENI had an interface at some time in `[start, end)`.
     pub fn existed_during(&self, eni: EniIndex, start: i64, end: i64) -> bool {
         let e = &self.enis[eni.get()];
+        // Windows are in whole seconds: one that began and closed within
+        // a second (a stop right after a start) still covers that second,
+        // or an ENI present since it began would get no NODATA or SKIPDATA.
+        let end = end.max(start + 1);
         let now = e.present_since.is_some_and(|since| since < end);
         // An interface removed at second `start` still existed during it.
         let before = e
@@ -1095,6 +1099,10 @@ pub(crate) mod tests {
         r.apply(&link(2, "eth0", None), 100);
         assert!(r.existed_during(a, 0, 600));
         assert!(!r.existed_during(a, 0, 100), "appeared exactly at the end");
+        assert!(
+            r.existed_during(a, 100, 100),
+            "a window begun and closed in the second it appeared"
+        );
         r.apply(&RouteEvent::LinkRemoved { index: 2 }, 700);
         assert!(r.existed_during(a, 600, 1200), "removed during the window");
         assert!(

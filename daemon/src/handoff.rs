@@ -11,8 +11,14 @@
 //! /proc/self/ns/net): conntrack ids are per namespace, so a handoff from
 //! another namespace sharing the state directory is ignored.
 //!
-//! Format: a header line `flowlogd-handoff 2 <written-at> <netns>`, then
-//! one line per connection:
+//! The file also says until when the previous run counted (the end of its
+//! last window): a live connection created after that and not handed off
+//! was created while no daemon ran, and the next run counts it in full
+//! instead of baselining it.
+//!
+//! Format: a header line `flowlogd-handoff 2 <written-at> <netns>
+//! <counted-until>` (files without the last field are read, and nothing is
+//! counted in full), then one line per connection:
 //! `<flow key> <orig packets> <orig bytes> <reply packets> <reply bytes>`.
 //! Version 1 files (with a fingerprint column) are refused as malformed.
 
@@ -38,16 +44,29 @@ pub fn path_in(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE_NAME)
 }
 
+/// What a previous run handed off.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Handoff {
+    pub entries: Vec<HandoffEntry>,
+    /// Unix seconds: the end of the previous run's last window.
+    pub counted_until: Option<i64>,
+}
+
 /// Writes the handoff atomically (temp file + rename).
 ///
 /// # Errors
 /// The I/O error, with the path.
-pub fn write(state_dir: &Path, written_at: i64, entries: &[HandoffEntry]) -> io::Result<()> {
+pub fn write(
+    state_dir: &Path,
+    written_at: i64,
+    counted_until: i64,
+    entries: &[HandoffEntry],
+) -> io::Result<()> {
     std::fs::create_dir_all(state_dir)?;
     let path = path_in(state_dir);
     let tmp = state_dir.join(format!("{FILE_NAME}.tmp"));
     let mut out = io::BufWriter::new(std::fs::File::create(&tmp)?);
-    writeln!(out, "{HEADER} {written_at} {}", netns_id())?;
+    writeln!(out, "{HEADER} {written_at} {} {counted_until}", netns_id())?;
     for e in entries {
         let [op, ob, rp, rb] = e.attributed;
         writeln!(out, "{} {op} {ob} {rp} {rb}", e.key)?;
@@ -88,7 +107,7 @@ impl std::fmt::Display for ReadError {
 ///
 /// # Errors
 /// Why it could not be used (it is deleted all the same).
-pub fn take(state_dir: &Path, now: i64) -> Result<Option<Vec<HandoffEntry>>, ReadError> {
+pub fn take(state_dir: &Path, now: i64) -> Result<Option<Handoff>, ReadError> {
     let path = path_in(state_dir);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -107,6 +126,10 @@ pub fn take(state_dir: &Path, now: i64) -> Result<Option<Vec<HandoffEntry>>, Rea
         .and_then(|t| t.parse().ok())
         .ok_or(ReadError::Malformed { line: 1 })?;
     let written_in = header.get(1).copied().unwrap_or("unknown");
+    let counted_until = match header.get(2) {
+        None => None,
+        Some(t) => Some(t.parse().map_err(|_| ReadError::Malformed { line: 1 })?),
+    };
     if written_in != netns_id() {
         return Err(ReadError::OtherNamespace {
             written_in: written_in.to_owned(),
@@ -128,7 +151,10 @@ pub fn take(state_dir: &Path, now: i64) -> Result<Option<Vec<HandoffEntry>>, Rea
             attributed: [op, ob, rp, rb],
         });
     }
-    Ok(Some(entries))
+    Ok(Some(Handoff {
+        entries,
+        counted_until,
+    }))
 }
 
 #[cfg(test)]
@@ -149,8 +175,14 @@ mod tests {
             key: (3 << 32) | 77,
             attributed: [1, 60, 2, 120],
         }];
-        write(&dir, 1000, &entries).unwrap();
-        assert_eq!(take(&dir, 1010).unwrap(), Some(entries));
+        write(&dir, 1000, 999, &entries).unwrap();
+        assert_eq!(
+            take(&dir, 1010).unwrap(),
+            Some(Handoff {
+                entries,
+                counted_until: Some(999)
+            })
+        );
         assert!(take(&dir, 1010).unwrap().is_none(), "consumed");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -158,7 +190,7 @@ mod tests {
     #[test]
     fn too_old_or_malformed_is_refused() {
         let dir = tmp("old");
-        write(&dir, 1000, &[]).unwrap();
+        write(&dir, 1000, 1000, &[]).unwrap();
         assert!(matches!(
             take(&dir, 1000 + MAX_AGE_SECS + 1),
             Err(ReadError::TooOld { .. })
@@ -173,6 +205,15 @@ mod tests {
             take(&dir, 1000),
             Err(ReadError::Malformed { line: 2 })
         ));
+        // Written before the end of the last window was recorded: read,
+        // nothing is counted in full.
+        std::fs::write(
+            path_in(&dir),
+            format!("flowlogd-handoff 2 1000 {}\n1 2 3 4 5\n", netns_id()),
+        )
+        .unwrap();
+        let old = take(&dir, 1000).unwrap().unwrap();
+        assert_eq!((old.entries.len(), old.counted_until), (1, None));
         // A handoff from another network namespace (conntrack ids are per
         // namespace) is not applied.
         std::fs::write(path_in(&dir), "flowlogd-handoff 2 1000 net:[1]\n").unwrap();

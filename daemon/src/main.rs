@@ -12,6 +12,7 @@ mod netlink;
 mod packet;
 mod rejects;
 mod routing;
+mod run_marker;
 mod signals;
 mod sinks;
 mod startup;
@@ -54,6 +55,15 @@ enum Command {
         #[arg(long, short, default_value = "/etc/flowlogd.toml")]
         config: PathBuf,
     },
+    /// Remove the nftables table inet flowlogd from this network namespace.
+    /// The daemon leaves it in place at exit so that a restart loses
+    /// nothing; the package's removal runs this. Refused while a flowlogd
+    /// with the config's state_dir is running.
+    RemoveTrackingTable {
+        /// The config file (for `daemon.state_dir`, to see whether a daemon runs).
+        #[arg(long, short, default_value = "/etc/flowlogd.toml")]
+        config: PathBuf,
+    },
     /// Push records from a JSON-lines file (the JSON output format) through
     /// the configured flow logs and sinks, flush, and exit. For testing sinks
     /// and for re-sending records a sink missed.
@@ -78,6 +88,43 @@ fn main() -> ExitCode {
         Command::Plugins { config } => plugins(&config),
         Command::Replay { config, records } => replay(&config, &records),
         Command::Run { config } => run(&config),
+        Command::RemoveTrackingTable { config } => remove_tracking_table(&config),
+    }
+}
+
+fn remove_tracking_table(path: &std::path::Path) -> ExitCode {
+    // A config that does not load (edited, or half removed with the
+    // package) must not keep the table in place: only the check for a
+    // running daemon needs it.
+    match config::load(path) {
+        Ok(config) => {
+            if let Some(m) = run_marker::running_daemon(&config.daemon.state_dir) {
+                eprintln!(
+                    "flowlogd: flowlogd (pid {}) is running with state_dir {}: stop it first (removing the table \
+                     under it would stop connection tracking)",
+                    m.pid,
+                    config.daemon.state_dir.display()
+                );
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        }
+        Err(e) => eprintln!("flowlogd: {e}; not checking whether a daemon is running"),
+    }
+    match tracking::remove_table() {
+        Ok(true) => {
+            println!("removed nftables table inet flowlogd from this network namespace");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!(
+                "no nftables table inet flowlogd in this network namespace: nothing to remove"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flowlogd: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
     }
 }
 
@@ -285,7 +332,10 @@ fn print_tracking_report(config: &Config) {
     let d = &config.daemon;
     println!("connection tracking (this network namespace):");
     if d.install_tracking_table {
-        println!("  at start: installs nftables table inet flowlogd (a `ct state` rule, no verdicts); removed at exit");
+        println!(
+            "  at start: installs nftables table inet flowlogd (a `ct state` rule, no verdicts); it stays after exit \
+             so restarts lose nothing (`flowlogd remove-tracking-table` removes it)"
+        );
     } else {
         println!("  install_tracking_table = false: the host firewall must reference `ct` or nothing is tracked");
     }

@@ -123,8 +123,7 @@ impl Netns {
     /// Makes the namespace track connections with counters, independently
     /// of the daemon: a table `inet flowlogd_test` whose rules reference
     /// `ct` (no verdicts), and `nf_conntrack_acct` on. For tests whose
-    /// traffic starts before the daemon, or continues while it is stopped
-    /// (the daemon removes its own table on exit, and tracking would stop).
+    /// traffic starts before the daemon first installs its own table.
     /// Counters are an extension added when a connection is created, so
     /// call this before the traffic starts.
     #[track_caller]
@@ -610,11 +609,12 @@ impl DaemonProcess {
         }
     }
 
-    /// SIGTERM to the daemon's exact pid; waits for it to exit (bounded by
-    /// [`DAEMON_STOP_TIMEOUT`], then SIGKILL) and returns its status.
-    pub fn terminate(&mut self) -> ExitStatus {
-        if let Some(status) = self.exited() {
-            return status;
+    /// SIGTERM to the daemon's exact pid, without waiting: for a test that
+    /// does something while the daemon stops. A second SIGTERM (from
+    /// [`DaemonProcess::terminate`]) while it stops changes nothing.
+    pub fn send_sigterm(&mut self) {
+        if self.exited().is_some() {
+            return;
         }
         let pid = i32::try_from(self.child.id()).expect("pid fits i32");
         // SAFETY: kill(2) with the pid of our own child that has not been
@@ -622,6 +622,16 @@ impl DaemonProcess {
         unsafe {
             libc_kill(pid, SIGTERM);
         }
+    }
+
+    /// SIGTERM to the daemon's exact pid; waits for it to exit (bounded by
+    /// [`DAEMON_STOP_TIMEOUT`], then SIGKILL) and returns its status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        if let Some(status) = self.exited() {
+            return status;
+        }
+        let pid = self.child.id();
+        self.send_sigterm();
         let deadline = Instant::now() + DAEMON_STOP_TIMEOUT;
         loop {
             if let Some(status) = self.exited() {

@@ -284,6 +284,20 @@ impl<C: Clock> FlowTable<C> {
         }
     }
 
+    /// Begins a run's first window at `start` (its start time) instead of
+    /// the aligned start: the previous run emitted a window up to its
+    /// stop, and this one must not overlap it. The end stays aligned.
+    pub fn start_first_window_at(&mut self, start: i64) {
+        self.window.start = start.clamp(self.window.start, self.window.end);
+    }
+
+    /// Until when this table's counts went out with a closed window: the
+    /// end of the window closed last, where the open one began (for the
+    /// handoff).
+    pub fn counted_until(&self) -> i64 {
+        self.window.start
+    }
+
     /// A connection of the start-up dump: what it carried so far happened
     /// before the daemon started and is not attributed.
     pub fn baseline(&mut self, reg: &EniRegistry, e: &ConntrackEntry) {
@@ -304,6 +318,37 @@ impl<C: Clock> FlowTable<C> {
         };
         if let Some(enis) = self.attribute(reg, e) {
             self.insert(key, enis, current);
+        }
+    }
+
+    /// A connection of the start-up dump after a clean handoff. One the
+    /// kernel created at or after `counted_until` (Unix seconds: the end of
+    /// the previous run's last window) that the previous run did not hand
+    /// off came into being after that run's last dump, while no daemon
+    /// ran: none of it was counted, so all of it is attributed to this run.
+    /// Any other connection is [`FlowTable::baseline`]d. Returns whether it
+    /// was counted in full.
+    pub fn baseline_after_handoff(
+        &mut self,
+        reg: &EniRegistry,
+        e: &ConntrackEntry,
+        counted_until: i64,
+        handed_off: &HashSet<u64>,
+    ) -> bool {
+        let key = key_of(e);
+        let cutoff_ns = u64::try_from(counted_until)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000_000);
+        let born_after = e.start_ns.is_some_and(|ns| ns >= cutoff_ns);
+        let known =
+            self.flows.contains_key(&key) || (self.in_dump && self.tombstones.contains(&key));
+        if !born_after || known || handed_off.contains(&key) || counters(e).is_none() {
+            self.baseline(reg, e);
+            return false;
+        }
+        match self.attribute(reg, e) {
+            Some(enis) => self.insert(key, enis, [0; 4]),
+            None => false,
         }
     }
 

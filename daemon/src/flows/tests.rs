@@ -285,6 +285,26 @@ fn baseline_attributes_nothing_from_before_start() {
     );
 }
 
+/// A start after an unclean stop: the first window begins at the start
+/// (not at the aligned boundary before it, which the previous run's
+/// windows covered), ends at the aligned boundary, and every ENI that
+/// exists gets SKIPDATA besides the OK records of what was counted.
+#[test]
+fn first_window_begins_at_the_start_and_can_be_marked_lost() {
+    let mut f = Fixture::new(1000);
+    let started = f.clock.now_unix();
+    f.table.start_first_window_at(started);
+    f.table.mark_lost(LossScope::All);
+    let c = conn(1, UDP, A, 40000, R, 53);
+    f.event(c.clone().kind(Destroy).counted((2, 200), (1, 100)));
+    let w = f.close();
+    assert_eq!(w.window.start, started);
+    assert_eq!(w.window.end, TEN + i64::from(W));
+    assert_eq!(flows_of(&w, ALL, "eni-a").len(), 2);
+    assert_eq!(statuses(&w, ALL, "eni-a"), [LogStatus::SkipData]);
+    assert_eq!(statuses(&w, ALL, "eni-b"), [LogStatus::SkipData]);
+}
+
 #[test]
 fn destroy_of_baselined_connection_gives_only_the_delta_since_baseline() {
     let mut f = Fixture::new(1000);
@@ -929,6 +949,55 @@ fn handoff_resumes_where_the_previous_run_stopped() {
     let mut behind = Fixture::new(1000);
     behind.baseline(c.clone().counted((5, 500), (4, 4000)));
     assert_eq!(behind.table.resume_from(&handed_off), 0);
+}
+
+/// After a clean handoff: a connection the kernel created after the
+/// previous run stopped counting, and that it did not hand off, was
+/// created while no daemon ran and is counted in full; an older one is
+/// baselined (not the previous run's to count, so not this one's either),
+/// and a handed-off one resumes whatever its start time.
+#[test]
+fn connections_created_while_no_daemon_ran_are_counted_in_full() {
+    let stopped = TEN + 100; // the previous run's last window ended here
+    let ns = |t: i64| u64::try_from(t).unwrap() * 1_000_000_000;
+    let handed = conn(1, TCP, A, 40000, R, 443).started(ns(stopped) + 5);
+    let older = conn(2, TCP, A, 40001, R, 443).started(ns(stopped) - 1);
+    let during = conn(3, UDP, A, 40002, R, 53).started(ns(stopped) + 2_000_000_000);
+    let mut old = Fixture::new(1000);
+    old.dump(&[handed.clone().counted((1, 100), (1, 100))]);
+    let handed_off = old.table.handoff();
+    let keys: std::collections::HashSet<u64> = handed_off.iter().map(|h| h.key).collect();
+
+    let mut new = Fixture::new(1000);
+    new.table.begin_dump();
+    for (c, counters, in_full) in [
+        (&handed, ((3, 300), (2, 200)), false),
+        (&older, ((50, 5000), (40, 4000)), false),
+        (&during, ((4, 400), (0, 0)), true),
+    ] {
+        let e = c.clone().counted(counters.0, counters.1);
+        assert_eq!(
+            new.table
+                .baseline_after_handoff(&new.reg, &e, stopped, &keys),
+            in_full
+        );
+    }
+    new.table.end_dump(false);
+    assert_eq!(new.table.resume_from(&handed_off), 1);
+    new.dump(&[
+        handed.counted((3, 300), (2, 200)),
+        older.counted((50, 5000), (40, 4000)),
+        during.counted((4, 400), (0, 0)),
+    ]);
+    let w = new.close();
+    assert_eq!(
+        sort(flows_of(&w, ALL, "eni-a")),
+        sort(vec![
+            rec(Out, TCP, A, 40000, R, 443, 2, 200),
+            rec(In, TCP, R, 443, A, 40000, 1, 100),
+            rec(Out, UDP, A, 40002, R, 53, 4, 400),
+        ])
+    );
 }
 
 /// The loop harvests an ENI's flows when its interface goes, then detaches

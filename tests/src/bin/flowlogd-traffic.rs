@@ -15,6 +15,9 @@
 //! udp-server ADDR:PORT N R S      receive N datagrams, then send R of S bytes back
 //! udp-client ADDR:PORT N S R      send N datagrams of S bytes, then receive R back
 //! udp-sink ADDR:PORT              receive and discard datagrams until killed
+//! udp-flow ADDR:PORT S            one socket (one 5-tuple); read commands from stdin:
+//!                                   send K     send K datagrams of S bytes
+//!                                   close      exit
 //! udp-burst ADDR:PORT N S PORT0   N one-datagram flows of S bytes, from source
 //!                                 ports PORT0, PORT0+1, ... (distinct 5-tuples)
 //! udp-flows ADDR:PORT N P S PORT0 N flows of P datagrams of S bytes each,
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Some("udp-server") => udp_server(&args[1..]),
         Some("udp-client") => udp_client(&args[1..]),
         Some("udp-sink") => udp_sink(&args[1..]),
+        Some("udp-flow") => udp_flow(&args[1..]),
         Some("udp-burst") => udp_burst(&args[1..]),
         Some("udp-flows") => udp_flows(&args[1..]),
         _ => Err("usage: flowlogd-traffic tcp-server|tcp-client|udp-server|udp-client|udp-sink|udp-burst|udp-flows ...".into()),
@@ -243,6 +247,35 @@ fn udp_client(args: &[String]) -> Result<()> {
             .map_err(|e| format!("reply {}: {e}", i + 1))?;
     }
     say(&format!("done sent={count} received={replies}"))
+}
+
+/// One UDP flow that lives as long as the process, sending when told: a
+/// test can send on the same 5-tuple before, during and after something
+/// it does to the daemon.
+fn udp_flow(args: &[String]) -> Result<()> {
+    let peer: SocketAddr = arg(args, 0, "ADDR:PORT")?;
+    let size: usize = arg(args, 1, "S")?;
+    let s = udp_for(&peer, 0)?;
+    s.connect(peer).map_err(ctx("connect"))?;
+    let port = s.local_addr().map_err(ctx("local_addr"))?.port();
+    say(&format!("local {port}"))?;
+    let payload = vec![0xa5u8; size];
+    for line in io::stdin().lock().lines() {
+        let line = line.map_err(ctx("stdin"))?;
+        let words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        match words.first().map(String::as_str) {
+            Some("send") => {
+                let k: u64 = arg(&words, 1, "K")?;
+                for _ in 0..k {
+                    s.send(&payload).map_err(ctx("send"))?;
+                }
+                say(&format!("sent {k}"))?;
+            }
+            Some("close") | None => break,
+            Some(other) => return Err(format!("unknown command {other:?}")),
+        }
+    }
+    Ok(())
 }
 
 fn udp_sink(args: &[String]) -> Result<()> {
