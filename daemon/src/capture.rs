@@ -35,7 +35,7 @@ use crate::{handoff, startup};
 
 mod close;
 
-use close::{DumpPurpose, EmittingWindow, RunningDump, EMIT_RETRY};
+use close::{DumpPurpose, EmittingWindow, RunningDump, SpillSender, EMIT_RETRY};
 
 const CONNTRACK: Token = Token(0);
 const ROUTE: Token = Token(1);
@@ -254,7 +254,8 @@ pub fn run(config: Config) -> Result<u64, RunError> {
             clock,
             config.daemon.capture_window_secs,
             config.daemon.max_flows,
-        ),
+        )
+        .with_window_memory_bytes(config.daemon.window_memory_bytes),
         registry,
         events,
         dumper,
@@ -514,7 +515,11 @@ impl Capture {
 
     fn drain_conntrack(&mut self) {
         let (table, registry) = (&mut self.table, &self.registry);
-        let s = self.events.drain(|entry| table.on_event(registry, &entry));
+        let spills = SpillSender::new(&self.config, &self.dispatcher);
+        let s = self.events.drain(|entry| {
+            table.on_event(registry, &entry);
+            spills.send(table, registry);
+        });
         if s.parse_errors > 0 {
             log::warn!("conntrack: {} malformed messages skipped", s.parse_errors);
         }
@@ -590,7 +595,11 @@ impl Capture {
             return;
         };
         let (table, registry) = (&mut self.table, &self.registry);
-        let s = socket.drain(|packet| rejects.on_packet(registry, table, &packet));
+        let spills = SpillSender::new(&self.config, &self.dispatcher);
+        let s = socket.drain(|packet| {
+            rejects.on_packet(registry, table, &packet);
+            spills.send(table, registry);
+        });
         let gaps = socket.take_loss().sequence_gaps;
         if s.overruns > 0 || gaps > 0 {
             // Dropped packets the kernel logged but could not hand us: which
@@ -835,7 +844,8 @@ impl Capture {
             SystemClock,
             new.daemon.capture_window_secs,
             new.daemon.max_flows,
-        );
+        )
+        .with_window_memory_bytes(new.daemon.window_memory_bytes);
         // The early-closed window ended at `now`; the next one starts there.
         self.table.start_window_at(now);
         let max_flows_note = new.daemon.max_flows;

@@ -10,9 +10,12 @@ use std::io;
 use std::time::Duration;
 
 use super::Capture;
-use crate::flows::WindowDrain;
+use crate::config::Config;
+use crate::eni::EniRegistry;
+use crate::flows::{FlowTable, SystemClock, WindowDrain};
 use crate::netlink::{DumpStats, DumpStep};
 use crate::routing;
+use crate::sinks::Dispatcher;
 
 /// Datagrams of a running dump read per loop iteration. A dump datagram
 /// holds about 100 entries, which take the kernel and the parser about
@@ -50,6 +53,77 @@ impl EmitPacing {
         EmitPacing {
             chunk,
             low_water: (2 * chunk as u64).min(capacity / 2).max(1),
+        }
+    }
+}
+
+/// Sends chunks of `drain` to the sinks of the instances that take them:
+/// if `paced`, only while every sink's queue is under the low-water mark,
+/// otherwise all of them. `true` when the drain is empty.
+fn send_chunks(
+    config: &Config,
+    dispatcher: &Dispatcher,
+    pacing: EmitPacing,
+    drain: &mut WindowDrain,
+    paced: bool,
+) -> bool {
+    loop {
+        if paced && dispatcher.most_queued_records() >= pacing.low_water {
+            return false;
+        }
+        match drain.next_chunk(pacing.chunk) {
+            Some(chunk) => routing::dispatch_chunk(config, dispatcher, &chunk),
+            None => return true,
+        }
+    }
+}
+
+/// Sends the sums a window emits early at its memory bound
+/// (`daemon.window_memory_bytes`) to the sinks, as soon as the flow table
+/// took them out: inside the loops that read events and dump lines, so
+/// that no second batch of sums builds up behind the first. They go out
+/// at once, not paced like a closed window (holding them back in memory is
+/// what the bound forbids): what a sink's queue cannot take goes where the
+/// queue's bound sends it.
+pub(super) struct SpillSender<'a> {
+    config: &'a Config,
+    dispatcher: &'a Dispatcher,
+}
+
+impl<'a> SpillSender<'a> {
+    /// Takes the fields it needs, so that the table can be borrowed beside it.
+    pub(super) fn new(config: &'a Config, dispatcher: &'a Dispatcher) -> Self {
+        SpillSender { config, dispatcher }
+    }
+
+    pub(super) fn send(&self, table: &mut FlowTable<SystemClock>, registry: &EniRegistry) {
+        if !table.has_spill() {
+            return;
+        }
+        let pacing = EmitPacing::new(
+            self.config.daemon.sink_queue_records,
+            self.config.flow_logs.len(),
+        );
+        while let Some(mut drain) = table.take_spill(registry) {
+            send_chunks(self.config, self.dispatcher, pacing, &mut drain, false);
+            let w = drain.window;
+            log::warn!(
+                "memory bound: the sums of window [{}, {}) reached {} bytes (half of daemon.window_memory_bytes, \
+                 the other half is for a closing window), so {} records of it were emitted early (early emit {} of \
+                 it; a 5-tuple may have more than one record in the window, and they sum exactly)",
+                w.start,
+                w.end,
+                self.config.daemon.window_memory_bytes / 2,
+                drain.records_emitted(),
+                drain.early_spills
+            );
+            if drain.held_dropped > 0 {
+                log::error!(
+                    "metadata: {} held records dropped at the window's memory bound; their ENIs' windows will say \
+                     SKIPDATA",
+                    drain.held_dropped
+                );
+            }
         }
     }
 }
@@ -141,8 +215,10 @@ impl Capture {
     pub(super) fn read_dump_slice(&mut self) {
         let started = std::time::Instant::now();
         let (table, registry) = (&mut self.table, &self.registry);
+        let spills = SpillSender::new(&self.config, &self.dispatcher);
         let step = self.dumper.read_some(DUMP_SLICE_DATAGRAMS, |entry| {
-            table.on_dump_entry(registry, &entry)
+            table.on_dump_entry(registry, &entry);
+            spills.send(table, registry);
         });
         if let Some(d) = &mut self.dump {
             d.account_read(started.elapsed());
@@ -162,9 +238,11 @@ impl Capture {
         }
         let started = std::time::Instant::now();
         let (table, registry) = (&mut self.table, &self.registry);
-        let result = self
-            .dumper
-            .finish(|entry| table.on_dump_entry(registry, &entry));
+        let spills = SpillSender::new(&self.config, &self.dispatcher);
+        let result = self.dumper.finish(|entry| {
+            table.on_dump_entry(registry, &entry);
+            spills.send(table, registry);
+        });
         if let Some(d) = &mut self.dump {
             d.account_read(started.elapsed());
         }
@@ -280,21 +358,8 @@ impl Capture {
             self.config.daemon.sink_queue_records,
             self.config.flow_logs.len(),
         );
-        e.waiting = false;
-        let mut done = false;
-        loop {
-            if !force && self.dispatcher.most_queued_records() >= pacing.low_water {
-                e.waiting = true;
-                break;
-            }
-            match e.drain.next_chunk(pacing.chunk) {
-                Some(chunk) => routing::dispatch_chunk(&self.config, &self.dispatcher, &chunk),
-                None => {
-                    done = true;
-                    break;
-                }
-            }
-        }
+        let done = send_chunks(&self.config, &self.dispatcher, pacing, &mut e.drain, !force);
+        e.waiting = !done;
         e.close.account(started.elapsed());
         if !done {
             self.emitting = Some(e);
@@ -327,13 +392,14 @@ impl Capture {
             );
         }
         log::info!(
-            "window {}-{}: {count} records in {} ms; closing took {} ms of the capture thread, longest stall {} ms \
+            "window {}-{}: {count} records in {} ms, {} early emits at the memory bound before; closing took {} ms of the capture thread, longest stall {} ms \
              (dump of {} entries in {} slices); {} live connections (peak {}), table {} bytes; \
              conntrack: {} events, {} malformed, {} overruns, {} resyncs; lost connections {} ({} came back), \
              table-full drops {}, anomalies {}",
             window.start,
             window.end,
             e.close.began.elapsed().as_millis(),
+            e.drain.early_spills,
             e.close.busy.as_millis(),
             e.close.longest.as_millis(),
             e.dump_entries,
