@@ -35,7 +35,7 @@ use crate::{handoff, startup};
 
 mod close;
 
-use close::{DumpPurpose, EmittingWindow, RunningDump, SpillSender, EMIT_RETRY};
+use close::{DumpPurpose, EarlyEmit, EmittingWindow, RunningDump, SpillSender, EMIT_RETRY};
 
 const CONNTRACK: Token = Token(0);
 const ROUTE: Token = Token(1);
@@ -143,6 +143,9 @@ struct Capture {
     last_held: usize,
     /// The closed window whose records are being sent, chunk by chunk.
     emitting: Option<EmittingWindow>,
+    /// Sums emitted early at the memory bound, being sent chunk by chunk
+    /// after `emitting`.
+    early: Option<EarlyEmit>,
     /// Event messages read since the loop last slept in `poll`.
     events_read: u64,
 }
@@ -272,6 +275,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         dump_pending: false,
         last_held: 0,
         emitting: None,
+        early: None,
         events_read: 0,
         config,
     };
@@ -364,7 +368,9 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         }
         let timeout = if capture.drain_pending || capture.dump_pending {
             Duration::ZERO
-        } else if capture.emitting.as_ref().is_some_and(|e| e.waiting) {
+        } else if capture.emitting.as_ref().is_some_and(|e| e.waiting)
+            || capture.early.as_ref().is_some_and(|e| e.waiting)
+        {
             EMIT_RETRY.min(until(capture.table.next_deadline()))
         } else {
             until(capture.table.next_deadline())
@@ -412,7 +418,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         if dump_readable && capture.dump.is_some() {
             capture.read_dump_slice();
         }
-        if capture.emitting.is_some() {
+        if capture.emitting.is_some() || capture.early.is_some() {
             capture.emit_chunks(false);
         }
         if capture.resync_pending && capture.dump.is_none() {
@@ -431,7 +437,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
             break capture.shutdown(tracking_table);
         }
         if SystemClock.now_unix() >= capture.table.next_deadline() {
-            if capture.table.is_closing() || capture.emitting.is_some() {
+            if capture.table.is_closing() || capture.emitting.is_some() || capture.early.is_some() {
                 log::warn!(
                     "the previous window's close is still running at the next window's end; finishing it now"
                 );
@@ -515,7 +521,12 @@ impl Capture {
 
     fn drain_conntrack(&mut self) {
         let (table, registry) = (&mut self.table, &self.registry);
-        let spills = SpillSender::new(&self.config, &self.dispatcher);
+        let mut spills = SpillSender::new(
+            &self.config,
+            &self.dispatcher,
+            &mut self.emitting,
+            &mut self.early,
+        );
         let s = self.events.drain(|entry| {
             table.on_event(registry, &entry);
             spills.send(table, registry);
@@ -595,7 +606,12 @@ impl Capture {
             return;
         };
         let (table, registry) = (&mut self.table, &self.registry);
-        let spills = SpillSender::new(&self.config, &self.dispatcher);
+        let mut spills = SpillSender::new(
+            &self.config,
+            &self.dispatcher,
+            &mut self.emitting,
+            &mut self.early,
+        );
         let s = socket.drain(|packet| {
             rejects.on_packet(registry, table, &packet);
             spills.send(table, registry);

@@ -953,6 +953,11 @@ impl WindowDrain {
             || (self.ok4.is_none() && self.ok6.is_none() && matches!(self.statuses, Some(None)))
     }
 
+    /// Sums not turned into records yet.
+    pub fn sums_left(&self) -> usize {
+        self.ok4.as_ref().map_or(0, |i| i.len()) + self.ok6.as_ref().map_or(0, |i| i.len())
+    }
+
     /// Records handed out so far, counted once per instance that got them
     /// (as [`WindowRecords::record_count`]).
     pub fn records_emitted(&self) -> u64 {
