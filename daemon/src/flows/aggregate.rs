@@ -1281,6 +1281,37 @@ mod tests {
         }
     }
     #[test]
+    fn sums_spill_before_their_table_would_double_past_the_limit() {
+        // 8 KiB: a table of 128 buckets of 33 bytes (4.2 KiB) fits, and so
+        // does its growth from 64 buckets (2.1 + 4.2 KiB while it
+        // rehashes); doubling to 256 (4.2 + 8.4 KiB) does not.
+        const LIMIT: usize = 8 << 10;
+        let eni = EniIndex::new(0).unwrap();
+        let mut agg = WindowAggregate::with_limit(LIMIT);
+        let add = |agg: &mut WindowAggregate, port: u16| {
+            let t = tuple("198.51.100.9", port, "10.0.0.5", 53, 17);
+            agg.add(eni, Direction::In, Action::Accept, t, (1, 60), None);
+            assert!(agg.footprint_bytes() <= LIMIT, "{}", agg.footprint_bytes());
+            assert!(agg.sums4.capacity() <= 112, "{}", agg.sums4.capacity());
+        };
+        for port in 0..112 {
+            add(&mut agg, port);
+        }
+        // Full, but a tuple it has adds to its sum without a spill.
+        add(&mut agg, 0);
+        assert!(!agg.has_spill());
+        for port in 112..300 {
+            add(&mut agg, port);
+        }
+        let spilled: Vec<usize> = agg.spilled.iter().map(|p| p.sums4.len()).collect();
+        assert_eq!(spilled, [112, 112]);
+        assert_eq!((agg.len(), agg.spills), (300 - 224, 2));
+        let first = &agg.spilled[0].sums4;
+        let port0 = first.iter().find(|(k, _)| k.rest.src_port == 0).unwrap().1;
+        assert_eq!((port0.packets(), port0.bytes()), (2, 120));
+    }
+
+    #[test]
     fn packed_counts_hold_40_and_56_bits_then_stop_and_say_so() {
         let mut c = PackedCounts::default();
         assert!(c.add(u64::from(u32::MAX), u64::from(u32::MAX)));
