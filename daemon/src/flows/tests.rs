@@ -1936,3 +1936,76 @@ fn a_closing_window_whose_dump_reaches_the_bound_emits_early_as_itself() {
     let next = f.close();
     assert_eq!(flows_of(&next, ALL, "eni-a").len(), 1);
 }
+
+#[test]
+fn an_early_emit_keeps_a_few_held_records_and_gives_up_a_flood_of_them() {
+    use crate::config::Unmapped;
+    // eni-a (A) is configured; the interface on B waits for its ids from
+    // the metadata service, so its records are held.
+    let clock = Rc::new(FakeClock::new(TEN + 10));
+    let mut reg = EniRegistry::from_parts(
+        &[eni("eni-a", "vsw-1", EniMatch::Interface("eth0".into()))],
+        &[flow_log(
+            "vpc",
+            ResourceType::Vpc,
+            "vpc-1",
+            TrafficFilter::All,
+        )],
+    )
+    .unwrap();
+    reg.learn_from_ecs(Unmapped::Ignore);
+    for ev in [
+        link(2, "eth0", Some([2; 6])),
+        addr(2, A),
+        link(4, "eth1", Some([0x00, 0x16, 0x3e, 0, 0, 0x42])),
+        addr(4, B),
+    ] {
+        reg.apply(&ev, TEN + 10);
+    }
+    let mut table =
+        FlowTable::new(Rc::clone(&clock), W, 100_000).with_window_memory_bytes(SMALL_WINDOW_MEMORY);
+    let destroy = |table: &mut FlowTable<Rc<FakeClock>>, id: u32, port: u16, to: &str| {
+        let c = conn(id, UDP, R, port, to, 53).kind(Destroy);
+        table.on_event(&reg, &c.counted((1, 60), (0, 0)));
+        let mut drains = Vec::new();
+        while let Some(d) = table.take_spill(&reg) {
+            drains.push(d);
+        }
+        drains
+    };
+
+    // A few held records and a flood on eni-a: the held ones stay.
+    for i in 0..5 {
+        assert!(destroy(&mut table, i + 1, 7000 + i as u16, B).is_empty());
+    }
+    let mut a_records = 0;
+    let mut early = 0;
+    for i in 0..300u16 {
+        for d in destroy(&mut table, 1000 + u32::from(i), 10_000 + i, A) {
+            assert_eq!((d.held, d.held_dropped), (5, 0));
+            early += 1;
+            a_records += d.collect_all().record_count();
+        }
+    }
+    assert!(early >= 2, "{early} early emits");
+    clock.set(TEN + 600);
+    let w = table.close_window(&reg, TEN + 600);
+    assert_eq!((w.held, w.held_dropped), (5, 0));
+    assert_eq!(a_records + w.record_count(), 300);
+
+    // A flood of held records: kept, they would fill the sums again at
+    // once; they are given up (and their ENI will say SKIPDATA).
+    let mut dropped = 0;
+    for i in 0..300u16 {
+        for d in destroy(&mut table, 5000 + u32::from(i), 20_000 + i, B) {
+            assert_eq!(d.held, 0);
+            dropped += d.held_dropped;
+            assert_eq!(d.collect_all().record_count(), 0);
+        }
+    }
+    assert!(dropped >= 100, "{dropped} held records given up");
+    clock.set(TEN + 1200);
+    let w = table.close_window(&reg, TEN + 1200);
+    // The 5 held from before and the flood's rest are still held.
+    assert_eq!((w.held + dropped, w.held_dropped), (305, 0));
+}
