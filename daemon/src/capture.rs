@@ -437,13 +437,15 @@ pub fn run(config: Config) -> Result<u64, RunError> {
             break capture.shutdown(tracking_table);
         }
         if SystemClock.now_unix() >= capture.table.next_deadline() {
-            if capture.table.is_closing() || capture.emitting.is_some() || capture.early.is_some() {
+            if capture.table.is_closing() || capture.emitting.is_some() {
                 log::warn!(
                     "the previous window's close is still running at the next window's end; finishing it now"
                 );
                 capture.finish_running_dump();
-                capture.emit_chunks(true);
             }
+            // The window about to close takes the half of the memory bound
+            // that records still going out hold (window_memory_bytes).
+            capture.emit_chunks(true);
             let deadline = capture.table.next_deadline();
             capture.begin_close(deadline);
         }

@@ -476,10 +476,10 @@ impl Capture {
             );
         }
         log::info!(
-            "window {}-{}: {count} records in {} ms, {} early emits at the memory bound before; closing took {} ms of the capture thread, longest stall {} ms \
-             (dump of {} entries in {} slices); {} live connections (peak {}), table {} bytes; \
-             conntrack: {} events, {} malformed, {} overruns, {} resyncs; lost connections {} ({} came back), \
-             table-full drops {}, anomalies {}",
+            "window {}-{}: {count} records in {} ms; {} early emits at the memory bound before; closing took {} ms \
+             of the capture thread, longest stall {} ms (dump of {} entries in {} slices); {} live connections \
+             (peak {}), table {} bytes; conntrack: {} events, {} malformed, {} overruns, {} resyncs; lost \
+             connections {} ({} came back), table-full drops {}, anomalies {}",
             window.start,
             window.end,
             e.close.began.elapsed().as_millis(),

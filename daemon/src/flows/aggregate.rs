@@ -447,12 +447,13 @@ impl WindowAggregate {
     }
 
     /// Heap bytes of the sums now: their tables by capacity (not by how
-    /// many sums they hold), the rules and the loss marks.
+    /// many sums they hold), the rules and the per-ENI marks.
     pub(super) fn footprint_bytes(&self) -> usize {
-        map_bytes(&self.sums4) + map_bytes(&self.sums6) + self.rules_bytes()
+        map_bytes(&self.sums4) + map_bytes(&self.sums6) + self.besides_sums_bytes()
     }
 
-    fn rules_bytes(&self) -> usize {
+    /// Heap bytes of the rules and the per-ENI marks.
+    fn besides_sums_bytes(&self) -> usize {
         let r = &self.rules;
         // Each name is an `Arc<str>`: two counters and the text.
         let names: usize = r.names.iter().map(|n| 16 + n.len()).sum();
