@@ -1289,9 +1289,10 @@ mod tests {
         const LIMIT: usize = 8 << 10;
         let eni = EniIndex::new(0).unwrap();
         let mut agg = WindowAggregate::with_limit(LIMIT);
+        let rule: Arc<str> = Arc::from("sg-1:dns");
         let add = |agg: &mut WindowAggregate, port: u16| {
             let t = tuple("198.51.100.9", port, "10.0.0.5", 53, 17);
-            agg.add(eni, Direction::In, Action::Accept, t, (1, 60), None);
+            agg.add(eni, Direction::In, Action::Reject, t, (1, 60), Some(&rule));
             assert!(agg.footprint_bytes() <= LIMIT, "{}", agg.footprint_bytes());
             assert!(agg.sums4.capacity() <= 112, "{}", agg.sums4.capacity());
         };
@@ -1310,6 +1311,15 @@ mod tests {
         let first = &agg.spilled[0].sums4;
         let port0 = first.iter().find(|(k, _)| k.rest.src_port == 0).unwrap().1;
         assert_eq!((port0.packets(), port0.bytes()), (2, 120));
+        // Each part names its rules, and the sums left name theirs.
+        for part in &agg.spilled {
+            for s in part.sums4.values() {
+                assert_eq!(part.rules.get(s.rule).as_deref(), Some("sg-1:dns"));
+            }
+        }
+        for s in agg.sums4.values() {
+            assert_eq!(agg.rules.get(s.rule).as_deref(), Some("sg-1:dns"));
+        }
     }
 
     #[test]
