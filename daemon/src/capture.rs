@@ -39,7 +39,7 @@ mod close;
 mod reload;
 mod sink_swap;
 
-use close::{DumpPurpose, EmittingWindow, RunningDump, EMIT_RETRY};
+use close::{DumpPurpose, EarlyEmit, EmittingWindow, RunningDump, SpillSender, EMIT_RETRY};
 
 const CONNTRACK: Token = Token(0);
 const ROUTE: Token = Token(1);
@@ -144,6 +144,9 @@ struct Capture {
     dump_pending: bool,
     /// The closed window whose records are being sent, chunk by chunk.
     emitting: Option<EmittingWindow>,
+    /// Sums emitted early at the memory bound, being sent chunk by chunk
+    /// after `emitting`.
+    early: Option<EarlyEmit>,
     /// Event messages read since the loop last slept in `poll`.
     events_read: u64,
     /// Records that sinks stopped by a reload could not deliver.
@@ -270,7 +273,8 @@ pub fn run(config: Config) -> Result<u64, RunError> {
             clock,
             config.daemon.capture_window_secs,
             config.daemon.max_flows,
-        ),
+        )
+        .with_window_memory_bytes(config.daemon.window_memory_bytes),
         registry,
         events,
         dumper,
@@ -286,6 +290,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         dump: None,
         dump_pending: false,
         emitting: None,
+        early: None,
         events_read: 0,
         lost_at_reload: 0,
         config,
@@ -383,7 +388,9 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         }
         let timeout = if capture.drain_pending || capture.dump_pending {
             Duration::ZERO
-        } else if capture.emitting.as_ref().is_some_and(|e| e.waiting) {
+        } else if capture.emitting.as_ref().is_some_and(|e| e.waiting)
+            || capture.early.as_ref().is_some_and(|e| e.waiting)
+        {
             EMIT_RETRY.min(until(capture.table.next_deadline()))
         } else {
             until(capture.table.next_deadline())
@@ -432,7 +439,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         if dump_readable && capture.dump.is_some() {
             capture.read_dump_slice();
         }
-        if capture.emitting.is_some() {
+        if capture.emitting.is_some() || capture.early.is_some() {
             capture.emit_chunks(false);
         }
         if capture.resync_pending && capture.dump.is_none() {
@@ -453,8 +460,10 @@ pub fn run(config: Config) -> Result<u64, RunError> {
                     "the previous window's close is still running at the next window's end; finishing it now"
                 );
                 capture.finish_running_dump();
-                capture.emit_chunks(true);
             }
+            // The window about to close takes the half of the memory bound
+            // that records still going out hold (window_memory_bytes).
+            capture.emit_chunks(true);
             let deadline = capture.table.next_deadline();
             capture.begin_close(deadline);
         }
@@ -588,7 +597,16 @@ impl Capture {
 
     fn drain_conntrack(&mut self) {
         let (table, registry) = (&mut self.table, &self.registry);
-        let s = self.events.drain(|entry| table.on_event(registry, &entry));
+        let mut spills = SpillSender::new(
+            &self.config,
+            &self.dispatcher,
+            &mut self.emitting,
+            &mut self.early,
+        );
+        let s = self.events.drain(|entry| {
+            table.on_event(registry, &entry);
+            spills.send(table, registry);
+        });
         if s.parse_errors > 0 {
             log::warn!("conntrack: {} malformed messages skipped", s.parse_errors);
         }
@@ -667,7 +685,16 @@ impl Capture {
             return;
         };
         let (table, registry) = (&mut self.table, &self.registry);
-        let s = socket.drain(|packet| rejects.on_packet(registry, table, &packet));
+        let mut spills = SpillSender::new(
+            &self.config,
+            &self.dispatcher,
+            &mut self.emitting,
+            &mut self.early,
+        );
+        let s = socket.drain(|packet| {
+            rejects.on_packet(registry, table, &packet);
+            spills.send(table, registry);
+        });
         let gaps = socket.take_loss().sequence_gaps;
         if s.overruns > 0 || gaps > 0 {
             // Dropped packets the kernel logged but could not hand us: which

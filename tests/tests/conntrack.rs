@@ -1583,3 +1583,252 @@ fn traffic_before_start_is_not_attributed() {
     assert!(get(&got, &out_id).bytes > 60_000, "{ctx}");
     assert_eq!(got.len(), 2, "only this flow: {}\n{ctx}", show(&got));
 }
+
+// ---------------------------------------------------------------------
+// Bounded window memory
+// ---------------------------------------------------------------------
+
+/// A field of /proc/<pid>/status in KiB (`VmRSS`, `VmHWM`).
+#[track_caller]
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+            rest.trim().strip_suffix("kB")?.trim().parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status:\n{status}"))
+}
+
+/// What a flood of distinct tuples did to a daemon.
+struct Flood {
+    records: Vec<Value>,
+    log: String,
+    ctx: String,
+    /// The window the flood was sent and flushed in.
+    window: (i64, i64),
+    /// Resident KiB after a first, small burst and its window (what the
+    /// daemon keeps whatever the traffic: buffers, plugins, threads).
+    settled_kib: u64,
+    /// Peak resident KiB at the end, before the daemon stops.
+    peak_kib: u64,
+    /// The flows sent: A's address and B's.
+    a: IpAddr,
+    b: IpAddr,
+}
+
+const FLOOD_WINDOW: i64 = 20;
+const FLOOD_PORT: u16 = 10_000;
+/// Flows per destination port: source ports `FLOOD_PORT..+FLOOD_PER_PORT`.
+const FLOOD_PER_PORT: u32 = 50_000;
+
+/// `FLOOD_PER_PORT` one-datagram UDP flows from distinct source ports to
+/// each of `ports` B ports from 9000 up, destroyed at once by a flush
+/// inside one window: a burst of DESTROY events that each bring a new
+/// tuple into the open window's sums. `daemon_keys` go into `[daemon]`.
+fn flood_of_distinct_tuples(label: &str, ports: u16, daemon_keys: &str) -> Flood {
+    let s = burst_setup(label);
+    let plugins = plugin_dir(&s.tmp);
+    let sinks: Vec<LineProcess> = (0..ports)
+        .map(|i| {
+            let mut sink = LineProcess::traffic(
+                &s.b,
+                TRAFFIC,
+                &["udp-sink", &sockaddr(s.eb.v4.into(), 9000 + i)],
+            );
+            sink.expect_line("listening", STEP);
+            sink
+        })
+        .collect();
+    let out = s.tmp.join("a.jsonl");
+    let cfg = write_config(
+        &s.tmp,
+        &plugins,
+        "a.toml",
+        &format!("capture_window_secs = {FLOOD_WINDOW}\n{daemon_keys}"),
+        &one_eni("eni-a", "eth-b", &out),
+    );
+    let mut d = DaemonProcess::start(&s.a, &cfg, &s.tmp.join("a.log"));
+    let target = |i: u16| sockaddr(s.eb.v4.into(), 9000 + i);
+    // A small burst first, and its window closed: the buffers the daemon
+    // keeps are then resident, and what the flood adds is what it costs.
+    udp_burst(&s.a, &target(0), 2000, BURST_PAYLOAD, 62_000);
+    s.a.exec_ok(&["conntrack", "-F"]);
+    let n = d.closed_windows().len();
+    d.wait_for_window(n, Duration::from_secs(60));
+    let settled_kib = proc_status_kib(d.pid(), "VmRSS");
+
+    let n = d.closed_windows().len();
+    let (_, window_start) = d.wait_for_window(n, Duration::from_secs(60));
+    for i in 0..ports {
+        udp_burst(&s.a, &target(i), FLOOD_PER_PORT, BURST_PAYLOAD, FLOOD_PORT);
+    }
+    s.a.exec_ok(&["conntrack", "-F"]);
+    let done = unix_now();
+    assert!(
+        d.closed_windows().len() == n + 1 && done < window_start + FLOOD_WINDOW,
+        "the flood and the flush did not fit in the window starting at {window_start} (done at {done}): the \
+         machine is too slow for this test\n{}",
+        d.log()
+    );
+    let window = d.wait_for_window(n + 1, Duration::from_secs(60));
+    let peak_kib = proc_status_kib(d.pid(), "VmHWM");
+    d.stop();
+    drop(sinks);
+    Flood {
+        records: read_json_records(&out),
+        log: d.log(),
+        ctx: context(&[("A", &d)], &[], &[]),
+        window,
+        settled_kib,
+        peak_kib,
+        a: IpAddr::V4(s.ea.v4),
+        b: IpAddr::V4(s.eb.v4),
+    }
+}
+
+/// The number in a window line before `what` (` early emits`).
+fn window_line_number(log: &str, w: (i64, i64), what: &str) -> Option<u64> {
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("window {}-{}: ", w.0, w.1)))?;
+    let i = line.find(what)?;
+    line[..i].rsplit(' ').next()?.parse().ok()
+}
+
+/// The daemon's smallest `window_memory_bytes`: each window's sums get
+/// half, about 7,000 IPv4 sums.
+const WINDOW_MEMORY_MIN: u64 = 1 << 20;
+/// What the daemon may hold besides the window's sums while a flood is
+/// emitted early: records on their way to the sink (the queue is fed until
+/// it holds two chunks of 4096 records, and an early emit that makes room
+/// for the next sends at once what it has left, about 7,000 records at
+/// this bound), at about 200 bytes each, and the allocator's slack.
+const FLOOD_RECORDS_ALLOWANCE_KIB: u64 = 4096;
+
+/// Bounded window memory: 150,000 distinct UDP tuples in one window with
+/// `window_memory_bytes` at its minimum (1 MiB; the sums of a window get
+/// half, about 7,000 tuples). The sums are emitted early, several times,
+/// as records of that window, and the log says so; the records of the
+/// window hold every flow exactly once with its one datagram, without
+/// SKIPDATA or NODATA; and the daemon's peak resident memory grows over
+/// what it settled at by no more than the bound and the records on their
+/// way out. The same flood with the default bound (256 MiB) goes past
+/// that: the sums of 150,000 tuples are about 9 MB.
+#[test]
+fn a_flood_of_distinct_tuples_is_emitted_early_exactly_and_within_window_memory_bytes() {
+    if !require_root(
+        "a_flood_of_distinct_tuples_is_emitted_early_exactly_and_within_window_memory_bytes",
+    ) {
+        return;
+    }
+    const PORTS: u16 = 3;
+    let budget_kib = WINDOW_MEMORY_MIN / 1024 + FLOOD_RECORDS_ALLOWANCE_KIB;
+    let f = flood_of_distinct_tuples(
+        "wmb",
+        PORTS,
+        &format!("window_memory_bytes = {WINDOW_MEMORY_MIN}"),
+    );
+    let ctx = &f.ctx;
+    let in_window: Vec<&Value> = f
+        .records
+        .iter()
+        .filter(|r| window_of(r) == f.window)
+        .collect();
+    let flows = FLOOD_PER_PORT as usize * usize::from(PORTS);
+    // Count first: each tuple was destroyed once, so it has one record
+    // even with early emits; then the statuses; then every sum.
+    assert_eq!(in_window.len(), flows, "records of the flood window\n{ctx}");
+    assert!(
+        in_window.iter().all(|r| log_status(r) == "OK"),
+        "a NODATA or SKIPDATA record in the flood window\n{ctx}"
+    );
+    let want: BTreeMap<FlowId, Counts> = (0..PORTS)
+        .flat_map(|p| {
+            (0..FLOOD_PER_PORT).map(move |i| {
+                let sport = FLOOD_PORT + u16::try_from(i).expect("ports fit");
+                (sport, 9000 + p)
+            })
+        })
+        .map(|(sport, dport)| {
+            (
+                FlowId::new("eni-a", "out", f.a, sport, f.b, dport, 17),
+                Counts::new(1, u64::from(28 + BURST_PAYLOAD)),
+            )
+        })
+        .collect();
+    let got = per_window(&f.records).remove(&f.window).unwrap_or_default();
+    if got != want {
+        let missing = want.keys().filter(|k| !got.contains_key(k)).count();
+        let wrong: Vec<_> = got
+            .iter()
+            .filter(|(k, c)| want.get(k) != Some(c))
+            .take(10)
+            .collect();
+        panic!(
+            "{} flows recorded, {missing} missing, differing (first 10): {wrong:?}\n{ctx}",
+            got.len()
+        );
+    }
+    let emits = f
+        .log
+        .lines()
+        .filter(|l| {
+            l.contains(&format!(
+                "memory bound: the sums of window [{}, {})",
+                f.window.0, f.window.1
+            ))
+        })
+        .count() as u64;
+    assert!(emits >= 2, "{emits} early emits logged\n{ctx}");
+    assert_eq!(
+        window_line_number(&f.log, f.window, " early emits"),
+        Some(emits),
+        "the window line counts the early emits\n{ctx}"
+    );
+    assert!(!f.log.contains("queue full"), "{ctx}");
+    assert!(
+        f.peak_kib <= f.settled_kib + budget_kib,
+        "peak {} KiB, settled at {} KiB: {} KiB more than the {budget_kib} KiB budget allows\n{ctx}",
+        f.peak_kib,
+        f.settled_kib,
+        f.peak_kib - f.settled_kib - budget_kib
+    );
+
+    // Without the bound, the same flood's sums alone go past the budget.
+    let u = flood_of_distinct_tuples("wmu", PORTS, "");
+    assert!(
+        !u.log.contains("memory bound:"),
+        "an early emit under the default bound\n{}",
+        u.ctx
+    );
+    assert_eq!(
+        per_window(&u.records)
+            .remove(&u.window)
+            .unwrap_or_default()
+            .len(),
+        flows,
+        "{}",
+        u.ctx
+    );
+    assert!(
+        u.peak_kib > u.settled_kib + budget_kib,
+        "without the bound: peak {} KiB, settled at {} KiB, within the {budget_kib} KiB budget: the flood does \
+         not show the bound\n{}",
+        u.peak_kib,
+        u.settled_kib,
+        u.ctx
+    );
+    eprintln!(
+        "window_memory_bytes = {WINDOW_MEMORY_MIN}: peak {} KiB over {} settled (+{}), {emits} early emits; \
+         default: peak {} KiB over {} settled (+{})",
+        f.peak_kib,
+        f.settled_kib,
+        f.peak_kib - f.settled_kib,
+        u.peak_kib,
+        u.settled_kib,
+        u.peak_kib - u.settled_kib
+    );
+}

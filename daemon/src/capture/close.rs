@@ -12,9 +12,12 @@ use std::io;
 use std::time::Duration;
 
 use super::Capture;
-use crate::flows::WindowDrain;
+use crate::config::Config;
+use crate::eni::EniRegistry;
+use crate::flows::{FlowTable, SystemClock, WindowDrain};
 use crate::netlink::{DumpStats, DumpStep};
 use crate::routing;
+use crate::sinks::Dispatcher;
 
 /// Datagrams of a running dump read per loop iteration. A dump datagram
 /// holds about 100 entries, which take the kernel and the parser about
@@ -52,6 +55,130 @@ impl EmitPacing {
         EmitPacing {
             chunk,
             low_water: (2 * chunk as u64).min(capacity / 2).max(1),
+        }
+    }
+}
+
+/// Sends chunks of `drain` to the sinks of the instances that take them:
+/// if `paced`, only while every sink's queue is under the low-water mark,
+/// otherwise all of them. `true` when the drain is empty.
+fn send_chunks(
+    config: &Config,
+    dispatcher: &Dispatcher,
+    pacing: EmitPacing,
+    drain: &mut WindowDrain,
+    paced: bool,
+) -> bool {
+    loop {
+        if paced && dispatcher.most_queued_records() >= pacing.low_water {
+            return false;
+        }
+        match drain.next_chunk(pacing.chunk) {
+            Some(chunk) => routing::dispatch_chunk(config, dispatcher, &chunk),
+            None => return true,
+        }
+    }
+}
+
+/// Sums a window emitted early at its memory bound
+/// (`daemon.window_memory_bytes`), on their way to the sinks, paced like a
+/// closed window's records.
+pub(super) struct EarlyEmit {
+    drain: WindowDrain,
+    /// The sinks' queues were full at the last try.
+    pub(super) waiting: bool,
+}
+
+/// Takes a window's sums out of the flow table as soon as they reach the
+/// memory bound: inside the loops that read events and dump lines, so that
+/// no second batch builds up behind the first. Besides the open window's
+/// sums, one other window's may be in memory (half the bound each): a
+/// closing window's during its dump, a closed window's records going out,
+/// or an earlier early emit. So what is already going out is sent at once
+/// to make room (what a sink's queue cannot take goes where the queue's
+/// bound sends it), and the new early emit is paced by the loop, unless a
+/// window is closing, when it too is sent at once.
+pub(super) struct SpillSender<'a> {
+    config: &'a Config,
+    dispatcher: &'a Dispatcher,
+    emitting: &'a mut Option<EmittingWindow>,
+    early: &'a mut Option<EarlyEmit>,
+}
+
+impl<'a> SpillSender<'a> {
+    /// Takes the fields it needs, so that the table can be borrowed beside it.
+    pub(super) fn new(
+        config: &'a Config,
+        dispatcher: &'a Dispatcher,
+        emitting: &'a mut Option<EmittingWindow>,
+        early: &'a mut Option<EarlyEmit>,
+    ) -> Self {
+        SpillSender {
+            config,
+            dispatcher,
+            emitting,
+            early,
+        }
+    }
+
+    pub(super) fn send(&mut self, table: &mut FlowTable<SystemClock>, registry: &EniRegistry) {
+        if !table.has_spill() {
+            return;
+        }
+        let pacing = EmitPacing::new(
+            self.config.daemon.sink_queue_records,
+            self.config.flow_logs.len(),
+        );
+        while let Some(drain) = table.take_spill(registry) {
+            let w = drain.window;
+            log::warn!(
+                "memory bound: the sums of window [{}, {}) reached {} bytes (half of daemon.window_memory_bytes, \
+                 the other half is for another window's records on their way out); its {} sums go out early as \
+                 records of that window (early emit {} of it; a 5-tuple may have more than one record in the \
+                 window, and they sum exactly)",
+                w.start,
+                w.end,
+                self.config.daemon.window_memory_bytes / 2,
+                drain.sums_left(),
+                drain.early_spills
+            );
+            if drain.held_dropped > 0 {
+                log::error!(
+                    "metadata: {} held records dropped at the window's memory bound; their ENIs' windows will say \
+                     SKIPDATA",
+                    drain.held_dropped
+                );
+            }
+            // Room for this one: what is going out goes at once. A closed
+            // window's drain stays in `emitting`, empty, for the loop to
+            // flush the sinks and log its window line.
+            if let Some(e) = self.emitting.as_mut() {
+                send_chunks(self.config, self.dispatcher, pacing, &mut e.drain, false);
+            }
+            if let Some(mut previous) = self.early.take() {
+                send_chunks(
+                    self.config,
+                    self.dispatcher,
+                    pacing,
+                    &mut previous.drain,
+                    false,
+                );
+            }
+            let mut early = EarlyEmit {
+                drain,
+                waiting: false,
+            };
+            if table.is_closing() {
+                send_chunks(
+                    self.config,
+                    self.dispatcher,
+                    pacing,
+                    &mut early.drain,
+                    false,
+                );
+            } else {
+                *self.early = Some(early);
+            }
         }
     }
 }
@@ -146,8 +273,15 @@ impl Capture {
     pub(super) fn read_dump_slice(&mut self) {
         let started = std::time::Instant::now();
         let (table, registry) = (&mut self.table, &self.registry);
+        let mut spills = SpillSender::new(
+            &self.config,
+            &self.dispatcher,
+            &mut self.emitting,
+            &mut self.early,
+        );
         let step = self.dumper.read_some(DUMP_SLICE_DATAGRAMS, |entry| {
-            table.on_dump_entry(registry, &entry)
+            table.on_dump_entry(registry, &entry);
+            spills.send(table, registry);
         });
         if let Some(d) = &mut self.dump {
             d.account_read(started.elapsed());
@@ -167,9 +301,16 @@ impl Capture {
         }
         let started = std::time::Instant::now();
         let (table, registry) = (&mut self.table, &self.registry);
-        let result = self
-            .dumper
-            .finish(|entry| table.on_dump_entry(registry, &entry));
+        let mut spills = SpillSender::new(
+            &self.config,
+            &self.dispatcher,
+            &mut self.emitting,
+            &mut self.early,
+        );
+        let result = self.dumper.finish(|entry| {
+            table.on_dump_entry(registry, &entry);
+            spills.send(table, registry);
+        });
         if let Some(d) = &mut self.dump {
             d.account_read(started.elapsed());
         }
@@ -292,28 +433,15 @@ impl Capture {
     /// or shutdown); at the last, flushes the sinks and logs the window.
     pub(super) fn emit_chunks(&mut self, force: bool) {
         let Some(mut e) = self.emitting.take() else {
-            return;
+            return self.emit_early_chunks(force);
         };
         let started = std::time::Instant::now();
         let pacing = EmitPacing::new(
             self.config.daemon.sink_queue_records,
             self.config.flow_logs.len(),
         );
-        e.waiting = false;
-        let mut done = false;
-        loop {
-            if !force && self.dispatcher.most_queued_records() >= pacing.low_water {
-                e.waiting = true;
-                break;
-            }
-            match e.drain.next_chunk(pacing.chunk) {
-                Some(chunk) => routing::dispatch_chunk(&self.config, &self.dispatcher, &chunk),
-                None => {
-                    done = true;
-                    break;
-                }
-            }
-        }
+        let done = send_chunks(&self.config, &self.dispatcher, pacing, &mut e.drain, !force);
+        e.waiting = !done;
         e.close.account(started.elapsed());
         if !done {
             self.emitting = Some(e);
@@ -322,6 +450,27 @@ impl Capture {
         self.dispatcher
             .flush_all(flowlogd_plugin_api::abi::FLUSH_WINDOW_END);
         self.log_window(&e);
+        self.emit_early_chunks(force);
+    }
+
+    /// Sends chunks of the sums emitted early while the sinks' queues have
+    /// room (all of them if `force`), after any closed window's records.
+    fn emit_early_chunks(&mut self, force: bool) {
+        if self.emitting.is_some() {
+            return;
+        }
+        let Some(mut e) = self.early.take() else {
+            return;
+        };
+        let pacing = EmitPacing::new(
+            self.config.daemon.sink_queue_records,
+            self.config.flow_logs.len(),
+        );
+        let done = send_chunks(&self.config, &self.dispatcher, pacing, &mut e.drain, !force);
+        e.waiting = !done;
+        if !done {
+            self.early = Some(e);
+        }
     }
 
     /// The window line: what the window produced and cost, and the loop's
@@ -346,13 +495,14 @@ impl Capture {
             );
         }
         log::info!(
-            "window {}-{}: {count} records in {} ms; closing took {} ms of the capture thread, longest stall {} ms \
-             (dump of {} entries in {} slices); {} live connections (peak {}), table {} bytes; \
-             conntrack: {} events, {} malformed, {} overruns, {} resyncs; lost connections {} ({} came back), \
-             table-full drops {}, anomalies {}",
+            "window {}-{}: {count} records in {} ms; {} early emits at the memory bound before; closing took {} ms \
+             of the capture thread, longest stall {} ms (dump of {} entries in {} slices); {} live connections \
+             (peak {}), table {} bytes; conntrack: {} events, {} malformed, {} overruns, {} resyncs; lost \
+             connections {} ({} came back), table-full drops {}, anomalies {}",
             window.start,
             window.end,
             e.close.began.elapsed().as_millis(),
+            e.drain.early_spills,
             e.close.busy.as_millis(),
             e.close.longest.as_millis(),
             e.dump_entries,

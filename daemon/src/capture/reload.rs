@@ -94,6 +94,12 @@ impl Capture {
                 "daemon.conntrack_reliable_events",
                 new.conntrack_reliable_events != old.conntrack_reliable_events,
             ),
+            // The open window's sums are sized for the bound they grew
+            // under; a new bound starts with a new table.
+            (
+                "daemon.window_memory_bytes",
+                new.window_memory_bytes != old.window_memory_bytes,
+            ),
         ] {
             if changed {
                 log::warn!("reload: a change of {what} takes effect at the next restart");

@@ -8,6 +8,7 @@ mod validate;
 
 pub use error::ConfigError;
 pub use location::Location;
+pub use schema::default_window_memory_bytes;
 pub use validate::{
     load, parse_mac, Config, EcsConfig, EniConfig, EniMatch, FlowLogConfig, MetadataSource,
     SinkConfig, TrafficFilter, Unmapped,

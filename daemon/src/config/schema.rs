@@ -51,9 +51,10 @@ pub const fn default_sink_queue_records() -> u64 {
 pub const fn default_spool_max_bytes() -> u64 {
     1 << 30
 }
-/// The open window's sums: at this bound they are emitted early as records
-/// of the same window, so a flood of distinct 5-tuples cannot exhaust
-/// memory (about 8M IPv4 sums).
+/// The windows' sums: at this bound they are emitted early as records of
+/// the same window, so a flood of distinct 5-tuples cannot exhaust memory.
+/// Each window gets half, which holds about 1.8M IPv4 sums (a table of 2^21
+/// slots of 33 bytes, which may not double past its half).
 pub const fn default_window_memory_bytes() -> u64 {
     256 << 20
 }

@@ -351,7 +351,6 @@ impl WindowRecords {
 }
 
 /// The open window's sums and loss marks.
-#[derive(Default)]
 pub(super) struct WindowAggregate {
     sums4: Sums<V4Key>,
     sums6: Sums<V6Key>,
@@ -360,9 +359,144 @@ pub(super) struct WindowAggregate {
     skipped: Vec<bool>,
     /// Data was lost for every ENI (an overrun whose ENIs are unknown).
     all_skipped: bool,
+    /// Bytes the sums may take on the heap, counting a hash map's growth
+    /// while it rehashes (old and new table both allocated). A sum that
+    /// would need more moves what is summed into `spilled` first.
+    limit: usize,
+    /// Sums taken out at `limit`, waiting for [`WindowAggregate::take_spill`]:
+    /// records of this window emitted before it closes.
+    spilled: Vec<SpilledSums>,
+    /// How many times this window's sums were taken out at `limit`.
+    spills: u64,
+    /// Per ENI, `TRAFFIC_*` bits: it had OK records of that action in this
+    /// window, spilled ones included, so the close does not call an ENI
+    /// whose records all went out early NODATA.
+    traffic: Vec<u8>,
+}
+
+const TRAFFIC_ACCEPT: u8 = 1;
+const TRAFFIC_REJECT: u8 = 2;
+
+impl Default for WindowAggregate {
+    fn default() -> Self {
+        WindowAggregate::with_limit(usize::MAX)
+    }
+}
+
+/// Sums taken out of a window at its memory bound, with the rules they name.
+struct SpilledSums {
+    sums4: Sums<V4Key>,
+    sums6: Sums<V6Key>,
+    rules: Rules,
+}
+
+/// hashbrown's control bytes past the last bucket (its SIMD group width).
+const MAP_TRAILING_CONTROL_BYTES: usize = 16;
+
+/// Buckets of a hashbrown map that reports `capacity`: a power of two of
+/// which at most 7/8 are used (all but one below 8 buckets).
+fn buckets_of(capacity: usize) -> usize {
+    if capacity == 0 {
+        0
+    } else {
+        (capacity * 8 / 7).next_power_of_two()
+    }
+}
+
+/// Heap bytes of a hashbrown table of `buckets` slots of `slot` bytes:
+/// the slots and one control byte each, plus the trailing group.
+fn table_bytes(buckets: usize, slot: usize) -> usize {
+    if buckets == 0 {
+        0
+    } else {
+        buckets * (slot + 1) + MAP_TRAILING_CONTROL_BYTES
+    }
+}
+
+/// Heap bytes of `map` now.
+fn map_bytes<K, V, S>(map: &HashMap<K, V, S>) -> usize {
+    table_bytes(buckets_of(map.capacity()), std::mem::size_of::<(K, V)>())
+}
+
+/// Heap bytes while `map` grows for one more key: the old table and the
+/// new one of twice the buckets (at least 4), both allocated during the
+/// rehash. `None` if one more key fits without growing.
+fn map_bytes_growing<K, V, S>(map: &HashMap<K, V, S>) -> Option<usize> {
+    if map.len() < map.capacity() {
+        return None;
+    }
+    let slot = std::mem::size_of::<(K, V)>();
+    let grown = (2 * buckets_of(map.capacity())).max(4);
+    Some(map_bytes(map) + table_bytes(grown, slot))
 }
 
 impl WindowAggregate {
+    /// Empty sums that spill at `limit` bytes (see [`WindowAggregate::limit`]).
+    pub(super) fn with_limit(limit: usize) -> WindowAggregate {
+        WindowAggregate {
+            sums4: Sums::default(),
+            sums6: Sums::default(),
+            rules: Rules::default(),
+            skipped: Vec::new(),
+            all_skipped: false,
+            limit,
+            spilled: Vec::new(),
+            spills: 0,
+            traffic: Vec::new(),
+        }
+    }
+
+    /// Heap bytes of the sums now: their tables by capacity (not by how
+    /// many sums they hold), the rules and the per-ENI marks.
+    pub(super) fn footprint_bytes(&self) -> usize {
+        map_bytes(&self.sums4) + map_bytes(&self.sums6) + self.besides_sums_bytes()
+    }
+
+    /// Heap bytes of the rules and the per-ENI marks.
+    fn besides_sums_bytes(&self) -> usize {
+        let r = &self.rules;
+        // Each name is an `Arc<str>`: two counters and the text.
+        let names: usize = r.names.iter().map(|n| 16 + n.len()).sum();
+        r.names.capacity() * std::mem::size_of::<Arc<str>>()
+            + map_bytes(&r.ids)
+            + names
+            + self.skipped.capacity()
+            + self.traffic.capacity()
+    }
+
+    /// Whether adding a new key to `map` would take the sums past
+    /// `limit`: the map is full, so the key would make it grow, and the
+    /// rest of the sums plus the map while it doubles exceed the bound.
+    /// Checked before the insert, so the doubled table is never allocated.
+    fn would_outgrow<K: RecordKey>(&self, map: &Sums<K>, key: &K) -> bool {
+        let Some(growing) = map_bytes_growing(map) else {
+            return false;
+        };
+        let rest = self.footprint_bytes() - map_bytes(map);
+        rest.saturating_add(growing) > self.limit && !map.contains_key(key)
+    }
+
+    /// Moves the sums (and the rules they name) out, to be emitted early
+    /// as records of this window; loss marks and traffic bits stay.
+    fn spill(&mut self) {
+        if self.sums4.is_empty() && self.sums6.is_empty() {
+            // Nothing to give back: the bound is below one table's minimum.
+            return;
+        }
+        self.spilled.push(SpilledSums {
+            sums4: std::mem::take(&mut self.sums4),
+            sums6: std::mem::take(&mut self.sums6),
+            rules: std::mem::take(&mut self.rules),
+        });
+        self.spills += 1;
+    }
+
+    /// Sums were taken out at the memory bound and wait for
+    /// [`WindowAggregate::take_spill`].
+    pub(super) fn has_spill(&self) -> bool {
+        !self.spilled.is_empty()
+    }
+
     /// Adds traffic of one direction; no packets, no record.
     pub(super) fn add(
         &mut self,
@@ -376,7 +510,6 @@ impl WindowAggregate {
         if packets == 0 {
             return;
         }
-        let rule = self.rules.intern(rule);
         let t = tuple.for_record();
         let mut rest = KeyRest {
             src_port: t.src_port,
@@ -391,6 +524,7 @@ impl WindowAggregate {
         if action == Action::Reject {
             rest.flags |= FLAG_REJECT;
         }
+        note_traffic(&mut self.traffic, eni, action);
         match (t.src, t.dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
                 let key = V4Key {
@@ -398,6 +532,11 @@ impl WindowAggregate {
                     dst: dst.octets(),
                     rest,
                 };
+                if self.would_outgrow(&self.sums4, &key) {
+                    self.spill();
+                }
+                // Interned after a spill: the spilled sums took the rules.
+                let rule = self.rules.intern(rule);
                 if !add_to(&mut self.sums4, key, packets, bytes, rule) {
                     mark(&mut self.skipped, eni);
                 }
@@ -411,13 +550,12 @@ impl WindowAggregate {
                 if dst_v4 {
                     rest.flags |= FLAG_DST_V4;
                 }
-                if !add_to(
-                    &mut self.sums6,
-                    V6Key { src, dst, rest },
-                    packets,
-                    bytes,
-                    rule,
-                ) {
+                let key = V6Key { src, dst, rest };
+                if self.would_outgrow(&self.sums6, &key) {
+                    self.spill();
+                }
+                let rule = self.rules.intern(rule);
+                if !add_to(&mut self.sums6, key, packets, bytes, rule) {
                     mark(&mut self.skipped, eni);
                 }
             }
@@ -444,6 +582,17 @@ impl WindowAggregate {
             }
         }
         self.all_skipped |= other.all_skipped;
+        for (i, &bits) in other.traffic.iter().enumerate() {
+            if let Some(eni) = EniIndex::new(i) {
+                for action in [Action::Accept, Action::Reject] {
+                    if bits & traffic_bit(action) != 0 {
+                        note_traffic(&mut self.traffic, eni, action);
+                    }
+                }
+            }
+        }
+        self.spilled.extend(other.spilled);
+        self.spills += other.spills;
     }
 
     /// A reload renumbered the ENIs: ENI `i` is now `to[i]`, or gone.
@@ -485,65 +634,44 @@ impl WindowAggregate {
         window: CaptureWindow,
         next: &mut WindowAggregate,
     ) -> WindowDrain {
+        // Sums taken out at the bound that nobody took (a caller that does
+        // not emit spills) go out with the close rather than be lost.
+        for part in std::mem::take(&mut self.spilled) {
+            let (r, sk) = (&mut self.rules, &mut self.skipped);
+            merge_into(&mut self.sums4, r, sk, part.sums4, &part.rules);
+            merge_into(&mut self.sums6, r, sk, part.sums6, &part.rules);
+        }
         let mut sums4 = std::mem::take(&mut self.sums4);
         let mut sums6 = std::mem::take(&mut self.sums6);
         let rules = std::mem::take(&mut self.rules);
         let skipped = std::mem::take(&mut self.skipped);
         let all_skipped = std::mem::take(&mut self.all_skipped);
+        let traffic = std::mem::take(&mut self.traffic);
+        let early_spills = std::mem::take(&mut self.spills);
 
         let held: Vec<bool> = reg.indices().map(|e| reg.is_held(e)).collect();
-        let (mut held_count, mut held_dropped) = (0, 0);
-        if held.contains(&true) {
-            let held4 = take_held(&mut sums4, &held);
-            let held6 = take_held(&mut sums6, &held);
-            held_count = held4.len() + held6.len();
-            if held_count > MAX_HELD_RECORDS {
-                for (k, _) in &held4 {
-                    next.mark_skipped(k.rest.eni);
-                }
-                for (k, _) in &held6 {
-                    next.mark_skipped(k.rest.eni);
-                }
-                held_dropped = held_count;
-            } else {
-                let (r, sk) = (&mut next.rules, &mut next.skipped);
-                merge_into(&mut next.sums4, r, sk, held4, &rules);
-                merge_into(&mut next.sums6, r, sk, held6, &rules);
-            }
+        let (held4, held6) = take_held_both(&held, &mut sums4, &mut sums6);
+        let held_count = held4.len() + held6.len();
+        let mut held_dropped = 0;
+        if held_count > MAX_HELD_RECORDS {
+            drop_held(next, &held4, &held6);
+            held_dropped = held_count;
+        } else if held_count > 0 {
+            let (r, sk) = (&mut next.rules, &mut next.skipped);
+            merge_into(&mut next.sums4, r, sk, held4, &rules);
+            merge_into(&mut next.sums6, r, sk, held6, &rules);
         }
 
-        let mut enis = Vec::with_capacity(reg.len());
-        for eni in reg.indices() {
-            let existed = reg.existed_during(eni, window.start, window.end);
-            let lost = skipped.get(eni.get()).copied().unwrap_or(false) || (all_skipped && existed);
-            if lost && held[eni.get()] {
+        let mut enis = eni_views(reg, window, &skipped, all_skipped, &traffic);
+        for (eni, view) in reg.indices().zip(&enis) {
+            if view.skipped && held[eni.get()] {
                 // What a held ENI lost stays marked until its records go
                 // out. (No instance captures a held ENI, so it gets no
                 // SKIPDATA from this window.)
                 next.mark_skipped(eni);
             }
-            enis.push(EniView {
-                ids: Arc::clone(reg.ids(eni)),
-                instances: Vec::new(),
-                existed,
-                skipped: lost,
-                had_accept: false,
-                had_reject: false,
-            });
         }
-        let instances: Vec<InstanceView> = (0..reg.instance_count())
-            .map(|i| InstanceView {
-                filter: reg.traffic_of_instance(i),
-                enis: reg.enis_of_instance(i).to_vec(),
-            })
-            .collect();
-        for (i, instance) in instances.iter().enumerate() {
-            for eni in &instance.enis {
-                if let Some(e) = enis.get_mut(eni.get()) {
-                    e.instances.push(i);
-                }
-            }
-        }
+        let instances = instance_views(reg, &mut enis);
         WindowDrain {
             window,
             held: held_count - held_dropped,
@@ -554,10 +682,153 @@ impl WindowAggregate {
             enis,
             instances,
             statuses: None,
+            with_statuses: true,
             done: false,
             emitted: 0,
+            early_spills,
         }
     }
+
+    /// The oldest sums taken out at the memory bound, as records of
+    /// `window` (this aggregate's window, as planned: its end is the
+    /// deadline) for the sinks now. The drain gives OK records only: no
+    /// NODATA or SKIPDATA, and nothing is marked; the close of the window
+    /// says those, counting what went out early as traffic. Records of
+    /// ENIs waiting for their metadata stay in this aggregate, unless they
+    /// are most of what was taken out (they would fill it again at once)
+    /// or more than may be held: then they are given up and their ENIs
+    /// marked SKIPDATA, as at a close.
+    pub(super) fn take_spill(
+        &mut self,
+        reg: &EniRegistry,
+        window: CaptureWindow,
+    ) -> Option<WindowDrain> {
+        if self.spilled.is_empty() {
+            return None;
+        }
+        let SpilledSums {
+            mut sums4,
+            mut sums6,
+            rules,
+        } = self.spilled.remove(0);
+        let taken = sums4.len() + sums6.len();
+        let held: Vec<bool> = reg.indices().map(|e| reg.is_held(e)).collect();
+        let (held4, held6) = take_held_both(&held, &mut sums4, &mut sums6);
+        let held_count = held4.len() + held6.len();
+        let mut held_dropped = 0;
+        if held_count > MAX_HELD_RECORDS || 2 * held_count > taken {
+            drop_held(self, &held4, &held6);
+            held_dropped = held_count;
+        } else if held_count > 0 {
+            let (r, sk) = (&mut self.rules, &mut self.skipped);
+            merge_into(&mut self.sums4, r, sk, held4, &rules);
+            merge_into(&mut self.sums6, r, sk, held6, &rules);
+        }
+        let mut enis = eni_views(reg, window, &[], false, &[]);
+        let instances = instance_views(reg, &mut enis);
+        Some(WindowDrain {
+            window,
+            held: held_count - held_dropped,
+            held_dropped,
+            ok4: (!sums4.is_empty()).then(|| sums4.into_iter()),
+            ok6: (!sums6.is_empty()).then(|| sums6.into_iter()),
+            rules,
+            enis,
+            instances,
+            statuses: None,
+            with_statuses: false,
+            done: false,
+            emitted: 0,
+            early_spills: self.spills - self.spilled.len() as u64,
+        })
+    }
+}
+
+/// Marks ENI `eni` as having OK records of `action`.
+fn note_traffic(traffic: &mut Vec<u8>, eni: EniIndex, action: Action) {
+    if traffic.len() <= eni.get() {
+        traffic.resize(eni.get() + 1, 0);
+    }
+    traffic[eni.get()] |= traffic_bit(action);
+}
+
+fn traffic_bit(action: Action) -> u8 {
+    match action {
+        Action::Accept => TRAFFIC_ACCEPT,
+        Action::Reject => TRAFFIC_REJECT,
+    }
+}
+
+/// Records of ENIs waiting for their metadata, out of both tables.
+type HeldRecords = (Vec<(V4Key, RecordSum)>, Vec<(V6Key, RecordSum)>);
+
+/// The records of ENIs waiting for their metadata, out of both tables.
+fn take_held_both(held: &[bool], sums4: &mut Sums<V4Key>, sums6: &mut Sums<V6Key>) -> HeldRecords {
+    if !held.contains(&true) {
+        return (Vec::new(), Vec::new());
+    }
+    (take_held(sums4, held), take_held(sums6, held))
+}
+
+/// Held records given up: their ENIs' window in `agg` says SKIPDATA.
+fn drop_held(
+    agg: &mut WindowAggregate,
+    held4: &[(V4Key, RecordSum)],
+    held6: &[(V6Key, RecordSum)],
+) {
+    for (k, _) in held4 {
+        agg.mark_skipped(k.rest.eni);
+    }
+    for (k, _) in held6 {
+        agg.mark_skipped(k.rest.eni);
+    }
+}
+
+/// Each ENI of `reg` as a drain of `window` needs it: ids, whether it
+/// existed, whether it lost data (`skipped`, or everything lost while it
+/// existed), and what traffic it had (`traffic`, `TRAFFIC_*` bits) before
+/// the drain counts its own records.
+fn eni_views(
+    reg: &EniRegistry,
+    window: CaptureWindow,
+    skipped: &[bool],
+    all_skipped: bool,
+    traffic: &[u8],
+) -> Vec<EniView> {
+    let mut views = Vec::with_capacity(reg.len());
+    views.extend(reg.indices().map(|eni| {
+        let existed = reg.existed_during(eni, window.start, window.end);
+        let lost = skipped.get(eni.get()).copied().unwrap_or(false) || (all_skipped && existed);
+        let bits = traffic.get(eni.get()).copied().unwrap_or(0);
+        EniView {
+            ids: Arc::clone(reg.ids(eni)),
+            instances: Vec::new(),
+            existed,
+            skipped: lost,
+            had_accept: bits & TRAFFIC_ACCEPT != 0,
+            had_reject: bits & TRAFFIC_REJECT != 0,
+        }
+    }));
+    views
+}
+
+/// The flow log instances of `reg`, and in `enis` which instances capture
+/// each ENI.
+fn instance_views(reg: &EniRegistry, enis: &mut [EniView]) -> Vec<InstanceView> {
+    let instances: Vec<InstanceView> = (0..reg.instance_count())
+        .map(|i| InstanceView {
+            filter: reg.traffic_of_instance(i),
+            enis: reg.enis_of_instance(i).to_vec(),
+        })
+        .collect();
+    for (i, instance) in instances.iter().enumerate() {
+        for eni in &instance.enis {
+            if let Some(e) = enis.get_mut(eni.get()) {
+                e.instances.push(i);
+            }
+        }
+    }
+    instances
 }
 
 /// Takes the records of held ENIs out of `sums`.
@@ -689,8 +960,14 @@ pub struct WindowDrain {
     /// The NODATA / SKIPDATA chunk, built once the OK records are out
     /// (`None` inside: nothing to say).
     statuses: Option<Option<WindowChunk>>,
+    /// A close says NODATA and SKIPDATA; sums emitted early at the memory
+    /// bound do not (the close of their window does).
+    with_statuses: bool,
     done: bool,
     emitted: u64,
+    /// For a close: how many times the window's sums were emitted early at
+    /// the memory bound. For such an early emit: which one it is (1, 2, ...).
+    pub(crate) early_spills: u64,
 }
 
 impl WindowDrain {
@@ -734,6 +1011,11 @@ impl WindowDrain {
     pub fn is_done(&self) -> bool {
         self.done
             || (self.ok4.is_none() && self.ok6.is_none() && matches!(self.statuses, Some(None)))
+    }
+
+    /// Sums not turned into records yet.
+    pub fn sums_left(&self) -> usize {
+        self.ok4.as_ref().map_or(0, |i| i.len()) + self.ok6.as_ref().map_or(0, |i| i.len())
     }
 
     /// Records handed out so far, counted once per instance that got them
@@ -912,6 +1194,9 @@ impl WindowDrain {
     }
 
     fn status_chunk(&self) -> Option<WindowChunk> {
+        if !self.with_statuses {
+            return None;
+        }
         let record = |e: &EniView, log_status| FlowRecord {
             eni: Arc::clone(&e.ids),
             flow: None,
@@ -1055,6 +1340,47 @@ mod tests {
             assert_eq!(agg.rules.get(s.rule).as_deref(), Some("drop"));
         }
     }
+    #[test]
+    fn sums_spill_before_their_table_would_double_past_the_limit() {
+        // 8 KiB: a table of 128 buckets of 33 bytes (4.2 KiB) fits, and so
+        // does its growth from 64 buckets (2.1 + 4.2 KiB while it
+        // rehashes); doubling to 256 (4.2 + 8.4 KiB) does not.
+        const LIMIT: usize = 8 << 10;
+        let eni = EniIndex::new(0).unwrap();
+        let mut agg = WindowAggregate::with_limit(LIMIT);
+        let rule: Arc<str> = Arc::from("sg-1:dns");
+        let add = |agg: &mut WindowAggregate, port: u16| {
+            let t = tuple("198.51.100.9", port, "10.0.0.5", 53, 17);
+            agg.add(eni, Direction::In, Action::Reject, t, (1, 60), Some(&rule));
+            assert!(agg.footprint_bytes() <= LIMIT, "{}", agg.footprint_bytes());
+            assert!(agg.sums4.capacity() <= 112, "{}", agg.sums4.capacity());
+        };
+        for port in 0..112 {
+            add(&mut agg, port);
+        }
+        // Full, but a tuple it has adds to its sum without a spill.
+        add(&mut agg, 0);
+        assert!(!agg.has_spill());
+        for port in 112..300 {
+            add(&mut agg, port);
+        }
+        let spilled: Vec<usize> = agg.spilled.iter().map(|p| p.sums4.len()).collect();
+        assert_eq!(spilled, [112, 112]);
+        assert_eq!((agg.len(), agg.spills), (300 - 224, 2));
+        let first = &agg.spilled[0].sums4;
+        let port0 = first.iter().find(|(k, _)| k.rest.src_port == 0).unwrap().1;
+        assert_eq!((port0.packets(), port0.bytes()), (2, 120));
+        // Each part names its rules, and the sums left name theirs.
+        for part in &agg.spilled {
+            for s in part.sums4.values() {
+                assert_eq!(part.rules.get(s.rule).as_deref(), Some("sg-1:dns"));
+            }
+        }
+        for s in agg.sums4.values() {
+            assert_eq!(agg.rules.get(s.rule).as_deref(), Some("sg-1:dns"));
+        }
+    }
+
     #[test]
     fn packed_counts_hold_40_and_56_bits_then_stop_and_say_so() {
         let mut c = PackedCounts::default();

@@ -16,6 +16,7 @@ use flowlogd_plugin_api::{Action, Direction};
 use super::aggregate::WindowRecords;
 use super::aggregate::{FlowTuple, WindowAggregate, WindowDrain};
 use super::window::{CaptureWindow, Clock};
+use crate::config::default_window_memory_bytes;
 use crate::eni::{EniIndex, EniRegistry};
 #[cfg(test)]
 use crate::model::Counters;
@@ -203,10 +204,19 @@ pub struct FlowTable<C: Clock> {
     last_complete_epoch: Option<u16>,
     /// The open window's sums.
     agg: WindowAggregate,
+    /// Bytes each window's sums may take before they are emitted early
+    /// (half of `window_memory_bytes`, see [`FlowTable::with_window_memory_bytes`]).
+    sums_limit: usize,
     /// The window being closed, from [`FlowTable::begin_close`] to
     /// [`FlowTable::finish_close`]: the dump in between harvests into it.
     closing: Option<ClosingWindow>,
     stats: FlowStats,
+}
+
+/// Each window's share of `window_memory_bytes` (see
+/// [`FlowTable::with_window_memory_bytes`]).
+fn sums_limit(window_memory_bytes: u64) -> usize {
+    usize::try_from(window_memory_bytes / 2).unwrap_or(usize::MAX)
 }
 
 /// A window whose end has passed and whose closing dump is under way.
@@ -246,10 +256,48 @@ impl<C: Clock> FlowTable<C> {
             in_dump: false,
             epoch: 0,
             last_complete_epoch: None,
-            agg: WindowAggregate::default(),
+            agg: WindowAggregate::with_limit(sums_limit(default_window_memory_bytes())),
             closing: None,
             stats: FlowStats::default(),
+            sums_limit: sums_limit(default_window_memory_bytes()),
         }
+    }
+
+    /// Bounds the memory of the windows' sums to `bytes` (the config's
+    /// `window_memory_bytes`). Two windows' sums can be in memory at once:
+    /// the open one, and a closed one whose dump is running or whose
+    /// records are still going out. So each gets half: when a window's
+    /// sums would take more, what they hold is emitted early
+    /// ([`FlowTable::take_spill`]) and they start empty again.
+    pub fn with_window_memory_bytes(mut self, bytes: u64) -> FlowTable<C> {
+        self.sums_limit = sums_limit(bytes);
+        self.agg = WindowAggregate::with_limit(self.sums_limit);
+        self
+    }
+
+    /// Heap bytes of the open window's sums.
+    #[cfg(test)]
+    pub fn sums_bytes(&self) -> usize {
+        self.agg.footprint_bytes()
+    }
+
+    /// Sums of a window were taken out at the memory bound
+    /// ([`FlowTable::take_spill`] has something).
+    pub fn has_spill(&self) -> bool {
+        self.agg.has_spill() || self.closing.as_ref().is_some_and(|c| c.agg.has_spill())
+    }
+
+    /// Sums taken out at the memory bound, as records of their window
+    /// (same start and end as the window's other records; the end is the
+    /// planned one), to be sent to the sinks now. They hold no NODATA or
+    /// SKIPDATA: the window's close says those. `None` when there are none.
+    pub fn take_spill(&mut self, reg: &EniRegistry) -> Option<WindowDrain> {
+        if let Some(c) = &mut self.closing {
+            if let Some(d) = c.agg.take_spill(reg, c.window) {
+                return Some(d);
+            }
+        }
+        self.agg.take_spill(reg, self.window)
     }
 
     /// The open window; its `end` is the next aligned boundary.
@@ -539,7 +587,7 @@ impl<C: Clock> FlowTable<C> {
             self.closing.is_none(),
             "begin_close while a close is pending"
         );
-        let agg = std::mem::take(&mut self.agg);
+        let agg = std::mem::replace(&mut self.agg, WindowAggregate::with_limit(self.sums_limit));
         if let Some(pending) = self.closing.replace(ClosingWindow { window, agg }) {
             // Not expected (the loop finishes a close before it begins the
             // next); should it happen, keep its sums in the window closing

@@ -1,6 +1,7 @@
 //! The flow table end to end: conntrack messages and a registry in,
 //! routed records out, with a fake clock.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -1864,4 +1865,295 @@ fn reload_renumbers_the_open_window_and_keeps_every_counter() {
         [rec(In, TCP, R, 50000, "10.0.2.9", 22, 1, 100)]
     );
     assert!(records(&w, 0).iter().all(|r| r.eni.eni_id != "eni-a"));
+}
+
+// ---------------------------------------------------------------------
+// The window's sums at their memory bound
+// ---------------------------------------------------------------------
+
+/// A memory bound that holds about a hundred IPv4 sums per window (each
+/// window gets half: 8 KiB, a table of 128 buckets of 33 bytes).
+const SMALL_WINDOW_MEMORY: u64 = 16 << 10;
+
+/// Takes every early emit the table has, as the loop does after each
+/// message, checking the sums stayed within their half of the bound.
+fn take_spills(f: &mut Fixture, out: &mut Vec<WindowRecords>) {
+    assert!(
+        f.table.sums_bytes() <= (SMALL_WINDOW_MEMORY / 2) as usize,
+        "{} bytes of sums",
+        f.table.sums_bytes()
+    );
+    while let Some(d) = f.table.take_spill(&f.reg) {
+        assert_eq!(d.held + d.held_dropped, 0);
+        out.push(d.collect_all());
+    }
+}
+
+/// A record's ENI and flow without its counters, as a map key.
+type FlowKey = (String, String);
+
+fn flow_key(eni: &str, flow: FlowFields) -> FlowKey {
+    let bare = FlowFields {
+        packets: 0,
+        bytes: 0,
+        ..flow
+    };
+    (eni.to_string(), format!("{bare:?}"))
+}
+
+/// OK records of instance ALL summed per ENI and flow over several drains
+/// of one window.
+fn summed(parts: &[&WindowRecords]) -> BTreeMap<FlowKey, (u64, u64)> {
+    let mut m = BTreeMap::new();
+    for w in parts {
+        for r in records(w, ALL)
+            .iter()
+            .filter(|r| r.log_status == LogStatus::Ok)
+        {
+            let flow = r.flow.unwrap();
+            let e = m.entry(flow_key(&r.eni.eni_id, flow)).or_insert((0, 0));
+            e.0 += flow.packets;
+            e.1 += flow.bytes;
+        }
+    }
+    m
+}
+
+/// 600 one-way UDP connections to eni-b (R port 10000..10300 to B:53,
+/// twice: two connections per tuple, ids `first_id..`), each with `i + 1`
+/// packets of 100 bytes; and the sums they must add up to.
+fn flood_b(
+    f: &mut Fixture,
+    first_id: u32,
+    spills: &mut Vec<WindowRecords>,
+) -> BTreeMap<FlowKey, (u64, u64)> {
+    let mut want = BTreeMap::new();
+    for round in 0..2u32 {
+        for i in 0..300u16 {
+            let id = first_id + round * 1000 + u32::from(i);
+            let packets = u64::from(i) + 1;
+            f.event(
+                conn(id, UDP, R, 10_000 + i, B, 53)
+                    .kind(Destroy)
+                    .counted((packets, packets * 100), (0, 0)),
+            );
+            take_spills(f, spills);
+            let key = flow_key("eni-b", rec(In, UDP, R, 10_000 + i, B, 53, 0, 0));
+            let e = want.entry(key).or_insert((0, 0));
+            e.0 += packets;
+            e.1 += packets * 100;
+        }
+    }
+    want
+}
+
+#[test]
+fn sums_at_the_memory_bound_go_out_early_as_records_of_their_window_and_sum_exactly() {
+    let mut f = Fixture::new(100_000);
+    f.table = FlowTable::new(Rc::clone(&f.clock), W, 100_000)
+        .with_window_memory_bytes(SMALL_WINDOW_MEMORY);
+    let mut spills = Vec::new();
+    // eni-a has one connection, at the start: its records go out with the
+    // first early emit, none are left for the close.
+    f.event(
+        conn(1, TCP, A, 40000, R, 443)
+            .kind(Destroy)
+            .counted((3, 300), (2, 200)),
+    );
+    let mut want = flood_b(&mut f, 100, &mut spills);
+    let a_out = rec(Out, TCP, A, 40000, R, 443, 0, 0);
+    let a_in = rec(In, TCP, R, 443, A, 40000, 0, 0);
+    want.insert(flow_key("eni-a", a_out), (3, 300));
+    want.insert(flow_key("eni-a", a_in), (2, 200));
+    let window = f.table.window();
+    let closed = f.close();
+
+    // 600 connections over 300 tuples (and eni-a's two records) do not fit
+    // in a hundred sums: several early emits.
+    assert!(spills.len() >= 3, "{} early emits", spills.len());
+    for (i, s) in spills.iter().enumerate() {
+        assert_eq!(s.window, window, "early emit {i}");
+        assert!(s.record_count() > 0, "early emit {i} is empty");
+        for r in s.instances.iter().flat_map(|i| &i.records) {
+            // Records of the window as it was planned, OK only.
+            assert_eq!((r.start, r.end), (TEN, TEN + 600));
+            assert_eq!(r.log_status, LogStatus::Ok, "{r:?}");
+        }
+    }
+    assert_eq!(closed.window, window);
+    let mut parts: Vec<&WindowRecords> = spills.iter().collect();
+    parts.push(&closed);
+    assert_eq!(summed(&parts), want);
+    // A tuple's sum is split over early emits, not counted twice: some
+    // tuple has more than one record in the window.
+    let records_of_b: usize = parts.iter().map(|w| flows_of(w, ALL, "eni-b").len()).sum();
+    assert!(records_of_b > 300, "{records_of_b} records for 300 tuples");
+
+    // eni-a's traffic all went out early: not NODATA in the instances
+    // whose filter takes it, NODATA in the one that takes only REJECT.
+    assert!(flows_of(&closed, ALL, "eni-a").is_empty());
+    assert_eq!(statuses(&closed, ALL, "eni-a"), []);
+    assert_eq!(statuses(&closed, A_ACCEPT, "eni-a"), []);
+    assert_eq!(statuses(&closed, A_REJECT, "eni-a"), [LogStatus::NoData]);
+    assert_eq!(statuses(&closed, ALL, "eni-b"), []);
+
+    // The next window starts empty and without early emits, and says
+    // NODATA for both idle ENIs.
+    let next = f.close();
+    assert_eq!(statuses(&next, ALL, "eni-a"), [LogStatus::NoData]);
+    assert_eq!(statuses(&next, ALL, "eni-b"), [LogStatus::NoData]);
+    assert!(f.table.take_spill(&f.reg).is_none());
+}
+
+#[test]
+fn an_early_emit_marks_nothing_and_skipdata_comes_once_with_the_close() {
+    let mut f = Fixture::new(100_000);
+    f.table = FlowTable::new(Rc::clone(&f.clock), W, 100_000)
+        .with_window_memory_bytes(SMALL_WINDOW_MEMORY);
+    let mut spills = Vec::new();
+    f.table.mark_lost(LossScope::Eni(f.eni("eni-b")));
+    let want = flood_b(&mut f, 100, &mut spills);
+    let closed = f.close();
+    assert!(spills.len() >= 3, "{} early emits", spills.len());
+    for s in &spills {
+        assert!(
+            s.instances
+                .iter()
+                .flat_map(|i| &i.records)
+                .all(|r| r.log_status == LogStatus::Ok),
+            "an early emit with a status record"
+        );
+    }
+    // The loss mark survived the early emits: one SKIPDATA, at the close.
+    assert_eq!(statuses(&closed, ALL, "eni-b"), [LogStatus::SkipData]);
+    assert_eq!(statuses(&closed, ALL, "eni-a"), [LogStatus::NoData]);
+    let mut parts: Vec<&WindowRecords> = spills.iter().collect();
+    parts.push(&closed);
+    assert_eq!(summed(&parts), want);
+}
+
+#[test]
+fn a_closing_window_whose_dump_reaches_the_bound_emits_early_as_itself() {
+    let mut f = Fixture::new(100_000);
+    f.table = FlowTable::new(Rc::clone(&f.clock), W, 100_000)
+        .with_window_memory_bytes(SMALL_WINDOW_MEMORY);
+    // 300 live connections, first seen by the closing window's dump.
+    let live: Vec<ConntrackEntry> = (0..300u16)
+        .map(|i| {
+            conn(u32::from(i) + 1, UDP, R, 20_000 + i, B, 53)
+                .counted((u64::from(i) + 1, (u64::from(i) + 1) * 60), (1, 80))
+        })
+        .collect();
+    let deadline = f.table.next_deadline();
+    f.clock.set(deadline);
+    let closing = f.table.begin_close(deadline);
+    let open = f.table.window();
+    assert_ne!(closing, open);
+    let mut spills = Vec::new();
+    f.table.begin_dump();
+    for e in &live {
+        f.table.on_dump_entry(&f.reg, e);
+        take_spills(&mut f, &mut spills);
+    }
+    // An event meanwhile counts in the open window, not in an early emit
+    // of the closing one.
+    f.event(
+        conn(999, TCP, A, 40000, R, 443)
+            .kind(Destroy)
+            .counted((1, 60), (0, 0)),
+    );
+    take_spills(&mut f, &mut spills);
+    f.table.end_dump(true);
+    let closed = f.table.finish_close(&f.reg).unwrap().collect_all();
+    assert!(spills.len() >= 2, "{} early emits", spills.len());
+    assert!(spills.iter().all(|s| s.window == closing));
+    let mut parts: Vec<&WindowRecords> = spills.iter().collect();
+    parts.push(&closed);
+    let got = summed(&parts);
+    assert_eq!(got.len(), 600, "each connection's two directions on eni-b");
+    for (i, e) in live.iter().enumerate() {
+        let p = i as u64 + 1;
+        let port = e.orig.src_port;
+        let inbound = rec(In, UDP, R, port, B, 53, 0, 0);
+        let outbound = rec(Out, UDP, B, 53, R, port, 0, 0);
+        assert_eq!(got[&flow_key("eni-b", inbound)], (p, p * 60));
+        assert_eq!(got[&flow_key("eni-b", outbound)], (1, 80));
+    }
+    // eni-a's connection is the open window's.
+    assert!(flows_of(&closed, ALL, "eni-a").is_empty());
+    let next = f.close();
+    assert_eq!(flows_of(&next, ALL, "eni-a").len(), 1);
+}
+
+#[test]
+fn an_early_emit_keeps_a_few_held_records_and_gives_up_a_flood_of_them() {
+    use crate::config::Unmapped;
+    // eni-a (A) is configured; the interface on B waits for its ids from
+    // the metadata service, so its records are held.
+    let clock = Rc::new(FakeClock::new(TEN + 10));
+    let mut reg = EniRegistry::from_parts(
+        &[eni("eni-a", "vsw-1", EniMatch::Interface("eth0".into()))],
+        &[flow_log(
+            "vpc",
+            ResourceType::Vpc,
+            "vpc-1",
+            TrafficFilter::All,
+        )],
+    )
+    .unwrap();
+    reg.learn_from_ecs(Unmapped::Ignore);
+    for ev in [
+        link(2, "eth0", Some([2; 6])),
+        addr(2, A),
+        link(4, "eth1", Some([0x00, 0x16, 0x3e, 0, 0, 0x42])),
+        addr(4, B),
+    ] {
+        reg.apply(&ev, TEN + 10);
+    }
+    let mut table =
+        FlowTable::new(Rc::clone(&clock), W, 100_000).with_window_memory_bytes(SMALL_WINDOW_MEMORY);
+    let destroy = |table: &mut FlowTable<Rc<FakeClock>>, id: u32, port: u16, to: &str| {
+        let c = conn(id, UDP, R, port, to, 53).kind(Destroy);
+        table.on_event(&reg, &c.counted((1, 60), (0, 0)));
+        let mut drains = Vec::new();
+        while let Some(d) = table.take_spill(&reg) {
+            drains.push(d);
+        }
+        drains
+    };
+
+    // A few held records and a flood on eni-a: the held ones stay.
+    for i in 0..5 {
+        assert!(destroy(&mut table, i + 1, 7000 + i as u16, B).is_empty());
+    }
+    let mut a_records = 0;
+    let mut early = 0;
+    for i in 0..300u16 {
+        for d in destroy(&mut table, 1000 + u32::from(i), 10_000 + i, A) {
+            assert_eq!((d.held, d.held_dropped), (5, 0));
+            early += 1;
+            a_records += d.collect_all().record_count();
+        }
+    }
+    assert!(early >= 2, "{early} early emits");
+    clock.set(TEN + 600);
+    let w = table.close_window(&reg, TEN + 600);
+    assert_eq!((w.held, w.held_dropped), (5, 0));
+    assert_eq!(a_records + w.record_count(), 300);
+
+    // A flood of held records: kept, they would fill the sums again at
+    // once; they are given up (and their ENI will say SKIPDATA).
+    let mut dropped = 0;
+    for i in 0..300u16 {
+        for d in destroy(&mut table, 5000 + u32::from(i), 20_000 + i, B) {
+            assert_eq!(d.held, 0);
+            dropped += d.held_dropped;
+            assert_eq!(d.collect_all().record_count(), 0);
+        }
+    }
+    assert!(dropped >= 100, "{dropped} held records given up");
+    clock.set(TEN + 1200);
+    let w = table.close_window(&reg, TEN + 1200);
+    // The 5 held from before and the flood's rest are still held.
+    assert_eq!((w.held + dropped, w.held_dropped), (305, 0));
 }
