@@ -539,6 +539,10 @@ fn exchange_on_both_sides(label: &str, family: u8) {
         "capture_window_secs = 2",
         &one_eni("eni-b", "eth-a", &out_b),
     );
+    // Two daemons, so two state directories: a sink's spool is one
+    // daemon's at a time.
+    let text_b = std::fs::read_to_string(&cfg_b).unwrap();
+    std::fs::write(&cfg_b, text_b.replace("/state\"", "/state-b\"")).unwrap();
     let mut da = DaemonProcess::start(&a, &cfg_a, &tmp.join("a.log"));
     let mut db = DaemonProcess::start(&b, &cfg_b, &tmp.join("b.log"));
     let (ia, ib) = (ea.addr(family), eb.addr(family));

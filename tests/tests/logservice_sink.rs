@@ -474,7 +474,7 @@ fn a_wrong_secret_is_rejected_once_per_batch_without_retrying() {
         assert!(err.contains(&expected), "missing {expected:?} in\n{err}");
     }
     assert!(
-        err.contains("1500 NOT delivered (0 dropped on a full queue, 1500 rejected by the sink"),
+        err.contains("1500 NOT delivered (0 dropped on a full queue, 0 dropped on a full or failing spool, 1500 rejected by the sink"),
         "{err}"
     );
     assert!(!err.contains("retrying in"), "{err}");

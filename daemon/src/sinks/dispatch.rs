@@ -605,16 +605,7 @@ fn run_worker(shared: &Shared, mut instance: PluginInstance) {
             }
             Err(message) => {
                 attempts += 1;
-                shared.stats.retries.fetch_add(1, Ordering::Relaxed);
-                // Log the first failure and then every 10th, so a sink that
-                // is down for an hour does not flood the log.
-                if attempts == 1 || attempts % 10 == 0 {
-                    log::warn!(
-                        "sink {}: write failed (attempt {attempts}), retrying in {} ms: {message}",
-                        shared.name,
-                        backoff.as_millis()
-                    );
-                }
+                note_retry(shared, "write", attempts, backoff, &message);
                 let mut st = shared.lock();
                 st.failing = true;
                 // The sink is down: keep the queue on disk rather than in
@@ -797,6 +788,19 @@ fn finish(shared: &Shared, cur: &Current) {
     }
 }
 
+/// Counts a RETRY answer and logs the first and then every 10th, so a sink
+/// that is down for an hour does not flood the log.
+fn note_retry(shared: &Shared, what: &str, attempts: u32, backoff: Duration, message: &str) {
+    shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+    if attempts == 1 || attempts % 10 == 0 {
+        log::warn!(
+            "sink {}: {what} failed (attempt {attempts}), retrying in {} ms: {message}",
+            shared.name,
+            backoff.as_millis()
+        );
+    }
+}
+
 enum Outcome {
     Done,
     Rejected,
@@ -832,17 +836,8 @@ fn with_retry(
             }
             Err(CallError::Retry(message)) => {
                 attempts += 1;
-                shared.stats.retries.fetch_add(1, Ordering::Relaxed);
-                // Log the first failure and then every 10th, so a sink that
-                // is down for an hour does not flood the log.
-                if attempts == 1 || attempts % 10 == 0 {
-                    log::warn!(
-                        "sink {}: {what} failed (attempt {attempts}), retrying in {} ms: {message}",
-                        shared.name,
-                        backoff.as_millis()
-                    );
-                }
-                let st = shared.state.lock().expect("sink queue lock");
+                note_retry(shared, what, attempts, backoff, &message);
+                let st = shared.lock();
                 if let Some(deadline) = st.closing {
                     if Instant::now() + backoff > deadline {
                         log::error!(

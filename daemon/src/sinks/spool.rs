@@ -72,7 +72,8 @@ impl fmt::Display for SpoolError {
             SpoolError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             SpoolError::Locked { path } => write!(
                 f,
-                "{}: the spool is in use by another flowlogd process",
+                "{}: the spool is in use by another flowlogd process; daemons that run at the same time \
+                 (one per network namespace, say) need a daemon.state_dir each",
                 path.display()
             ),
             SpoolError::Unsafe { path, why } => write!(f, "{}: {why}", path.display()),
