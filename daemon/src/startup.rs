@@ -7,6 +7,7 @@ use crate::config::{Config, ConfigError, SinkConfig};
 use crate::sinks::{
     check_options, resolve_plugin, Dispatcher, PluginLibrary, SinkSpec, SinkStats, SpoolSettings,
 };
+use crate::state_file::{self, Symlink};
 
 /// Why a sink could not be set up: its config location and the reason.
 pub fn sink_error(
@@ -18,6 +19,37 @@ pub fn sink_error(
     // Point at `plugin = ...` for load errors, at the option for plugin
     // errors about one.
     config.sink_option_error(sink, key, message)
+}
+
+/// Applies the rule of state directories ([`state_file::check_dir`]) to
+/// `daemon.state_dir`, making it first (mode 0700) if `create` (`run`);
+/// `check-config` changes nothing and says whether `run` will make it.
+/// Returns what was found, for `check-config`'s summary.
+///
+/// # Errors
+/// A [`ConfigError`] at `daemon.state_dir` naming the directory and the fix.
+pub fn check_state_dir(config: &Config, create: bool) -> Result<String, ConfigError> {
+    let dir = &config.daemon.state_dir;
+    let invalid = |e: state_file::UnsafeDir| ConfigError::Invalid {
+        path: config.path.clone(),
+        location: None,
+        key: Some("daemon.state_dir".into()),
+        message: e.to_string(),
+    };
+    if create {
+        state_file::prepare_dir(dir).map_err(invalid)?;
+    } else if !dir.exists() {
+        return Ok(format!(
+            "state_dir {}: does not exist yet; run makes it (mode 0700)",
+            dir.display()
+        ));
+    } else {
+        state_file::check_dir(dir, Symlink::Follow).map_err(invalid)?;
+    }
+    Ok(format!(
+        "state_dir {}: OK (owned by this user or root, not writable by group or others)",
+        dir.display()
+    ))
 }
 
 /// Where the daemon keeps its sinks' spools: `state_dir/spool/<sink>`.
