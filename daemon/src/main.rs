@@ -1,6 +1,7 @@
 //! flowlogd: VPC flow logs for a Linux VM from its own netfilter state.
 
 mod capture;
+mod child;
 mod config;
 mod eni;
 mod flows;
