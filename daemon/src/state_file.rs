@@ -35,6 +35,16 @@ pub enum Symlink {
     Refuse,
 }
 
+/// Whose directory is acceptable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// The daemon's effective user or root: what `run` requires.
+    DaemonOrRoot,
+    /// Anyone: for `check-config` run as root, which cannot know the user
+    /// the daemon will run as (the unit's `User=`); it says whose it is.
+    Anyone,
+}
+
 /// A directory the daemon will not keep state in, and why.
 #[derive(Debug)]
 pub struct UnsafeDir {
@@ -51,13 +61,13 @@ impl fmt::Display for UnsafeDir {
 impl std::error::Error for UnsafeDir {}
 
 /// Applies the rule for a directory the daemon keeps state in: a
-/// directory, owned by the daemon's effective user or root, not writable
-/// by group or others.
+/// directory, owned by the daemon's effective user or root (as `owner`
+/// says), not writable by group or others.
 ///
 /// # Errors
 /// [`UnsafeDir`] saying what is wrong and the command that fixes it; an
 /// I/O error (a missing directory, say) is reported the same way.
-pub fn check_dir(dir: &Path, symlink: Symlink) -> Result<(), UnsafeDir> {
+pub fn check_dir(dir: &Path, symlink: Symlink, owner: Owner) -> Result<(), UnsafeDir> {
     let unsafe_dir = |why: String| UnsafeDir {
         path: dir.to_path_buf(),
         why,
@@ -76,10 +86,10 @@ pub fn check_dir(dir: &Path, symlink: Symlink) -> Result<(), UnsafeDir> {
         return Err(unsafe_dir("not a directory".into()));
     }
     let me = euid();
-    if meta.uid() != me && meta.uid() != 0 {
+    if owner == Owner::DaemonOrRoot && meta.uid() != me && meta.uid() != 0 {
         return Err(unsafe_dir(format!(
             "owned by uid {}, not by this daemon's user (uid {me}) or root: another user could plant the files \
-             the daemon writes and reads there; chown {me} {}",
+             the daemon writes and reads there; run the daemon as that user, or chown {me} {}",
             meta.uid(),
             dir.display()
         )));
@@ -112,7 +122,7 @@ pub fn prepare_dir(dir: &Path) -> Result<(), UnsafeDir> {
                 why: format!("cannot create it: {e}"),
             })?;
     }
-    check_dir(dir, Symlink::Follow)
+    check_dir(dir, Symlink::Follow, Owner::DaemonOrRoot)
 }
 
 /// Writes `dir/name` atomically with `bytes`: a fresh temporary file
@@ -255,7 +265,9 @@ mod tests {
         let dir = tmp("modes");
         for mode in [0o777, 0o775, 0o757, 0o1777] {
             chmod(&dir, mode);
-            let e = check_dir(&dir, Symlink::Follow).unwrap_err().to_string();
+            let e = check_dir(&dir, Symlink::Follow, Owner::DaemonOrRoot)
+                .unwrap_err()
+                .to_string();
             assert!(
                 e.contains(&dir.display().to_string()) && e.contains("chmod go-w"),
                 "{mode:o}: {e}"
@@ -263,15 +275,15 @@ mod tests {
         }
         for mode in [0o700, 0o750, 0o755] {
             chmod(&dir, mode);
-            check_dir(&dir, Symlink::Follow).unwrap();
+            check_dir(&dir, Symlink::Follow, Owner::DaemonOrRoot).unwrap();
         }
         // A symlink to a safe directory: followed for state_dir, refused
         // where the daemon made the directory itself.
         let link = dir.with_extension("link");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&dir, &link).unwrap();
-        check_dir(&link, Symlink::Follow).unwrap();
-        assert!(check_dir(&link, Symlink::Refuse).is_err());
+        check_dir(&link, Symlink::Follow, Owner::DaemonOrRoot).unwrap();
+        assert!(check_dir(&link, Symlink::Refuse, Owner::DaemonOrRoot).is_err());
         std::fs::remove_file(&link).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -284,7 +296,9 @@ mod tests {
         }
         let dir = tmp("owner");
         std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
-        let e = check_dir(&dir, Symlink::Follow).unwrap_err().to_string();
+        let e = check_dir(&dir, Symlink::Follow, Owner::DaemonOrRoot)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("owned by uid 65534") && e.contains("chown"),
             "{e}"

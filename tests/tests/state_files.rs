@@ -114,7 +114,8 @@ fn output_within(mut command: Command, timeout: Duration) -> Option<Output> {
 /// A state directory of mode 0777: another user could plant the files the
 /// daemon writes as root. `run` refuses to start (exit 2, as for a config
 /// error) naming the directory and the fix, before it installs anything;
-/// `check-config` says the same.
+/// `check-config` says the same. Another user's directory is refused by
+/// `run` too.
 #[test]
 fn a_state_dir_others_can_write_is_refused() {
     if !require_root("a_state_dir_others_can_write_is_refused") {
@@ -149,15 +150,28 @@ fn a_state_dir_others_can_write_is_refused() {
         "refused before installing its table"
     );
 
-    // Safe again, but another user's: refused too.
+    // Safe again, but another user's: `run` (as root here) refuses it;
+    // `check-config` as root cannot know the unit's User=, so it passes
+    // and says whose the directory is.
     chmod(&s.state_dir, 0o700);
     std::os::unix::fs::chown(&s.state_dir, Some(65534), Some(65534)).unwrap();
     let check = flowlogd(&["check-config", "--config", s.config.to_str().unwrap()]);
-    assert_eq!(check.status.code(), Some(2), "{}", text(&check));
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
     assert!(
-        String::from_utf8_lossy(&check.stderr).contains("owned by uid 65534"),
+        String::from_utf8_lossy(&check.stdout)
+            .contains("owned by uid 65534: run must run as that user"),
         "{}",
         text(&check)
+    );
+    let mut run = s.ns.command(flowlogd_bin());
+    run.arg("run").arg("--config").arg(&s.config);
+    let out = output_within(run, Duration::from_secs(10))
+        .expect("flowlogd run kept running with another user's state_dir");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("owned by uid 65534"),
+        "{}",
+        text(&out)
     );
 }
 
@@ -208,16 +222,27 @@ fn an_untrusted_handoff_is_refused_and_the_run_starts() {
     }
     let s = Setup::new("sdhand");
     for (label, written_at, mode, why) in [
-        ("mode 0666", unix_now(), 0o666, "writable by group or others (mode 0666)"),
+        (
+            "mode 0666",
+            unix_now(),
+            0o666,
+            "writable by group or others (mode 0666)",
+        ),
         ("in the future", unix_now() + 3600, 0o600, "in the future"),
     ] {
         s.plant_handoff(written_at, mode);
         let mut daemon = s.start();
         let log = daemon.log();
-        let refused: Vec<&str> = log.lines().filter(|l| l.contains(REFUSED_HANDOFF)).collect();
+        let refused: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(REFUSED_HANDOFF))
+            .collect();
         assert_eq!(refused.len(), 1, "{label}: one refusal:\n{log}");
         assert!(refused[0].contains(why), "{label}: {}", refused[0]);
-        assert!(!log.contains("connections handed off by the previous run"), "{label}: used:\n{log}");
+        assert!(
+            !log.contains("connections handed off by the previous run"),
+            "{label}: used:\n{log}"
+        );
         assert!(!s.state_dir.join(HANDOFF).exists(), "{label}: consumed");
         daemon.stop();
         // The clean stop's own handoff is the daemon's: 0600.

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use flowlogd_plugin_api::record::RecordView;
 use flowlogd_plugin_api::{format, EniIds, FlowRecord};
 
-use crate::state_file::{self, Symlink};
+use crate::state_file::{self, Owner, Symlink};
 
 const MAGIC: [u8; 4] = *b"FLS1";
 const HEADER_LEN: u64 = 16;
@@ -556,9 +556,11 @@ fn check_dir_is_private(dir: &Path) -> Result<(), SpoolError> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io_err(dir))?;
     }
-    state_file::check_dir(dir, Symlink::Refuse).map_err(|e| SpoolError::Unsafe {
-        path: e.path,
-        why: e.why,
+    state_file::check_dir(dir, Symlink::Refuse, Owner::DaemonOrRoot).map_err(|e| {
+        SpoolError::Unsafe {
+            path: e.path,
+            why: e.why,
+        }
     })
 }
 
