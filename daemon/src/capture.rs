@@ -160,6 +160,10 @@ struct Capture {
 /// A [`RunError`] when start-up fails; once running, errors are counted and
 /// logged rather than fatal.
 pub fn run(config: Config) -> Result<u64, RunError> {
+    // Before anything is installed or opened: the state directory is
+    // where this run's handoff and marker go, and the previous run's are
+    // read from.
+    startup::check_state_dir(&config, true).map_err(RunError::Config)?;
     // Signals first: blocked before any thread starts, so sink workers
     // inherit the mask and SIGTERM reaches only the signalfd.
     let mut signals = SignalFd::open().map_err(io_err("cannot set up signal handling"))?;

@@ -21,17 +21,30 @@
 //! counted in full), then one line per connection:
 //! `<flow key> <orig packets> <orig bytes> <reply packets> <reply bytes>`.
 //! Version 1 files (with a fingerprint column) are refused as malformed.
+//!
+//! Whoever writes the handoff decides what the next run counts, so it is
+//! written only through [`state_file::write_atomically`] (never through a
+//! symlink, mode 0600) and read only if it is still the daemon's own file
+//! and not dated in the future.
 
-use std::io::{self, Write};
+use std::fmt::Write as _;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use crate::flows::HandoffEntry;
+use crate::state_file;
 
 const FILE_NAME: &str = "conntrack-handoff";
 const HEADER: &str = "flowlogd-handoff 2";
 /// A handoff older than this is ignored: counting hours of traffic into
 /// one window would mislead more than leaving it out.
 pub const MAX_AGE_SECS: i64 = 3600;
+/// A handoff dated more than this after now was not written by a previous
+/// run of this host's clock: refused. Leaves room for a clock stepped back
+/// a little by NTP between a stop and a start.
+pub const MAX_FUTURE_SECS: i64 = 60;
+/// Only the daemon reads it.
+const FILE_MODE: u32 = 0o600;
 
 /// The current network namespace, as `net:[<inode>]`.
 fn netns_id() -> String {
@@ -52,7 +65,7 @@ pub struct Handoff {
     pub counted_until: Option<i64>,
 }
 
-/// Writes the handoff atomically (temp file + rename).
+/// Writes the handoff atomically (see [`state_file::write_atomically`]).
 ///
 /// # Errors
 /// The I/O error, with the path.
@@ -62,26 +75,33 @@ pub fn write(
     counted_until: i64,
     entries: &[HandoffEntry],
 ) -> io::Result<()> {
-    std::fs::create_dir_all(state_dir)?;
-    let path = path_in(state_dir);
-    let tmp = state_dir.join(format!("{FILE_NAME}.tmp"));
-    let mut out = io::BufWriter::new(std::fs::File::create(&tmp)?);
-    writeln!(out, "{HEADER} {written_at} {} {counted_until}", netns_id())?;
+    let mut text = format!("{HEADER} {written_at} {} {counted_until}\n", netns_id());
     for e in entries {
         let [op, ob, rp, rb] = e.attributed;
-        writeln!(out, "{} {op} {ob} {rp} {rb}", e.key)?;
+        // Writing to a String cannot fail.
+        let _ = writeln!(text, "{} {op} {ob} {rp} {rb}", e.key);
     }
-    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&tmp, &path)
+    state_file::write_atomically(state_dir, FILE_NAME, text.as_bytes(), FILE_MODE)
 }
 
 /// Why a handoff file was not used.
 #[derive(Debug)]
 pub enum ReadError {
     Io(io::Error),
-    Malformed { line: usize },
-    TooOld { age_secs: i64 },
-    OtherNamespace { written_in: String },
+    Malformed {
+        line: usize,
+    },
+    TooOld {
+        age_secs: i64,
+    },
+    OtherNamespace {
+        written_in: String,
+    },
+    /// Not the daemon's own file any more (see [`state_file::check_own_file`]).
+    NotOurs(String),
+    InTheFuture {
+        ahead_secs: i64,
+    },
 }
 
 impl std::fmt::Display for ReadError {
@@ -92,6 +112,12 @@ impl std::fmt::Display for ReadError {
             ReadError::TooOld { age_secs } => {
                 write!(f, "written {age_secs} s ago, older than {MAX_AGE_SECS} s")
             }
+            ReadError::NotOurs(why) => write!(f, "{why}: not trusted"),
+            ReadError::InTheFuture { ahead_secs } => write!(
+                f,
+                "dated {ahead_secs} s in the future (more than {MAX_FUTURE_SECS} s): not written by a previous run \
+                 of this host"
+            ),
             ReadError::OtherNamespace { written_in } => {
                 write!(
                     f,
@@ -109,12 +135,19 @@ impl std::fmt::Display for ReadError {
 /// Why it could not be used (it is deleted all the same).
 pub fn take(state_dir: &Path, now: i64) -> Result<Option<Handoff>, ReadError> {
     let path = path_in(state_dir);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    let mut file = match state_file::open_nofollow(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(ReadError::Io(e)),
+        Err(e) => {
+            // A symlink (ELOOP) is removed too: unlink does not follow it.
+            let _ = std::fs::remove_file(&path);
+            return Err(ReadError::Io(e));
+        }
     };
     let _ = std::fs::remove_file(&path);
+    state_file::check_own_file(&file).map_err(ReadError::NotOurs)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(ReadError::Io)?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines
         .next()
@@ -133,6 +166,11 @@ pub fn take(state_dir: &Path, now: i64) -> Result<Option<Handoff>, ReadError> {
     if written_in != netns_id() {
         return Err(ReadError::OtherNamespace {
             written_in: written_in.to_owned(),
+        });
+    }
+    if written_at - now > MAX_FUTURE_SECS {
+        return Err(ReadError::InTheFuture {
+            ahead_secs: written_at - now,
         });
     }
     if now - written_at > MAX_AGE_SECS {
@@ -165,6 +203,7 @@ mod tests {
         let d =
             std::env::temp_dir().join(format!("flowlogd-handoff-{label}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
         d
     }
 
@@ -221,6 +260,47 @@ mod tests {
             take(&dir, 1000),
             Err(ReadError::OtherNamespace { .. })
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_handoff_others_could_write_or_from_the_future_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmp("untrusted");
+        let entries = [HandoffEntry {
+            key: 1,
+            attributed: [1, 2, 3, 4],
+        }];
+        // Written by the daemon: 0600, read back.
+        write(&dir, 1000, 999, &entries).unwrap();
+        let meta = std::fs::metadata(path_in(&dir)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert!(take(&dir, 1000).unwrap().is_some());
+        // Made writable by others: refused, and consumed all the same.
+        write(&dir, 1000, 999, &entries).unwrap();
+        std::fs::set_permissions(path_in(&dir), std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = take(&dir, 1000).unwrap_err();
+        assert!(matches!(e, ReadError::NotOurs(_)), "{e}");
+        assert!(e.to_string().contains("mode 0666"), "{e}");
+        assert!(!path_in(&dir).exists());
+        // Dated beyond the allowed skew: refused; within it: read.
+        write(&dir, 1000 + MAX_FUTURE_SECS + 1, 999, &entries).unwrap();
+        assert!(matches!(
+            take(&dir, 1000),
+            Err(ReadError::InTheFuture { ahead_secs }) if ahead_secs == MAX_FUTURE_SECS + 1
+        ));
+        write(&dir, 1000 + MAX_FUTURE_SECS, 999, &entries).unwrap();
+        assert!(take(&dir, 1000).unwrap().is_some());
+        // A symlink in its place is not followed.
+        let victim = dir.join("victim");
+        std::fs::write(
+            &victim,
+            format!("flowlogd-handoff 2 1000 {} 999\n1 1 1 1 1\n", netns_id()),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&victim, path_in(&dir)).unwrap();
+        assert!(matches!(take(&dir, 1000), Err(ReadError::Io(_))));
+        assert!(victim.exists() && !path_in(&dir).exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

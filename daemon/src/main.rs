@@ -1,6 +1,7 @@
 //! flowlogd: VPC flow logs for a Linux VM from its own netfilter state.
 
 mod capture;
+mod child;
 mod config;
 mod eni;
 mod flows;
@@ -16,6 +17,7 @@ mod run_marker;
 mod signals;
 mod sinks;
 mod startup;
+mod state_file;
 mod tracking;
 
 use std::io::BufRead;
@@ -140,6 +142,13 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let state_dir_line = match startup::check_state_dir(&config, false) {
+        Ok(line) => line,
+        Err(e) => {
+            eprintln!("flowlogd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let sink_lines = match startup::check_sinks(&config) {
         Ok(lines) => lines,
         Err(e) => {
@@ -153,6 +162,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         "capture window: {} s, aligned to the wall clock; max_flows {}; nflog groups {:?}",
         d.capture_window_secs, d.max_flows, d.nflog_groups
     );
+    println!("{state_dir_line}");
     print_enis(&config);
     println!("flow logs:");
     for f in &config.flow_logs {

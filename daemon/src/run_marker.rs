@@ -17,10 +17,10 @@
 //! pull the table from under a running daemon.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+
+use crate::state_file::{self, sync_dir, with_path};
 
 const FILE_NAME: &str = "running";
 const HEADER: &str = "flowlogd-running 1";
@@ -100,10 +100,7 @@ pub enum Previous {
 /// Reads the marker without following a symlink.
 pub fn read(state_dir: &Path) -> Previous {
     let path = path_in(state_dir);
-    let opened = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path);
+    let opened = state_file::open_nofollow(&path);
     let mut text = String::new();
     match opened.and_then(|mut f| f.read_to_string(&mut text)) {
         Ok(_) => match RunMarker::parse(&text) {
@@ -115,34 +112,14 @@ pub fn read(state_dir: &Path) -> Previous {
     }
 }
 
-/// Writes the marker atomically: a fresh temporary file (O_EXCL and
-/// O_NOFOLLOW, so a planted file or symlink is never written through),
-/// synced, renamed over the marker (rename replaces a symlink, it does not
-/// follow it), and the directory synced so the rename survives a crash.
+/// Writes the marker atomically (see [`state_file::write_atomically`]:
+/// a planted file or symlink is never written through). Mode 0644:
+/// `remove-tracking-table` reads it to see whether a daemon runs.
 ///
 /// # Errors
 /// The I/O error, with the path.
 pub fn write(state_dir: &Path, marker: &RunMarker) -> io::Result<()> {
-    std::fs::create_dir_all(state_dir).map_err(with_path(state_dir))?;
-    let path = path_in(state_dir);
-    let tmp = state_dir.join(format!("{FILE_NAME}.tmp"));
-    // A temporary file left by a crash mid-write.
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(with_path(&tmp)(e)),
-        _ => {}
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(with_path(&tmp))?;
-    file.write_all(marker.to_line().as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(with_path(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(with_path(&path))?;
-    sync_dir(state_dir).map_err(with_path(state_dir))
+    state_file::write_atomically(state_dir, FILE_NAME, marker.to_line().as_bytes(), 0o644)
 }
 
 /// Removes the marker (a clean stop); no marker is not an error.
@@ -157,15 +134,6 @@ pub fn remove(state_dir: &Path) -> io::Result<()> {
         Err(e) => Err(e),
     }
     .map_err(with_path(&path))
-}
-
-/// Adds the path to an I/O error, for the operator.
-fn with_path(path: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
-    move |e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// A previous run that was capturing and did not stop cleanly.
@@ -300,6 +268,7 @@ mod tests {
         let d =
             std::env::temp_dir().join(format!("flowlogd-marker-{label}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
         d
     }
 
@@ -338,11 +307,16 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let victim = dir.join("victim");
         std::fs::write(&victim, "untouched").unwrap();
-        // A symlink planted as the temporary file is not written through,
-        // nor is one planted as the marker (it is replaced).
+        // A symlink planted as the temporary file is not written through
+        // (nor removed: the write fails, naming it), nor is one planted as
+        // the marker (it is replaced).
         std::os::unix::fs::symlink(&victim, dir.join("running.tmp")).unwrap();
         std::os::unix::fs::symlink(&victim, path_in(&dir)).unwrap();
         assert!(matches!(read(&dir), Previous::Unreadable(_)));
+        let e = write(&dir, &marker("b")).unwrap_err();
+        assert!(e.to_string().contains("running.tmp"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        std::fs::remove_file(dir.join("running.tmp")).unwrap();
         write(&dir, &marker("b")).unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
         let meta = std::fs::symlink_metadata(path_in(&dir)).unwrap();

@@ -1,12 +1,15 @@
-//! Building what a validated config describes: loading sink plugins and
-//! starting their workers. Errors here still point into the config file.
+//! Building what a validated config describes: the state directory,
+//! loading sink plugins and starting their workers. Errors here still
+//! point into the config file.
 
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError, SinkConfig};
 use crate::sinks::{
     check_options, resolve_plugin, Dispatcher, PluginLibrary, SinkSpec, SinkStats, SpoolSettings,
 };
+use crate::state_file::{self, Owner, Symlink};
 
 /// Why a sink could not be set up: its config location and the reason.
 pub fn sink_error(
@@ -18,6 +21,52 @@ pub fn sink_error(
     // Point at `plugin = ...` for load errors, at the option for plugin
     // errors about one.
     config.sink_option_error(sink, key, message)
+}
+
+/// Applies the rule of state directories ([`state_file::check_dir`]) to
+/// `daemon.state_dir`, making it first (mode 0700) if `create` (`run`).
+/// `check-config` changes nothing and says whether `run` will make it; run
+/// as root, it cannot know the user the daemon will run as (the unit's
+/// `User=`), so it accepts any owner and says whose the directory is.
+/// Returns what was found, for `check-config`'s summary.
+///
+/// # Errors
+/// A [`ConfigError`] at `daemon.state_dir` naming the directory and the fix.
+pub fn check_state_dir(config: &Config, create: bool) -> Result<String, ConfigError> {
+    let dir = &config.daemon.state_dir;
+    let invalid = |e: state_file::UnsafeDir| ConfigError::Invalid {
+        path: config.path.clone(),
+        location: None,
+        key: Some("daemon.state_dir".into()),
+        message: e.to_string(),
+    };
+    if create {
+        state_file::prepare_dir(dir).map_err(invalid)?;
+        return Ok(format!("state_dir {}: OK", dir.display()));
+    }
+    if !dir.exists() {
+        return Ok(format!(
+            "state_dir {}: does not exist yet; run makes it (mode 0700)",
+            dir.display()
+        ));
+    }
+    let me = state_file::euid();
+    let owner = if me == 0 {
+        Owner::Anyone
+    } else {
+        Owner::DaemonOrRoot
+    };
+    state_file::check_dir(dir, Symlink::Follow, owner).map_err(invalid)?;
+    let uid = std::fs::metadata(dir).map(|m| m.uid()).unwrap_or(me);
+    let whose = if uid == me || uid == 0 {
+        String::new()
+    } else {
+        format!("; owned by uid {uid}: run must run as that user (the unit's User=)")
+    };
+    Ok(format!(
+        "state_dir {}: OK (not writable by group or others){whose}",
+        dir.display()
+    ))
 }
 
 /// Where the daemon keeps its sinks' spools: `state_dir/spool/<sink>`.

@@ -15,7 +15,9 @@
 use std::fmt;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+
+use crate::child;
 
 /// Per-namespace sysctls (they apply to the namespace of the process).
 const SYSCTL_DIR: &str = "/proc/sys/net/netfilter";
@@ -294,9 +296,8 @@ pub fn remove_table() -> Result<bool, TrackingError> {
 }
 
 fn table_exists(nft: &Path) -> bool {
-    Command::new(nft)
+    child::minimal_command(nft)
         .args(["list", "table", TABLE_FAMILY, TABLE_NAME])
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -320,7 +321,7 @@ fn run_nft(nft: &Path, ruleset: &str, action: &'static str) -> Result<(), Tracki
         path: nft.to_path_buf(),
         source,
     };
-    let mut child = Command::new(nft)
+    let mut child = child::minimal_command(nft)
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

@@ -31,13 +31,15 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flowlogd_plugin_api::record::RecordView;
 use flowlogd_plugin_api::{format, EniIds, FlowRecord};
+
+use crate::state_file::{self, Owner, Symlink};
 
 const MAGIC: [u8; 4] = *b"FLS1";
 const HEADER_LEN: u64 = 16;
@@ -177,10 +179,16 @@ impl Spool {
     /// every frame, and cuts what does not check out.
     ///
     /// # Errors
-    /// The directory cannot be made or read, is writable by others or owned
-    /// by another user, or another process holds its lock.
+    /// The directory cannot be made or read, breaks the rule of state
+    /// directories ([`state_file::check_dir`]), or another process holds
+    /// its lock.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<(Spool, OpenReport), SpoolError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // 0700 from the start, the spool root (`state_dir/spool`) too.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err(dir))?;
         check_dir_is_private(dir)?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = open_private(&lock_path, false)?;
@@ -538,32 +546,22 @@ fn remove_if_present(path: &Path) -> Result<(), SpoolError> {
     }
 }
 
-/// Records in a spool are the sinks' own business: refuse a directory
-/// another user could read or replace files in.
+/// Records in a spool are the sinks' own business: a spool directory of
+/// the daemon's own that group or others can read is made 0700 (it was
+/// made before this rule, or with another umask); then the rule of every
+/// state directory applies ([`state_file::check_dir`]), a symlink refused.
 fn check_dir_is_private(dir: &Path) -> Result<(), SpoolError> {
     let meta = std::fs::symlink_metadata(dir).map_err(io_err(dir))?;
-    if !meta.is_dir() {
-        return Err(SpoolError::Unsafe {
-            path: dir.to_path_buf(),
-            why: "not a directory (a symlink is not followed)".into(),
-        });
-    }
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    if meta.uid() != euid {
-        return Err(SpoolError::Unsafe {
-            path: dir.to_path_buf(),
-            why: format!(
-                "owned by uid {}, not by this daemon (uid {euid})",
-                meta.uid()
-            ),
-        });
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
+    if meta.is_dir() && meta.uid() == state_file::euid() && meta.permissions().mode() & 0o077 != 0 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io_err(dir))?;
     }
-    Ok(())
+    state_file::check_dir(dir, Symlink::Refuse, Owner::DaemonOrRoot).map_err(|e| {
+        SpoolError::Unsafe {
+            path: e.path,
+            why: e.why,
+        }
+    })
 }
 
 /// Opens a file in the spool without following symlinks, mode 0600;
