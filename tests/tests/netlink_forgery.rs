@@ -66,7 +66,9 @@ fn forge(s: &Setup, args: &[&str]) -> String {
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let mut f = LineProcess::spawn(&s.a, FORGE, &all);
     f.expect_line("done", Duration::from_secs(10));
-    f.output()
+    let said = f.output();
+    eprintln!("flowlogd-forge {}:\n{said}", all.join(" "));
+    said
 }
 
 /// The largest "N foreign" count in the daemon's window lines.
@@ -170,7 +172,9 @@ fn forged_dellink_does_not_drop_a_live_eni() {
     // Count first: all 50 packets, on eni-a.
     let ok: Vec<&Value> = records
         .iter()
-        .filter(|r| r["log-status"] == "OK" && r["eni-id"] == "eni-a" && r["dstaddr"] == s.a4.as_str())
+        .filter(|r| {
+            r["log-status"] == "OK" && r["eni-id"] == "eni-a" && r["dstaddr"] == s.a4.as_str()
+        })
         .collect();
     let packets: u64 = ok.iter().map(|r| r["packets"].as_u64().unwrap()).sum();
     assert_eq!(packets, 50, "{ctx}");
@@ -178,9 +182,9 @@ fn forged_dellink_does_not_drop_a_live_eni() {
     for r in &ok {
         let w = window_of(r);
         assert!(
-            !records.iter().any(|o| o["eni-id"] == "eni-a"
-                && o["log-status"] != "OK"
-                && window_of(o) == w),
+            !records
+                .iter()
+                .any(|o| o["eni-id"] == "eni-a" && o["log-status"] != "OK" && window_of(o) == w),
             "NODATA/SKIPDATA beside {r}\n{ctx}"
         );
     }

@@ -101,7 +101,13 @@ fn forge(protocol: i32, group: u32, pid: u32, message: &[u8]) {
 
 fn open(protocol: i32) -> io::Result<i32> {
     // SAFETY: plain socket(2) call; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -154,7 +160,10 @@ fn ports_of(pid: u32, protocol: i32) -> io::Result<Vec<u32>> {
             continue;
         };
         let target = target.to_string_lossy().into_owned();
-        if let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) {
+        if let Some(inode) = target
+            .strip_prefix("socket:[")
+            .and_then(|t| t.strip_suffix(']'))
+        {
             inodes.insert(inode.to_string());
         }
     }
