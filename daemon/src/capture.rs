@@ -112,6 +112,12 @@ impl LoopStats {
         total.parse_errors += s.parse_errors;
         total.overruns += s.overruns;
         total.read_errors += s.read_errors;
+        total.foreign += s.foreign;
+    }
+
+    /// Datagrams other processes sent to the event sockets, ignored.
+    fn foreign(&self) -> u64 {
+        self.conntrack.foreign + self.route.foreign + self.nflog.foreign
     }
 }
 

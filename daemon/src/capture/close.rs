@@ -484,11 +484,12 @@ impl Capture {
             let r = rejects.stats();
             let n = &self.stats.nflog;
             log::info!(
-                "nflog: {} packets, {} malformed, {} overruns; {} with a foreign prefix ignored, {} not on an ENI, {} \
-                 unreadable headers",
+                "nflog: {} packets, {} malformed, {} overruns, {} foreign; {} with a foreign prefix ignored, {} not on \
+                 an ENI, {} unreadable headers",
                 n.entries,
                 n.parse_errors,
                 n.overruns,
+                n.foreign,
                 r.foreign_prefix,
                 r.not_on_an_eni,
                 r.bad_headers
@@ -497,8 +498,8 @@ impl Capture {
         log::info!(
             "window {}-{}: {count} records in {} ms; {} early emits at the memory bound before; closing took {} ms \
              of the capture thread, longest stall {} ms (dump of {} entries in {} slices); {} live connections \
-             (peak {}), table {} bytes; conntrack: {} events, {} malformed, {} overruns, {} resyncs; lost \
-             connections {} ({} came back), table-full drops {}, anomalies {}",
+             (peak {}), table {} bytes; conntrack: {} events, {} malformed, {} overruns, {} foreign, {} resyncs; \
+             lost connections {} ({} came back), table-full drops {}, anomalies {}",
             window.start,
             window.end,
             e.close.began.elapsed().as_millis(),
@@ -513,12 +514,26 @@ impl Capture {
             c.entries,
             c.parse_errors + self.stats.dump_parse_errors,
             c.overruns,
+            c.foreign,
             self.stats.resyncs,
             t.lost_connections,
             t.revived,
             t.table_full_drops,
             t.anomalies
         );
+        let foreign = self.stats.foreign();
+        if foreign > 0 {
+            // Each socket logged its first one with the sender; from then
+            // on only this count. They were skipped unread, which loses
+            // nothing the kernel sent: no SKIPDATA for them.
+            log::warn!(
+                "netlink: {foreign} datagrams from other processes ignored so far (conntrack {}, rtnetlink {}, \
+                 nflog {})",
+                c.foreign,
+                self.stats.route.foreign,
+                self.stats.nflog.foreign
+            );
+        }
     }
 }
 

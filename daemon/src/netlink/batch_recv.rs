@@ -32,6 +32,14 @@
 //! - **The call's flags apply to every message.** MSG_DONTWAIT makes each
 //!   read non-blocking even on a blocking socket; without it a blocking
 //!   socket would wait until all slots were filled.
+//! - **The sender is per message.** `netlink_recvmsg` writes the sender's
+//!   port id (`NETLINK_CB(skb).portid`) into each message's `msg_name`:
+//!   0 for what the kernel built, the sending socket's port id for what a
+//!   process sent (`netlink_sendmsg`). Connecting the socket to the kernel
+//!   refuses other processes' unicasts, but not their multicasts: a process
+//!   with CAP_NET_ADMIN can send to the conntrack or rtnetlink groups.
+//!   Slots from anyone but the kernel are handed out as
+//!   [`Slot::Foreign`], never as data.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -93,18 +101,26 @@ pub enum BatchRead {
 /// One filled slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Slot<'a> {
-    /// A whole datagram.
+    /// A whole datagram from the kernel.
     Datagram(&'a [u8]),
     /// The datagram had `len` bytes, more than the slot: it was cut and
     /// must not be parsed.
     Truncated { len: usize },
+    /// The datagram was sent by another process, the socket with port id
+    /// `sender`: not kernel state, must not be parsed.
+    Foreign { sender: u32 },
 }
+
+/// The port id of the kernel as a netlink sender.
+pub const KERNEL_PORT_ID: u32 = 0;
 
 /// What the kernel reported for one slot.
 #[derive(Clone, Copy, Debug, Default)]
 struct Filled {
     len: usize,
     truncated: bool,
+    /// The sender's port id (`nl_pid` of the message's `msg_name`).
+    sender: u32,
 }
 
 /// The slots and the result of the last read.
@@ -116,6 +132,9 @@ pub struct BatchReceiver {
     buf: Vec<u8>,
     /// Per slot, what the last read put there; `filled.len()` slots count.
     filled: Vec<Filled>,
+    /// The only sender whose datagrams are data: the kernel, except in
+    /// tests that play the kernel from a user socket.
+    trusted_sender: u32,
 }
 
 impl BatchReceiver {
@@ -129,7 +148,15 @@ impl BatchReceiver {
             },
             buf: Vec::new(),
             filled: Vec::new(),
+            trusted_sender: KERNEL_PORT_ID,
         }
+    }
+
+    /// Treat datagrams from `port_id` as data instead of the kernel's: for
+    /// tests that queue datagrams from a user socket.
+    #[cfg(test)]
+    pub fn trust_sender(&mut self, port_id: u32) {
+        self.trusted_sender = port_id;
     }
 
     /// The slot layout in use.
@@ -156,6 +183,8 @@ impl BatchReceiver {
         // proportion to the datagrams it asks for.
         let mut iovecs = [const { MaybeUninit::<libc::iovec>::uninit() }; MAX_SLOTS];
         let mut headers = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; MAX_SLOTS];
+        // SAFETY: all-zero bytes are a valid sockaddr_nl (plain integers).
+        let mut senders = [unsafe { std::mem::zeroed::<libc::sockaddr_nl>() }; MAX_SLOTS];
         for (iovec, slot) in iovecs
             .iter_mut()
             .zip(self.buf.chunks_exact_mut(self.slots.len))
@@ -167,12 +196,15 @@ impl BatchReceiver {
             });
         }
         let first_iovec = iovecs.as_mut_ptr().cast::<libc::iovec>();
+        let first_sender = senders.as_mut_ptr();
         for (i, header) in headers.iter_mut().enumerate().take(vlen) {
             // SAFETY: all-zero bytes are a valid mmsghdr (a plain C struct:
             // null pointers, zero lengths and flags).
             let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            // msg_name and msg_control stay null: no sender address (the
-            // single-datagram reads take none either) and no ancillary data.
+            // msg_name gets the sender's address (the kernel's port id is
+            // 0); msg_control stays null: no ancillary data.
+            h.msg_hdr.msg_name = first_sender.wrapping_add(i).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
             h.msg_hdr.msg_iov = first_iovec.wrapping_add(i);
             h.msg_hdr.msg_iovlen = 1;
             header.write(h);
@@ -181,10 +213,12 @@ impl BatchReceiver {
             // SAFETY: the first `vlen` headers are initialised (MaybeUninit
             // has the layout of its content), each points at its own
             // initialised iovec in `iovecs`, and each of those at a distinct
-            // `self.slots.len`-byte slot of `self.buf`; the arrays and the
-            // buffer outlive the call and are not touched while it runs.
-            // The kernel reads only those `vlen` headers and writes only
-            // into their slots and their msg_len, msg_flags and
+            // `self.slots.len`-byte slot of `self.buf`; each also points at
+            // its own sockaddr_nl in `senders`, of the size its msg_namelen
+            // gives. The arrays and the buffer outlive the call and are not
+            // touched while it runs. The kernel reads only those `vlen`
+            // headers and writes only into their slots, their sender
+            // addresses and their msg_len, msg_namelen, msg_flags and
             // msg_controllen. No timeout is passed.
             let rc = unsafe {
                 libc::recvmmsg(
@@ -213,25 +247,127 @@ impl BatchReceiver {
             return Ok(BatchRead::WouldBlock);
         }
         self.filled
-            .extend(headers[..received.min(vlen)].iter().map(|header| {
-                // SAFETY: the first `vlen` headers were initialised above.
-                let h = unsafe { header.assume_init_ref() };
-                Filled {
-                    len: h.msg_len as usize,
-                    truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
-                }
-            }));
+            .extend(
+                headers[..received.min(vlen)]
+                    .iter()
+                    .zip(&senders)
+                    .map(|(header, sender)| {
+                        // SAFETY: the first `vlen` headers were initialised above.
+                        let h = unsafe { header.assume_init_ref() };
+                        Filled {
+                            len: h.msg_len as usize,
+                            truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                            sender: sender.nl_pid,
+                        }
+                    }),
+            );
         Ok(BatchRead::Datagrams(self.filled.len()))
     }
 
     /// The slots the last [`read`](Self::read) filled, in queue order.
     pub fn datagrams(&self) -> impl Iterator<Item = Slot<'_>> {
+        let trusted = self.trusted_sender;
         self.filled
             .iter()
             .zip(self.buf.chunks_exact(self.slots.len))
-            .map(|(filled, slot)| match slot.get(..filled.len) {
-                Some(datagram) if !filled.truncated => Slot::Datagram(datagram),
-                _ => Slot::Truncated { len: filled.len },
+            .map(move |(filled, slot)| {
+                // One compare per datagram: the sender before anything else,
+                // so that a forged datagram is never parsed.
+                if filled.sender != trusted {
+                    return Slot::Foreign {
+                        sender: filled.sender,
+                    };
+                }
+                match slot.get(..filled.len) {
+                    Some(datagram) if !filled.truncated => Slot::Datagram(datagram),
+                    _ => Slot::Truncated { len: filled.len },
+                }
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+    use std::os::unix::io::AsRawFd;
+
+    // include/uapi/linux/netlink.h: a user socket may unicast to another
+    // NETLINK_USERSOCK socket without privilege, so these run unprivileged
+    // (unicast to a port id reaches no other test's socket).
+    const NETLINK_USERSOCK: isize = 2;
+
+    fn bound(protocol: isize) -> (Socket, u32) {
+        let mut socket = Socket::new(protocol).expect("netlink socket");
+        let port = socket.bind_auto().expect("bind").port_number();
+        (socket, port)
+    }
+
+    /// A netlink header of `kind` and `flags` with no payload.
+    fn header(kind: u16, flags: u16) -> [u8; 16] {
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&16u32.to_ne_bytes());
+        h[4..6].copy_from_slice(&kind.to_ne_bytes());
+        h[6..8].copy_from_slice(&flags.to_ne_bytes());
+        h
+    }
+
+    fn read_all(receiver: &mut BatchReceiver, fd: RawFd) -> Vec<Slot<'_>> {
+        // Bounded: the datagrams were queued before the read.
+        for _ in 0..100 {
+            match receiver.read(fd, MAX_SLOTS).expect("recvmmsg") {
+                BatchRead::Datagrams(_) => break,
+                BatchRead::WouldBlock => std::thread::sleep(std::time::Duration::from_millis(10)),
+                BatchRead::Overrun => panic!("overrun"),
+            }
+        }
+        receiver.datagrams().collect()
+    }
+
+    #[test]
+    fn a_datagram_from_another_process_is_foreign_with_its_port_id() {
+        let (forger, forger_port) = bound(NETLINK_USERSOCK);
+        let (daemon, daemon_port) = bound(NETLINK_USERSOCK);
+        let datagram = header(0x100, 0);
+        for _ in 0..2 {
+            forger
+                .send_to(&datagram, &SocketAddr::new(daemon_port, 0), 0)
+                .expect("unicast to the receiving socket");
+        }
+        let mut receiver = BatchReceiver::new(ReceiveSlots { count: 4, len: 256 });
+        assert_eq!(
+            read_all(&mut receiver, daemon.as_raw_fd()),
+            [Slot::Foreign {
+                sender: forger_port
+            }; 2]
+        );
+
+        // The same datagram from a sender trusted as the kernel is data.
+        forger
+            .send_to(&datagram, &SocketAddr::new(daemon_port, 0), 0)
+            .expect("unicast to the receiving socket");
+        receiver.trust_sender(forger_port);
+        assert_eq!(
+            read_all(&mut receiver, daemon.as_raw_fd()),
+            [Slot::Datagram(&datagram)]
+        );
+    }
+
+    #[test]
+    fn a_datagram_from_the_kernel_is_data() {
+        // An NLMSG_NOOP request with NLM_F_ACK: rtnetlink answers with an
+        // ACK (an NLMSG_ERROR of code 0) built by the kernel, port id 0.
+        let (socket, _) = bound(NETLINK_ROUTE);
+        let request = header(1, 1 | 4); // NLMSG_NOOP, NLM_F_REQUEST | NLM_F_ACK
+        socket
+            .send_to(&request, &SocketAddr::new(0, 0), 0)
+            .expect("send to the kernel");
+        let mut receiver = BatchReceiver::new(ReceiveSlots { count: 4, len: 256 });
+        let slots = read_all(&mut receiver, socket.as_raw_fd());
+        assert_eq!(slots.len(), 1, "{slots:?}");
+        let Slot::Datagram(ack) = slots[0] else {
+            panic!("the kernel's ACK was not data: {slots:?}");
+        };
+        assert_eq!(u16::from_ne_bytes([ack[4], ack[5]]), 2, "NLMSG_ERROR");
     }
 }

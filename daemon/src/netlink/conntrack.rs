@@ -338,6 +338,9 @@ impl ConntrackDumper {
                 // A dump is flow-controlled by the kernel, so this can only
                 // be a stale error; the dump goes on.
                 Ok(Received::Overrun) => continue,
+                // Another process's datagram: counted by the socket, not
+                // part of the dump.
+                Ok(Received::Foreign { .. }) => continue,
                 Err(e) => {
                     outcome = Err(e);
                     break;
@@ -894,6 +897,9 @@ mod tests {
                     }
                     Received::WouldBlock => break,
                     Received::Overrun => panic!("event overrun during capture"),
+                    Received::Foreign { sender } => {
+                        panic!("datagram from port {sender} during capture")
+                    }
                 }
             }
             if !dumped && dir.join("dump-now").exists() {

@@ -150,7 +150,8 @@ impl NflogSocket {
                         "no answer from the kernel",
                     ))
                 }
-                Received::Overrun => {}
+                // A forgery (counted by the socket) answers nothing.
+                Received::Overrun | Received::Foreign { .. } => {}
             }
         }
         Err(io::Error::new(

@@ -538,6 +538,9 @@ mod tests {
                     }
                     Received::WouldBlock => break,
                     Received::Overrun => panic!("overrun during capture"),
+                    Received::Foreign { sender } => {
+                        panic!("datagram from port {sender} during capture")
+                    }
                 }
             }
             if !dumped && dir.join("dump-now").exists() {

@@ -11,7 +11,7 @@ use netlink_packet_core::{
 };
 use netlink_sys::{Socket, SocketAddr};
 
-use super::batch_recv::{BatchRead, BatchReceiver, ReceiveSlots, Slot};
+use super::batch_recv::{BatchRead, BatchReceiver, ReceiveSlots, Slot, KERNEL_PORT_ID};
 use super::stats::DrainStats;
 
 // include/uapi/linux/netlink.h
@@ -57,6 +57,9 @@ pub enum Received<'a> {
     /// ENOBUFS: the socket's receive queue was full and the kernel dropped
     /// messages meant for it. The messages still queued can be read next.
     Overrun,
+    /// A datagram another process sent (port id `sender`), not the
+    /// kernel: skipped unparsed, the first one per socket logged. Read on.
+    Foreign { sender: u32 },
 }
 
 /// A netlink socket bound to an address the kernel picks, optionally
@@ -71,6 +74,11 @@ pub struct NetlinkSocket {
     /// The slots of `drain_messages` (a batch at a time).
     batch: BatchReceiver,
     receive_buffer_granted: usize,
+    /// Datagrams from other processes skipped so far, by either read: only
+    /// the first one is logged.
+    foreign: u64,
+    /// The only sender of data: the kernel, except in tests.
+    trusted_sender: u32,
 }
 
 impl NetlinkSocket {
@@ -103,6 +111,8 @@ impl NetlinkSocket {
             buf: Vec::new(),
             batch: BatchReceiver::new(options.receive_slots),
             receive_buffer_granted: 0,
+            foreign: 0,
+            trusted_sender: KERNEL_PORT_ID,
         };
         this.receive_buffer_granted = match options.receive_buffer_bytes {
             Some(bytes) => this.set_receive_buffer(bytes)?,
@@ -161,7 +171,9 @@ impl NetlinkSocket {
         Ok(())
     }
 
-    /// Read one datagram into the socket's buffer. EINTR is retried.
+    /// Read one datagram into the socket's buffer. EINTR is retried. A
+    /// datagram from another process is not handed out: it is counted and
+    /// reported as [`Received::Foreign`].
     ///
     /// # Errors
     ///
@@ -175,8 +187,17 @@ impl NetlinkSocket {
         loop {
             // MSG_TRUNC makes recv return the datagram's real length, so a
             // datagram larger than the buffer is detected, not parsed cut.
-            match self.socket.recv(&mut &mut self.buf[..], libc::MSG_TRUNC) {
-                Ok(len) if len > self.buf.len() => {
+            match self
+                .socket
+                .recv_from(&mut &mut self.buf[..], libc::MSG_TRUNC)
+            {
+                // Checked first: a forged datagram is not even measured.
+                Ok((_, from)) if from.port_number() != self.trusted_sender => {
+                    let sender = from.port_number();
+                    self.on_foreign("netlink socket", sender);
+                    return Ok(Received::Foreign { sender });
+                }
+                Ok((len, _)) if len > self.buf.len() => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!(
@@ -185,7 +206,7 @@ impl NetlinkSocket {
                         ),
                     ))
                 }
-                Ok(len) => return Ok(Received::Datagram(&self.buf[..len])),
+                Ok((len, _)) => return Ok(Received::Datagram(&self.buf[..len])),
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EINTR) => continue,
                     Some(libc::ENOBUFS) => return Ok(Received::Overrun),
@@ -240,6 +261,17 @@ impl NetlinkSocket {
             for slot in self.batch.datagrams() {
                 let datagram = match slot {
                     Slot::Datagram(d) => d,
+                    Slot::Foreign { sender } => {
+                        // Not kernel state: skipped unparsed. Nothing the
+                        // kernel sent was lost, so no window is marked
+                        // SKIPDATA for it; the count shows in the window line.
+                        stats.foreign += 1;
+                        self.foreign += 1;
+                        if self.foreign == 1 {
+                            log_first_foreign(what, sender);
+                        }
+                        continue;
+                    }
                     Slot::Truncated { len } => {
                         // Cut by the kernel: its messages are lost.
                         log::warn!(
@@ -267,6 +299,21 @@ impl NetlinkSocket {
     /// The port id the kernel bound this socket to (replies carry it).
     pub fn port_id(&self) -> u32 {
         self.port_id
+    }
+
+    /// Treat datagrams from `port_id` as the kernel's: for tests that
+    /// queue datagrams from a user socket.
+    #[cfg(test)]
+    pub fn trust_sender(&mut self, port_id: u32) {
+        self.trusted_sender = port_id;
+        self.batch.trust_sender(port_id);
+    }
+
+    fn on_foreign(&mut self, what: &str, sender: u32) {
+        self.foreign += 1;
+        if self.foreign == 1 {
+            log_first_foreign(what, sender);
+        }
     }
 
     /// Send a dump `request` (its header's sequence number is `seq`) and
@@ -300,6 +347,7 @@ impl NetlinkSocket {
                 // only built when this socket has room), so this can only be
                 // a stale error from an earlier multicast subscription.
                 Received::Overrun => continue,
+                Received::Foreign { .. } => continue,
             };
             if let DumpStatus::Done(progress) = reader.on_datagram(datagram, &mut on_message)? {
                 return Ok(progress);
@@ -499,6 +547,16 @@ impl<'a> Iterator for Messages<'a> {
     }
 }
 
+/// The first datagram from another process on a socket is logged with its
+/// sender; later ones only count (shown at each window close), so that a
+/// flood of forgeries cannot flood the log.
+fn log_first_foreign(what: &str, sender: u32) {
+    log::warn!(
+        "{what}: ignored a netlink datagram from port id {sender}, another process, not the kernel; further ones \
+         are counted in the window line"
+    );
+}
+
 fn payload_i32(payload: &[u8]) -> Option<i32> {
     let bytes: [u8; 4] = payload.get(..4)?.try_into().ok()?;
     Some(i32::from_ne_bytes(bytes))
@@ -612,10 +670,15 @@ mod tests {
     const NETLINK_USERSOCK: isize = 2;
     const GROUP: u32 = 1;
 
-    /// An event socket of NETLINK_USERSOCK in GROUP. Open it inside
-    /// `in_new_netns`, so no other test's datagrams reach it.
-    fn member(slots: ReceiveSlots, receive_buffer_bytes: usize) -> NetlinkSocket {
-        NetlinkSocket::open(
+    /// An event socket of NETLINK_USERSOCK in GROUP that takes `sender`'s
+    /// datagrams as the kernel's. Open it inside `in_new_netns`, so no
+    /// other test's datagrams reach it.
+    fn member(
+        sender: &GroupSender,
+        slots: ReceiveSlots,
+        receive_buffer_bytes: usize,
+    ) -> NetlinkSocket {
+        let mut socket = NetlinkSocket::open(
             NETLINK_USERSOCK,
             &SocketOptions {
                 groups: vec![GROUP],
@@ -624,22 +687,27 @@ mod tests {
                 ..SocketOptions::default()
             },
         )
-        .expect("open a NETLINK_USERSOCK member")
+        .expect("open a NETLINK_USERSOCK member");
+        socket.trust_sender(sender.port_id);
+        socket
     }
 
-    struct GroupSender(Socket);
+    struct GroupSender {
+        socket: Socket,
+        port_id: u32,
+    }
 
     impl GroupSender {
         fn open() -> Self {
             let mut socket = Socket::new(NETLINK_USERSOCK).expect("NETLINK_USERSOCK socket");
-            socket.bind_auto().expect("bind");
-            GroupSender(socket)
+            let port_id = socket.bind_auto().expect("bind").port_number();
+            GroupSender { socket, port_id }
         }
 
         /// One datagram to every member of GROUP.
         fn send(&self, datagram: &[u8]) {
             let to = SocketAddr::new(0, 1 << (GROUP - 1));
-            match self.0.send_to(datagram, &to, 0) {
+            match self.socket.send_to(datagram, &to, 0) {
                 Ok(sent) => assert_eq!(sent, datagram.len()),
                 // netlink_sendmsg delivers to the group, then also unicasts
                 // to port 0, where NETLINK_USERSOCK has no kernel socket.
@@ -664,6 +732,7 @@ mod tests {
         in_new_netns(|| {
             let sender = GroupSender::open();
             let mut socket = member(
+                &sender,
                 ReceiveSlots {
                     count: 8,
                     len: 1024,
@@ -701,6 +770,53 @@ mod tests {
         });
     }
 
+    /// Another process multicasting into the group (as one with
+    /// CAP_NET_ADMIN can into conntrack's or rtnetlink's): its datagrams
+    /// are counted as foreign, never handed out, and not a loss.
+    #[test]
+    fn drain_skips_and_counts_datagrams_from_another_sender() {
+        if !require_root("drain_skips_and_counts_datagrams_from_another_sender") {
+            return;
+        }
+        in_new_netns(|| {
+            let kernel = GroupSender::open();
+            let forger = GroupSender::open();
+            let mut socket = member(
+                &kernel,
+                ReceiveSlots {
+                    count: 4,
+                    len: 1024,
+                },
+                1 << 20,
+            );
+            kernel.send(&numbered(0, 16));
+            forger.send(&numbered(1, 16));
+            kernel.send(&numbered(2, 16));
+            forger.send(&numbered(3, 16));
+
+            let (stats, seqs) = drain_seqs(&mut socket, 100);
+            assert_eq!(seqs, [0, 2]);
+            assert_eq!(
+                stats,
+                DrainStats {
+                    messages: 2,
+                    foreign: 2,
+                    ..DrainStats::default()
+                }
+            );
+
+            // The single-datagram read skips it too.
+            forger.send(&numbered(4, 16));
+            assert_eq!(
+                socket.recv().unwrap(),
+                Received::Foreign {
+                    sender: forger.port_id
+                }
+            );
+            assert_eq!(socket.recv().unwrap(), Received::WouldBlock);
+        });
+    }
+
     #[test]
     fn drain_counts_a_datagram_longer_than_its_slot_and_parses_none_of_it() {
         if !require_root("drain_counts_a_datagram_longer_than_its_slot_and_parses_none_of_it") {
@@ -708,7 +824,7 @@ mod tests {
         }
         in_new_netns(|| {
             let sender = GroupSender::open();
-            let mut socket = member(ReceiveSlots { count: 4, len: 256 }, 1 << 20);
+            let mut socket = member(&sender, ReceiveSlots { count: 4, len: 256 }, 1 << 20);
             sender.send(&numbered(0, 16));
             // 3 messages of 196 bytes: the first one would fit the slot,
             // so a cut datagram would still yield it if parsed.
@@ -742,6 +858,7 @@ mod tests {
             // (each costs its skb's truesize, about 1 KiB); the rest of
             // the 500 are dropped, and the socket gets one ENOBUFS.
             let mut socket = member(
+                &sender,
                 ReceiveSlots {
                     count: 4,
                     len: 1024,
@@ -792,6 +909,7 @@ mod tests {
             const SENT: u32 = 20_000;
             let sender = GroupSender::open();
             let mut socket = member(
+                &sender,
                 ReceiveSlots {
                     count: 16,
                     len: 1024,

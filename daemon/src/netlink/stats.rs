@@ -15,6 +15,9 @@ pub struct DrainStats {
     pub overruns: u64,
     /// Reads that failed with another error; the drain stopped there.
     pub read_errors: u64,
+    /// Datagrams another process sent (sender port id not 0), skipped
+    /// unparsed. Not a loss: nothing the kernel sent was dropped.
+    pub foreign: u64,
     /// The drain stopped at its budget with data still queued. Readiness
     /// will not be reported again for it: call `drain` again soon.
     pub more_pending: bool,
