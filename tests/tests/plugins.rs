@@ -313,7 +313,11 @@ fn plugin_in_a_world_writable_directory_is_refused_naming_the_directory() {
     );
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains(&why), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&why),
+        "{}",
+        text(&o)
+    );
 
     let o = flowlogd(&["plugins", "--config", cfg.to_str().unwrap()]);
     let out = String::from_utf8_lossy(&o.stdout);
@@ -340,7 +344,11 @@ fn plugin_in_a_world_writable_directory_is_refused_naming_the_directory() {
     }
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains(&why), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&why),
+        "{}",
+        text(&o)
+    );
 
     // A symlink from a safe place into that directory is no way around it.
     let link = tmp.join("linked-plugins");

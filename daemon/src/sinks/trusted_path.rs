@@ -128,8 +128,7 @@ pub fn open_trusted(path: &Path) -> Result<TrustedFile, LoadError> {
                     UnsafeReason::TooManySymlinks,
                 ));
             }
-            check_owner(&meta, euid)
-                .map_err(|r| unsafe_at(&here, ComponentKind::Symlink, r))?;
+            check_owner(&meta, euid).map_err(|r| unsafe_at(&here, ComponentKind::Symlink, r))?;
             let target = read_link_at(dir, &name).map_err(|e| io_error(&here, e))?;
             if target.is_absolute() {
                 dirs.truncate(1);
@@ -156,13 +155,16 @@ pub fn open_trusted(path: &Path) -> Result<TrustedFile, LoadError> {
         if !file_type.is_dir() {
             return Err(io_error(&here, io::Error::from_raw_os_error(libc::ENOTDIR)));
         }
-        check_directory(&meta, euid)
-            .map_err(|r| unsafe_at(&here, ComponentKind::Directory, r))?;
+        check_directory(&meta, euid).map_err(|r| unsafe_at(&here, ComponentKind::Directory, r))?;
         dirs.push((node, here));
     }
     // The path ended in a directory (`/`, `..`).
     let (_, last) = dirs.last().expect("the root is never popped");
-    Err(unsafe_at(last, ComponentKind::File, UnsafeReason::NotRegularFile))
+    Err(unsafe_at(
+        last,
+        ComponentKind::File,
+        UnsafeReason::NotRegularFile,
+    ))
 }
 
 fn components(path: &Path) -> VecDeque<OsString> {
@@ -224,7 +226,7 @@ fn check_owner(meta: &std::fs::Metadata, euid: u32) -> Result<(), UnsafeReason> 
 fn check_directory(meta: &std::fs::Metadata, euid: u32) -> Result<(), UnsafeReason> {
     check_owner(meta, euid)?;
     let mode = meta.mode() & 0o7777;
-    if mode & 0o022 != 0 && mode & u32::from(libc::S_ISVTX) == 0 {
+    if mode & 0o022 != 0 && mode & libc::S_ISVTX == 0 {
         return Err(UnsafeReason::Writable { mode });
     }
     Ok(())

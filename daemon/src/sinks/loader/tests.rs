@@ -15,10 +15,12 @@ use crate::sinks::trusted_path::tests::{set_mode, Scratch};
 fn build_named_sink(out: &Path, name: &str, marker: Option<&Path>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut cc = Command::new("cc");
-    cc.args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared"])
-        .arg("-I")
-        .arg(root.join("plugin-api/include"))
-        .arg(format!("-DSINK_NAME=\"{name}\""));
+    cc.args([
+        "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared",
+    ])
+    .arg("-I")
+    .arg(root.join("plugin-api/include"))
+    .arg(format!("-DSINK_NAME=\"{name}\""));
     if let Some(marker) = marker {
         cc.arg(format!("-DMARKER_PATH=\"{}\"", marker.display()));
     }
@@ -72,7 +74,8 @@ fn a_swap_after_the_check_loads_the_checked_file() {
     // And loading the name afresh checks (and refuses) what it now is.
     let err = PluginLibrary::load(&good).err().expect("evil.so refused");
     assert!(
-        err.to_string().contains("file is writable by others (mode 0646)"),
+        err.to_string()
+            .contains("file is writable by others (mode 0646)"),
         "{err}"
     );
     assert!(!marker.exists(), "the evil constructor ran");

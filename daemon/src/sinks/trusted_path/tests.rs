@@ -85,11 +85,18 @@ fn world_or_group_writable_directory_is_refused_naming_it() {
         let (sub, so) = plugin_in(&scratch, mode);
         assert_eq!(
             refusal(&so),
-            (sub.clone(), ComponentKind::Directory, UnsafeReason::Writable { mode })
+            (
+                sub.clone(),
+                ComponentKind::Directory,
+                UnsafeReason::Writable { mode }
+            )
         );
         let message = open_trusted(&so).unwrap_err().to_string();
         assert!(
-            message.contains(&format!("refused: directory {} is writable by", sub.display())),
+            message.contains(&format!(
+                "refused: directory {} is writable by",
+                sub.display()
+            )),
             "{message}"
         );
     }
@@ -126,7 +133,11 @@ fn a_symlink_into_a_world_writable_directory_is_refused_naming_the_target_direct
     std::os::unix::fs::symlink(&sub, &link).unwrap();
     assert_eq!(
         refusal(&link.join("plugin.so")),
-        (sub.clone(), ComponentKind::Directory, UnsafeReason::Writable { mode: 0o777 })
+        (
+            sub.clone(),
+            ComponentKind::Directory,
+            UnsafeReason::Writable { mode: 0o777 }
+        )
     );
     // A relative link, and a link as the last component, too.
     let relative = scratch.path().join("relative");
@@ -177,13 +188,27 @@ fn components_owned_by_another_user_are_refused() {
     std::os::unix::fs::chown(&sub, Some(65534), None).unwrap();
     assert_eq!(
         refusal(&so),
-        (sub.clone(), ComponentKind::Directory, UnsafeReason::Owner { uid: 65534, euid: 0 })
+        (
+            sub.clone(),
+            ComponentKind::Directory,
+            UnsafeReason::Owner {
+                uid: 65534,
+                euid: 0
+            }
+        )
     );
     std::os::unix::fs::chown(&sub, Some(0), None).unwrap();
     std::os::unix::fs::chown(&so, Some(65534), None).unwrap();
     assert_eq!(
         refusal(&so),
-        (so.clone(), ComponentKind::File, UnsafeReason::Owner { uid: 65534, euid: 0 })
+        (
+            so.clone(),
+            ComponentKind::File,
+            UnsafeReason::Owner {
+                uid: 65534,
+                euid: 0
+            }
+        )
     );
     assert!(open_trusted(&so)
         .unwrap_err()
@@ -196,6 +221,13 @@ fn components_owned_by_another_user_are_refused() {
     std::os::unix::fs::lchown(&link, Some(65534), None).unwrap();
     assert_eq!(
         refusal(&link),
-        (link.clone(), ComponentKind::Symlink, UnsafeReason::Owner { uid: 65534, euid: 0 })
+        (
+            link.clone(),
+            ComponentKind::Symlink,
+            UnsafeReason::Owner {
+                uid: 65534,
+                euid: 0
+            }
+        )
     );
 }
