@@ -1,8 +1,11 @@
 //! Loading plugins: the C and Rust examples load and write, and the daemon
-//! refuses a wrong ABI, a file that is not a plugin, and unsafe permissions.
+//! refuses a wrong ABI, a file that is not a plugin, unsafe permissions, a
+//! plugin directory others can write, and never loads a file swapped in
+//! after the check.
 
 use std::os::unix::fs::PermissionsExt;
 
+use flowlogd_tests::netns::Netns;
 use flowlogd_tests::*;
 
 fn example_config(
@@ -277,5 +280,196 @@ fn missing_plugin_names_the_paths_tried() {
             plugins.join("kafka.so").display(),
             plugins.join("libflowlogd_sink_kafka.so").display()
         )
+    );
+}
+
+/// The attack of issue #13: a root-owned plugin in a directory anyone can
+/// write (anyone can swap it for their own file). check-config, `plugins`
+/// and `run` refuse it, naming the directory.
+#[test]
+fn plugin_in_a_world_writable_directory_is_refused_naming_the_directory() {
+    if !require_root("plugin_in_a_world_writable_directory_is_refused_naming_the_directory") {
+        return;
+    }
+    let tmp = TempDir::new("dir-0777");
+    let plugins = plugin_dir(&tmp);
+    std::fs::set_permissions(&plugins, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let so = plugins.join("file.so");
+    let cfg = example_config(
+        &tmp,
+        &plugins,
+        &format!(
+            "[sinks.local]\nplugin = \"file\"\npath = \"{}\"\n",
+            tmp.join("out.log").display()
+        ),
+        "\"local\"",
+    );
+    let why = format!(
+        "{}: refused: directory {} is writable by group and others (mode 0777) without the sticky bit, \
+         so they can swap the plugin; run `chmod go-w {}`",
+        so.display(),
+        plugins.display(),
+        plugins.display()
+    );
+    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&why),
+        "{}",
+        text(&o)
+    );
+
+    let o = flowlogd(&["plugins", "--config", cfg.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("  (none)\nrefused:\n"), "{}", text(&o));
+    assert!(out.contains(&format!("  {why}\n")), "{}", text(&o));
+
+    // `run`, in a namespace of its own, must stop before capturing.
+    let ns = Netns::new("plugdir");
+    let mut child = ns
+        .command(flowlogd_bin())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if child.try_wait().unwrap().is_none() {
+        child.kill().unwrap();
+        let _ = child.wait();
+        panic!("flowlogd run started with a plugin in a 0777 directory");
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&why),
+        "{}",
+        text(&o)
+    );
+
+    // A symlink from a safe place into that directory is no way around it.
+    let link = tmp.join("linked-plugins");
+    std::os::unix::fs::symlink(&plugins, &link).unwrap();
+    let cfg = example_config(
+        &tmp,
+        &link,
+        "[sinks.local]\nplugin = \"file\"\npath = \"/tmp/x.log\"\n",
+        "\"local\"",
+    );
+    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!(
+            "refused: directory {} is writable by group and others",
+            plugins.display()
+        )),
+        "{}",
+        text(&o)
+    );
+}
+
+fn exchange(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let a = std::ffi::CString::new(a.to_str().unwrap()).unwrap();
+    let b = std::ffi::CString::new(b.to_str().unwrap()).unwrap();
+    // SAFETY: two NUL-terminated paths.
+    unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        ) == 0
+    }
+}
+
+/// The swap race of issue #13, measured at 75 of 200 runs before the fix:
+/// a thread exchanges the real testsink plugin with an "evil" library whose
+/// constructor writes a marker, while `check-config` loads testsink. The
+/// directory is root's and 0755, so only the final open, check and load
+/// are raced (the test is root, so it can swap there); the evil file is
+/// writable by others, which the check refuses, so a run either loads the
+/// real plugin or refuses the evil one, and the marker never appears.
+#[test]
+fn a_plugin_swapped_during_check_config_never_runs_the_other_file() {
+    if !require_root("a_plugin_swapped_during_check_config_never_runs_the_other_file") {
+        return;
+    }
+    let tmp = TempDir::new("swap");
+    let plugins = plugin_dir(&tmp);
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&plugins, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let marker = tmp.join("evil-constructor-ran");
+    let evil = plugins.join("evil.so");
+    build_c_plugin(
+        &workspace_root().join("tests/fixtures/named_sink.c"),
+        &evil,
+        &[
+            "-DSINK_NAME=\"evil\"",
+            &format!("-DMARKER_PATH=\"{}\"", marker.display()),
+        ],
+    );
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o646)).unwrap();
+    let victim = plugins.join("testsink.so");
+    let cfg = example_config(
+        &tmp,
+        &plugins,
+        &format!(
+            "[sinks.out]\nplugin = \"testsink\"\npath = \"{}\"\n",
+            tmp.join("out.jsonl").display()
+        ),
+        "\"out\"",
+    );
+    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (victim, evil, stop) = (victim.clone(), evil.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                assert!(exchange(&victim, &evil));
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let (mut loaded, mut refused) = (0, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    for _ in 0..200 {
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
+        if o.status.success() {
+            loaded += 1;
+        } else {
+            assert!(
+                String::from_utf8_lossy(&o.stderr).contains(&format!(
+                    "{}: refused: file is writable by others (mode 0646)",
+                    victim.display()
+                )),
+                "{}",
+                text(&o)
+            );
+            refused += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(
+        swaps > 0 && loaded + refused >= 20,
+        "{swaps} swaps, {loaded} loaded, {refused} refused"
+    );
+    assert!(
+        !marker.exists(),
+        "the evil constructor ran ({loaded} loaded, {refused} refused before it)"
     );
 }

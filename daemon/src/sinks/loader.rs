@@ -1,16 +1,21 @@
 //! Finding a plugin file, checking it is safe to load, and checking its ABI.
 //!
 //! The daemon runs with CAP_NET_ADMIN and loads plugins into its own
-//! process, so a plugin file anyone but root can change is a privilege
-//! escalation: such files are refused, as sudo-rs refuses unsafe config.
+//! process, so a plugin file, or a directory on its path, that anyone but
+//! root (or the daemon's own user) can change is a privilege escalation:
+//! such plugins are refused (see trusted_path.rs), and the file checked is
+//! the file loaded, through its open descriptor.
 
 use std::ffi::CStr;
 use std::fmt;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use flowlogd_plugin_api::abi::{DescriptorFn, FfiDescriptor, ABI_MAJOR, DESCRIPTOR_SYMBOL};
+
+use super::trusted_path::{open_trusted, ComponentKind, TrustedFile, UnsafeReason};
 
 /// Why a plugin was not loaded.
 #[derive(Debug)]
@@ -19,9 +24,14 @@ pub enum LoadError {
         plugin: String,
         tried: Vec<PathBuf>,
     },
-    UnsafePermissions {
+    /// A component of the plugin's path (a directory, a symbolic link, or
+    /// the file itself) that someone other than root or the daemon's user
+    /// could change, or a file that is not a regular file.
+    Unsafe {
         path: PathBuf,
-        reason: String,
+        component: PathBuf,
+        kind: ComponentKind,
+        reason: UnsafeReason,
     },
     Open {
         path: PathBuf,
@@ -48,8 +58,14 @@ impl fmt::Display for LoadError {
                 let tried: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
                 write!(f, "plugin \"{plugin}\" not found (looked for {})", tried.join(", "))
             }
-            LoadError::UnsafePermissions { path, reason } => {
-                write!(f, "{}: refused: {reason}", path.display())
+            LoadError::Unsafe {
+                path,
+                component,
+                kind,
+                reason,
+            } => {
+                write!(f, "{}: refused: ", path.display())?;
+                write_unsafe(f, path, component, *kind, reason)
             }
             LoadError::Open { path, reason } => write!(f, "{}: cannot load: {reason}", path.display()),
             LoadError::MissingSymbol { path } => write!(
@@ -76,6 +92,62 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
+/// "file is writable by others (mode 0646); run `chmod go-w PATH`", naming
+/// the component unless it is the plugin path itself.
+fn write_unsafe(
+    f: &mut fmt::Formatter<'_>,
+    path: &Path,
+    component: &Path,
+    kind: ComponentKind,
+    reason: &UnsafeReason,
+) -> fmt::Result {
+    let what = match kind {
+        ComponentKind::File => "file",
+        ComponentKind::Directory => "directory",
+        ComponentKind::Symlink => "symbolic link",
+    };
+    if component == path {
+        write!(f, "{what}")?;
+    } else {
+        write!(f, "{what} {}", component.display())?;
+    }
+    let at = component.display();
+    match reason {
+        UnsafeReason::Writable { mode } => {
+            let who = if mode & 0o020 != 0 && mode & 0o002 != 0 {
+                "group and others"
+            } else if mode & 0o020 != 0 {
+                "its group"
+            } else {
+                "others"
+            };
+            write!(f, " is writable by {who} (mode {mode:04o})")?;
+            if kind == ComponentKind::Directory {
+                write!(
+                    f,
+                    " without the sticky bit, so they can swap the plugin; run `chmod go-w {at}`"
+                )
+            } else {
+                write!(f, "; run `chmod go-w {at}`")
+            }
+        }
+        UnsafeReason::Owner { uid, euid: 0 } => write!(
+            f,
+            " is owned by uid {uid}, not root, and flowlogd runs as root; run `chown root {at}`"
+        ),
+        UnsafeReason::Owner { uid, euid } => write!(
+            f,
+            " is owned by uid {uid}, neither root nor flowlogd's own user (uid {euid}); \
+             run `chown root {at}`"
+        ),
+        UnsafeReason::NotRegularFile => write!(f, " is not a regular file"),
+        UnsafeReason::TooManySymlinks => write!(
+            f,
+            " is one symbolic link too many (more than 40 on the way to the plugin)"
+        ),
+    }
+}
+
 /// The file `plugin` (from a sink's `plugin = ...`) refers to: an absolute
 /// path as is, a name as `<plugin_dir>/<name>.so` or, as cargo names
 /// cdylibs, `<plugin_dir>/libflowlogd_sink_<name>.so`.
@@ -101,48 +173,6 @@ pub fn resolve_plugin(plugin_dir: &Path, plugin: &str) -> Result<PathBuf, LoadEr
         })
 }
 
-/// Refuses a file that group or others can write, or (when we run as root)
-/// that root does not own.
-///
-/// # Errors
-/// [`LoadError::UnsafePermissions`] saying what is wrong and how to fix it.
-pub fn check_permissions(path: &Path) -> Result<(), LoadError> {
-    let meta = std::fs::metadata(path).map_err(|e| LoadError::Open {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(LoadError::UnsafePermissions {
-            path: path.to_owned(),
-            reason: format!(
-                "file is writable by {} (mode {mode:04o}); run `chmod go-w {}`",
-                if mode & 0o020 != 0 && mode & 0o002 != 0 {
-                    "group and others"
-                } else if mode & 0o020 != 0 {
-                    "its group"
-                } else {
-                    "others"
-                },
-                path.display()
-            ),
-        });
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if euid == 0 && meta.uid() != 0 {
-        return Err(LoadError::UnsafePermissions {
-            path: path.to_owned(),
-            reason: format!(
-                "file is owned by uid {}, not root, and flowlogd runs as root; run `chown root {}`",
-                meta.uid(),
-                path.display()
-            ),
-        });
-    }
-    Ok(())
-}
-
 /// A loaded plugin library and its checked descriptor.
 pub struct PluginLibrary {
     pub path: PathBuf,
@@ -163,20 +193,32 @@ unsafe impl Send for PluginLibrary {}
 unsafe impl Sync for PluginLibrary {}
 
 impl PluginLibrary {
-    /// Checks permissions, loads the library, looks up its descriptor and
+    /// Opens the file through a trusted path (see trusted_path.rs), loads
+    /// that open file, looks up its descriptor and
     /// checks the ABI version and the descriptor's functions.
     ///
     /// # Errors
     /// A typed [`LoadError`] for each reason a plugin is refused.
     pub fn load(path: &Path) -> Result<Arc<PluginLibrary>, LoadError> {
-        check_permissions(path)?;
-        // SAFETY: loading a library runs its initialisers. We only load
-        // files from the configured plugin directory or an absolute path
-        // the operator configured, after checking only root can change them.
-        let library = unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::Open {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let trusted = open_trusted(path)?;
+        Self::load_opened(path, trusted)
+    }
+
+    /// Loads the file `open_trusted` opened (through its descriptor, so a
+    /// rename since then changes nothing) and checks it as `load` says.
+    fn load_opened(path: &Path, trusted: TrustedFile) -> Result<Arc<PluginLibrary>, LoadError> {
+        let by_descriptor = descriptor_path(trusted.file.as_raw_fd());
+        // SAFETY: loading a library runs its initialisers. We load the very
+        // file `open_trusted` opened and checked (root's or ours, not
+        // writable by others, reached through directories only root or we
+        // can change); `trusted.file` keeps the descriptor open until
+        // dlopen has returned.
+        let library =
+            unsafe { libloading::Library::new(&by_descriptor) }.map_err(|e| LoadError::Open {
+                path: path.to_owned(),
+                reason: format!("loading it through {by_descriptor}: {e}"),
+            })?;
+        drop(trusted);
         // SAFETY: the symbol, if present, has the type the ABI defines.
         let descriptor_fn: DescriptorFn =
             match unsafe { library.get::<DescriptorFn>(DESCRIPTOR_SYMBOL) } {
@@ -251,6 +293,26 @@ impl PluginLibrary {
     }
 }
 
+/// `/proc/self/fd/<fd>`, spelled differently at every call.
+///
+/// glibc's dlopen returns an already loaded library whose name is the same
+/// string, without opening the file; descriptor numbers are reused, so a
+/// second plugin opened as the same fd number would get the first one back.
+/// The path between `/proc` and `self` encodes a per-process counter in
+/// 32 tokens of `/` (bit 0) or `/.` (bit 1), which the kernel resolves to the
+/// same `/proc/self` and glibc sees as distinct names. (The same file loaded
+/// twice is still shared: glibc also compares device and inode.)
+fn descriptor_path(fd: std::os::fd::RawFd) -> String {
+    static LOADS: AtomicU32 = AtomicU32::new(0);
+    let n = LOADS.fetch_add(1, Ordering::Relaxed);
+    let mut path = String::from("/proc");
+    for bit in 0..32 {
+        path.push_str(if n >> bit & 1 == 1 { "/." } else { "/" });
+    }
+    path.push_str(&format!("/self/fd/{fd}"));
+    path
+}
+
 /// What `flowlogd plugins` reports for one file of the plugin directory.
 pub struct ScannedPlugin {
     pub path: PathBuf,
@@ -275,3 +337,6 @@ pub fn scan_plugin_dir(dir: &Path) -> std::io::Result<Vec<ScannedPlugin>> {
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests;

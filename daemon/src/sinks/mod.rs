@@ -5,6 +5,7 @@ mod dispatch;
 mod instance;
 mod loader;
 mod spool;
+mod trusted_path;
 
 pub use dispatch::{Dispatcher, SinkSpec, SinkStats, SpoolSettings};
 pub use instance::{check_options, CallError};
