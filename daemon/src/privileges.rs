@@ -241,10 +241,20 @@ pub fn keep_only_net_admin(user: Option<&DaemonUser>) -> Result<DropReport, Priv
     }
 
     let kept: CapsHashSet = permitted.iter().copied().filter(|c| *c == KEPT).collect();
-    // Effective first: it must stay within the permitted set at each step.
-    caps::set(None, CapSet::Effective, &kept).map_err(caps_err("setting the effective set"))?;
-    caps::set(None, CapSet::Permitted, &kept).map_err(caps_err("setting the permitted set"))?;
-    caps::clear(None, CapSet::Inheritable).map_err(caps_err("clearing the inheritable set"))?;
+    // Under the unit the sets are right already: no capset then, which its
+    // system call filter may refuse.
+    let sets = [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable];
+    let current: Vec<CapsHashSet> = sets
+        .iter()
+        .map(|set| caps::read(None, *set))
+        .collect::<Result<_, _>>()
+        .map_err(caps_err("reading the capability sets"))?;
+    if current != [kept.clone(), kept.clone(), CapsHashSet::new()] {
+        // Effective first: it must stay within the permitted set at each step.
+        caps::set(None, CapSet::Effective, &kept).map_err(caps_err("setting the effective set"))?;
+        caps::set(None, CapSet::Permitted, &kept).map_err(caps_err("setting the permitted set"))?;
+        caps::clear(None, CapSet::Inheritable).map_err(caps_err("clearing the inheritable set"))?;
+    }
     // Ambient capabilities (the unit grants CAP_NET_ADMIN so) only serve
     // the `nft` child at start-up; nothing is executed after it.
     caps::clear(None, CapSet::Ambient).map_err(caps_err("clearing the ambient set"))?;
