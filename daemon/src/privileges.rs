@@ -61,6 +61,7 @@ pub enum PrivilegeError {
     StateDirNotWritable {
         path: PathBuf,
         who: String,
+        fix: String,
     },
 }
 
@@ -91,10 +92,9 @@ impl fmt::Display for PrivilegeError {
             PrivilegeError::StateDir { path, source } => {
                 write!(f, "cannot prepare state_dir {}: {source}", path.display())
             }
-            PrivilegeError::StateDirNotWritable { path, who } => write!(
+            PrivilegeError::StateDirNotWritable { path, who, fix } => write!(
                 f,
-                "state_dir {} is not writable by {who} once privileges are dropped: make {who} its owner \
-                 (and of what is in it, e.g. an earlier run's spool)",
+                "state_dir {} is not writable by {who} once privileges are dropped: {fix}",
                 path.display()
             ),
         }
@@ -143,13 +143,30 @@ pub fn prepare_state_dir(dir: &Path, user: Option<&DaemonUser>) -> Result<(), Pr
 pub fn check_state_dir(dir: &Path, user: Option<&DaemonUser>) -> Result<(), PrivilegeError> {
     match nix::unistd::access(dir, AccessFlags::W_OK | AccessFlags::X_OK) {
         Ok(()) => Ok(()),
-        Err(_) => Err(PrivilegeError::StateDirNotWritable {
-            path: dir.to_owned(),
-            who: match user {
-                Some(u) => format!("user {}", u.name),
-                None => format!("uid {} without CAP_DAC_OVERRIDE", Uid::current()),
-            },
-        }),
+        Err(_) => {
+            let (who, owner) = match user {
+                Some(u) => (format!("user {}", u.name), u.name.clone()),
+                None => {
+                    let uid = Uid::current();
+                    (
+                        format!("uid {uid} (without CAP_DAC_OVERRIDE)"),
+                        format!("uid {uid}"),
+                    )
+                }
+            };
+            Err(PrivilegeError::StateDirNotWritable {
+                path: dir.to_owned(),
+                fix: format!(
+                    "chown it to {owner} (and what is in it, e.g. an earlier run's spool){}",
+                    if user.is_none() {
+                        ", or set daemon.user to its owner"
+                    } else {
+                        ""
+                    }
+                ),
+                who,
+            })
+        }
     }
 }
 

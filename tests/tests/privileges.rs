@@ -317,3 +317,65 @@ fn user_nobody_keeps_net_admin_and_refuses_what_it_cannot_do() {
         d.log()
     );
 }
+
+/// `daemon.user` with a state_dir that user cannot write (root's, 0755):
+/// the start stops once privileges are dropped, saying what to do, rather
+/// than capture without a handoff or spool.
+#[test]
+fn state_dir_the_user_cannot_write_stops_the_start() {
+    if !require_root("state_dir_the_user_cannot_write_stops_the_start") {
+        return;
+    }
+    let s = Setup::new("prstate");
+    let state_dir = s.tmp.join("state");
+    std::fs::create_dir(&state_dir).unwrap();
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nobody_dir = s.tmp.join("nobody");
+    std::fs::create_dir(&nobody_dir).unwrap();
+    std::os::unix::fs::chown(&nobody_dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let config = s.config(
+        "user",
+        Some("nobody"),
+        &[("out", &nobody_dir.join("records.jsonl"))],
+    );
+    let mut child =
+        s.a.command(flowlogd_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            // Our own child, by its handle: SIGKILL to its pid.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("flowlogd kept running with a state_dir nobody cannot write");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!(
+            "state_dir {} is not writable by user nobody once privileges are dropped: chown it to nobody",
+            state_dir.display()
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("capturing:"), "{log}");
+}
