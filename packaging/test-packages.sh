@@ -6,7 +6,8 @@
 #
 # - both packages: file lists, modes, owners, conffiles / %config(noreplace),
 #   dependencies, maintainer scripts, no build-time paths in the binaries,
-#   the unit's hardening, man pages; lintian on the .deb (no E:, warnings
+#   the unit's hardening (systemd-analyze security --offline: exposure at
+#   most 2.5), man pages; lintian on the .deb (no E:, warnings
 #   listed);
 # - as root: installs the .deb into a clean Debian root (debootstrap
 #   minbase, cached in target/pkg-test/), inside a network namespace whose
@@ -130,8 +131,8 @@ if [[ $EUID -ne 0 ]]; then
     echo "test-packages: not root: SKIPPING the install tests (debootstrap, chroot, network namespaces); run as root for them"
     privileged=false
 fi
-tools=(dpkg-deb lintian rpm readelf strings man gzip)
-$privileged && tools+=(debootstrap systemd-analyze ip ping chroot timeout)
+tools=(dpkg-deb lintian rpm readelf strings man gzip systemd-analyze)
+$privileged && tools+=(debootstrap ip ping chroot timeout)
 for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || {
         echo "test-packages: $tool is missing: run bash scripts/install-test-deps.sh" >&2
@@ -307,10 +308,18 @@ for line in 'User=flowlogd' 'Group=flowlogd' 'ExecStart=/usr/sbin/flowlogd run -
     'ExecStartPre=/usr/sbin/flowlogd check-config --config /etc/flowlogd\.toml' 'ExecReload=/bin/kill -HUP \$MAINPID' \
     'Restart=on-failure' 'CapabilityBoundingSet=CAP_NET_ADMIN' 'AmbientCapabilities=CAP_NET_ADMIN' \
     'NoNewPrivileges=yes' 'ProtectSystem=strict' 'ProtectHome=yes' 'PrivateTmp=yes' \
-    'ReadWritePaths=/var/lib/flowlogd /var/log/flowlogd' 'WantedBy=multi-user.target'; do
+    'ReadWritePaths=/var/lib/flowlogd /var/log/flowlogd' 'WantedBy=multi-user.target' \
+    'ProtectKernelTunables=yes' 'ReadWritePaths=-/proc/sys/net/netfilter' 'PrivateDevices=yes' \
+    'ProtectProc=invisible' 'RestrictNamespaces=yes' 'MemoryDenyWriteExecute=yes' 'RemoveIPC=yes' \
+    'SystemCallFilter=@system-service' 'SystemCallErrorNumber=EPERM'; do
     check "unit: $line" has "$unit" "^$line\$"
 done
-check "unit: no ProtectKernelTunables (the daemon writes /proc/sys/net/netfilter)" lacks "$unit" '^ProtectKernelTunables='
+# systemd-analyze's exposure score, 0 (locked down) to 10; --threshold is in
+# tenths. Offline: the unit file alone, no running manager needed.
+systemd-analyze security --offline=yes --threshold=25 "$unit" >"$out/unit-security" 2>&1 && rc=0 || rc=$?
+echo "     $(grep -o 'Overall exposure level.*' "$out/unit-security" || echo 'systemd-analyze security: no score')"
+check "unit: systemd-analyze security --offline exposure at most 2.5" test "$rc" -eq 0
+[[ $rc -eq 0 ]] || grep '✗' "$out/unit-security" | sed 's/^/     /'
 for key in nf_conntrack_acct nf_conntrack_timestamp nf_conntrack_events; do
     check "sysctl.d: net.netfilter.$key = 1" has "$x/usr/lib/sysctl.d/60-flowlogd.conf" "^net\\.netfilter\\.$key = 1$"
 done
@@ -518,8 +527,9 @@ done
 verify=$(MANPATH=$r/usr/share/man systemd-analyze verify --root="$r" /lib/systemd/system/flowlogd.service 2>&1) && rc=0 || rc=$?
 check "systemd-analyze verify: accepted, no warnings" test "$rc" -eq 0 -a -z "$verify"
 [[ -z $verify ]] || echo "$verify" | sed 's/^/     /'
-exposure=$(chroot "$r" systemd-analyze security --offline=yes /lib/systemd/system/flowlogd.service 2>/dev/null | grep 'Overall exposure level' || true)
-echo "     systemd-analyze security: ${exposure:-?}"
+chroot "$r" systemd-analyze security --offline=yes --threshold=25 /lib/systemd/system/flowlogd.service >"$out/installed-security" 2>&1 && rc=0 || rc=$?
+echo "     installed unit: $(grep -o 'Overall exposure level.*' "$out/installed-security" || echo 'no score')"
+check "installed unit: systemd-analyze security --offline exposure at most 2.5" test "$rc" -eq 0
 
 # The daemon as the unit runs it, on real traffic: ping the peer 3 times,
 # SIGHUP (reload, the window goes on), SIGTERM (close + flush).

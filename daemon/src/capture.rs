@@ -28,6 +28,7 @@ use crate::netlink::{
     ConntrackDumper, ConntrackEvents, DrainStats, EventSubscription, EventsConfig, NflogConfig,
     NflogSocket, RouteWatcher,
 };
+use crate::privileges::{self, PrivilegeError};
 use crate::rejects::RejectCapture;
 use crate::run_marker::{self, Judgement, RunMarker};
 use crate::signals::{Signal, SignalFd};
@@ -72,6 +73,7 @@ const ROUTE_RCVBUF_BYTES: usize = 1 << 20;
 pub enum RunError {
     Config(ConfigError),
     Tracking(TrackingError),
+    Privileges(PrivilegeError),
     Io {
         what: &'static str,
         source: io::Error,
@@ -83,6 +85,7 @@ impl fmt::Display for RunError {
         match self {
             RunError::Config(e) => write!(f, "{e}"),
             RunError::Tracking(e) => write!(f, "{e}"),
+            RunError::Privileges(e) => write!(f, "{e}"),
             RunError::Io { what, source } => write!(f, "{what}: {source}"),
         }
     }
@@ -274,6 +277,9 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         ))
     };
 
+    // Everything that needs more than CAP_NET_ADMIN is done; the sinks (and
+    // every reload) run with what is left.
+    drop_privileges(&config)?;
     let dispatcher = startup::start_sinks(&config, Some(&startup::spool_settings(&config)))
         .map_err(RunError::Config)?;
 
@@ -501,6 +507,16 @@ fn register_dumper(poll: &Poll, dumper: &ConntrackDumper) -> io::Result<()> {
 fn grown_buffer(granted: usize, max: u64) -> Option<usize> {
     let max = usize::try_from(max).unwrap_or(usize::MAX);
     (granted < max).then(|| granted.min(max / 2))
+}
+
+/// Keeps only CAP_NET_ADMIN (and becomes `daemon.user`), with `state_dir`
+/// ready for whoever the daemon is then.
+fn drop_privileges(config: &Config) -> Result<(), RunError> {
+    let (state_dir, user) = (&config.daemon.state_dir, config.daemon.user.as_ref());
+    privileges::prepare_state_dir(state_dir, user).map_err(RunError::Privileges)?;
+    let report = privileges::keep_only_net_admin(user).map_err(RunError::Privileges)?;
+    log::info!("{report}");
+    privileges::check_state_dir(state_dir, user).map_err(RunError::Privileges)
 }
 
 /// Time from now until Unix second `deadline` (zero if past).

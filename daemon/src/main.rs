@@ -11,6 +11,7 @@ mod metadata;
 mod model;
 mod netlink;
 mod packet;
+mod privileges;
 mod rejects;
 mod routing;
 mod run_marker;

@@ -94,6 +94,9 @@ impl Capture {
                 "daemon.conntrack_reliable_events",
                 new.conntrack_reliable_events != old.conntrack_reliable_events,
             ),
+            // The daemon is that user already, without the privilege to
+            // become another.
+            ("daemon.user", new.user != old.user),
             // The open window's sums are sized for the bound they grew
             // under; a new bound starts with a new table.
             (

@@ -10,8 +10,8 @@ pub use error::ConfigError;
 pub use location::Location;
 pub use schema::default_window_memory_bytes;
 pub use validate::{
-    load, parse_mac, Config, EcsConfig, EniConfig, EniMatch, FlowLogConfig, MetadataSource,
-    SinkConfig, TrafficFilter, Unmapped,
+    load, parse_mac, Config, DaemonUser, EcsConfig, EniConfig, EniMatch, FlowLogConfig,
+    MetadataSource, SinkConfig, TrafficFilter, Unmapped,
 };
 #[cfg(test)]
 pub use validate::{parse, ResourceType};

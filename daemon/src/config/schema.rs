@@ -120,6 +120,10 @@ pub struct RawDaemon {
     pub nflog_require_prefix: bool,
     #[serde(default = "spanned_nflog_rcvbuf")]
     pub nflog_rcvbuf_bytes: Spanned<i64>,
+    /// The user to run as once start-up is done (started as root); unset:
+    /// the user it was started as.
+    #[serde(default)]
+    pub user: Option<Spanned<String>>,
 }
 
 /// The NFLOG socket's receive buffer: a flood of dropped packets (a port
@@ -185,6 +189,7 @@ impl Default for RawDaemon {
             rcvbuf_max_bytes: spanned_rcvbuf_max(),
             nflog_require_prefix: true,
             nflog_rcvbuf_bytes: spanned_nflog_rcvbuf(),
+            user: None,
         }
     }
 }

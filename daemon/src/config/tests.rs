@@ -77,7 +77,42 @@ fn unknown_key() {
          `enable_conntrack_accounting`, `install_tracking_table`, `sink_queue_records`, `shutdown_timeout_secs`, \
          `spool_max_bytes`, `window_memory_bytes`, \
          `conntrack_rcvbuf_bytes`, `conntrack_reliable_events`, `rcvbuf_max_bytes`, \
-         `nflog_require_prefix`, `nflog_rcvbuf_bytes`"
+         `nflog_require_prefix`, `nflog_rcvbuf_bytes`, `user`"
+    );
+}
+
+#[test]
+fn user_is_looked_up() {
+    let src = GOOD.replace(
+        "capture_window_secs = 600",
+        "capture_window_secs = 600\nuser = \"nobody\"",
+    );
+    let c = parse(Path::new("/etc/flowlogd.toml"), &src).unwrap();
+    let user = c.daemon.user.expect("daemon.user");
+    // nobody is 65534 on Debian and most distributions.
+    assert_eq!((user.name.as_str(), user.uid), ("nobody", 65534));
+    let unset = parse(Path::new("/etc/flowlogd.toml"), GOOD).unwrap();
+    assert_eq!(unset.daemon.user, None);
+}
+
+#[test]
+fn user_that_does_not_exist() {
+    let src = GOOD.replace(
+        "capture_window_secs = 600",
+        "capture_window_secs = 600\nuser = \"flowlogd-no-such-user\"",
+    );
+    assert_eq!(
+        error_of(&src),
+        "/etc/flowlogd.toml:4:8: daemon.user: no user \"flowlogd-no-such-user\" on this system (create it, e.g. \
+         `useradd --system flowlogd-no-such-user`, or remove the key to stay the user the daemon was started as)"
+    );
+    let empty = GOOD.replace(
+        "capture_window_secs = 600",
+        "capture_window_secs = 600\nuser = \"\"",
+    );
+    assert_eq!(
+        error_of(&empty),
+        "/etc/flowlogd.toml:4:8: daemon.user: expected a user name, got \"\""
     );
 }
 

@@ -57,6 +57,17 @@ pub struct DaemonConfig {
     pub nflog_rcvbuf_bytes: u64,
     /// Receive buffers grow (doubling) after an overrun, up to this.
     pub rcvbuf_max_bytes: u64,
+    /// The user the daemon switches to after start-up, if one is set.
+    pub user: Option<DaemonUser>,
+}
+
+/// `daemon.user`, as the system's user database has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonUser {
+    pub name: String,
+    pub uid: u32,
+    /// The user's primary group.
+    pub gid: u32,
 }
 
 /// `[metadata] source`: the `[[eni]]` tables only, or those plus the ECS
@@ -396,6 +407,7 @@ fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigErr
             ))
         }
     };
+    let user = d.user.as_ref().map(|u| validate_user(cx, u)).transpose()?;
     Ok(DaemonConfig {
         capture_window_secs,
         plugin_dir: PathBuf::from(&d.plugin_dir),
@@ -415,7 +427,31 @@ fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigErr
         nflog_require_prefix: d.nflog_require_prefix,
         nflog_rcvbuf_bytes,
         rcvbuf_max_bytes,
+        user,
     })
+}
+
+/// `daemon.user` must name a user of this system: the daemon switches to
+/// it only after start-up, when a missing user could no longer be told to
+/// the operator as a config error.
+fn validate_user(cx: &Cx<'_>, u: &Spanned<String>) -> Result<DaemonUser, ConfigError> {
+    let name = u.get_ref();
+    let err = |message: String| cx.err(u.span(), "daemon.user", message);
+    if name.is_empty() || name.contains('\0') {
+        return Err(err(format!("expected a user name, got {name:?}")));
+    }
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(user)) => Ok(DaemonUser {
+            name: name.clone(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        }),
+        Ok(None) => Err(err(format!(
+            "no user {name:?} on this system (create it, e.g. `useradd --system {name}`, or remove the key to \
+             stay the user the daemon was started as)"
+        ))),
+        Err(e) => Err(err(format!("cannot look up user {name:?}: {e}"))),
+    }
 }
 
 fn validate_metadata(cx: &Cx<'_>, m: &RawMetadata) -> Result<MetadataSource, ConfigError> {
