@@ -509,11 +509,11 @@ fn grown_buffer(granted: usize, max: u64) -> Option<usize> {
     (granted < max).then(|| granted.min(max / 2))
 }
 
-/// Keeps only CAP_NET_ADMIN (and becomes `daemon.user`), with `state_dir`
-/// ready for whoever the daemon is then.
+/// Keeps only CAP_NET_ADMIN (and becomes `daemon.user`), and checks that
+/// `state_dir` (made at start, `startup::check_state_dir`, owned by that
+/// user) is writable by whoever the daemon is then.
 fn drop_privileges(config: &Config) -> Result<(), RunError> {
     let (state_dir, user) = (&config.daemon.state_dir, config.daemon.user.as_ref());
-    privileges::prepare_state_dir(state_dir, user).map_err(RunError::Privileges)?;
     let report = privileges::keep_only_net_admin(user).map_err(RunError::Privileges)?;
     log::info!("{report}");
     privileges::check_state_dir(state_dir, user).map_err(RunError::Privileges)

@@ -17,7 +17,6 @@
 
 use std::fmt;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use caps::{CapSet, Capability, CapsHashSet};
@@ -54,10 +53,6 @@ pub enum PrivilegeError {
         user: String,
         uid: u32,
     },
-    StateDir {
-        path: PathBuf,
-        source: io::Error,
-    },
     StateDirNotWritable {
         path: PathBuf,
         who: String,
@@ -89,9 +84,6 @@ impl fmt::Display for PrivilegeError {
                 "cannot switch to daemon.user {user:?}: the daemon runs as uid {uid} without CAP_SETUID and \
                  CAP_SETGID (start it as root, or as that user, or remove the key)"
             ),
-            PrivilegeError::StateDir { path, source } => {
-                write!(f, "cannot prepare state_dir {}: {source}", path.display())
-            }
             PrivilegeError::StateDirNotWritable { path, who, fix } => write!(
                 f,
                 "state_dir {} is not writable by {who} once privileges are dropped: {fix}",
@@ -105,34 +97,6 @@ impl std::error::Error for PrivilegeError {}
 
 fn caps_err(what: &'static str) -> impl FnOnce(caps::errors::CapsError) -> PrivilegeError {
     move |source| PrivilegeError::Caps { what, source }
-}
-
-/// Creates `state_dir` if it is missing, owned by `user` where one is set
-/// (the daemon writes in it after the drop). An existing directory is left
-/// as it is: [`check_state_dir`] says when it does not fit.
-///
-/// # Errors
-/// When the directory cannot be created or given to `user`.
-pub fn prepare_state_dir(dir: &Path, user: Option<&DaemonUser>) -> Result<(), PrivilegeError> {
-    let err = |source| PrivilegeError::StateDir {
-        path: dir.to_owned(),
-        source,
-    };
-    if dir.exists() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(dir)
-        .map_err(err)?;
-    if let Some(u) = user {
-        nix::unistd::chown(dir, Some(Uid::from_raw(u.uid)), Some(Gid::from_raw(u.gid)))
-            .map_err(|e| err(e.into()))?;
-        // The umask may have taken bits the owner needs.
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(err)?;
-    }
-    Ok(())
 }
 
 /// After the drop: the daemon can still write in `state_dir` (spools,

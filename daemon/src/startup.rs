@@ -41,7 +41,8 @@ pub fn check_state_dir(config: &Config, create: bool) -> Result<String, ConfigEr
         message: e.to_string(),
     };
     if create {
-        state_file::prepare_dir(dir).map_err(invalid)?;
+        let user = config.daemon.user.as_ref().map(|u| (u.uid, u.gid));
+        state_file::prepare_dir(dir, user).map_err(invalid)?;
         return Ok(format!("state_dir {}: OK", dir.display()));
     }
     if !dir.exists() {

@@ -40,6 +40,9 @@ pub enum Symlink {
 pub enum Owner {
     /// The daemon's effective user or root: what `run` requires.
     DaemonOrRoot,
+    /// As `DaemonOrRoot`, or the uid the daemon becomes (`daemon.user`):
+    /// before the drop, the directory is that user's.
+    DaemonRootOr(u32),
     /// Anyone: for `check-config` run as root, which cannot know the user
     /// the daemon will run as (the unit's `User=`); it says whose it is.
     Anyone,
@@ -86,7 +89,12 @@ pub fn check_dir(dir: &Path, symlink: Symlink, owner: Owner) -> Result<(), Unsaf
         return Err(unsafe_dir("not a directory".into()));
     }
     let me = euid();
-    if owner == Owner::DaemonOrRoot && meta.uid() != me && meta.uid() != 0 {
+    let trusted = match owner {
+        Owner::Anyone => true,
+        Owner::DaemonOrRoot => meta.uid() == me || meta.uid() == 0,
+        Owner::DaemonRootOr(user) => meta.uid() == me || meta.uid() == 0 || meta.uid() == user,
+    };
+    if !trusted {
         return Err(unsafe_dir(format!(
             "owned by uid {}, not by this daemon's user (uid {me}) or root: another user could plant the files \
              the daemon writes and reads there; run the daemon as that user, or chown {me} {}",
@@ -107,22 +115,31 @@ pub fn check_dir(dir: &Path, symlink: Symlink, owner: Owner) -> Result<(), Unsaf
 }
 
 /// Makes the state directory if it is missing (mode 0700, parents
-/// included) and applies [`check_dir`] to it.
+/// included; owned by `user`'s uid and gid where the daemon becomes that
+/// user) and applies [`check_dir`] to it.
 ///
 /// # Errors
 /// [`UnsafeDir`] when it cannot be made or breaks the rule.
-pub fn prepare_dir(dir: &Path) -> Result<(), UnsafeDir> {
+pub fn prepare_dir(dir: &Path, user: Option<(u32, u32)>) -> Result<(), UnsafeDir> {
+    let cannot = |e: io::Error| UnsafeDir {
+        path: dir.to_path_buf(),
+        why: format!("cannot create it: {e}"),
+    };
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| UnsafeDir {
-                path: dir.to_path_buf(),
-                why: format!("cannot create it: {e}"),
-            })?;
+            .map_err(cannot)?;
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(cannot)?;
+        }
     }
-    check_dir(dir, Symlink::Follow, Owner::DaemonOrRoot)
+    let owner = match user {
+        Some((uid, _)) => Owner::DaemonRootOr(uid),
+        None => Owner::DaemonOrRoot,
+    };
+    check_dir(dir, Symlink::Follow, owner)
 }
 
 /// Writes `dir/name` atomically with `bytes`: a fresh temporary file
