@@ -346,9 +346,13 @@ plugin = "file"
     assert!(c.enis.is_empty());
     assert_eq!(c.flow_logs.len(), 2);
     // Static metadata keeps the check.
-    let e = error_of(&src.replace("\"ecs\"", "\"static\""));
+    let static_src = format!(
+        "{}{}",
+        src.replace("\"ecs\"", "\"static\""),
+        SECOND_ENI
+    );
     assert_eq!(
-        e,
+        error_of(&static_src),
         "/etc/flowlogd.toml:8:15: flow_log.resource_id: no [[eni]] has vpc_id = \"vpc-bp1only\""
     );
 }
