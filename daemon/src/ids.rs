@@ -17,10 +17,15 @@ pub const MAX_ID_LEN: usize = 128;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IdError {
     Empty,
-    TooLong { len: usize },
+    TooLong {
+        len: usize,
+    },
     /// A byte that is not printable ASCII (`!`..=`~`): whitespace, a
     /// control character, or non-ASCII. The char and its byte offset.
-    Unprintable { at: usize, c: char },
+    Unprintable {
+        at: usize,
+        c: char,
+    },
 }
 
 impl fmt::Display for IdError {
@@ -28,7 +33,10 @@ impl fmt::Display for IdError {
         match self {
             IdError::Empty => f.write_str("expected a non-empty id"),
             IdError::TooLong { len } => {
-                write!(f, "{len} bytes long, longer than the {MAX_ID_LEN} an id may have")
+                write!(
+                    f,
+                    "{len} bytes long, longer than the {MAX_ID_LEN} an id may have"
+                )
             }
             IdError::Unprintable { at, c } => write!(
                 f,
@@ -66,7 +74,12 @@ mod tests {
 
     #[test]
     fn cloud_ids_pass() {
-        for id in ["eni-bp1b2c0jvnj0g17b****", "1234567890123456", "-", "vpc_1.a:b/c"] {
+        for id in [
+            "eni-bp1b2c0jvnj0g17b****",
+            "1234567890123456",
+            "-",
+            "vpc_1.a:b/c",
+        ] {
             assert_eq!(check_id(id), Ok(()), "{id}");
         }
         assert_eq!(check_id(&"a".repeat(MAX_ID_LEN)), Ok(()));
@@ -83,16 +96,30 @@ mod tests {
             check_id("vpc\nINJECT"),
             Err(IdError::Unprintable { at: 3, c: '\n' })
         );
-        assert_eq!(check_id("a\0"), Err(IdError::Unprintable { at: 1, c: '\0' }));
-        assert_eq!(check_id("a\t"), Err(IdError::Unprintable { at: 1, c: '\t' }));
-        assert_eq!(check_id("\u{7f}"), Err(IdError::Unprintable { at: 0, c: '\u{7f}' }));
+        assert_eq!(
+            check_id("a\0"),
+            Err(IdError::Unprintable { at: 1, c: '\0' })
+        );
+        assert_eq!(
+            check_id("a\t"),
+            Err(IdError::Unprintable { at: 1, c: '\t' })
+        );
+        assert_eq!(
+            check_id("\u{7f}"),
+            Err(IdError::Unprintable { at: 0, c: '\u{7f}' })
+        );
         assert_eq!(
             check_id("vpc-\u{202e}1"),
-            Err(IdError::Unprintable { at: 4, c: '\u{202e}' })
+            Err(IdError::Unprintable {
+                at: 4,
+                c: '\u{202e}'
+            })
         );
         assert_eq!(
             check_id(&"a".repeat(MAX_ID_LEN + 1)),
-            Err(IdError::TooLong { len: MAX_ID_LEN + 1 })
+            Err(IdError::TooLong {
+                len: MAX_ID_LEN + 1
+            })
         );
         assert_eq!(
             IdError::Unprintable { at: 3, c: '\n' }.to_string(),

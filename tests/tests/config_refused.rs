@@ -25,7 +25,10 @@ fn flowlogd_within_5s(args: &[&str]) -> Output {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let o = child.wait_with_output().expect("reap flowlogd");
-            panic!("flowlogd {args:?} still running after 5 s; killed\n{}", text(&o));
+            panic!(
+                "flowlogd {args:?} still running after 5 s; killed\n{}",
+                text(&o)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -79,7 +82,11 @@ fn an_empty_or_cut_short_config_is_refused() {
     );
     std::fs::write(&cfg, &full).unwrap();
     let o = flowlogd_within_5s(&["check-config", "--config", cfg.to_str().unwrap()]);
-    assert!(o.status.success(), "the whole file is a good config\n{}", text(&o));
+    assert!(
+        o.status.success(),
+        "the whole file is a good config\n{}",
+        text(&o)
+    );
     std::fs::write(&cfg, &full[..full.find("[[flow_log]]").unwrap()]).unwrap();
     let o = flowlogd_within_5s(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_config_error(&o, &no_flow_log);

@@ -346,11 +346,7 @@ plugin = "file"
     assert!(c.enis.is_empty());
     assert_eq!(c.flow_logs.len(), 2);
     // Static metadata keeps the check.
-    let static_src = format!(
-        "{}{}",
-        src.replace("\"ecs\"", "\"static\""),
-        SECOND_ENI
-    );
+    let static_src = format!("{}{}", src.replace("\"ecs\"", "\"static\""), SECOND_ENI);
     assert_eq!(
         error_of(&static_src),
         "/etc/flowlogd.toml:8:15: flow_log.resource_id: no [[eni]] has vpc_id = \"vpc-bp1only\""
@@ -440,9 +436,18 @@ fn every_id_and_name_from_the_config_follows_the_id_rule() {
         let name = written.split(" = ").next().unwrap();
         for (bad, why) in [
             ("a b", format!("got \"a b\": ' ' at byte 1: {ID_RULE}")),
-            ("a\\u0000b", format!("got \"a\\0b\": '\\0' at byte 1: {ID_RULE}")),
-            ("a\\tb", format!("got \"a\\tb\": '\\t' at byte 1: {ID_RULE}")),
-            ("a\\u001b[2Jb", format!("got \"a\\u{{1b}}[2Jb\": '\\u{{1b}}' at byte 1: {ID_RULE}")),
+            (
+                "a\\u0000b",
+                format!("got \"a\\0b\": '\\0' at byte 1: {ID_RULE}"),
+            ),
+            (
+                "a\\tb",
+                format!("got \"a\\tb\": '\\t' at byte 1: {ID_RULE}"),
+            ),
+            (
+                "a\\u001b[2Jb",
+                format!("got \"a\\u{{1b}}[2Jb\": '\\u{{1b}}' at byte 1: {ID_RULE}"),
+            ),
             ("vpc-é", format!("got \"vpc-é\": 'é' at byte 4: {ID_RULE}")),
             ("", "expected a non-empty id".to_owned()),
             (
@@ -462,7 +467,9 @@ fn every_id_and_name_from_the_config_follows_the_id_rule() {
     let long = "v".repeat(128);
     let src = GOOD.replace("vpc-1", &long);
     assert_eq!(
-        parse(Path::new("/etc/flowlogd.toml"), &src).unwrap().enis[0].ids.vpc_id,
+        parse(Path::new("/etc/flowlogd.toml"), &src).unwrap().enis[0]
+            .ids
+            .vpc_id,
         long
     );
 }
@@ -492,7 +499,12 @@ const NO_FLOW_LOG: &str = "/etc/flowlogd.toml:1:1: flow_log: no [[flow_log]] tab
 
 #[test]
 fn an_empty_config_is_refused() {
-    for src in ["", "\n", "# nothing yet\n", "[daemon]\ncapture_window_secs = 60\n"] {
+    for src in [
+        "",
+        "\n",
+        "# nothing yet\n",
+        "[daemon]\ncapture_window_secs = 60\n",
+    ] {
         assert_eq!(error_of(src), NO_FLOW_LOG, "{src:?}");
     }
 }
@@ -625,7 +637,9 @@ fn control_characters_from_the_config_are_escaped_in_errors() {
     );
     let e = error_of(&src);
     assert!(
-        e.starts_with("/etc/flowlogd.toml:4:1: daemon.x\\u0007y: unknown field `x\\u{7}y`, expected one of"),
+        e.starts_with(
+            "/etc/flowlogd.toml:4:1: daemon.x\\u0007y: unknown field `x\\u{7}y`, expected one of"
+        ),
         "{e}"
     );
     let src = GOOD.replace("plugin = \"file\"", "plugin = \"fi\\u0007le\"");
@@ -640,10 +654,7 @@ fn control_characters_from_the_config_are_escaped_in_errors() {
 
 /// A fresh directory under the system's temporary directory.
 fn temp_dir(label: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "flowlogd-config-{label}-{}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("flowlogd-config-{label}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -735,9 +746,6 @@ fn bytes_that_are_not_utf8_are_located() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(
         e,
-        format!(
-            "{}:11:10: not UTF-8 (TOML files are UTF-8)",
-            path.display()
-        )
+        format!("{}:11:10: not UTF-8 (TOML files are UTF-8)", path.display())
     );
 }
