@@ -6,6 +6,7 @@ mod config;
 mod eni;
 mod flows;
 mod handoff;
+mod ids;
 mod logger;
 mod metadata;
 mod model;

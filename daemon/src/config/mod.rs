@@ -3,6 +3,7 @@
 
 mod error;
 mod location;
+mod read;
 mod schema;
 mod validate;
 

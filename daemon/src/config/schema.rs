@@ -68,11 +68,11 @@ fn spanned_window_memory_bytes() -> Spanned<i64> {
 pub const fn default_shutdown_timeout_secs() -> u32 {
     10
 }
-pub fn default_plugin_dir() -> String {
-    "/usr/lib/flowlogd/sinks".into()
+pub fn default_plugin_dir() -> Spanned<String> {
+    Spanned::new(0..0, "/usr/lib/flowlogd/sinks".into())
 }
-pub fn default_state_dir() -> String {
-    "/var/lib/flowlogd".into()
+pub fn default_state_dir() -> Spanned<String> {
+    Spanned::new(0..0, "/var/lib/flowlogd".into())
 }
 pub fn default_nflog_groups() -> Vec<Spanned<i64>> {
     Vec::new()
@@ -87,9 +87,9 @@ pub struct RawDaemon {
     #[serde(default = "spanned_window")]
     pub capture_window_secs: Spanned<i64>,
     #[serde(default = "default_plugin_dir")]
-    pub plugin_dir: String,
+    pub plugin_dir: Spanned<String>,
     #[serde(default = "default_state_dir")]
-    pub state_dir: String,
+    pub state_dir: Spanned<String>,
     #[serde(default = "default_nflog_groups")]
     pub nflog_groups: Vec<Spanned<i64>>,
     #[serde(default = "spanned_max_flow_logs")]
@@ -236,10 +236,10 @@ pub struct RawEni {
     pub id: Spanned<String>,
     pub interface: Option<Spanned<String>>,
     pub mac: Option<Spanned<String>>,
-    pub vswitch_id: String,
-    pub vpc_id: String,
-    pub vm_id: String,
-    pub account_id: String,
+    pub vswitch_id: Spanned<String>,
+    pub vpc_id: Spanned<String>,
+    pub vm_id: Spanned<String>,
+    pub account_id: Spanned<String>,
 }
 
 #[derive(Deserialize)]

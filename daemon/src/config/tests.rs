@@ -381,9 +381,9 @@ plugin = "file"
     assert!(c.enis.is_empty());
     assert_eq!(c.flow_logs.len(), 2);
     // Static metadata keeps the check.
-    let e = error_of(&src.replace("\"ecs\"", "\"static\""));
+    let static_src = format!("{}{}", src.replace("\"ecs\"", "\"static\""), SECOND_ENI);
     assert_eq!(
-        e,
+        error_of(&static_src),
         "/etc/flowlogd.toml:8:15: flow_log.resource_id: no [[eni]] has vpc_id = \"vpc-bp1only\""
     );
 }
@@ -438,4 +438,349 @@ fn metadata_errors() {
     ] {
         assert_eq!(error_of(&with_metadata(table)), expected, "{table}");
     }
+}
+
+// --- ids and names: one rule (crate::ids), located at the value ----------
+
+const ID_RULE: &str =
+    "ids are printable ASCII without whitespace (they are fields of text records and log lines)";
+
+#[test]
+fn an_injected_newline_in_an_id_is_refused_at_its_place() {
+    // The attack of issue #13: a forged record line through the text output.
+    let src = GOOD.replace("vpc_id = \"vpc-1\"", "vpc_id = \"vpc-1\\nINJECT 1 2 3\"");
+    assert_eq!(
+        error_of(&src),
+        format!("/etc/flowlogd.toml:10:10: eni.vpc_id: got \"vpc-1\\nINJECT 1 2 3\": '\\n' at byte 5: {ID_RULE}")
+    );
+}
+
+#[test]
+fn every_id_and_name_from_the_config_follows_the_id_rule() {
+    // (what is replaced, its key, the column its value starts at, line)
+    let places = [
+        ("id = \"eni-a\"", "eni.id", 7, 6),
+        ("vswitch_id = \"vsw-1\"", "eni.vswitch_id", 9, 14),
+        ("vpc_id = \"vpc-1\"", "eni.vpc_id", 10, 10),
+        ("vm_id = \"i-1\"", "eni.vm_id", 11, 9),
+        ("account_id = \"123\"", "eni.account_id", 12, 14),
+        ("name = \"all\"", "flow_log.name", 15, 8),
+        ("resource_id = \"vpc-1\"", "flow_log.resource_id", 17, 15),
+    ];
+    for (written, key, line, col) in places {
+        let name = written.split(" = ").next().unwrap();
+        for (bad, why) in [
+            ("a b", format!("got \"a b\": ' ' at byte 1: {ID_RULE}")),
+            (
+                "a\\u0000b",
+                format!("got \"a\\0b\": '\\0' at byte 1: {ID_RULE}"),
+            ),
+            (
+                "a\\tb",
+                format!("got \"a\\tb\": '\\t' at byte 1: {ID_RULE}"),
+            ),
+            (
+                "a\\u001b[2Jb",
+                format!("got \"a\\u{{1b}}[2Jb\": '\\u{{1b}}' at byte 1: {ID_RULE}"),
+            ),
+            ("vpc-é", format!("got \"vpc-é\": 'é' at byte 4: {ID_RULE}")),
+            ("", "expected a non-empty id".to_owned()),
+            (
+                &"x".repeat(129),
+                "129 bytes long, longer than the 128 an id may have".to_owned(),
+            ),
+        ] {
+            let src = GOOD.replacen(written, &format!("{name} = \"{bad}\""), 1);
+            assert_eq!(
+                error_of(&src),
+                format!("/etc/flowlogd.toml:{line}:{col}: {key}: {why}"),
+                "{written} -> {bad}"
+            );
+        }
+    }
+    // 128 bytes is still an id.
+    let long = "v".repeat(128);
+    let src = GOOD.replace("vpc-1", &long);
+    assert_eq!(
+        parse(Path::new("/etc/flowlogd.toml"), &src).unwrap().enis[0]
+            .ids
+            .vpc_id,
+        long
+    );
+}
+
+#[test]
+fn sink_names_follow_the_id_rule() {
+    let src = GOOD
+        .replace("[sinks.local]", "[sinks.\"lo cal\"]")
+        .replace("sinks = [\"local\"]", "sinks = [\"lo cal\"]");
+    assert_eq!(
+        error_of(&src),
+        format!("/etc/flowlogd.toml:21:8: sinks: got \"lo cal\": ' ' at byte 2: {ID_RULE}")
+    );
+    let src = GOOD
+        .replace("[sinks.local]", "[sinks.\"a\\nb\"]")
+        .replace("sinks = [\"local\"]", "sinks = [\"a\\nb\"]");
+    assert_eq!(
+        error_of(&src),
+        format!("/etc/flowlogd.toml:21:8: sinks: got \"a\\nb\": '\\n' at byte 1: {ID_RULE}")
+    );
+}
+
+// --- an empty or cut-short config ----------------------------------------
+
+const NO_FLOW_LOG: &str = "/etc/flowlogd.toml:1:1: flow_log: no [[flow_log]] table, so nothing would be \
+     captured (is the file empty or cut short?); add one with name, resource_type, resource_id and sinks";
+
+#[test]
+fn an_empty_config_is_refused() {
+    for src in [
+        "",
+        "\n",
+        "# nothing yet\n",
+        "[daemon]\ncapture_window_secs = 60\n",
+    ] {
+        assert_eq!(error_of(src), NO_FLOW_LOG, "{src:?}");
+    }
+}
+
+#[test]
+fn a_config_cut_before_its_flow_logs_is_refused() {
+    let cut = &GOOD[..GOOD.find("[[flow_log]]").unwrap()];
+    assert_eq!(error_of(cut), NO_FLOW_LOG);
+}
+
+#[test]
+fn static_metadata_without_an_eni_is_refused() {
+    let no_eni = {
+        let start = GOOD.find("[[eni]]").unwrap();
+        let end = GOOD.find("[[flow_log]]").unwrap();
+        format!("{}{}", &GOOD[..start], &GOOD[end..])
+    };
+    let why = "no [[eni]] table, and with metadata.source = \"static\" ENIs come only from [[eni]] tables; \
+               add one (id, interface or mac, vswitch_id, vpc_id, vm_id, account_id) or set \
+               metadata.source = \"ecs\"";
+    // No [metadata]: static by default, located at the start.
+    assert_eq!(
+        error_of(&no_eni),
+        format!("/etc/flowlogd.toml:1:1: eni: {why}")
+    );
+    // Written: located at the source.
+    let src = format!("[metadata]\nsource = \"static\"\n{no_eni}");
+    assert_eq!(
+        error_of(&src),
+        format!("/etc/flowlogd.toml:2:10: eni: {why}")
+    );
+    // With the metadata service, ENIs come from it.
+    let src = format!("[metadata]\nsource = \"ecs\"\n{no_eni}");
+    assert!(parse(Path::new("/etc/flowlogd.toml"), &src)
+        .unwrap()
+        .enis
+        .is_empty());
+}
+
+// --- paths and interface names --------------------------------------------
+
+#[test]
+fn plugin_dir_and_state_dir_are_absolute() {
+    let src = GOOD.replace(
+        "plugin_dir = \"/usr/lib/flowlogd/sinks\"",
+        "plugin_dir = \"sinks\"",
+    );
+    assert_eq!(
+        error_of(&src),
+        "/etc/flowlogd.toml:4:14: daemon.plugin_dir: expected an absolute path, got \"sinks\" (a relative \
+         one would depend on the directory flowlogd is started in)"
+    );
+    let src = GOOD.replace(
+        "plugin_dir = \"/usr/lib/flowlogd/sinks\"",
+        "plugin_dir = \"/usr/lib/flowlogd/sinks\"\nstate_dir = \"\"",
+    );
+    assert_eq!(
+        error_of(&src),
+        "/etc/flowlogd.toml:5:13: daemon.state_dir: expected an absolute path, got \"\" (a relative \
+         one would depend on the directory flowlogd is started in)"
+    );
+    let src = GOOD.replace(
+        "plugin_dir = \"/usr/lib/flowlogd/sinks\"",
+        "plugin_dir = \"/usr/lib/flowlogd/sinks\"\nstate_dir = \"./state\"",
+    );
+    assert_eq!(
+        error_of(&src),
+        "/etc/flowlogd.toml:5:13: daemon.state_dir: expected an absolute path, got \"./state\" (a relative \
+         one would depend on the directory flowlogd is started in)"
+    );
+    let src = GOOD.replace(
+        "plugin_dir = \"/usr/lib/flowlogd/sinks\"",
+        "plugin_dir = \"/usr/lib/\\nflowlogd\"",
+    );
+    assert_eq!(
+        error_of(&src),
+        "/etc/flowlogd.toml:4:14: daemon.plugin_dir: got \"/usr/lib/\\nflowlogd\": '\\n' in a path"
+    );
+}
+
+#[test]
+fn interface_names_follow_the_kernel_rule() {
+    let rule = "Linux interface names have no '/', ':', whitespace or control characters";
+    for (bad, why) in [
+        (
+            "eth0123456789012",
+            "\"eth0123456789012\" is 16 bytes long; Linux interface names have at most 15 (IFNAMSIZ - 1)"
+                .to_owned(),
+        ),
+        ("../eth0", format!("got \"../eth0\": '/' at byte 2; {rule}")),
+        ("eth 0", format!("got \"eth 0\": ' ' at byte 3; {rule}")),
+        ("eth0:1", format!("got \"eth0:1\": ':' at byte 4; {rule}")),
+        ("eth0\\u0000", format!("got \"eth0\\0\": '\\0' at byte 4; {rule}")),
+        ("eth0\\n", format!("got \"eth0\\n\": '\\n' at byte 4; {rule}")),
+        ("..", "expected an interface name, got \"..\"".to_owned()),
+        ("", "expected an interface name, got \"\"".to_owned()),
+    ] {
+        let src = GOOD.replace("interface = \"eth0\"", &format!("interface = \"{bad}\""));
+        assert_eq!(
+            error_of(&src),
+            format!("/etc/flowlogd.toml:8:13: eni.interface: {why}"),
+            "{bad}"
+        );
+    }
+    // 15 bytes is the longest name.
+    let src = GOOD.replace("\"eth0\"", "\"eth012345678901\"");
+    assert_eq!(
+        parse(Path::new("/etc/flowlogd.toml"), &src).unwrap().enis[0].matcher,
+        EniMatch::Interface("eth012345678901".into())
+    );
+}
+
+// --- control characters are never echoed raw -------------------------------
+
+#[test]
+fn control_characters_from_the_config_are_escaped_in_errors() {
+    let src = GOOD.replace(
+        "capture_window_secs = 600",
+        "capture_window_secs = 600\nlog_level = \"info\\u001b[2J\\r\\nforged\"",
+    );
+    assert_eq!(
+        error_of(&src),
+        "/etc/flowlogd.toml:4:13: daemon.log_level: expected one of \"error\", \"warn\", \"info\", \"debug\", \
+         \"trace\", got \"info\\u{1b}[2J\\r\\nforged\""
+    );
+    // A quoted key reaches toml's own message.
+    let src = GOOD.replace(
+        "capture_window_secs = 600",
+        "capture_window_secs = 600\n\"x\\u0007y\" = 1",
+    );
+    let e = error_of(&src);
+    assert!(
+        e.starts_with(
+            "/etc/flowlogd.toml:4:1: daemon.x\\u0007y: unknown field `x\\u{7}y`, expected one of"
+        ),
+        "{e}"
+    );
+    let src = GOOD.replace("plugin = \"file\"", "plugin = \"fi\\u0007le\"");
+    assert_eq!(
+        error_of(&src),
+        "/etc/flowlogd.toml:22:10: sinks.local.plugin: expected a plugin name (a file in daemon.plugin_dir) \
+         or an absolute path to a .so"
+    );
+}
+
+// --- what is read -----------------------------------------------------------
+
+/// A fresh directory under the system's temporary directory.
+fn temp_dir(label: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowlogd-config-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn a_fifo_is_refused_without_waiting_for_a_writer() {
+    let dir = temp_dir("fifo");
+    let fifo = dir.join("flowlogd.toml");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // Without a writer a blocking open never returns: load on a thread,
+    // bounded by a timeout, so that a regression fails instead of hanging.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(load(&path).map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+    if got.is_err() {
+        // Unblock the thread's open before failing.
+        let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        got.expect("load of a FIFO did not return within 5 s"),
+        Err(format!(
+            "{}: not a regular file (a FIFO); the config must be a regular file",
+            fifo.display()
+        ))
+    );
+}
+
+#[test]
+fn devices_and_directories_are_refused() {
+    assert_eq!(
+        load(Path::new("/dev/null")).unwrap_err().to_string(),
+        "/dev/null: not a regular file (a character device); the config must be a regular file"
+    );
+    let dir = temp_dir("dir");
+    let e = load(&dir).unwrap_err().to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        e,
+        format!(
+            "{}: not a regular file (a directory); the config must be a regular file",
+            dir.display()
+        )
+    );
+}
+
+#[test]
+fn a_file_larger_than_any_config_is_refused() {
+    let dir = temp_dir("large");
+    let path = dir.join("flowlogd.toml");
+    // A valid config padded with comments to one byte over 1 MiB.
+    let mut src = GOOD.to_owned();
+    while src.len() < (1 << 20) {
+        src.push_str("# padding padding padding padding padding padding padding padding\n");
+    }
+    src.truncate(1 << 20);
+    src.pop();
+    src.push('\n');
+    std::fs::write(&path, &src).unwrap();
+    assert!(load(&path).is_ok(), "exactly 1 MiB is read");
+    src.push('\n');
+    std::fs::write(&path, &src).unwrap();
+    let e = load(&path).unwrap_err().to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        e,
+        format!(
+            "{}: larger than 1 MiB, more than any config; not read",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn bytes_that_are_not_utf8_are_located() {
+    let dir = temp_dir("utf8");
+    let path = dir.join("flowlogd.toml");
+    let mut bytes = GOOD.replace("\"vm-1\"", "\"i-1\"").into_bytes();
+    let at = GOOD.find("i-1").unwrap();
+    bytes[at] = 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = load(&path).unwrap_err().to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        e,
+        format!("{}:11:10: not UTF-8 (TOML files are UTF-8)", path.display())
+    );
 }

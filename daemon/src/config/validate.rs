@@ -9,8 +9,10 @@ use flowlogd_plugin_api::EniIds;
 use toml::Spanned;
 
 use super::location::key_path_at;
+use super::read::read_config;
 use super::schema::*;
 use super::{ConfigError, Location};
+use crate::ids::{check_id, IdError};
 use crate::metadata::HttpUrl;
 
 /// A validated configuration.
@@ -226,13 +228,10 @@ impl Config {
 /// Reads and validates the config at `path`.
 ///
 /// # Errors
-/// [`ConfigError::Read`] if the file cannot be read, otherwise
-/// [`ConfigError::Invalid`] for the first problem found.
+/// What [`read_config`] refuses, otherwise [`ConfigError::Invalid`] for
+/// the first problem found.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let src = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let src = read_config(path)?;
     parse(path, &src)
 }
 
@@ -267,6 +266,58 @@ impl Cx<'_> {
             key: Some(key.into()),
             message: message.into(),
         }
+    }
+
+    /// An error at `location` rather than at a value: for what is missing,
+    /// which has no place of its own.
+    fn err_at(
+        &self,
+        location: Location,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            location: Some(location),
+            key: Some(key.into()),
+            message: message.into(),
+        }
+    }
+
+    /// `v` if it is an id or name that may go into records, log lines and
+    /// file names (see [`crate::ids`]), otherwise an error at it.
+    fn id(&self, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+        check_id(v.get_ref()).map_err(|why| {
+            let message = match why {
+                IdError::Unprintable { .. } => format!("got \"{}\": {why}", v.get_ref()),
+                IdError::Empty | IdError::TooLong { .. } => why.to_string(),
+            };
+            self.err(v.span(), key, message)
+        })?;
+        Ok(v.get_ref().clone())
+    }
+
+    /// `v` if it is an absolute path without control characters.
+    fn absolute_path(&self, v: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        let p = v.get_ref();
+        if let Some(c) = p.chars().find(|c| c.is_control()) {
+            return Err(self.err(
+                v.span(),
+                key,
+                format!("got \"{p}\": '{}' in a path", c.escape_debug()),
+            ));
+        }
+        if !p.starts_with('/') {
+            return Err(self.err(
+                v.span(),
+                key,
+                format!(
+                    "expected an absolute path, got \"{p}\" (a relative one would depend on the \
+                     directory flowlogd is started in)"
+                ),
+            ));
+        }
+        Ok(PathBuf::from(p))
     }
 
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
@@ -320,6 +371,7 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let metadata = validate_metadata(cx, &raw.metadata)?;
     let enis = validate_enis(cx, &raw.eni)?;
     let sinks = validate_sinks(cx, &raw.sinks)?;
+    require_something_to_capture(cx, &raw, &metadata)?;
     let flow_logs = validate_flow_logs(
         cx,
         &raw.flow_log,
@@ -336,6 +388,40 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         flow_logs,
         sinks,
     })
+}
+
+/// An empty or cut-short file parses (every table is optional to serde)
+/// but captures nothing: the unit's `check-config` must stop it.
+fn require_something_to_capture(
+    cx: &Cx<'_>,
+    raw: &RawConfig,
+    metadata: &MetadataSource,
+) -> Result<(), ConfigError> {
+    let start = Location { line: 1, col: 1 };
+    if raw.flow_log.is_empty() {
+        return Err(cx.err_at(
+            start,
+            "flow_log",
+            "no [[flow_log]] table, so nothing would be captured (is the file empty or cut short?); \
+             add one with name, resource_type, resource_id and sinks",
+        ));
+    }
+    if raw.eni.is_empty() && *metadata == MetadataSource::Static {
+        let source = raw.metadata.source.span();
+        let location = if source == (0..0) {
+            start
+        } else {
+            Location::of_offset(cx.src, source.start)
+        };
+        return Err(cx.err_at(
+            location,
+            "eni",
+            "no [[eni]] table, and with metadata.source = \"static\" ENIs come only from [[eni]] \
+             tables; add one (id, interface or mac, vswitch_id, vpc_id, vm_id, account_id) or set \
+             metadata.source = \"ecs\"",
+        ));
+    }
+    Ok(())
 }
 
 fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigError> {
@@ -408,10 +494,12 @@ fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigErr
         }
     };
     let user = d.user.as_ref().map(|u| validate_user(cx, u)).transpose()?;
+    let plugin_dir = cx.absolute_path(&d.plugin_dir, "daemon.plugin_dir")?;
+    let state_dir = cx.absolute_path(&d.state_dir, "daemon.state_dir")?;
     Ok(DaemonConfig {
         capture_window_secs,
-        plugin_dir: PathBuf::from(&d.plugin_dir),
-        state_dir: PathBuf::from(&d.state_dir),
+        plugin_dir,
+        state_dir,
         nflog_groups,
         max_flow_logs,
         max_flows,
@@ -528,18 +616,21 @@ fn validate_enis(cx: &Cx<'_>, raw: &[Spanned<RawEni>]) -> Result<Vec<EniConfig>,
     let mut out = Vec::new();
     for e in raw {
         let r = e.get_ref();
-        let id = r.id.get_ref();
-        if id.is_empty() {
-            return Err(cx.err(r.id.span(), "eni.id", "expected a non-empty ENI id"));
-        }
+        let id = &cx.id(&r.id, "eni.id")?;
+        let eni_ids = EniIds {
+            eni_id: id.clone(),
+            vswitch_id: cx.id(&r.vswitch_id, "eni.vswitch_id")?,
+            vpc_id: cx.id(&r.vpc_id, "eni.vpc_id")?,
+            vm_id: cx.id(&r.vm_id, "eni.vm_id")?,
+            account_id: cx.id(&r.account_id, "eni.account_id")?,
+        };
         if !ids.insert(id.clone()) {
             return Err(cx.err(r.id.span(), "eni.id", format!("duplicate ENI id \"{id}\"")));
         }
         let matcher = match (&r.interface, &r.mac) {
             (Some(i), None) => {
-                if i.get_ref().is_empty() {
-                    return Err(cx.err(i.span(), "eni.interface", "expected an interface name"));
-                }
+                check_interface_name(i.get_ref())
+                    .map_err(|why| cx.err(i.span(), "eni.interface", why))?;
                 if !matchers.insert(EniMatch::Interface(i.get_ref().clone())) {
                     return Err(cx.err(
                         i.span(),
@@ -578,22 +669,47 @@ fn validate_enis(cx: &Cx<'_>, raw: &[Spanned<RawEni>]) -> Result<Vec<EniConfig>,
             }
         };
         out.push(EniConfig {
-            ids: EniIds {
-                eni_id: id.clone(),
-                vswitch_id: r.vswitch_id.clone(),
-                vpc_id: r.vpc_id.clone(),
-                vm_id: r.vm_id.clone(),
-                account_id: r.account_id.clone(),
-            },
+            ids: eni_ids,
             matcher,
         });
     }
     Ok(out)
 }
 
+/// Linux's rule for interface names (`dev_valid_name`): 1..=15 bytes
+/// (IFNAMSIZ - 1), not `.` or `..`, no `/`, `:` or whitespace. A name the
+/// kernel cannot have would silently match nothing. Control characters
+/// are refused too: a NUL would end the name early in the kernel.
+fn check_interface_name(name: &str) -> Result<(), String> {
+    const IFNAMSIZ: usize = 16;
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(format!("expected an interface name, got \"{name}\""));
+    }
+    if let Some((at, c)) = name
+        .char_indices()
+        .find(|&(_, c)| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "got \"{name}\": '{}' at byte {at}; Linux interface names have no '/', ':', whitespace \
+             or control characters",
+            c.escape_debug()
+        ));
+    }
+    if name.len() >= IFNAMSIZ {
+        return Err(format!(
+            "\"{name}\" is {} bytes long; Linux interface names have at most {} (IFNAMSIZ - 1)",
+            name.len(),
+            IFNAMSIZ - 1
+        ));
+    }
+    Ok(())
+}
+
 fn validate_sinks(cx: &Cx<'_>, raw: &RawSinks) -> Result<Vec<SinkConfig>, ConfigError> {
     let mut out = Vec::new();
     for (name, table) in raw {
+        // Sink names go into log lines and spool directory names.
+        cx.id(name, "sinks")?;
         let key = format!("sinks.{}", name.get_ref());
         let mut plugin = None;
         let mut options = toml::Table::new();
@@ -601,7 +717,9 @@ fn validate_sinks(cx: &Cx<'_>, raw: &RawSinks) -> Result<Vec<SinkConfig>, Config
         for (k, v) in table.get_ref() {
             if k.get_ref() == "plugin" {
                 match v.get_ref() {
-                    toml::Value::String(s) if !s.is_empty() => plugin = Some(s.clone()),
+                    toml::Value::String(s) if !s.is_empty() && !s.contains(char::is_control) => {
+                        plugin = Some(s.clone())
+                    }
                     _ => {
                         return Err(cx.err(
                             v.span(),
@@ -665,10 +783,7 @@ fn validate_flow_logs(
             ));
         }
         let r = f.get_ref();
-        let name = r.name.get_ref();
-        if name.is_empty() {
-            return Err(cx.err(r.name.span(), "flow_log.name", "expected a non-empty name"));
-        }
+        let name = &cx.id(&r.name, "flow_log.name")?;
         if !names.insert(name.clone()) {
             return Err(cx.err(
                 r.name.span(),
@@ -688,7 +803,7 @@ fn validate_flow_logs(
                 ))
             }
         };
-        let resource_id = r.resource_id.get_ref().clone();
+        let resource_id = cx.id(&r.resource_id, "flow_log.resource_id")?;
         let field = match resource_type {
             ResourceType::Eni => "id",
             ResourceType::VSwitch => "vswitch_id",

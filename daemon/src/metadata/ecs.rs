@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use super::http::{self, HttpError, HttpUrl};
 use crate::config::parse_mac;
+use crate::ids::check_id;
 
 /// One ENI as the service describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,8 +46,8 @@ pub enum FetchError {
     /// A document every ECS instance has is missing: not the metadata
     /// service, or a wrong base URL.
     Missing { path: String },
-    /// A value that is empty, not UTF-8 or has spaces inside.
-    BadValue { path: String },
+    /// A value that is not UTF-8 or not an id (see [`crate::ids`]).
+    BadValue { path: String, why: String },
 }
 
 impl fmt::Display for FetchError {
@@ -58,7 +59,7 @@ impl fmt::Display for FetchError {
                 f,
                 "{path}: not found (404); is metadata.base_url the ECS metadata service's /latest/meta-data/?"
             ),
-            FetchError::BadValue { path } => write!(f, "{path}: not a usable id"),
+            FetchError::BadValue { path, why } => write!(f, "{path}: not a usable id: {why}"),
         }
     }
 }
@@ -93,6 +94,7 @@ impl DocumentSource for HttpSource {
                 .map(Some)
                 .map_err(|_| FetchError::BadValue {
                     path: path.to_owned(),
+                    why: "not UTF-8".to_owned(),
                 }),
             404 => Ok(None),
             status => Err(FetchError::Status {
@@ -170,11 +172,10 @@ fn value(source: &mut dyn DocumentSource, path: &str) -> Result<Option<String>, 
     };
     // Documents have no trailing newline today; tolerate one.
     let v = text.trim();
-    if v.is_empty() || v.contains(char::is_whitespace) || v.chars().any(char::is_control) {
-        return Err(FetchError::BadValue {
-            path: path.to_owned(),
-        });
-    }
+    check_id(v).map_err(|why| FetchError::BadValue {
+        path: path.to_owned(),
+        why: why.to_string(),
+    })?;
     Ok(Some(v.to_owned()))
 }
 
@@ -312,7 +313,8 @@ pub(crate) mod tests {
         let mut t = Table::instance(&[("00:16:3e:0f:01:02", "eni 1", "vpc-1", "vsw-1")]);
         assert_eq!(
             fetch_snapshot(&mut t).unwrap_err().to_string(),
-            "network/interfaces/macs/00:16:3e:0f:01:02/network-interface-id: not a usable id"
+            "network/interfaces/macs/00:16:3e:0f:01:02/network-interface-id: not a usable id: ' ' at byte 3: \
+             ids are printable ASCII without whitespace (they are fields of text records and log lines)"
         );
         t.docs.insert("instance-id".into(), "i-1\n".into());
         t.down = true;
