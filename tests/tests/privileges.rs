@@ -274,7 +274,7 @@ fn user_nobody_keeps_net_admin_and_refuses_what_it_cannot_do() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!(
         (meta.uid(), meta.gid(), meta.mode() & 0o777),
-        (NOBODY, NOBODY, 0o750),
+        (NOBODY, NOBODY, 0o700),
         "the daemon made state_dir nobody's\n{}",
         d.log()
     );
