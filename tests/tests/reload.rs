@@ -244,7 +244,8 @@ const SIGHUP: i32 = 1;
 
 /// A SIGHUP storm: 50 reloads in a tight bounded loop across a window's
 /// end, every other one with a changed config (a second sink added or
-/// removed), between two rounds of traffic on three UDP flows of known
+/// removed), one of them reading the file empty as a rewrite in place
+/// leaves it, between two rounds of traffic on three UDP flows of known
 /// counts. Every window emitted has a length (no start == end), every
 /// (flow, direction, start, end) comes out once, and each flow's records
 /// sum exactly to what was sent.
@@ -313,6 +314,17 @@ fn a_sighup_storm_makes_no_empty_or_doubled_windows_and_loses_nothing() {
         // (DaemonProcess reaps it only in terminate/drop).
         assert_eq!(unsafe { libc_kill(pid, SIGHUP) }, 0);
         std::thread::sleep(Duration::from_millis(10));
+        if i == STORM / 2 {
+            // Mid-storm, the signal lands while the file is being
+            // rewritten in place (`>` truncates first): the reload that
+            // reads it empty is refused, not run as a config without ENIs.
+            daemon.wait_for_log("reloaded:", STEP);
+            std::fs::write(&cfg, "").unwrap();
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc_kill(pid, SIGHUP) }, 0);
+            daemon.wait_for_log("the config file is empty", STEP);
+            replace_file(&cfg, &one);
+        }
     }
     // The last config written was `one`; wait for a reload that says so
     // after the storm has been worked off (signals coalesce).
@@ -323,7 +335,8 @@ fn a_sighup_storm_makes_no_empty_or_doubled_windows_and_loses_nothing() {
     daemon.wait_for_window(closed, Duration::from_secs(u64::from(WINDOW) + 10));
     daemon.stop();
     let log = daemon.log();
-    assert!(log.matches("reload").count() >= 2, "{log}");
+    assert!(log.matches("reloaded:").count() >= 2, "{log}");
+    assert_eq!(log.matches("reload refused").count(), 1, "{log}");
 
     let records = read_json_records(&tmp.join("out.jsonl"));
     let extra = read_json_records(&tmp.join("extra.jsonl"));
