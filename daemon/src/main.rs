@@ -1,27 +1,5 @@
 //! flowlogd: VPC flow logs for a Linux VM from its own netfilter state.
 
-mod capture;
-mod child;
-mod config;
-mod eni;
-mod flows;
-mod handoff;
-mod ids;
-mod logger;
-mod metadata;
-mod model;
-mod netlink;
-mod packet;
-mod privileges;
-mod rejects;
-mod routing;
-mod run_marker;
-mod signals;
-mod sinks;
-mod startup;
-mod state_file;
-mod tracking;
-
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,7 +7,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use flowlogd::config::Config;
+use flowlogd::{
+    capture, config, eni, logger, metadata, routing, run_marker, sinks, startup, tracking,
+};
 
 /// VPC flow logs for this VM, from its own conntrack and firewall state.
 #[derive(Parser)]

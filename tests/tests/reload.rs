@@ -226,3 +226,152 @@ fn poll_until(done: impl Fn() -> bool, what: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Writes `path` whole by a rename, as config management does: a reload
+/// racing a plain truncate-and-write can read an empty file, which is a
+/// valid config without ENIs (and drops the open window's sums).
+fn replace_file(path: &Path, content: &str) {
+    let tmp = path.with_extension("toml.new");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+const SIGHUP: i32 = 1;
+
+/// A SIGHUP storm: 50 reloads in a tight bounded loop across a window's
+/// end, every other one with a changed config (a second sink added or
+/// removed), one of them reading the file empty as a rewrite in place
+/// leaves it, between two rounds of traffic on three UDP flows of known
+/// counts. Every window emitted has a length (no start == end), every
+/// (flow, direction, start, end) comes out once, and each flow's records
+/// sum exactly to what was sent.
+#[test]
+fn a_sighup_storm_makes_no_empty_or_doubled_windows_and_loses_nothing() {
+    if !require_root("a_sighup_storm_makes_no_empty_or_doubled_windows_and_loses_nothing") {
+        return;
+    }
+    const WINDOW: u32 = 4;
+    const STORM: usize = 50;
+    // Datagrams per source port, before and after the storm.
+    const FLOWS: [(u16, u64, u64); 3] = [(41000, 2, 1), (41001, 3, 2), (41002, 5, 3)];
+    let a = Netns::new("stma");
+    let b = Netns::new("stmb");
+    let (a_end, _) = veth_pair(&a, "veth-a", &b, "veth-b", 43);
+    let tmp = TempDir::new("hupstorm");
+    let plugins = plugin_dir(&tmp);
+    let cfg = tmp.join("flowlogd.toml");
+    let one = config(&plugins, &tmp, WINDOW, &[("out", "out.jsonl")]);
+    let two = config(
+        &plugins,
+        &tmp,
+        WINDOW,
+        &[("out", "out.jsonl"), ("extra", "extra.jsonl")],
+    );
+    std::fs::write(&cfg, &one).unwrap();
+    let mut daemon = DaemonProcess::start(&a, &cfg, &tmp.join("daemon.log"));
+    let (_, first_end) = daemon.wait_for_window(0, Duration::from_secs(u64::from(WINDOW) + 10));
+
+    let target = format!("{}:5402", a_end.v4);
+    let mut server = LineProcess::traffic(&a, TRAFFIC, &["udp-sink", &target]);
+    server.expect_line("listening", STEP);
+    let send = |round: usize| {
+        for &(port, before, after) in &FLOWS {
+            let n = if round == 0 { before } else { after };
+            let args = [
+                "udp-flows",
+                &target,
+                "1",
+                &n.to_string(),
+                "100",
+                &port.to_string(),
+            ];
+            let mut client = LineProcess::traffic(&b, TRAFFIC, &args);
+            client.expect_line(&format!("sent {n}"), STEP);
+        }
+    };
+    send(0);
+
+    // The storm starts shortly before the open window's end, so that
+    // reloads run while it closes.
+    let storm_at = std::time::UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(first_end + i64::from(WINDOW)).unwrap())
+        - Duration::from_millis(300);
+    if let Ok(wait) = storm_at.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(wait);
+    }
+    let pid = i32::try_from(daemon.pid()).unwrap();
+    for i in 0..STORM {
+        match i % 4 {
+            0 => replace_file(&cfg, &two),
+            2 => replace_file(&cfg, &one),
+            _ => {} // unchanged since the last signal
+        }
+        // SAFETY: kill(2) on the pid of our own child, which is running
+        // (DaemonProcess reaps it only in terminate/drop).
+        assert_eq!(unsafe { libc_kill(pid, SIGHUP) }, 0);
+        std::thread::sleep(Duration::from_millis(10));
+        if i == STORM / 2 {
+            // Mid-storm, the signal lands while the file is being
+            // rewritten in place (`>` truncates first): the reload that
+            // reads it empty is refused, not run as a config without ENIs.
+            daemon.wait_for_log("reloaded:", STEP);
+            std::fs::write(&cfg, "").unwrap();
+            // SAFETY: as above.
+            assert_eq!(unsafe { libc_kill(pid, SIGHUP) }, 0);
+            daemon.wait_for_log("the config file is empty", STEP);
+            replace_file(&cfg, &one);
+        }
+    }
+    // The last config written was `one`; wait for a reload that says so
+    // after the storm has been worked off (signals coalesce).
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.wait_for_log("reloaded:", STEP);
+    send(1);
+    let closed = daemon.closed_windows().len();
+    daemon.wait_for_window(closed, Duration::from_secs(u64::from(WINDOW) + 10));
+    daemon.stop();
+    let log = daemon.log();
+    assert!(log.matches("reloaded:").count() >= 2, "{log}");
+    assert_eq!(log.matches("reload refused").count(), 1, "{log}");
+
+    let records = read_json_records(&tmp.join("out.jsonl"));
+    let extra = read_json_records(&tmp.join("extra.jsonl"));
+    for r in records.iter().chain(&extra) {
+        let (start, end) = window_of(r);
+        assert!(start < end, "a window without length: {r:#}\n{log}");
+    }
+    let udp = udp_in(&records);
+    let mut seen = std::collections::BTreeMap::new();
+    for r in &udp {
+        let key = (
+            r["srcport"].as_u64().unwrap(),
+            r["dstport"].as_u64().unwrap(),
+            window_of(r),
+        );
+        *seen.entry(key).or_insert(0) += 1;
+    }
+    let doubled: Vec<_> = seen.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(doubled.is_empty(), "{doubled:?}\n{udp:#?}\n{log}");
+    for &(port, before, after) in &FLOWS {
+        let of_flow: Vec<_> = udp
+            .iter()
+            .filter(|r| r["srcport"] == u64::from(port))
+            .collect();
+        let sum = of_flow
+            .iter()
+            .map(|r| counts_of(r))
+            .fold((0, 0), |(p, b), (q, c)| (p + q, b + c));
+        let n = before + after;
+        assert_eq!(sum, (n, n * 128), "port {port}: {of_flow:#?}\n{log}");
+        // The windows of one flow do not overlap either.
+        let mut windows: Vec<_> = of_flow.iter().map(|r| window_of(r)).collect();
+        windows.sort_unstable();
+        for w in windows.windows(2) {
+            assert!(w[0].1 <= w[1].0, "port {port}: {windows:?}\n{log}");
+        }
+    }
+}

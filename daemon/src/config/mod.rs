@@ -10,12 +10,12 @@ mod validate;
 pub use error::ConfigError;
 pub use location::Location;
 pub use schema::default_window_memory_bytes;
+#[cfg(test)]
+pub use validate::ResourceType;
 pub use validate::{
-    load, parse_mac, Config, DaemonUser, EcsConfig, EniConfig, EniMatch, FlowLogConfig,
+    load, parse, parse_mac, Config, DaemonUser, EcsConfig, EniConfig, EniMatch, FlowLogConfig,
     MetadataSource, SinkConfig, TrafficFilter, Unmapped,
 };
-#[cfg(test)]
-pub use validate::{parse, ResourceType};
 
 #[cfg(test)]
 mod tests;

@@ -16,3 +16,13 @@ pub use conntrack::{ConntrackDumper, ConntrackEvents, DumpStep, EventSubscriptio
 pub use nflog::{NflogConfig, NflogSocket};
 pub use route::RouteWatcher;
 pub use stats::{DrainStats, DumpStats};
+
+/// The parsers of raw netlink bytes, as the sockets call them, for the fuzz
+/// targets (`fuzz/`) and the property tests: each must reject malformed
+/// input with an error, never panic.
+pub mod parsers {
+    pub use super::ct_parse::{parse_conntrack_message, ParseError};
+    pub use super::nflog::{parse_packet as parse_nflog_packet, NflogParseError};
+    pub use super::route::{parse_route_message, RouteParseError};
+    pub use super::socket::{MalformedHeader, Message, Messages};
+}
