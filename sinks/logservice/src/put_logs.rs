@@ -300,10 +300,27 @@ mod tests {
         );
     }
 
+    /// What the jitter is for: retries that hit a quota together come
+    /// apart. 400 draws over 201 values: a constant, a few values, or
+    /// draws stuck in one part of the range (a seed reused per call, a
+    /// clock with coarse ticks) fail; a uniform draw fails these with
+    /// odds below 1e-40.
     #[test]
-    fn jitter_is_bounded() {
-        for _ in 0..100 {
-            assert!(jitter() <= Duration::from_millis(200));
+    fn jitter_spreads_retries_over_0_to_200_ms() {
+        const DRAWS: usize = 400;
+        let ms: Vec<u128> = (0..DRAWS).map(|_| jitter().as_millis()).collect();
+        assert_eq!(ms.len(), DRAWS);
+        assert!(ms.iter().all(|&m| m <= 200), "{ms:?}");
+        let distinct: std::collections::BTreeSet<u128> = ms.iter().copied().collect();
+        // Expected about 174 distinct values.
+        assert!(distinct.len() >= 100, "{} distinct: {ms:?}", distinct.len());
+        // Each quarter of the range is hit: P(miss one) < 4 * (3/4)^400.
+        for quarter in 0..4 {
+            let (lo, hi) = (quarter * 50, quarter * 50 + 50);
+            assert!(
+                ms.iter().any(|&m| (lo..hi).contains(&m)),
+                "no draw in {lo}..{hi} ms: {ms:?}"
+            );
         }
     }
 }
