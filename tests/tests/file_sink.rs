@@ -187,6 +187,40 @@ fn shipped_sample_config_checks_against_built_plugins() {
     .unwrap();
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
+    // The summary of what the shipped file configures: exactly its one
+    // ENI, flow log and file sink, the sink's options accepted by the
+    // built plugin. (The lines after it depend on this host's sysctls.)
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], format!("{}: OK", cfg.display()), "{}", text(&o));
+    let section = |header: &str| -> Vec<&str> {
+        let at = lines
+            .iter()
+            .position(|l| *l == header)
+            .unwrap_or_else(|| panic!("no {header:?} in\n{out}"));
+        lines[at + 1..]
+            .iter()
+            .take_while(|l| l.starts_with("  "))
+            .copied()
+            .collect()
+    };
+    assert_eq!(
+        section("ENIs:"),
+        ["  eni-primary (interface eth0): vswitch vsw-unset, vpc vpc-unset, vm i-unset, account 0; \
+          captured by: all-traffic; ids from static config"]
+    );
+    assert_eq!(
+        section("flow logs:"),
+        ["  all-traffic: vpc vpc-unset, traffic all, sinks local"]
+    );
+    assert_eq!(
+        section("sinks:"),
+        [format!(
+            "  local: plugin \"file\" -> {} (file 0.1.0, ABI 1.0), options OK",
+            plugins.join("file.so").display()
+        )]
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "");
 }
 
 #[test]
