@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use flowlogd_tests::netns::{veth_pair, DaemonProcess, LineProcess, Netns};
+use flowlogd_tests::netns::{closed_windows, veth_pair, DaemonProcess, LineProcess, Netns};
 use flowlogd_tests::*;
 use serde_json::Value;
 
@@ -132,9 +132,37 @@ fn forged_conntrack_destroy_makes_no_record() {
         "{ctx}"
     );
     assert!(foreign_reported(&log) >= 1, "{ctx}");
-    // Nothing was lost: no window is SKIPDATA.
+    // Nothing was lost: every window the daemon closed has eni-a's
+    // records, and none of them is SKIPDATA (an empty file is no proof).
+    let mut by_window: std::collections::BTreeMap<(i64, i64), Vec<&str>> =
+        std::collections::BTreeMap::new();
+    for r in &records {
+        assert_eq!(r["eni-id"], "eni-a", "{ctx}");
+        let window = (r["start"].as_i64().unwrap(), r["end"].as_i64().unwrap());
+        by_window
+            .entry(window)
+            .or_default()
+            .push(r["log-status"].as_str().unwrap());
+    }
+    // Every window closed before the stop has records; the stop's own
+    // (partial, possibly empty) window may have none.
+    let closed = closed_windows(&log);
+    assert!(closed.len() >= 3, "{closed:?}\n{ctx}");
+    let windows: Vec<(i64, i64)> = by_window.keys().copied().collect();
     assert!(
-        records.iter().all(|r| r["log-status"] != "SKIPDATA"),
+        windows.iter().all(|w| closed.contains(w)),
+        "records of a window never closed: {windows:?}\n{ctx}"
+    );
+    let before_stop = &closed[..closed.len() - 1];
+    assert_eq!(
+        windows.get(..before_stop.len()),
+        Some(before_stop),
+        "a record per closed window\n{ctx}"
+    );
+    assert!(
+        by_window
+            .values()
+            .all(|st| st == &["NODATA"] || st.iter().all(|s| *s == "OK")),
         "{ctx}"
     );
     drop(s.b);
