@@ -24,9 +24,12 @@ impl Capture {
 
     pub(super) fn reload(&mut self) {
         log::info!("SIGHUP: reloading {}", self.config.path.display());
-        let new = match load_for_reload(&self.config.path) {
+        // The loader refuses what start-up refuses, an empty or cut-short
+        // file (a rewrite in place caught midway) among them, and reads
+        // without blocking on a FIFO or reading without bound.
+        let new = match crate::config::load(&self.config.path) {
             Ok(c) => c,
-            Err(why) => return self.refuse_reload(&why),
+            Err(e) => return self.refuse_reload(&e.to_string()),
         };
         let registry = match EniRegistry::new(&new) {
             Ok(r) => r,
@@ -222,20 +225,4 @@ impl Capture {
         // DESTROY events the dump caused or raced with.
         self.drain_conntrack();
     }
-}
-
-/// The config for a reload. An empty file is refused: it is valid TOML (a
-/// config without ENIs, which would drop the open window's sums), and what
-/// a SIGHUP reads while an editor or `>` rewrites the file in place: seen
-/// in a SIGHUP storm (tests/tests/reload.rs).
-fn load_for_reload(path: &std::path::Path) -> Result<Config, String> {
-    let src = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read config: {e}", path.display()))?;
-    if src.trim().is_empty() {
-        return Err(format!(
-            "{}: the config file is empty (being rewritten?); send SIGHUP again once it is written",
-            path.display()
-        ));
-    }
-    crate::config::parse(path, &src).map_err(|e| e.to_string())
 }

@@ -637,9 +637,7 @@ impl WindowAggregate {
         // Sums taken out at the bound that nobody took (a caller that does
         // not emit spills) go out with the close rather than be lost.
         for part in std::mem::take(&mut self.spilled) {
-            let (r, sk) = (&mut self.rules, &mut self.skipped);
-            merge_into(&mut self.sums4, r, sk, part.sums4, &part.rules);
-            merge_into(&mut self.sums6, r, sk, part.sums6, &part.rules);
+            self.merge_sums(part.sums4, part.sums6, &part.rules);
         }
         let mut sums4 = std::mem::take(&mut self.sums4);
         let mut sums6 = std::mem::take(&mut self.sums6);
@@ -650,17 +648,10 @@ impl WindowAggregate {
         let early_spills = std::mem::take(&mut self.spills);
 
         let held: Vec<bool> = reg.indices().map(|e| reg.is_held(e)).collect();
-        let (held4, held6) = take_held_both(&held, &mut sums4, &mut sums6);
-        let held_count = held4.len() + held6.len();
-        let mut held_dropped = 0;
-        if held_count > MAX_HELD_RECORDS {
-            drop_held(next, &held4, &held6);
-            held_dropped = held_count;
-        } else if held_count > 0 {
-            let (r, sk) = (&mut next.rules, &mut next.skipped);
-            merge_into(&mut next.sums4, r, sk, held4, &rules);
-            merge_into(&mut next.sums6, r, sk, held6, &rules);
-        }
+        let held_records = take_held_both(&held, &mut sums4, &mut sums6);
+        let held_count = held_records.0.len() + held_records.1.len();
+        let give_up = held_count > MAX_HELD_RECORDS;
+        let held_dropped = next.keep_or_give_up_held(held_records, &rules, give_up);
 
         let mut enis = eni_views(reg, window, &skipped, all_skipped, &traffic);
         for (eni, view) in reg.indices().zip(&enis) {
@@ -672,21 +663,11 @@ impl WindowAggregate {
             }
         }
         let instances = instance_views(reg, &mut enis);
-        WindowDrain {
-            window,
-            held: held_count - held_dropped,
-            held_dropped,
-            ok4: (!sums4.is_empty()).then(|| sums4.into_iter()),
-            ok6: (!sums6.is_empty()).then(|| sums6.into_iter()),
-            rules,
-            enis,
-            instances,
-            statuses: None,
-            with_statuses: true,
-            done: false,
-            emitted: 0,
-            early_spills,
-        }
+        let mut drain = WindowDrain::of_sums(window, (sums4, sums6), rules, enis, instances);
+        drain.held = held_count - held_dropped;
+        drain.held_dropped = held_dropped;
+        drain.early_spills = early_spills;
+        drain
     }
 
     /// The oldest sums taken out at the memory bound, as records of
@@ -713,34 +694,50 @@ impl WindowAggregate {
         } = self.spilled.remove(0);
         let taken = sums4.len() + sums6.len();
         let held: Vec<bool> = reg.indices().map(|e| reg.is_held(e)).collect();
-        let (held4, held6) = take_held_both(&held, &mut sums4, &mut sums6);
-        let held_count = held4.len() + held6.len();
-        let mut held_dropped = 0;
-        if held_count > MAX_HELD_RECORDS || 2 * held_count > taken {
-            drop_held(self, &held4, &held6);
-            held_dropped = held_count;
-        } else if held_count > 0 {
-            let (r, sk) = (&mut self.rules, &mut self.skipped);
-            merge_into(&mut self.sums4, r, sk, held4, &rules);
-            merge_into(&mut self.sums6, r, sk, held6, &rules);
-        }
+        let held_records = take_held_both(&held, &mut sums4, &mut sums6);
+        let held_count = held_records.0.len() + held_records.1.len();
+        let give_up = held_count > MAX_HELD_RECORDS || 2 * held_count > taken;
+        let held_dropped = self.keep_or_give_up_held(held_records, &rules, give_up);
         let mut enis = eni_views(reg, window, &[], false, &[]);
         let instances = instance_views(reg, &mut enis);
-        Some(WindowDrain {
-            window,
-            held: held_count - held_dropped,
-            held_dropped,
-            ok4: (!sums4.is_empty()).then(|| sums4.into_iter()),
-            ok6: (!sums6.is_empty()).then(|| sums6.into_iter()),
-            rules,
-            enis,
-            instances,
-            statuses: None,
-            with_statuses: false,
-            done: false,
-            emitted: 0,
-            early_spills: self.spills - self.spilled.len() as u64,
-        })
+        let mut drain = WindowDrain::of_sums(window, (sums4, sums6), rules, enis, instances);
+        drain.held = held_count - held_dropped;
+        drain.held_dropped = held_dropped;
+        drain.with_statuses = false;
+        drain.early_spills = self.spills - self.spilled.len() as u64;
+        Some(drain)
+    }
+
+    /// Adds sums named against `from`'s rules to this aggregate's.
+    fn merge_sums(
+        &mut self,
+        sums4: impl IntoIterator<Item = (V4Key, RecordSum)>,
+        sums6: impl IntoIterator<Item = (V6Key, RecordSum)>,
+        from: &Rules,
+    ) {
+        let (r, sk) = (&mut self.rules, &mut self.skipped);
+        merge_into(&mut self.sums4, r, sk, sums4, from);
+        merge_into(&mut self.sums6, r, sk, sums6, from);
+    }
+
+    /// The records of ENIs waiting for their metadata stay in this
+    /// aggregate, or with `give_up` are given up and their ENIs marked
+    /// SKIPDATA here. Returns how many were given up.
+    fn keep_or_give_up_held(&mut self, held: HeldRecords, from: &Rules, give_up: bool) -> usize {
+        let count = held.0.len() + held.1.len();
+        if !give_up {
+            self.merge_sums(held.0, held.1, from);
+            return 0;
+        }
+        for eni in held
+            .0
+            .iter()
+            .map(|(k, _)| k.rest.eni)
+            .chain(held.1.iter().map(|(k, _)| k.rest.eni))
+        {
+            self.mark_skipped(eni);
+        }
+        count
     }
 }
 
@@ -768,20 +765,6 @@ fn take_held_both(held: &[bool], sums4: &mut Sums<V4Key>, sums6: &mut Sums<V6Key
         return (Vec::new(), Vec::new());
     }
     (take_held(sums4, held), take_held(sums6, held))
-}
-
-/// Held records given up: their ENIs' window in `agg` says SKIPDATA.
-fn drop_held(
-    agg: &mut WindowAggregate,
-    held4: &[(V4Key, RecordSum)],
-    held6: &[(V6Key, RecordSum)],
-) {
-    for (k, _) in held4 {
-        agg.mark_skipped(k.rest.eni);
-    }
-    for (k, _) in held6 {
-        agg.mark_skipped(k.rest.eni);
-    }
 }
 
 /// Each ENI of `reg` as a drain of `window` needs it: ids, whether it
@@ -971,6 +954,33 @@ pub struct WindowDrain {
 }
 
 impl WindowDrain {
+    /// A drain of `window`'s OK sums, for the views of its ENIs and flow
+    /// logs; nothing held, no early emits, NODATA and SKIPDATA at its end
+    /// (callers change what differs).
+    fn of_sums(
+        window: CaptureWindow,
+        (sums4, sums6): (Sums<V4Key>, Sums<V6Key>),
+        rules: Rules,
+        enis: Vec<EniView>,
+        instances: Vec<InstanceView>,
+    ) -> WindowDrain {
+        WindowDrain {
+            window,
+            held: 0,
+            held_dropped: 0,
+            ok4: (!sums4.is_empty()).then(|| sums4.into_iter()),
+            ok6: (!sums6.is_empty()).then(|| sums6.into_iter()),
+            rules,
+            enis,
+            instances,
+            statuses: None,
+            with_statuses: true,
+            done: false,
+            emitted: 0,
+            early_spills: 0,
+        }
+    }
+
     /// The next chunk: at most `max_records` OK records (at least one is
     /// taken even if `max_records` is 0), each given to every instance
     /// that captures its ENI and whose traffic filter takes it; then one
