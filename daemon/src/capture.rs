@@ -502,13 +502,6 @@ fn register_dumper(poll: &Poll, dumper: &ConntrackDumper) -> io::Result<()> {
         .register(&mut SourceFd(&fd), DUMP, Interest::READABLE)
 }
 
-/// After an overrun: twice the buffer (the kernel reports double what it
-/// grants, so asking for the reported size doubles it), if under `max`.
-fn grown_buffer(granted: usize, max: u64) -> Option<usize> {
-    let max = usize::try_from(max).unwrap_or(usize::MAX);
-    (granted < max).then(|| granted.min(max / 2))
-}
-
 /// Keeps only CAP_NET_ADMIN (and becomes `daemon.user`), and checks that
 /// `state_dir` (made at start, `startup::check_state_dir`, owned by that
 /// user) is writable by whoever the daemon is then.
@@ -647,15 +640,8 @@ impl Capture {
             );
             self.table.mark_lost(LossScope::All);
             self.resync_pending = true;
-            let granted = self.events.receive_buffer_granted();
-            if let Some(bigger) = grown_buffer(granted, self.config.daemon.rcvbuf_max_bytes) {
-                match self.events.set_receive_buffer(bigger) {
-                    Ok(now) => {
-                        log::warn!("conntrack: receive buffer grown from {granted} to {now} bytes")
-                    }
-                    Err(e) => log::warn!("conntrack: cannot grow the receive buffer: {e}"),
-                }
-            }
+            self.events
+                .grow_receive_buffer(self.config.daemon.rcvbuf_max_bytes);
         }
         self.drain_pending |= s.more_pending;
         self.events_read += s.messages;
@@ -732,15 +718,7 @@ impl Capture {
                 socket.receive_buffer_granted()
             );
             self.table.mark_lost(LossScope::All);
-            let granted = socket.receive_buffer_granted();
-            if let Some(bigger) = grown_buffer(granted, self.config.daemon.rcvbuf_max_bytes) {
-                match socket.set_receive_buffer(bigger) {
-                    Ok(now) => {
-                        log::warn!("nflog: receive buffer grown from {granted} to {now} bytes")
-                    }
-                    Err(e) => log::warn!("nflog: cannot grow the receive buffer: {e}"),
-                }
-            }
+            socket.grow_receive_buffer(self.config.daemon.rcvbuf_max_bytes);
         }
         if s.parse_errors > 0 {
             log::warn!("nflog: {} malformed messages skipped", s.parse_errors);
