@@ -1,4 +1,5 @@
-//! Closing a window without stalling the loop: the conntrack dump that
+//! The window closer: it owns the running conntrack dump and the records
+//! on their way out. Closing a window does not stall the loop: the dump that
 //! harvests the closing window is read in slices between the event sockets
 //! (`start_dump`, `read_dump_slice`, `end_dump`), and the closed window's
 //! records go to the sinks in chunks as their queues drain (`emit_chunks`).
@@ -6,12 +7,13 @@
 //! address, a reload, shutdown) a running dump is finished blocking
 //! (`finish_running_dump`). The last window, at shutdown, is closed only
 //! once its dump and the events that follow it are in
-//! (`close_final_window`).
+//! (`close_final_window`). Its methods take the capture state beside it
+//! (`Capture`), whose event drains they call around each dump.
 
 use std::io;
 use std::time::Duration;
 
-use super::Capture;
+use super::state::Capture;
 use crate::config::Config;
 use crate::eni::EniRegistry;
 use crate::flows::{FlowTable, SystemClock, WindowDrain};
@@ -83,10 +85,10 @@ fn send_chunks(
 /// Sums a window emitted early at its memory bound
 /// (`daemon.window_memory_bytes`), on their way to the sinks, paced like a
 /// closed window's records.
-pub(super) struct EarlyEmit {
+struct EarlyEmit {
     drain: WindowDrain,
     /// The sinks' queues were full at the last try.
-    pub(super) waiting: bool,
+    waiting: bool,
 }
 
 /// Takes a window's sums out of the flow table as soon as they reach the
@@ -107,7 +109,7 @@ pub(super) struct SpillSender<'a> {
 
 impl<'a> SpillSender<'a> {
     /// Takes the fields it needs, so that the table can be borrowed beside it.
-    pub(super) fn new(
+    fn new(
         config: &'a Config,
         dispatcher: &'a Dispatcher,
         emitting: &'a mut Option<EmittingWindow>,
@@ -183,19 +185,33 @@ impl<'a> SpillSender<'a> {
     }
 }
 
+/// The running dump and the records on their way to the sinks.
+#[derive(Default)]
+pub(super) struct WindowCloser {
+    /// The conntrack dump the loop is reading in slices, if one runs.
+    dump: Option<RunningDump>,
+    /// The running dump has replies queued beyond the last slice's budget.
+    dump_pending: bool,
+    /// The closed window whose records are being sent, chunk by chunk.
+    emitting: Option<EmittingWindow>,
+    /// Sums emitted early at the memory bound, being sent chunk by chunk
+    /// after `emitting`.
+    early: Option<EarlyEmit>,
+}
+
 /// A closed window on its way to the sinks.
-pub(super) struct EmittingWindow {
+struct EmittingWindow {
     drain: WindowDrain,
     /// The close's dump, for its costs in the window's log line.
     close: RunningDump,
     dump_entries: u64,
     /// The sinks' queues were full at the last try.
-    pub(super) waiting: bool,
+    waiting: bool,
 }
 
 /// Why a dump runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum DumpPurpose {
+enum DumpPurpose {
     /// It harvests the window being closed ([`FlowTable::begin_close`]).
     CloseWindow,
     /// An overrun lost events: the table is read again.
@@ -208,7 +224,7 @@ pub(super) enum DumpPurpose {
 }
 
 /// A dump in progress and what it costs the capture thread.
-pub(super) struct RunningDump {
+struct RunningDump {
     purpose: DumpPurpose,
     /// When the close (or the dump) began.
     began: std::time::Instant,
@@ -246,16 +262,77 @@ impl RunningDump {
     }
 }
 
-impl Capture {
+impl WindowCloser {
+    /// What sends a window's sums out early at the memory bound, for the
+    /// loops that read events (beside the table they fill).
+    pub(super) fn spills<'a>(
+        &'a mut self,
+        config: &'a Config,
+        dispatcher: &'a Dispatcher,
+    ) -> SpillSender<'a> {
+        SpillSender::new(config, dispatcher, &mut self.emitting, &mut self.early)
+    }
+
+    /// The running dump has replies queued beyond the last slice: the loop
+    /// polls without waiting and reads on.
+    pub(super) fn has_dump_pending(&self) -> bool {
+        self.dump_pending
+    }
+
+    /// [`Self::has_dump_pending`], reset for the loop's turn.
+    pub(super) fn take_dump_pending(&mut self) -> bool {
+        std::mem::take(&mut self.dump_pending)
+    }
+
+    /// Records wait for room in the sinks' queues: the loop looks again
+    /// soon (`EMIT_RETRY`).
+    pub(super) fn waits_for_sinks(&self) -> bool {
+        self.emitting.as_ref().is_some_and(|e| e.waiting)
+            || self.early.as_ref().is_some_and(|e| e.waiting)
+    }
+
+    /// The loop's turn after the event sockets were served: one slice of a
+    /// running dump (if its socket was readable), chunks of what is going
+    /// out, and the resync dump an overrun asked for, once no dump runs.
+    pub(super) fn serve(&mut self, c: &mut Capture, dump_readable: bool) {
+        if dump_readable && self.dump.is_some() {
+            self.read_dump_slice(c);
+        }
+        if self.emitting.is_some() || self.early.is_some() {
+            self.emit_chunks(c, false);
+        }
+        if c.flags.resync_pending && self.dump.is_none() {
+            c.flags.resync_pending = false;
+            c.stats.resyncs += 1;
+            self.start_dump(c, DumpPurpose::Resync, std::time::Instant::now());
+        }
+    }
+
+    /// The open window's end has come: a close still running is finished,
+    /// and this window's close begins.
+    pub(super) fn close_window(&mut self, c: &mut Capture) {
+        if c.table.is_closing() || self.emitting.is_some() {
+            log::warn!(
+                "the previous window's close is still running at the next window's end; finishing it now"
+            );
+            self.finish_running_dump(c);
+        }
+        // The window about to close takes the half of the memory bound
+        // that records still going out hold (window_memory_bytes).
+        self.emit_chunks(c, true);
+        let deadline = c.table.next_deadline();
+        self.begin_close(c, deadline);
+    }
+
     /// Starts a dump that the loop reads in slices (`read_dump_slice`).
     /// Events queued before it are applied first, so the dump and the
     /// events agree on what is gone.
-    pub(super) fn start_dump(&mut self, purpose: DumpPurpose, began: std::time::Instant) {
+    fn start_dump(&mut self, c: &mut Capture, purpose: DumpPurpose, began: std::time::Instant) {
         let started = std::time::Instant::now();
-        self.drain_conntrack();
-        self.table.begin_dump();
+        c.drain_conntrack(self);
+        c.table.begin_dump();
         let mut running = RunningDump::new(purpose, began);
-        match self.dumper.start() {
+        match c.dumper.start() {
             Ok(()) => {
                 running.account(started.elapsed());
                 self.dump = Some(running);
@@ -264,22 +341,22 @@ impl Capture {
             }
             Err(e) => {
                 self.dump = Some(running);
-                self.end_dump(Err(e));
+                self.end_dump(c, Err(e));
             }
         }
     }
 
     /// One slice of the running dump.
-    pub(super) fn read_dump_slice(&mut self) {
+    fn read_dump_slice(&mut self, c: &mut Capture) {
         let started = std::time::Instant::now();
-        let (table, registry) = (&mut self.table, &self.registry);
+        let (table, registry) = (&mut c.table, &c.registry);
         let mut spills = SpillSender::new(
-            &self.config,
-            &self.dispatcher,
+            &c.config,
+            &c.dispatcher,
             &mut self.emitting,
             &mut self.early,
         );
-        let step = self.dumper.read_some(DUMP_SLICE_DATAGRAMS, |entry| {
+        let step = c.dumper.read_some(DUMP_SLICE_DATAGRAMS, |entry| {
             table.on_dump_entry(registry, &entry);
             spills.send(table, registry);
         });
@@ -288,38 +365,38 @@ impl Capture {
         }
         match step {
             Ok(DumpStep::Running { more_queued }) => self.dump_pending = more_queued,
-            Ok(DumpStep::Done(stats)) => self.end_dump(Ok(stats)),
-            Err(e) => self.end_dump(Err(e)),
+            Ok(DumpStep::Done(stats)) => self.end_dump(c, Ok(stats)),
+            Err(e) => self.end_dump(c, Err(e)),
         }
     }
 
     /// Reads the running dump to its end, blocking: before anything that
     /// needs the table as it is now (a harvest, a reload, shutdown).
-    pub(super) fn finish_running_dump(&mut self) {
+    pub(super) fn finish_running_dump(&mut self, c: &mut Capture) {
         if self.dump.is_none() {
             return;
         }
         let started = std::time::Instant::now();
-        let (table, registry) = (&mut self.table, &self.registry);
+        let (table, registry) = (&mut c.table, &c.registry);
         let mut spills = SpillSender::new(
-            &self.config,
-            &self.dispatcher,
+            &c.config,
+            &c.dispatcher,
             &mut self.emitting,
             &mut self.early,
         );
-        let result = self.dumper.finish(|entry| {
+        let result = c.dumper.finish(|entry| {
             table.on_dump_entry(registry, &entry);
             spills.send(table, registry);
         });
         if let Some(d) = &mut self.dump {
             d.account_read(started.elapsed());
         }
-        self.end_dump(result);
+        self.end_dump(c, result);
     }
 
     /// The running dump is over: connections it no longer listed are
     /// judged, and the window it closed is emitted.
-    fn end_dump(&mut self, result: io::Result<DumpStats>) {
+    fn end_dump(&mut self, c: &mut Capture, result: io::Result<DumpStats>) {
         let started = std::time::Instant::now();
         let Some(mut running) = self.dump.take() else {
             return;
@@ -327,34 +404,34 @@ impl Capture {
         self.dump_pending = false;
         // DESTROY events the dump itself caused (it evicts expired entries)
         // or that raced with it are applied before the dump is judged.
-        self.drain_conntrack();
+        c.drain_conntrack(self);
         let mut entries = 0;
         match result {
             Ok(s) => {
                 entries = s.entries;
-                self.stats.dump_parse_errors += s.parse_errors;
+                c.stats.dump_parse_errors += s.parse_errors;
                 if s.interrupted {
-                    self.stats.dumps_interrupted += 1;
+                    c.stats.dumps_interrupted += 1;
                     log::warn!("conntrack dump was interrupted by a table resize; counters will be harvested later");
                 }
-                self.table.end_dump(!s.interrupted);
+                c.table.end_dump(!s.interrupted);
             }
             Err(e) => {
                 log::error!("conntrack dump failed: {e}; long-lived connections are harvested at the next dump");
-                self.table.end_dump(false);
+                c.table.end_dump(false);
             }
         }
         running.account(started.elapsed());
         match running.purpose {
-            DumpPurpose::CloseWindow => self.emit_closed_window(running, entries),
+            DumpPurpose::CloseWindow => self.emit_closed_window(c, running, entries),
             DumpPurpose::FinalClose { end } => {
                 // The dump evicted the expired entries it passed (the kernel
                 // removes them lazily, so after idle flows this is where most
                 // go); their DESTROY events, and those the kernel re-sends a
                 // little later, are this last window's too.
-                self.drain_until_quiet("after the final dump");
-                self.table.begin_close(end);
-                self.emit_closed_window(running, entries);
+                c.drain_until_quiet(self, "after the final dump");
+                c.table.begin_close(end);
+                self.emit_closed_window(c, running, entries);
             }
             DumpPurpose::Resync | DumpPurpose::Harvest => {}
         }
@@ -362,22 +439,22 @@ impl Capture {
 
     /// Harvests every live connection now (blocking): a running dump is
     /// read to its end, otherwise a new one is made.
-    pub(super) fn harvest_now(&mut self) {
+    pub(super) fn harvest_now(&mut self, c: &mut Capture) {
         if self.dump.is_none() {
-            self.start_dump(DumpPurpose::Harvest, std::time::Instant::now());
+            self.start_dump(c, DumpPurpose::Harvest, std::time::Instant::now());
         }
-        self.finish_running_dump();
+        self.finish_running_dump(c);
     }
 
     /// Begins closing the open window at `end`: queued events and drops
     /// count in it, and a dump harvests its long-lived connections; the
     /// records go out when the dump ends (`end_dump`).
-    pub(super) fn begin_close(&mut self, end: i64) {
+    fn begin_close(&mut self, c: &mut Capture, end: i64) {
         let began = std::time::Instant::now();
-        self.drain_nflog();
-        self.drain_conntrack();
-        self.table.begin_close(end);
-        self.start_dump(DumpPurpose::CloseWindow, began);
+        c.drain_nflog(self);
+        c.drain_conntrack(self);
+        c.table.begin_close(end);
+        self.start_dump(c, DumpPurpose::CloseWindow, began);
     }
 
     /// SIGTERM: closes the open window at `end` and emits it, blocking.
@@ -387,21 +464,25 @@ impl Capture {
     /// caused and those that follow it have been read into it. What comes
     /// later still is in the connections the handoff carries to the next
     /// run.
-    pub(super) fn close_final_window(&mut self, end: i64) {
+    pub(super) fn close_final_window(&mut self, c: &mut Capture, end: i64) {
         // A close in progress is finished first, under its own bounds.
-        self.finish_running_dump();
-        self.emit_chunks(true);
-        self.drain_until_quiet("before the final dump");
-        self.start_dump(DumpPurpose::FinalClose { end }, std::time::Instant::now());
-        self.finish_running_dump();
-        self.emit_chunks(true);
+        self.finish_running_dump(c);
+        self.emit_chunks(c, true);
+        c.drain_until_quiet(self, "before the final dump");
+        self.start_dump(
+            c,
+            DumpPurpose::FinalClose { end },
+            std::time::Instant::now(),
+        );
+        self.finish_running_dump(c);
+        self.emit_chunks(c, true);
     }
 
     /// The window whose close dump just ended: its records start out to
     /// the sinks.
-    fn emit_closed_window(&mut self, running: RunningDump, dump_entries: u64) {
+    fn emit_closed_window(&mut self, c: &mut Capture, running: RunningDump, dump_entries: u64) {
         let started = std::time::Instant::now();
-        let Some(drain) = self.table.finish_close(&self.registry) else {
+        let Some(drain) = c.table.finish_close(&c.registry) else {
             return;
         };
         let (held, held_dropped) = (drain.held, drain.held_dropped);
@@ -425,48 +506,42 @@ impl Capture {
             dump_entries,
             waiting: false,
         });
-        self.emit_chunks(false);
+        self.emit_chunks(c, false);
     }
 
     /// Sends chunks of the closed window's records while the sinks' queues
     /// have room (all of them if `force`: before the next window, a reload
     /// or shutdown); at the last, flushes the sinks and logs the window.
-    pub(super) fn emit_chunks(&mut self, force: bool) {
+    pub(super) fn emit_chunks(&mut self, c: &mut Capture, force: bool) {
         let Some(mut e) = self.emitting.take() else {
-            return self.emit_early_chunks(force);
+            return self.emit_early_chunks(c, force);
         };
         let started = std::time::Instant::now();
-        let pacing = EmitPacing::new(
-            self.config.daemon.sink_queue_records,
-            self.config.flow_logs.len(),
-        );
-        let done = send_chunks(&self.config, &self.dispatcher, pacing, &mut e.drain, !force);
+        let pacing = EmitPacing::new(c.config.daemon.sink_queue_records, c.config.flow_logs.len());
+        let done = send_chunks(&c.config, &c.dispatcher, pacing, &mut e.drain, !force);
         e.waiting = !done;
         e.close.account(started.elapsed());
         if !done {
             self.emitting = Some(e);
             return;
         }
-        self.dispatcher
+        c.dispatcher
             .flush_all(flowlogd_plugin_api::abi::FLUSH_WINDOW_END);
-        self.log_window(&e);
-        self.emit_early_chunks(force);
+        Self::log_window(c, &e);
+        self.emit_early_chunks(c, force);
     }
 
     /// Sends chunks of the sums emitted early while the sinks' queues have
     /// room (all of them if `force`), after any closed window's records.
-    fn emit_early_chunks(&mut self, force: bool) {
+    fn emit_early_chunks(&mut self, c: &mut Capture, force: bool) {
         if self.emitting.is_some() {
             return;
         }
         let Some(mut e) = self.early.take() else {
             return;
         };
-        let pacing = EmitPacing::new(
-            self.config.daemon.sink_queue_records,
-            self.config.flow_logs.len(),
-        );
-        let done = send_chunks(&self.config, &self.dispatcher, pacing, &mut e.drain, !force);
+        let pacing = EmitPacing::new(c.config.daemon.sink_queue_records, c.config.flow_logs.len());
+        let done = send_chunks(&c.config, &c.dispatcher, pacing, &mut e.drain, !force);
         e.waiting = !done;
         if !done {
             self.early = Some(e);
@@ -475,14 +550,14 @@ impl Capture {
 
     /// The window line: what the window produced and cost, and the loop's
     /// counters so far.
-    fn log_window(&self, e: &EmittingWindow) {
+    fn log_window(capture: &Capture, e: &EmittingWindow) {
         let window = e.drain.window;
         let count = e.drain.records_emitted();
-        let t = self.table.stats();
-        let c = &self.stats.conntrack;
-        if let Some((_, rejects)) = &self.nflog {
+        let t = capture.table.stats();
+        let c = &capture.stats.conntrack;
+        if let Some((_, rejects)) = &capture.nflog {
             let r = rejects.stats();
-            let n = &self.stats.nflog;
+            let n = &capture.stats.nflog;
             log::info!(
                 "nflog: {} packets, {} malformed, {} overruns, {} foreign; {} with a foreign prefix ignored, {} not on \
                  an ENI, {} unreadable headers",
@@ -510,18 +585,18 @@ impl Capture {
             e.close.slices,
             t.entries,
             t.peak_entries,
-            self.table.table_bytes(),
+            capture.table.table_bytes(),
             c.entries,
-            c.parse_errors + self.stats.dump_parse_errors,
+            c.parse_errors + capture.stats.dump_parse_errors,
             c.overruns,
             c.foreign,
-            self.stats.resyncs,
+            capture.stats.resyncs,
             t.lost_connections,
             t.revived,
             t.table_full_drops,
             t.anomalies
         );
-        let foreign = self.stats.foreign();
+        let foreign = capture.stats.foreign();
         if foreign > 0 {
             // Each socket logged its first one with the sender; from then
             // on only this count. They were skipped unread, which loses
@@ -530,8 +605,8 @@ impl Capture {
                 "netlink: {foreign} datagrams from other processes ignored so far (conntrack {}, rtnetlink {}, \
                  nflog {})",
                 c.foreign,
-                self.stats.route.foreign,
-                self.stats.nflog.foreign
+                capture.stats.route.foreign,
+                capture.stats.nflog.foreign
             );
         }
     }
