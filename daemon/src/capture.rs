@@ -121,8 +121,8 @@ pub fn run(config: Config) -> Result<u64, RunError> {
                 _ => {}
             }
         }
-        // One slice of a running dump per iteration, after the event
-        // sockets were served.
+        // After the event sockets were served: one slice of a running
+        // dump per iteration, the records going out, a resync due.
         closer.serve(&mut capture, dump_readable);
         if terminate {
             return Ok(capture.terminate(&mut closer, tracking_table));
