@@ -7,11 +7,12 @@
 //! SIGUSR1 only reopens the sinks' outputs (logrotate); a reload does that
 //! too, for the sinks it keeps running.
 
-use super::Capture;
+use super::build::{self, ConfigState};
+use super::closer::WindowCloser;
+use super::state::Capture;
 use crate::config::{Config, MetadataSource};
 use crate::eni::EniRegistry;
 use crate::flows::{Clock, LossScope, SystemClock};
-use crate::rejects::RejectCapture;
 
 impl Capture {
     /// SIGUSR1 (and SIGHUP): the sinks reopen their outputs after what is
@@ -22,7 +23,7 @@ impl Capture {
             .flush_all(flowlogd_plugin_api::abi::FLUSH_REOPEN);
     }
 
-    pub(super) fn reload(&mut self) {
+    pub(super) fn reload(&mut self, closer: &mut WindowCloser) {
         log::info!("SIGHUP: reloading {}", self.config.path.display());
         // The loader refuses what start-up refuses, an empty or cut-short
         // file (a rewrite in place caught midway) among them, and reads
@@ -31,30 +32,30 @@ impl Capture {
             Ok(c) => c,
             Err(e) => return self.refuse_reload(&e.to_string()),
         };
-        let registry = match EniRegistry::new(&new) {
-            Ok(r) => r,
+        let state = match ConfigState::new(&new) {
+            Ok(s) => s,
             Err(e) => return self.refuse_reload(&e.to_string()),
         };
         self.warn_restart_only_changes(&new);
         // What a running close owes, and a closed window still going out,
         // are emitted under the config they were captured under; queued
         // events are counted with the ENIs they happened on.
-        self.finish_running_dump();
-        self.emit_chunks(true);
-        self.drain_conntrack();
-        self.drain_nflog();
+        closer.finish_running_dump(self);
+        closer.emit_chunks(self, true);
+        self.drain_conntrack(closer);
+        self.drain_nflog(closer);
         let sinks = match self.swap_sinks(&new) {
             Ok(s) => s,
             Err(e) => return self.refuse_reload(&e.to_string()),
         };
-        let old_registry = self.replace_registry(&new, registry);
+        let old_registry = self.replace_registry(&new, state.registry);
         self.apply_limits(&new);
         if let Some((_, rejects)) = &mut self.nflog {
-            *rejects = RejectCapture::new(new.daemon.nflog_require_prefix);
+            *rejects = state.rejects;
         }
         self.config = new;
         self.restart_metadata_if_changed();
-        self.reload_dump(&old_registry);
+        self.reload_dump(closer, &old_registry);
         self.reopen_outputs("SIGHUP");
         let followed = self.table.stats().entries;
         log::info!(
@@ -130,12 +131,8 @@ impl Capture {
                 registry.adopt_snapshot(snapshot.clone());
             }
         }
-        let mut events = Vec::new();
-        match self.route.dump_all(|ev| events.push(ev)) {
-            Ok(_) => events.iter().for_each(|ev| registry.apply(ev, now)),
-            Err(e) => {
-                log::error!("reload: cannot list interfaces: {e}; they are learnt from events")
-            }
+        if let Err(e) = build::learn_interfaces(&mut registry, &mut self.route, now) {
+            log::error!("reload: cannot list interfaces: {e}; they are learnt from events")
         }
         let counterparts = self.registry.counterparts_in(&registry);
         for (eni, to) in self.registry.indices().zip(&counterparts) {
@@ -205,7 +202,7 @@ impl Capture {
     /// Reads the table with the new registry: connections that become ours
     /// (an ENI or address the old config did not capture) are baselined,
     /// the rest harvested into the open window.
-    fn reload_dump(&mut self, old: &EniRegistry) {
+    fn reload_dump(&mut self, closer: &mut WindowCloser, old: &EniRegistry) {
         let (table, registry) = (&mut self.table, &self.registry);
         table.begin_dump();
         let result = self
@@ -223,6 +220,6 @@ impl Capture {
             }
         }
         // DESTROY events the dump caused or raced with.
-        self.drain_conntrack();
+        self.drain_conntrack(closer);
     }
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::Capture;
+use super::state::Capture;
 use crate::config::{Config, ConfigError};
 use crate::sinks::Dispatcher;
 use crate::startup;

@@ -45,7 +45,11 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::unix::io::RawFd;
 
-use super::socket::RECEIVE_BUFFER_LEN;
+/// Large enough for any single datagram the kernel builds: netlink dumps
+/// fill skbs of at most 32 KiB (netlink_dump caps `max_recvmsg_len`), and an
+/// event is one message of well under a page. Reads pass MSG_TRUNC, so a
+/// larger datagram is detected rather than silently cut.
+pub const RECEIVE_BUFFER_LEN: usize = 64 * 1024;
 
 /// Slots one recvmmsg call fills at most. The kernel accepts up to
 /// UIO_MAXIOV (1024); past a few dozen the per-call cost is already spread

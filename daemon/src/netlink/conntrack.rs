@@ -153,14 +153,10 @@ impl ConntrackEvents {
         self.socket.receive_buffer_granted()
     }
 
-    /// Ask for a bigger receive buffer (after overruns); returns the size
-    /// the kernel reports.
-    ///
-    /// # Errors
-    ///
-    /// When neither SO_RCVBUFFORCE nor SO_RCVBUF can be set.
-    pub fn set_receive_buffer(&mut self, bytes: usize) -> io::Result<usize> {
-        self.socket.set_receive_buffer(bytes)
+    /// After an overrun: a bigger receive buffer, up to `max_bytes`
+    /// (logged; see `NetlinkSocket::grow_receive_buffer`).
+    pub fn grow_receive_buffer(&mut self, max_bytes: u64) {
+        self.socket.grow_receive_buffer(max_bytes, "conntrack");
     }
 
     /// Read every queued datagram (up to a budget, see

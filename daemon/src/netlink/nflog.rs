@@ -200,12 +200,10 @@ impl NflogSocket {
         self.socket.receive_buffer_granted()
     }
 
-    /// Asks for a larger kernel receive buffer; returns what was granted.
-    ///
-    /// # Errors
-    /// The setsockopt error.
-    pub fn set_receive_buffer(&mut self, bytes: usize) -> io::Result<usize> {
-        self.socket.set_receive_buffer(bytes)
+    /// After an overrun: a bigger receive buffer, up to `max_bytes`
+    /// (logged; see `NetlinkSocket::grow_receive_buffer`).
+    pub fn grow_receive_buffer(&mut self, max_bytes: u64) {
+        self.socket.grow_receive_buffer(max_bytes, "nflog");
     }
 }
 

@@ -11,18 +11,14 @@ use netlink_packet_core::{
 };
 use netlink_sys::{Socket, SocketAddr};
 
-use super::batch_recv::{BatchRead, BatchReceiver, ReceiveSlots, Slot, KERNEL_PORT_ID};
+use super::batch_recv::{
+    BatchRead, BatchReceiver, ReceiveSlots, Slot, KERNEL_PORT_ID, RECEIVE_BUFFER_LEN,
+};
 use super::stats::DrainStats;
 
 // include/uapi/linux/netlink.h
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ALIGNTO: usize = 4;
-
-/// Large enough for any single datagram the kernel builds: netlink dumps
-/// fill skbs of at most 32 KiB (netlink_dump caps `max_recvmsg_len`), and an
-/// event is one message of well under a page. Reads pass MSG_TRUNC, so a
-/// larger datagram is detected rather than silently cut.
-pub const RECEIVE_BUFFER_LEN: usize = 64 * 1024;
 
 /// Knobs of a netlink socket, applied once at open.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -139,6 +135,22 @@ impl NetlinkSocket {
         }
         self.receive_buffer_granted = self.socket.get_rx_buf_sz()?;
         Ok(self.receive_buffer_granted)
+    }
+
+    /// After an overrun: twice the buffer, if still under `max_bytes`
+    /// (`daemon.rcvbuf_max_bytes`), so that the next burst of the same size
+    /// fits. Logs what it did, naming the socket `what`; a failure to grow
+    /// is logged and the socket goes on with the buffer it has.
+    pub fn grow_receive_buffer(&mut self, max_bytes: u64, what: &str) {
+        let granted = self.receive_buffer_granted;
+        if let Some(bigger) = grown_buffer(granted, max_bytes) {
+            match self.set_receive_buffer(bigger) {
+                Ok(now) => {
+                    log::warn!("{what}: receive buffer grown from {granted} to {now} bytes")
+                }
+                Err(e) => log::warn!("{what}: cannot grow the receive buffer: {e}"),
+            }
+        }
     }
 
     /// Switch between blocking and non-blocking reads (a socket that was
@@ -550,6 +562,13 @@ impl<'a> Iterator for Messages<'a> {
 /// The first datagram from another process on a socket is logged with its
 /// sender; later ones only count (shown at each window close), so that a
 /// flood of forgeries cannot flood the log.
+/// After an overrun: twice the buffer (the kernel reports double what it
+/// grants, so asking for the reported size doubles it), if under `max`.
+fn grown_buffer(granted: usize, max: u64) -> Option<usize> {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    (granted < max).then(|| granted.min(max / 2))
+}
+
 fn log_first_foreign(what: &str, sender: u32) {
     log::warn!(
         "{what}: ignored a netlink datagram from port id {sender}, another process, not the kernel; further ones \
@@ -623,6 +642,18 @@ mod tests {
             m.push(0);
         }
         m
+    }
+
+    #[test]
+    fn an_overrun_doubles_the_buffer_up_to_the_maximum() {
+        // The kernel reports double what it grants: asking for the reported
+        // size doubles the buffer.
+        assert_eq!(grown_buffer(4 << 20, 64 << 20), Some(4 << 20));
+        // Near the maximum, the ask is half of it (granted as the maximum).
+        assert_eq!(grown_buffer(48 << 20, 64 << 20), Some(32 << 20));
+        // At or past the maximum: no growth.
+        assert_eq!(grown_buffer(64 << 20, 64 << 20), None);
+        assert_eq!(grown_buffer(80 << 20, 64 << 20), None);
     }
 
     #[test]

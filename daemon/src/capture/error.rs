@@ -1,0 +1,38 @@
+//! Why the daemon could not start (once running, errors are counted and
+//! logged rather than fatal).
+
+use std::fmt;
+use std::io;
+
+use crate::config::ConfigError;
+use crate::privileges::PrivilegeError;
+use crate::tracking::TrackingError;
+
+/// Why the daemon could not run.
+#[derive(Debug)]
+pub enum RunError {
+    Config(ConfigError),
+    Tracking(TrackingError),
+    Privileges(PrivilegeError),
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Config(e) => write!(f, "{e}"),
+            RunError::Tracking(e) => write!(f, "{e}"),
+            RunError::Privileges(e) => write!(f, "{e}"),
+            RunError::Io { what, source } => write!(f, "{what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+pub(super) fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
+    move |source| RunError::Io { what, source }
+}
