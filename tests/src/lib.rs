@@ -6,7 +6,12 @@
 //! the workspace must be built first (`cargo build --workspace`); the
 //! README's test command does that.
 
+pub mod daemon_config;
 pub mod netns;
+pub mod scenario;
+
+pub use daemon_config::{DaemonConfig, FlowLog};
+pub use scenario::Scenario;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -80,6 +85,7 @@ pub fn require_root(test: &str) -> bool {
 }
 
 /// A scratch directory, removed on drop (also when the test panics).
+#[derive(Debug)]
 pub struct TempDir {
     path: PathBuf,
 }
@@ -175,12 +181,7 @@ pub fn text(o: &Output) -> String {
 /// `state_dir` is `state/` beside the plugin directory, so that daemons of
 /// tests running in parallel never share a restart handoff.
 pub fn config_with(plugin_dir: &Path, rest: &str) -> String {
-    let state_dir = plugin_dir.parent().unwrap_or(plugin_dir).join("state");
-    format!(
-        "[daemon]\nplugin_dir = \"{}\"\nstate_dir = \"{}\"\nlog_level = \"debug\"\nshutdown_timeout_secs = 5\n\n{rest}",
-        plugin_dir.display(),
-        state_dir.display()
-    )
+    DaemonConfig::new(plugin_dir).toml(rest).text()
 }
 
 /// One `[[eni]]` table.

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use flowlogd_tests::netns::{veth_pair, DaemonProcess, LineProcess, Netns};
+use flowlogd_tests::netns::{DaemonProcess, LineProcess, Netns};
 use flowlogd_tests::*;
 use serde_json::Value;
 
@@ -308,36 +308,31 @@ fn directory_removed_while_running_records_go_to_the_recreated_file() {
     if !require_root("directory_removed_while_running_records_go_to_the_recreated_file") {
         return;
     }
-    let a = Netns::new("rmdira");
-    let b = Netns::new("rmdirb");
-    let (a_end, _) = veth_pair(&a, "veth-a", &b, "veth-b", 42);
-    let tmp = TempDir::new("dir-removed");
-    let plugins = plugin_dir(&tmp);
-    let logs = tmp.join("logs");
+    let s = Scenario::builder("dir-removed")
+        .namespaces("rmdira", "rmdirb")
+        .veth("veth-a", "veth-b", 42)
+        .build();
+    let (a, b, a_end) = (&s.a, &s.b, &s.ea);
+    let logs = s.path("logs");
     let out = logs.join("flow.jsonl");
-    let cfg = tmp.join("flowlogd.toml");
-    let body = format!(
-        "{}[[flow_log]]\nname = \"all\"\nresource_type = \"vpc\"\nresource_id = \"vpc-r\"\nsinks = [\"local\"]\n\n\
-         [sinks.local]\nplugin = \"file\"\npath = \"{}\"\nformat = \"json\"\n",
-        eni_toml("eni-a", "veth-a", "vpc-r"),
-        out.display()
-    );
-    std::fs::write(
-        &cfg,
-        config_with(&plugins, &body).replace("[daemon]\n", "[daemon]\ncapture_window_secs = 2\n"),
-    )
-    .unwrap();
-    let mut daemon = DaemonProcess::start(&a, &cfg, &tmp.join("daemon.log"));
+    let config = s
+        .config()
+        .window_secs(2)
+        .eni("eni-a", "veth-a", "vpc-r")
+        .flow_log(FlowLog::vpc("all", "vpc-r").sinks(&["local"]))
+        .json_sink("local", &out);
+    let cfg = s.write_config("flowlogd.toml", &config);
+    let mut daemon = s.start_daemon(&cfg, "daemon.log");
     let target = format!("{}:5400", a_end.v4);
-    let mut server = LineProcess::traffic(&a, TRAFFIC, &["udp-sink", &target]);
+    let mut server = LineProcess::traffic(a, TRAFFIC, &["udp-sink", &target]);
     server.expect_line("listening", Duration::from_secs(10));
 
-    let before = udp_flow(&b, &target);
+    let before = udp_flow(b, &target);
     wait_for_flow(&mut daemon, &out, before, Duration::from_secs(20));
     // Held open, so the deleted file can still be read at the end.
     let deleted = std::fs::File::open(&out).unwrap();
     std::fs::remove_dir_all(&logs).unwrap();
-    let after = udp_flow(&b, &target);
+    let after = udp_flow(b, &target);
     let kernel: Vec<_> = a
         .conntrack()
         .into_iter()

@@ -8,25 +8,19 @@ use std::os::unix::fs::PermissionsExt;
 use flowlogd_tests::netns::Netns;
 use flowlogd_tests::*;
 
+/// `<tmp>/flowlogd.toml`: ENI eni-1, one flow log of vpc-1 to the sinks
+/// `sink_names`, whose tables are `sinks`.
 fn example_config(
     tmp: &TempDir,
     plugins: &std::path::Path,
     sinks: &str,
-    sink_names: &str,
+    sink_names: &[&str],
 ) -> std::path::PathBuf {
-    let cfg = tmp.join("flowlogd.toml");
-    std::fs::write(
-        &cfg,
-        config_with(
-            plugins,
-            &format!(
-                "{}[[flow_log]]\nname = \"all\"\nresource_type = \"vpc\"\nresource_id = \"vpc-1\"\nsinks = [{sink_names}]\n\n{sinks}",
-                eni_toml("eni-1", "eth0", "vpc-1")
-            ),
-        ),
-    )
-    .unwrap();
-    cfg
+    DaemonConfig::new(plugins)
+        .eni("eni-1", "eth0", "vpc-1")
+        .flow_log(FlowLog::vpc("all", "vpc-1").sinks(sink_names))
+        .toml(sinks)
+        .write(&tmp.join("flowlogd.toml"))
 }
 
 #[test]
@@ -46,7 +40,7 @@ fn c_example_plugin_loads_and_writes_csv() {
             "[sinks.csv]\nplugin = \"csv\"\npath = \"{}\"\n",
             out.display()
         ),
-        "\"csv\"",
+        &["csv"],
     );
     let listed = flowlogd(&["plugins", "--config", cfg.to_str().unwrap()]);
     assert!(listed.status.success(), "{}", text(&listed));
@@ -94,7 +88,7 @@ fn c_example_plugin_option_errors_point_at_the_key() {
         &tmp,
         &plugins,
         "[sinks.csv]\nplugin = \"csv\"\npath = \"/tmp/x.csv\"\ncolour = \"blue\"\n",
-        "\"csv\"",
+        &["csv"],
     );
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
@@ -125,7 +119,7 @@ fn rust_example_plugin_loads_and_summarises_windows() {
             "[sinks.stats]\nplugin = \"window-stats\"\npath = \"{}\"\n",
             out.display()
         ),
-        "\"stats\"",
+        &["stats"],
     );
     let records = sample_records("eni-1", "vpc-1", 4);
     let input = tmp.join("records.jsonl");
@@ -153,7 +147,7 @@ fn wrong_abi_major_is_refused() {
         &plugins.join("bad-abi.so"),
         &[],
     );
-    let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"bad-abi\"\n", "\"x\"");
+    let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"bad-abi\"\n", &["x"]);
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -187,7 +181,7 @@ fn shared_object_without_descriptor_is_refused() {
         &plugins.join("other.so"),
         &[],
     );
-    let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"other\"\n", "\"x\"");
+    let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"other\"\n", &["x"]);
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
@@ -207,7 +201,7 @@ fn group_or_world_writable_plugin_is_refused() {
         &tmp,
         &plugins,
         "[sinks.local]\nplugin = \"file\"\npath = \"/tmp/x.log\"\n",
-        "\"local\"",
+        &["local"],
     );
     for (mode, who) in [
         (0o666, "group and others"),
@@ -245,7 +239,7 @@ fn plugin_not_owned_by_root_is_refused_when_running_as_root() {
         &tmp,
         &plugins,
         "[sinks.local]\nplugin = \"file\"\npath = \"/tmp/x.log\"\n",
-        "\"local\"",
+        &["local"],
     );
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
@@ -263,7 +257,7 @@ fn plugin_not_owned_by_root_is_refused_when_running_as_root() {
 fn missing_plugin_names_the_paths_tried() {
     let tmp = TempDir::new("missing");
     let plugins = plugin_dir(&tmp);
-    let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"kafka\"\n", "\"x\"");
+    let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"kafka\"\n", &["x"]);
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let line = std::fs::read_to_string(&cfg)
@@ -302,7 +296,7 @@ fn plugin_in_a_world_writable_directory_is_refused_naming_the_directory() {
             "[sinks.local]\nplugin = \"file\"\npath = \"{}\"\n",
             tmp.join("out.log").display()
         ),
-        "\"local\"",
+        &["local"],
     );
     let why = format!(
         "{}: refused: directory {} is writable by group and others (mode 0777) without the sticky bit, \
@@ -357,7 +351,7 @@ fn plugin_in_a_world_writable_directory_is_refused_naming_the_directory() {
         &tmp,
         &link,
         "[sinks.local]\nplugin = \"file\"\npath = \"/tmp/x.log\"\n",
-        "\"local\"",
+        &["local"],
     );
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
@@ -421,7 +415,7 @@ fn a_plugin_swapped_during_check_config_never_runs_the_other_file() {
             "[sinks.out]\nplugin = \"testsink\"\npath = \"{}\"\n",
             tmp.join("out.jsonl").display()
         ),
-        "\"out\"",
+        &["out"],
     );
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
