@@ -85,10 +85,6 @@ pub fn load_fixture(name: &str) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 pub fn from_hex(hex: &str) -> Vec<u8> {
     assert!(hex.len() % 2 == 0, "odd hex length");
     (0..hex.len())
