@@ -346,7 +346,8 @@ fn run_nft(nft: &Path, ruleset: &str, action: &'static str) -> Result<(), Tracki
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::test_support::{in_new_netns, require_root, run};
+    use crate::netlink::test_support::{in_new_netns, run};
+    use flowlogd_tests::require_root;
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("flowlogd-{name}-{}", std::process::id()));

@@ -13,6 +13,7 @@ pub mod scenario;
 pub use daemon_config::{DaemonConfig, FlowLog};
 pub use scenario::Scenario;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -61,17 +62,15 @@ pub fn cdylib(crate_name: &str) -> PathBuf {
 
 /// Whether we run as root (needed for network namespaces).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc_geteuid() == 0 }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
-/// Skips a privileged test outside CI when not root; under CI=true a
-/// missing privilege is a failure, so CI can never go green by skipping.
+/// Whether a privileged test may run: the one gate of every test that
+/// needs root, here and in the daemon's own unit tests (network
+/// namespaces, netlink sockets, nftables). Without root it skips with a
+/// message, except under CI=true, where it fails: CI runs as root, so a
+/// missing privilege there is a broken setup, never a reason to pass.
 #[track_caller]
 pub fn require_root(test: &str) -> bool {
     if is_root() {
@@ -80,7 +79,11 @@ pub fn require_root(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test} needs root, and CI=true: refusing to skip");
     }
-    eprintln!("SKIPPED {test}: needs root (network namespaces, netlink); run the tests as root");
+    // Straight to stderr, past libtest's capture, so the skip shows.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: needs root (network namespaces, netlink); run the tests as root"
+    );
     false
 }
 

@@ -290,7 +290,8 @@ pub fn parse_route_message(bytes: &[u8]) -> Result<Option<RouteEvent>, RoutePars
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::test_support::{in_new_netns, load_fixture, require_root, run};
+    use crate::netlink::test_support::{in_new_netns, load_fixture, run};
+    use flowlogd_tests::require_root;
     use std::time::Instant;
 
     // The fixtures were captured on Linux 6.18.44 by

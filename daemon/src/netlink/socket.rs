@@ -608,7 +608,8 @@ fn set_receive_timeout(fd: RawFd, timeout: Duration) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::test_support::{in_new_netns, require_root};
+    use crate::netlink::test_support::in_new_netns;
+    use flowlogd_tests::require_root;
 
     fn message(kind: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
         let len = NLMSG_HDRLEN + payload.len();

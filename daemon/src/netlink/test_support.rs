@@ -1,28 +1,9 @@
 //! Helpers for the privileged tests and the fixture-based parser tests.
+//! Whether a privileged test may run at all is `flowlogd_tests::require_root`,
+//! the one gate of every such test in the workspace.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
-
-/// Whether a privileged test may run. Without root it skips with a message,
-/// except under CI=true, where it fails: CI runs as root, so a missing
-/// privilege there is a broken setup, not a reason to pass.
-#[track_caller]
-pub fn require_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root (it creates a network namespace) and CI=true: run it as root");
-    }
-    // Straight to stderr, past libtest's capture, so the skip shows.
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipping {test}: needs root to create a network namespace"
-    );
-    false
-}
 
 /// Run `f` on a fresh thread that has moved into a new, empty network
 /// namespace (only `lo`, brought up). Sockets it opens, and processes it
