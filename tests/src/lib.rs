@@ -8,6 +8,7 @@
 
 pub mod daemon_config;
 pub mod netns;
+pub mod plugin_swap;
 pub mod scenario;
 
 pub use daemon_config::{DaemonConfig, FlowLog};

@@ -6,6 +6,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use flowlogd_tests::netns::Netns;
+use flowlogd_tests::plugin_swap::{build_named_sink, exchange};
 use flowlogd_tests::*;
 
 /// `<tmp>/flowlogd.toml`: ENI eni-1, one flow log of vpc-1 to the sinks
@@ -21,6 +22,18 @@ fn example_config(
         .flow_log(FlowLog::vpc("all", "vpc-1").sinks(sink_names))
         .toml(sinks)
         .write(&tmp.join("flowlogd.toml"))
+}
+
+/// `flowlogd check-config` refuses `cfg` (exit 2), saying `why`.
+#[track_caller]
+fn assert_check_config_refuses(cfg: &std::path::Path, why: &str) {
+    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(why),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -182,13 +195,9 @@ fn shared_object_without_descriptor_is_refused() {
         &[],
     );
     let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"other\"\n", &["x"]);
-    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr)
-            .contains("refused: not a flowlogd sink plugin (no `flowlogd_sink_descriptor` symbol)"),
-        "{}",
-        text(&o)
+    assert_check_config_refuses(
+        &cfg,
+        "refused: not a flowlogd sink plugin (no `flowlogd_sink_descriptor` symbol)",
     );
 }
 
@@ -209,16 +218,13 @@ fn group_or_world_writable_plugin_is_refused() {
         (0o646, "others"),
     ] {
         std::fs::set_permissions(&so, std::fs::Permissions::from_mode(mode)).unwrap();
-        let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-        assert!(
-            String::from_utf8_lossy(&o.stderr).contains(&format!(
+        assert_check_config_refuses(
+            &cfg,
+            &format!(
                 "{}: refused: file is writable by {who} (mode {mode:04o}); run `chmod go-w {}`",
                 so.display(),
                 so.display()
-            )),
-            "{}",
-            text(&o)
+            ),
         );
     }
     std::fs::set_permissions(&so, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -241,15 +247,12 @@ fn plugin_not_owned_by_root_is_refused_when_running_as_root() {
         "[sinks.local]\nplugin = \"file\"\npath = \"/tmp/x.log\"\n",
         &["local"],
     );
-    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains(&format!(
+    assert_check_config_refuses(
+        &cfg,
+        &format!(
             "{}: refused: file is owned by uid 65534, not root, and flowlogd runs as root",
             so.display()
-        )),
-        "{}",
-        text(&o)
+        ),
     );
 }
 
@@ -305,13 +308,7 @@ fn plugin_in_a_world_writable_directory_is_refused_naming_the_directory() {
         plugins.display(),
         plugins.display()
     );
-    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains(&why),
-        "{}",
-        text(&o)
-    );
+    assert_check_config_refuses(&cfg, &why);
 
     let o = flowlogd(&["plugins", "--config", cfg.to_str().unwrap()]);
     let out = String::from_utf8_lossy(&o.stdout);
@@ -353,31 +350,13 @@ fn plugin_in_a_world_writable_directory_is_refused_naming_the_directory() {
         "[sinks.local]\nplugin = \"file\"\npath = \"/tmp/x.log\"\n",
         &["local"],
     );
-    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains(&format!(
+    assert_check_config_refuses(
+        &cfg,
+        &format!(
             "refused: directory {} is writable by group and others",
             plugins.display()
-        )),
-        "{}",
-        text(&o)
+        ),
     );
-}
-
-fn exchange(a: &std::path::Path, b: &std::path::Path) -> bool {
-    let a = std::ffi::CString::new(a.to_str().unwrap()).unwrap();
-    let b = std::ffi::CString::new(b.to_str().unwrap()).unwrap();
-    // SAFETY: two NUL-terminated paths.
-    unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        ) == 0
-    }
 }
 
 /// The swap race of issue #13, measured at 75 of 200 runs before the fix:
@@ -398,14 +377,7 @@ fn a_plugin_swapped_during_check_config_never_runs_the_other_file() {
     std::fs::set_permissions(&plugins, std::fs::Permissions::from_mode(0o755)).unwrap();
     let marker = tmp.join("evil-constructor-ran");
     let evil = plugins.join("evil.so");
-    build_c_plugin(
-        &workspace_root().join("tests/fixtures/named_sink.c"),
-        &evil,
-        &[
-            "-DSINK_NAME=\"evil\"",
-            &format!("-DMARKER_PATH=\"{}\"", marker.display()),
-        ],
-    );
+    build_named_sink(&evil, "evil", Some(&marker));
     std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o646)).unwrap();
     let victim = plugins.join("testsink.so");
     let cfg = example_config(
