@@ -171,6 +171,18 @@ pub fn flowlogd(args: &[&str]) -> Output {
         .expect("run flowlogd")
 }
 
+/// The number (from 1) of the first line of the file at `path` that starts
+/// with `prefix`: where an error about that key must point.
+#[track_caller]
+pub fn line_starting_with(path: &Path, prefix: &str) -> usize {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    text.lines()
+        .position(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line of {} starts with {prefix:?}", path.display()))
+        + 1
+}
+
 /// Stdout and stderr of an output, for assertion messages.
 pub fn text(o: &Output) -> String {
     format!(

@@ -137,12 +137,7 @@ fn check_config_reports_a_file_sink_option_error_at_its_line() {
     );
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let line = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .lines()
-        .position(|l| l.starts_with("format"))
-        .unwrap()
-        + 1;
+    let line = line_starting_with(&cfg, "format");
     assert_eq!(
         String::from_utf8_lossy(&o.stderr).trim(),
         format!(

@@ -560,12 +560,7 @@ fn expect_check_error(tmp: &TempDir, options: &str, key: &str, line_of: &str, me
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert_no_secret(&o);
-    let line = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .lines()
-        .position(|l| l.starts_with(line_of))
-        .unwrap()
-        + 1;
+    let line = line_starting_with(&cfg, line_of);
     assert_eq!(
         String::from_utf8_lossy(&o.stderr).trim(),
         format!(

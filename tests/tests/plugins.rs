@@ -105,12 +105,7 @@ fn c_example_plugin_option_errors_point_at_the_key() {
     );
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let line_of_colour = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .lines()
-        .position(|l| l.starts_with("colour"))
-        .unwrap()
-        + 1;
+    let line_of_colour = line_starting_with(&cfg, "colour");
     assert_eq!(
         String::from_utf8_lossy(&o.stderr).trim(),
         format!(
@@ -263,12 +258,7 @@ fn missing_plugin_names_the_paths_tried() {
     let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"kafka\"\n", &["x"]);
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let line = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .lines()
-        .position(|l| l == "[sinks.x]")
-        .unwrap()
-        + 1;
+    let line = line_starting_with(&cfg, "[sinks.x]");
     assert_eq!(
         String::from_utf8_lossy(&o.stderr).trim(),
         format!(

@@ -740,12 +740,7 @@ fn check_config_error(label: &str, options: &str, key: &str) -> (String, usize, 
     let cfg = syslog_config(&tmp, &plugin_dir(&tmp), options);
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let line = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .lines()
-        .position(|l| l.starts_with(key))
-        .unwrap_or_else(|| panic!("no line starts with {key:?}"))
-        + 1;
+    let line = line_starting_with(&cfg, key);
     (
         String::from_utf8_lossy(&o.stderr).trim().to_owned(),
         line,
