@@ -10,6 +10,7 @@ pub mod daemon_config;
 pub mod netns;
 pub mod plugin_swap;
 pub mod scenario;
+pub mod thread_netns;
 
 pub use daemon_config::{DaemonConfig, FlowLog};
 pub use scenario::Scenario;

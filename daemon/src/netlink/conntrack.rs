@@ -845,9 +845,9 @@ mod tests {
 
     // ---- privileged tests against the live kernel, each in its own netns ----
 
-    use crate::netlink::test_support::{in_new_netns, run};
     use crate::tracking::{ensure_sysctls, TrackingTable};
     use flowlogd_tests::require_root;
+    use flowlogd_tests::thread_netns::{in_new_netns, run};
     use netlink_packet_core::NLM_F_CREATE;
     use netlink_packet_netfilter::conntrack::{
         ConntrackAttribute, IPTuple, ProtoTuple, Protocol, Tuple as CtTuple,

@@ -290,8 +290,9 @@ pub fn parse_route_message(bytes: &[u8]) -> Result<Option<RouteEvent>, RoutePars
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::test_support::{in_new_netns, load_fixture, run};
+    use crate::netlink::test_support::load_fixture;
     use flowlogd_tests::require_root;
+    use flowlogd_tests::thread_netns::{in_new_netns, run};
     use std::time::Instant;
 
     // The fixtures were captured on Linux 6.18.44 by

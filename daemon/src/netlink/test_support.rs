@@ -1,48 +1,8 @@
-//! Helpers for the privileged tests and the fixture-based parser tests.
-//! Whether a privileged test may run at all is `flowlogd_tests::require_root`,
-//! the one gate of every such test in the workspace.
+//! The captured netlink fixtures, for the parser tests. The privileged
+//! tests' helpers (`require_root`, a thread in a new network namespace) are
+//! the workspace's, in `flowlogd_tests`.
 
 use std::path::PathBuf;
-use std::process::Command;
-
-/// Run `f` on a fresh thread that has moved into a new, empty network
-/// namespace (only `lo`, brought up). Sockets it opens, and processes it
-/// spawns, live in that namespace; the namespace disappears with the last
-/// of them, so nothing is left behind even if `f` panics.
-pub fn in_new_netns<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    let thread = std::thread::spawn(move || {
-        // SAFETY: unshare only changes this thread's namespaces.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        run(&["ip", "link", "set", "lo", "up"]);
-        f()
-    });
-    match thread.join() {
-        Ok(r) => r,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
-
-/// Run a command (in the calling thread's namespace) and return its stdout;
-/// panics with its stderr when it fails.
-#[track_caller]
-pub fn run(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{argv:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// tests/fixtures/netlink/<name>
 pub fn fixture_path(name: &str) -> PathBuf {
