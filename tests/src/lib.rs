@@ -1,6 +1,14 @@
 //! Shared helpers for flowlogd's integration tests: where the built binary
 //! and plugins are, scratch directories that clean up after themselves,
-//! running the daemon, and comparing records.
+//! `require_root` (the one gate of every privileged test, the daemon's unit
+//! tests included), and comparing records. The modules:
+//!
+//! - `scenario`: a privileged test's preamble (namespaces, veth, config,
+//!   daemon), built once;
+//! - `daemon_config`: the daemon's config written table by table;
+//! - `netns`: namespaces, veth pairs and the processes run in them;
+//! - `thread_netns`: a new namespace for the test's own thread;
+//! - `plugin_swap`: the parts of the plugin-swap attack.
 //!
 //! The tests run the real `flowlogd` binary and load the real plugins, so
 //! the workspace must be built first (`cargo build --workspace`); the
