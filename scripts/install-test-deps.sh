@@ -23,3 +23,9 @@ if ! python3 -c 'import aliyun.log.auth, aliyun.log.log_logs_pb2, lz4.block' 2>/
     echo "installing: aliyun-log-python-sdk lz4 (pip)"
     python3 -m pip install --quiet aliyun-log-python-sdk lz4
 fi
+
+# The test command checks formatting and lints before it builds the tests.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    echo "installing: rustfmt clippy (rustup)"
+    rustup component add rustfmt clippy
+fi

@@ -1,13 +1,29 @@
 //! Shared helpers for flowlogd's integration tests: where the built binary
 //! and plugins are, scratch directories that clean up after themselves,
-//! running the daemon, and comparing records.
+//! `require_root` (the one gate of every privileged test, the daemon's unit
+//! tests included), and comparing records. The modules:
+//!
+//! - `scenario`: a privileged test's preamble (namespaces, veth, config,
+//!   daemon), built once;
+//! - `daemon_config`: the daemon's config written table by table;
+//! - `netns`: namespaces, veth pairs and the processes run in them;
+//! - `thread_netns`: a new namespace for the test's own thread;
+//! - `plugin_swap`: the parts of the plugin-swap attack.
 //!
 //! The tests run the real `flowlogd` binary and load the real plugins, so
 //! the workspace must be built first (`cargo build --workspace`); the
 //! README's test command does that.
 
+pub mod daemon_config;
 pub mod netns;
+pub mod plugin_swap;
+pub mod scenario;
+pub mod thread_netns;
 
+pub use daemon_config::{DaemonConfig, FlowLog};
+pub use scenario::Scenario;
+
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -56,17 +72,15 @@ pub fn cdylib(crate_name: &str) -> PathBuf {
 
 /// Whether we run as root (needed for network namespaces).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc_geteuid() == 0 }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
-/// Skips a privileged test outside CI when not root; under CI=true a
-/// missing privilege is a failure, so CI can never go green by skipping.
+/// Whether a privileged test may run: the one gate of every test that
+/// needs root, here and in the daemon's own unit tests (network
+/// namespaces, netlink sockets, nftables). Without root it skips with a
+/// message, except under CI=true, where it fails: CI runs as root, so a
+/// missing privilege there is a broken setup, never a reason to pass.
 #[track_caller]
 pub fn require_root(test: &str) -> bool {
     if is_root() {
@@ -75,11 +89,16 @@ pub fn require_root(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{test} needs root, and CI=true: refusing to skip");
     }
-    eprintln!("SKIPPED {test}: needs root (network namespaces, netlink); run the tests as root");
+    // Straight to stderr, past libtest's capture, so the skip shows.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: needs root (network namespaces, netlink); run the tests as root"
+    );
     false
 }
 
 /// A scratch directory, removed on drop (also when the test panics).
+#[derive(Debug)]
 pub struct TempDir {
     path: PathBuf,
 }
@@ -161,6 +180,18 @@ pub fn flowlogd(args: &[&str]) -> Output {
         .expect("run flowlogd")
 }
 
+/// The number (from 1) of the first line of the file at `path` that starts
+/// with `prefix`: where an error about that key must point.
+#[track_caller]
+pub fn line_starting_with(path: &Path, prefix: &str) -> usize {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    text.lines()
+        .position(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line of {} starts with {prefix:?}", path.display()))
+        + 1
+}
+
 /// Stdout and stderr of an output, for assertion messages.
 pub fn text(o: &Output) -> String {
     format!(
@@ -175,12 +206,7 @@ pub fn text(o: &Output) -> String {
 /// `state_dir` is `state/` beside the plugin directory, so that daemons of
 /// tests running in parallel never share a restart handoff.
 pub fn config_with(plugin_dir: &Path, rest: &str) -> String {
-    let state_dir = plugin_dir.parent().unwrap_or(plugin_dir).join("state");
-    format!(
-        "[daemon]\nplugin_dir = \"{}\"\nstate_dir = \"{}\"\nlog_level = \"debug\"\nshutdown_timeout_secs = 5\n\n{rest}",
-        plugin_dir.display(),
-        state_dir.display()
-    )
+    DaemonConfig::new(plugin_dir).toml(rest).text()
 }
 
 /// One `[[eni]]` table.

@@ -46,6 +46,7 @@ fn run_ok(cmd: &mut Command) -> Output {
 /// A network namespace, deleted by its exact name on drop (also when the
 /// test panics). Declare it before the processes that run in it, so that
 /// they are dropped (killed) first.
+#[derive(Debug)]
 pub struct Netns {
     name: String,
 }

@@ -158,12 +158,7 @@ fn an_id_with_an_injected_record_line_is_refused() {
         "vpc_id = \"vpc-1\\n1 vsw-x i-x vpc-x 1 eni-x 6.6.6.6 1 7.7.7.7 2 6 out 1 1 1 2 OK ACCEPT\"",
         &out,
     );
-    let line = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .lines()
-        .position(|l| l.starts_with("vpc_id"))
-        .unwrap()
-        + 1;
+    let line = line_starting_with(&cfg, "vpc_id");
     let expected = format!(
         "flowlogd: {}:{line}:10: eni.vpc_id: got \"vpc-1\\n1 vsw-x i-x vpc-x 1 eni-x 6.6.6.6 1 7.7.7.7 2 6 out 1 1 \
          1 2 OK ACCEPT\": '\\n' at byte 5: ids are printable ASCII without whitespace (they are fields of text \

@@ -10,11 +10,11 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use flowlogd_tests::netns::{
-    unix_now, unix_secs, veth_pair, CtEntry, DaemonProcess, LineProcess, Netns, VethEnd,
+    unix_now, unix_secs, CtEntry, DaemonProcess, LineProcess, Netns, VethEnd,
 };
 use flowlogd_tests::*;
 use serde_json::Value;
@@ -263,54 +263,21 @@ fn get(m: &BTreeMap<FlowId, Counts>, id: &FlowId) -> Counts {
 // Configs
 // ---------------------------------------------------------------------
 
-/// Writes `<tmp>/<file>`: extra [daemon] keys, then `body` (ENIs, flow
-/// logs, sinks). `config_with` puts `state_dir` beside `plugins`, so the
-/// daemons of one test share it (a restart finds its handoff) and tests
-/// never share one.
-fn write_config(
-    tmp: &TempDir,
-    plugins: &Path,
-    file: &str,
-    daemon_keys: &str,
-    body: &str,
-) -> PathBuf {
-    let path = tmp.join(file);
-    std::fs::write(
-        &path,
-        config_with(plugins, &format!("{daemon_keys}\n\n{body}")),
-    )
-    .unwrap();
-    path
-}
-
-fn flow_log(
-    name: &str,
-    resource_type: &str,
-    resource_id: &str,
-    traffic: &str,
-    sink: &str,
-) -> String {
-    format!(
-        "[[flow_log]]\nname = \"{name}\"\nresource_type = \"{resource_type}\"\nresource_id = \"{resource_id}\"\n\
-         traffic = \"{traffic}\"\nsinks = [\"{sink}\"]\n\n"
-    )
-}
-
-fn json_sink(name: &str, path: &Path) -> String {
-    format!(
-        "[sinks.{name}]\nplugin = \"file\"\npath = \"{}\"\nformat = \"json\"\n\n",
-        path.display()
-    )
+/// A and B joined by veth pair 1: `eth-b` in A, `eth-a` in B. The scratch
+/// directory is labelled `label`, the namespaces `<ns>a` and `<ns>b`.
+fn scenario(label: &str, ns: &str) -> Scenario {
+    Scenario::builder(label)
+        .namespaces(&format!("{ns}a"), &format!("{ns}b"))
+        .veth("eth-b", "eth-a", 1)
+        .build()
 }
 
 /// One ENI on `interface`, captured by a VPC-scoped instance into a JSON file.
-fn one_eni(eni: &str, interface: &str, out: &Path) -> String {
-    format!(
-        "{}{}{}",
-        eni_toml(eni, interface, "vpc-1"),
-        flow_log("all", "vpc", "vpc-1", "all", "out"),
-        json_sink("out", out)
-    )
+fn one_eni(config: DaemonConfig, eni: &str, interface: &str, out: &Path) -> DaemonConfig {
+    config
+        .eni(eni, interface, "vpc-1")
+        .flow_log(FlowLog::vpc("all", "vpc-1").traffic("all").sinks(&["out"]))
+        .json_sink("out", out)
 }
 
 fn sockaddr(ip: IpAddr, port: u16) -> String {
@@ -519,40 +486,34 @@ fn ipv6_tcp_udp_icmpv6_counters_are_exact_on_both_sides() {
 }
 
 fn exchange_on_both_sides(label: &str, family: u8) {
-    let tmp = TempDir::new(&format!("ct-{label}"));
-    let plugins = plugin_dir(&tmp);
-    let a = Netns::new(&format!("{label}a"));
-    let b = Netns::new(&format!("{label}b"));
-    let (ea, eb) = veth_pair(&a, "eth-b", &b, "eth-a", 1);
-    let (out_a, out_b) = (tmp.join("a.jsonl"), tmp.join("b.jsonl"));
-    let cfg_a = write_config(
-        &tmp,
-        &plugins,
+    let s = scenario(&format!("ct-{label}"), label);
+    let (a, b, ea, eb) = (&s.a, &s.b, &s.ea, &s.eb);
+    let (out_a, out_b) = (s.path("a.jsonl"), s.path("b.jsonl"));
+    let cfg_a = s.write_config(
         "a.toml",
-        "capture_window_secs = 2",
-        &one_eni("eni-a", "eth-b", &out_a),
-    );
-    let cfg_b = write_config(
-        &tmp,
-        &plugins,
-        "b.toml",
-        "capture_window_secs = 2",
-        &one_eni("eni-b", "eth-a", &out_b),
+        &one_eni(s.config().window_secs(2), "eni-a", "eth-b", &out_a),
     );
     // Two daemons, so two state directories: a sink's spool is one
     // daemon's at a time.
-    let text_b = std::fs::read_to_string(&cfg_b).unwrap();
-    std::fs::write(&cfg_b, text_b.replace("/state\"", "/state-b\"")).unwrap();
-    let mut da = DaemonProcess::start(&a, &cfg_a, &tmp.join("a.log"));
-    let mut db = DaemonProcess::start(&b, &cfg_b, &tmp.join("b.log"));
+    let cfg_b = s.write_config(
+        "b.toml",
+        &one_eni(
+            s.config().window_secs(2).state_dir("state-b"),
+            "eni-b",
+            "eth-a",
+            &out_b,
+        ),
+    );
+    let mut da = s.start_daemon(&cfg_a, "a.log");
+    let mut db = DaemonProcess::start(b, &cfg_b, &s.path("b.log"));
     let (ia, ib) = (ea.addr(family), eb.addr(family));
 
-    let mut tcp = TcpFlow::open(&a, &b, ib, 5001);
+    let mut tcp = TcpFlow::open(a, b, ib, 5001);
     tcp.xfer(100_000, 5_000);
     let tcp_port = tcp.port;
     tcp.close();
-    let udp_port = udp_exchange(&a, &b, ib, 5002, (5, 100), (3, 50));
-    ping(&a, ib, 3);
+    let udp_port = udp_exchange(a, b, ib, 5002, (5, 100), (3, 50));
+    ping(a, ib, 3);
 
     // The entries are still live (TIME_WAIT, UDP and ICMP timeouts), so
     // the kernel's counters are the final ones; read them while the
@@ -583,8 +544,8 @@ fn exchange_on_both_sides(label: &str, family: u8) {
         }
     }
     let (got_a, got_b) = (totals(&rec_a), totals(&rec_b));
-    assert_totals("A", &got_a, &expected(&ct_a, "eni-a", &addrs(&ea)), &ctx);
-    assert_totals("B", &got_b, &expected(&ct_b, "eni-b", &addrs(&eb)), &ctx);
+    assert_totals("A", &got_a, &expected(&ct_a, "eni-a", &addrs(ea)), &ctx);
+    assert_totals("B", &got_b, &expected(&ct_b, "eni-b", &addrs(eb)), &ctx);
 
     // Tuples and directions: A is the client, B the server.
     let (udp_hdr, echo) = if family == 4 { (28, 84) } else { (48, 104) };
@@ -654,26 +615,20 @@ fn long_lived_tcp_flow_is_counted_per_window_without_double_counting() {
     // tests of this file loading both cores at once.
     const WINDOW: i64 = 6;
     let wait = Duration::from_secs(WINDOW as u64 + 15);
-    let tmp = TempDir::new("ct-long");
-    let plugins = plugin_dir(&tmp);
-    let a = Netns::new("longa");
-    let b = Netns::new("longb");
-    let (ea, eb) = veth_pair(&a, "eth-b", &b, "eth-a", 1);
-    let out = tmp.join("a.jsonl");
-    let cfg = write_config(
-        &tmp,
-        &plugins,
+    let s = scenario("ct-long", "long");
+    let (a, b, ea, eb) = (&s.a, &s.b, &s.ea, &s.eb);
+    let out = s.path("a.jsonl");
+    let cfg = s.write_config(
         "a.toml",
-        &format!("capture_window_secs = {WINDOW}"),
-        &one_eni("eni-a", "eth-b", &out),
+        &one_eni(s.config().window_secs(WINDOW), "eni-a", "eth-b", &out),
     );
-    let mut d = DaemonProcess::start(&a, &cfg, &tmp.join("a.log"));
+    let mut d = s.start_daemon(&cfg, "a.log");
     let (ia, ib) = (IpAddr::V4(ea.v4), IpAddr::V4(eb.v4));
 
     // Start right after a window boundary, so that each transfer has
     // almost a whole window to settle in.
     d.wait_for_window(0, wait);
-    let mut flow = TcpFlow::open(&a, &b, ib, 5001);
+    let mut flow = TcpFlow::open(a, b, ib, 5001);
     let port = flow.port;
     // Cumulative (orig, reply) counters after each transfer.
     let mut snaps = vec![(Counts::default(), Counts::default())];
@@ -784,41 +739,53 @@ fn two_enis_an_idle_one_and_scoped_instances() {
     if !require_root("two_enis_an_idle_one_and_scoped_instances") {
         return;
     }
-    let tmp = TempDir::new("ct-enis");
-    let plugins = plugin_dir(&tmp);
-    let a = Netns::new("enia");
-    let b = Netns::new("enib");
-    let c = Netns::new("enic");
-    let dd = Netns::new("enid");
-    let (ab, ba) = veth_pair(&a, "eth-b", &b, "eth-a", 1);
-    let (ac, ca) = veth_pair(&a, "eth-c", &c, "eth-a", 2);
-    let _idle = veth_pair(&a, "eth-d", &dd, "eth-a", 3);
+    // D stays idle: its veth's ENI has no traffic.
+    let s = Scenario::builder("ct-enis")
+        .namespaces("enia", "enib")
+        .veth("eth-b", "eth-a", 1)
+        .peer("enic", "eth-c", "eth-a", 2)
+        .peer("enid", "eth-d", "eth-a", 3)
+        .build();
+    let (a, b, ab, ba) = (&s.a, &s.b, &s.ea, &s.eb);
+    let (c, ac, ca) = (&s.peers[0].ns, &s.peers[0].local, &s.peers[0].remote);
     let (vpc1, enic, rejectb) = (
-        tmp.join("vpc1.jsonl"),
-        tmp.join("enic.jsonl"),
-        tmp.join("rejectb.jsonl"),
+        s.path("vpc1.jsonl"),
+        s.path("enic.jsonl"),
+        s.path("rejectb.jsonl"),
     );
-    let body = format!(
-        "{}{}{}{}{}{}{}{}{}",
-        eni_toml("eni-b", "eth-b", "vpc-1"),
-        eni_toml("eni-c", "eth-c", "vpc-2"),
-        eni_toml("eni-d", "eth-d", "vpc-1"),
-        flow_log("vpc-1", "vpc", "vpc-1", "all", "vpc1"),
-        flow_log("eni-c", "eni", "eni-c", "all", "enic"),
-        flow_log("reject-b", "eni", "eni-b", "reject", "rejectb"),
-        json_sink("vpc1", &vpc1),
-        json_sink("enic", &enic),
-        json_sink("rejectb", &rejectb),
-    );
-    let cfg = write_config(&tmp, &plugins, "a.toml", "capture_window_secs = 2", &body);
-    let mut d = DaemonProcess::start(&a, &cfg, &tmp.join("a.log"));
+    let config = s
+        .config()
+        .window_secs(2)
+        .eni("eni-b", "eth-b", "vpc-1")
+        .eni("eni-c", "eth-c", "vpc-2")
+        .eni("eni-d", "eth-d", "vpc-1")
+        .flow_log(
+            FlowLog::vpc("vpc-1", "vpc-1")
+                .traffic("all")
+                .sinks(&["vpc1"]),
+        )
+        .flow_log(
+            FlowLog::eni("eni-c", "eni-c")
+                .traffic("all")
+                .sinks(&["enic"]),
+        )
+        .flow_log(
+            FlowLog::eni("reject-b", "eni-b")
+                .traffic("reject")
+                .sinks(&["rejectb"]),
+        )
+        .json_sink("vpc1", &vpc1)
+        .json_sink("enic", &enic)
+        .json_sink("rejectb", &rejectb);
+    let cfg = s.write_config("a.toml", &config);
+    let mut d = s.start_daemon(&cfg, "a.log");
 
-    let mut to_b = TcpFlow::open(&a, &b, ba.v4.into(), 5001);
+    let mut to_b = TcpFlow::open(a, b, ba.v4.into(), 5001);
     to_b.xfer(30_000, 3_000);
     to_b.close();
-    ping(&a, ba.v6.into(), 2);
-    udp_exchange(&a, &c, ca.v4.into(), 5002, (4, 200), (2, 20));
-    ping(&a, ca.v4.into(), 2);
+    ping(a, ba.v6.into(), 2);
+    udp_exchange(a, c, ca.v4.into(), 5002, (4, 200), (2, 20));
+    ping(a, ca.v4.into(), 2);
     let (ct, _) = a.settled_conntrack();
     // At least two whole windows, so "one per window" means something.
     let seen = d.closed_windows().len();
@@ -860,7 +827,7 @@ fn two_enis_an_idle_one_and_scoped_instances() {
     assert_totals(
         "eni-b in the vpc-1 instance",
         &totals(&r_vpc1),
-        &expected(&ct, "eni-b", &addrs(&ab)),
+        &expected(&ct, "eni-b", &addrs(ab)),
         &ctx,
     );
     assert!(
@@ -870,7 +837,7 @@ fn two_enis_an_idle_one_and_scoped_instances() {
     assert_totals(
         "eni-c in its instance",
         &totals(&r_enic),
-        &expected(&ct, "eni-c", &addrs(&ac)),
+        &expected(&ct, "eni-c", &addrs(ac)),
         &ctx,
     );
     assert_eq!(
@@ -952,33 +919,24 @@ fn restart_mid_flow_neither_double_counts_nor_invents() {
     if !require_root("restart_mid_flow_neither_double_counts_nor_invents") {
         return;
     }
-    let tmp = TempDir::new("ct-restart");
-    let plugins = plugin_dir(&tmp);
-    let a = Netns::new("rsta");
-    let b = Netns::new("rstb");
-    let (ea, eb) = veth_pair(&a, "eth-b", &b, "eth-a", 1);
+    let s = scenario("ct-restart", "rst");
+    let (a, b, ea, eb) = (&s.a, &s.b, &s.ea, &s.eb);
     // No table of the test's own: the daemon's, left in place at exit,
-    // keeps the namespace tracking the flow while no daemon runs.
-    let (out1, out2) = (tmp.join("run1.jsonl"), tmp.join("run2.jsonl"));
-    let keys = "capture_window_secs = 2";
-    let cfg1 = write_config(
-        &tmp,
-        &plugins,
+    // keeps the namespace tracking the flow while no daemon runs. Both
+    // runs share the state directory (the second finds the handoff).
+    let (out1, out2) = (s.path("run1.jsonl"), s.path("run2.jsonl"));
+    let cfg1 = s.write_config(
         "run1.toml",
-        keys,
-        &one_eni("eni-a", "eth-b", &out1),
+        &one_eni(s.config().window_secs(2), "eni-a", "eth-b", &out1),
     );
-    let cfg2 = write_config(
-        &tmp,
-        &plugins,
+    let cfg2 = s.write_config(
         "run2.toml",
-        keys,
-        &one_eni("eni-a", "eth-b", &out2),
+        &one_eni(s.config().window_secs(2), "eni-a", "eth-b", &out2),
     );
     let (ia, ib) = (IpAddr::V4(ea.v4), IpAddr::V4(eb.v4));
 
-    let mut d1 = DaemonProcess::start(&a, &cfg1, &tmp.join("run1.log"));
-    let mut flow = TcpFlow::open(&a, &b, ib, 5001);
+    let mut d1 = s.start_daemon(&cfg1, "run1.log");
+    let mut flow = TcpFlow::open(a, b, ib, 5001);
     let port = flow.port;
     flow.xfer(50_000, 500);
     let (ct1, _) = a.settled_conntrack();
@@ -989,7 +947,7 @@ fn restart_mid_flow_neither_double_counts_nor_invents() {
     let (ct2, _) = a.settled_conntrack();
     let at_restart = tcp_entry(&ct2, port);
 
-    let mut d2 = DaemonProcess::start(&a, &cfg2, &tmp.join("run2.log"));
+    let mut d2 = s.start_daemon(&cfg2, "run2.log");
     flow.xfer(90_000, 900);
     let (ct3, _) = a.settled_conntrack();
     let at_end = tcp_entry(&ct3, port);
@@ -1055,31 +1013,25 @@ fn sigterm_mid_window_emits_the_partial_window_and_keeps_tracking() {
     if !require_root("sigterm_mid_window_emits_the_partial_window_and_keeps_tracking") {
         return;
     }
-    let tmp = TempDir::new("ct-sigterm");
-    let plugins = plugin_dir(&tmp);
-    let a = Netns::new("terma");
-    let b = Netns::new("termb");
-    let (ea, eb) = veth_pair(&a, "eth-b", &b, "eth-a", 1);
-    let out = tmp.join("a.jsonl");
-    let cfg = write_config(
-        &tmp,
-        &plugins,
+    let s = scenario("ct-sigterm", "term");
+    let (a, b, ea, eb) = (&s.a, &s.b, &s.ea, &s.eb);
+    let out = s.path("a.jsonl");
+    let cfg = s.write_config(
         "a.toml",
-        "capture_window_secs = 600",
-        &one_eni("eni-a", "eth-b", &out),
+        &one_eni(s.config().window_secs(600), "eni-a", "eth-b", &out),
     );
     let started = unix_now();
-    let mut d = DaemonProcess::start(&a, &cfg, &tmp.join("a.log"));
+    let mut d = s.start_daemon(&cfg, "a.log");
     assert!(
         a.nft_tables().iter().any(|t| t == "inet flowlogd"),
         "the daemon's table is installed\n{}",
         d.log()
     );
 
-    let mut flow = TcpFlow::open(&a, &b, eb.v4.into(), 5001);
+    let mut flow = TcpFlow::open(a, b, eb.v4.into(), 5001);
     flow.xfer(20_000, 2_000);
     flow.close();
-    ping(&a, eb.v4.into(), 2);
+    ping(a, eb.v4.into(), 2);
     let (ct, _) = a.settled_conntrack();
     let before = unix_now();
     let status = d.terminate();
@@ -1097,7 +1049,7 @@ fn sigterm_mid_window_emits_the_partial_window_and_keeps_tracking() {
     assert_totals(
         "A",
         &totals(&records),
-        &expected(&ct, "eni-a", &addrs(&ea)),
+        &expected(&ct, "eni-a", &addrs(ea)),
         &ctx,
     );
     // The last window (a 600 s boundary may have passed during the test).
@@ -1157,24 +1109,12 @@ const BURST_PORT: u16 = 20000;
 const BURST_WINDOW: i64 = 6;
 
 /// A -> B over a veth, for the DESTROY burst tests.
-struct Burst {
-    tmp: TempDir,
-    a: Netns,
-    b: Netns,
-    ea: VethEnd,
-    eb: VethEnd,
-}
-
-fn burst_setup(label: &str) -> Burst {
-    let tmp = TempDir::new(label);
-    let a = Netns::new(&format!("{label}a"));
-    let b = Netns::new(&format!("{label}b"));
-    let (ea, eb) = veth_pair(&a, "eth-b", &b, "eth-a", 1);
-    Burst { tmp, a, b, ea, eb }
+fn burst_setup(label: &str) -> Scenario {
+    scenario(label, label)
 }
 
 /// A UDP sink on B port 9000, the bursts' target.
-fn burst_sink(s: &Burst) -> LineProcess {
+fn burst_sink(s: &Scenario) -> LineProcess {
     let mut sink = LineProcess::traffic(
         &s.b,
         TRAFFIC,
@@ -1188,7 +1128,7 @@ fn burst_sink(s: &Burst) -> LineProcess {
 /// burst (A ports `BURST_PORT..` to B port 9000), each once with 28 +
 /// `BURST_PAYLOAD` bytes, and no other flow.
 #[track_caller]
-fn assert_burst_flows_exact(s: &Burst, records: &[Value], flows: u32, ctx: &str) {
+fn assert_burst_flows_exact(s: &Scenario, records: &[Value], flows: u32, ctx: &str) {
     let (ia, ib) = (IpAddr::V4(s.ea.v4), IpAddr::V4(s.eb.v4));
     let want: BTreeMap<FlowId, Counts> = (0..flows)
         .map(|i| {
@@ -1219,7 +1159,7 @@ fn assert_burst_flows_exact(s: &Burst, records: &[Value], flows: u32, ctx: &str)
 /// once: a burst of DESTROY events carrying the flows' only counters (no
 /// window dump has seen them yet). Returns the time of the flush.
 #[track_caller]
-fn burst_and_flush(s: &Burst, d: &mut DaemonProcess) -> i64 {
+fn burst_and_flush(s: &Scenario, d: &mut DaemonProcess) -> i64 {
     let n = d.closed_windows().len();
     let (_, window_start) = d.wait_for_window(n, Duration::from_secs(20));
     let target = sockaddr(s.eb.v4.into(), 9000);
@@ -1254,19 +1194,14 @@ fn event_overrun_is_reported_as_skipdata_and_capture_continues() {
         return;
     }
     let s = burst_setup("ovr");
-    let plugins = plugin_dir(&s.tmp);
     let sink = burst_sink(&s);
-    let out = s.tmp.join("a.jsonl");
-    let cfg = write_config(
-        &s.tmp,
-        &plugins,
-        "a.toml",
-        &format!(
-            "capture_window_secs = {BURST_WINDOW}\nconntrack_reliable_events = false\nconntrack_rcvbuf_bytes = 4096"
-        ),
-        &one_eni("eni-a", "eth-b", &out),
-    );
-    let mut d = DaemonProcess::start(&s.a, &cfg, &s.tmp.join("a.log"));
+    let out = s.path("a.jsonl");
+    let config = s
+        .config()
+        .window_secs(BURST_WINDOW)
+        .daemon_key("conntrack_reliable_events = false\nconntrack_rcvbuf_bytes = 4096");
+    let cfg = s.write_config("a.toml", &one_eni(config, "eni-a", "eth-b", &out));
+    let mut d = s.start_daemon(&cfg, "a.log");
     let flushed_at = burst_and_flush(&s, &mut d);
     // The flush's window closes.
     let n = d.closed_windows().len();
@@ -1380,17 +1315,13 @@ fn reliable_events_survive_a_destroy_burst_exactly() {
         return;
     }
     let s = burst_setup("rel");
-    let plugins = plugin_dir(&s.tmp);
     let sink = burst_sink(&s);
-    let out = s.tmp.join("a.jsonl");
-    let cfg = write_config(
-        &s.tmp,
-        &plugins,
+    let out = s.path("a.jsonl");
+    let cfg = s.write_config(
         "a.toml",
-        &format!("capture_window_secs = {BURST_WINDOW}"),
-        &one_eni("eni-a", "eth-b", &out),
+        &one_eni(s.config().window_secs(BURST_WINDOW), "eni-a", "eth-b", &out),
     );
-    let mut d = DaemonProcess::start(&s.a, &cfg, &s.tmp.join("a.log"));
+    let mut d = s.start_daemon(&cfg, "a.log");
     burst_and_flush(&s, &mut d);
     let n = d.closed_windows().len();
     d.wait_for_window(n, Duration::from_secs(20));
@@ -1436,17 +1367,13 @@ fn a_window_closing_over_many_connections_is_dumped_in_slices_and_exact() {
     }
     const FLOWS: u32 = 20_000;
     let s = burst_setup("slc");
-    let plugins = plugin_dir(&s.tmp);
     let sink = burst_sink(&s);
-    let out = s.tmp.join("a.jsonl");
-    let cfg = write_config(
-        &s.tmp,
-        &plugins,
+    let out = s.path("a.jsonl");
+    let cfg = s.write_config(
         "a.toml",
-        &format!("capture_window_secs = {BURST_WINDOW}"),
-        &one_eni("eni-a", "eth-b", &out),
+        &one_eni(s.config().window_secs(BURST_WINDOW), "eni-a", "eth-b", &out),
     );
-    let mut d = DaemonProcess::start(&s.a, &cfg, &s.tmp.join("a.log"));
+    let mut d = s.start_daemon(&cfg, "a.log");
     let n = d.closed_windows().len();
     let (_, window_start) = d.wait_for_window(n, Duration::from_secs(20));
     let target = sockaddr(s.eb.v4.into(), 9000);
@@ -1500,23 +1427,20 @@ fn a_window_larger_than_the_sink_queue_reaches_a_slow_sink_whole() {
     }
     const FLOWS: u32 = 20_000;
     let s = burst_setup("pace");
-    let plugins = plugin_dir(&s.tmp);
     let sink = burst_sink(&s);
-    let out = s.tmp.join("a.jsonl");
-    let body = format!(
-        "{}{}[sinks.out]\nplugin = \"testsink\"\npath = \"{}\"\ndelay_ms = 10\n",
-        eni_toml("eni-a", "eth-b", "vpc-1"),
-        flow_log("all", "vpc", "vpc-1", "all", "out"),
-        out.display()
-    );
-    let cfg = write_config(
-        &s.tmp,
-        &plugins,
-        "a.toml",
-        &format!("capture_window_secs = {BURST_WINDOW}\nsink_queue_records = 2000"),
-        &body,
-    );
-    let mut d = DaemonProcess::start(&s.a, &cfg, &s.tmp.join("a.log"));
+    let out = s.path("a.jsonl");
+    let config = s
+        .config()
+        .window_secs(BURST_WINDOW)
+        .daemon_key("sink_queue_records = 2000")
+        .eni("eni-a", "eth-b", "vpc-1")
+        .flow_log(FlowLog::vpc("all", "vpc-1").traffic("all").sinks(&["out"]))
+        .toml(&format!(
+            "[sinks.out]\nplugin = \"testsink\"\npath = \"{}\"\ndelay_ms = 10\n",
+            out.display()
+        ));
+    let cfg = s.write_config("a.toml", &config);
+    let mut d = s.start_daemon(&cfg, "a.log");
     let n = d.closed_windows().len();
     d.wait_for_window(n, Duration::from_secs(20));
     let target = sockaddr(s.eb.v4.into(), 9000);
@@ -1541,29 +1465,23 @@ fn traffic_before_start_is_not_attributed() {
     if !require_root("traffic_before_start_is_not_attributed") {
         return;
     }
-    let tmp = TempDir::new("ct-baseline");
-    let plugins = plugin_dir(&tmp);
-    let a = Netns::new("basea");
-    let b = Netns::new("baseb");
-    let (ea, eb) = veth_pair(&a, "eth-b", &b, "eth-a", 1);
+    let s = scenario("ct-baseline", "base");
+    let (a, b, ea, eb) = (&s.a, &s.b, &s.ea, &s.eb);
     // Tracking (with counters) before the daemon exists.
     a.enable_tracking();
     let (ia, ib) = (IpAddr::V4(ea.v4), IpAddr::V4(eb.v4));
-    let mut flow = TcpFlow::open(&a, &b, ib, 5001);
+    let mut flow = TcpFlow::open(a, b, ib, 5001);
     let port = flow.port;
     flow.xfer(40_000, 400);
     let (ct0, _) = a.settled_conntrack();
     let before = tcp_entry(&ct0, port);
 
-    let out = tmp.join("a.jsonl");
-    let cfg = write_config(
-        &tmp,
-        &plugins,
+    let out = s.path("a.jsonl");
+    let cfg = s.write_config(
         "a.toml",
-        "capture_window_secs = 2",
-        &one_eni("eni-a", "eth-b", &out),
+        &one_eni(s.config().window_secs(2), "eni-a", "eth-b", &out),
     );
-    let mut d = DaemonProcess::start(&a, &cfg, &tmp.join("a.log"));
+    let mut d = s.start_daemon(&cfg, "a.log");
     flow.xfer(60_000, 600);
     let (ct1, _) = a.settled_conntrack();
     let after = tcp_entry(&ct1, port);
@@ -1634,7 +1552,6 @@ const FLOOD_PER_PORT: u32 = 50_000;
 /// tuple into the open window's sums. `daemon_keys` go into `[daemon]`.
 fn flood_of_distinct_tuples(label: &str, ports: u16, daemon_keys: &str) -> Flood {
     let s = burst_setup(label);
-    let plugins = plugin_dir(&s.tmp);
     let sinks: Vec<LineProcess> = (0..ports)
         .map(|i| {
             let mut sink = LineProcess::traffic(
@@ -1646,15 +1563,10 @@ fn flood_of_distinct_tuples(label: &str, ports: u16, daemon_keys: &str) -> Flood
             sink
         })
         .collect();
-    let out = s.tmp.join("a.jsonl");
-    let cfg = write_config(
-        &s.tmp,
-        &plugins,
-        "a.toml",
-        &format!("capture_window_secs = {FLOOD_WINDOW}\n{daemon_keys}"),
-        &one_eni("eni-a", "eth-b", &out),
-    );
-    let mut d = DaemonProcess::start(&s.a, &cfg, &s.tmp.join("a.log"));
+    let out = s.path("a.jsonl");
+    let config = s.config().window_secs(FLOOD_WINDOW).daemon_key(daemon_keys);
+    let cfg = s.write_config("a.toml", &one_eni(config, "eni-a", "eth-b", &out));
+    let mut d = s.start_daemon(&cfg, "a.log");
     let target = |i: u16| sockaddr(s.eb.v4.into(), 9000 + i);
     // A small burst first, and its window closed: the buffers the daemon
     // keeps are then resident, and what the flood adds is what it costs.

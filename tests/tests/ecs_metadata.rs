@@ -46,24 +46,17 @@ fn service(ns: &Netns, enis: &[(&str, &str, &str)]) -> LineProcess {
 
 /// A config with ENIs from the service, `extra` (static `[[eni]]` tables),
 /// and one VPC-scoped flow log for vpc-ecs into `records`.
-fn config(tmp: &TempDir, window_secs: u32, unmapped: &str, extra: &str) -> std::path::PathBuf {
-    let plugins = plugin_dir(tmp);
-    let body = format!(
-        "[metadata]\nsource = \"ecs\"\nbase_url = \"http://{SERVICE}/latest/meta-data/\"\nunmapped = \"{unmapped}\"\n\n\
-         {extra}[[flow_log]]\nname = \"vpc\"\nresource_type = \"vpc\"\nresource_id = \"vpc-ecs\"\nsinks = [\"all\"]\n\n\
-         [sinks.all]\nplugin = \"file\"\npath = \"{}\"\nformat = \"json\"\n",
-        tmp.join("all.jsonl").display()
-    );
-    let cfg = tmp.join("flowlogd.toml");
-    std::fs::write(
-        &cfg,
-        config_with(&plugins, &body).replace(
-            "[daemon]\n",
-            &format!("[daemon]\ncapture_window_secs = {window_secs}\n"),
-        ),
-    )
-    .unwrap();
-    cfg
+fn config(s: &Scenario, window_secs: i64, unmapped: &str, extra: &str) -> std::path::PathBuf {
+    let config = s
+        .config()
+        .window_secs(window_secs)
+        .toml(&format!(
+            "[metadata]\nsource = \"ecs\"\nbase_url = \"http://{SERVICE}/latest/meta-data/\"\nunmapped = \"{unmapped}\"\n\n\
+             {extra}"
+        ))
+        .flow_log(FlowLog::vpc("vpc", "vpc-ecs").sinks(&["all"]))
+        .json_sink("all", &s.path("all.jsonl"));
+    s.write_config("flowlogd.toml", &config)
 }
 
 #[track_caller]
@@ -116,33 +109,34 @@ fn ecs_ids_land_in_records_and_static_enis_override_them() {
     if !require_root("ecs_ids_land_in_records_and_static_enis_override_them") {
         return;
     }
-    let a = Netns::new("ecsa");
-    let b = Netns::new("ecsb");
-    let (va, _) = veth_pair(&a, "veth-a", &b, "veth-b", 61);
-    let (vs, _) = veth_pair(&a, "veth-s", &b, "veth-sb", 62);
-    let (mac_a, mac_s) = (mac_of(&a, "veth-a"), mac_of(&a, "veth-s"));
-    let tmp = TempDir::new("ecs");
+    let s = Scenario::builder("ecs")
+        .namespaces("ecsa", "ecsb")
+        .veth("veth-a", "veth-b", 61)
+        .build();
+    let (a, b, va, tmp) = (&s.a, &s.b, &s.ea, &s.tmp);
+    let (vs, _) = veth_pair(a, "veth-s", b, "veth-sb", 62);
+    let (mac_a, mac_s) = (mac_of(a, "veth-a"), mac_of(a, "veth-s"));
     let cfg = config(
-        &tmp,
+        &s,
         600,
         "ignore",
         &eni_toml("eni-static-s", "veth-s", "vpc-ecs"),
     );
 
     // check-config says the service cannot be reached, and is fine with it.
-    let o = check_config(&a, &cfg);
+    let o = check_config(a, &cfg);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("(metadata service not reachable, asked once with a 1 s timeout: instance-id: cannot connect"), "{}", text(&o));
 
     let _service = service(
-        &a,
+        a,
         &[
             (&mac_a, "eni-ecs-a", "vsw-ecs-1"),
             (&mac_s, "eni-service-s", "vsw-ecs-2"),
         ],
     );
-    let o = check_config(&a, &cfg);
+    let o = check_config(a, &cfg);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     for expected in [
@@ -154,14 +148,14 @@ fn ecs_ids_land_in_records_and_static_enis_override_them() {
         assert!(out.contains(&expected), "missing {expected:?} in\n{}", text(&o));
     }
 
-    let mut daemon = DaemonProcess::start(&a, &cfg, &tmp.join("daemon.log"));
+    let mut daemon = DaemonProcess::start(a, &cfg, &tmp.join("daemon.log"));
     daemon.wait_for_log("metadata: ENI eni-ecs-a (matched by mac", WAIT);
-    let mut sink = LineProcess::traffic(&a, TRAFFIC, &["udp-sink", &format!("{}:5600", va.v4)]);
+    let mut sink = LineProcess::traffic(a, TRAFFIC, &["udp-sink", &format!("{}:5600", va.v4)]);
     sink.expect_line("listening", Duration::from_secs(10));
-    let mut sink_s = LineProcess::traffic(&a, TRAFFIC, &["udp-sink", &format!("{}:5600", vs.v4)]);
+    let mut sink_s = LineProcess::traffic(a, TRAFFIC, &["udp-sink", &format!("{}:5600", vs.v4)]);
     sink_s.expect_line("listening", Duration::from_secs(10));
-    udp(&b, &format!("{}:5600", va.v4), 5);
-    udp(&b, &format!("{}:5600", vs.v4), 2);
+    udp(b, &format!("{}:5600", va.v4), 5);
+    udp(b, &format!("{}:5600", vs.v4), 2);
 
     // A reload keeps what the service said: the ENI is described at once,
     // and its traffic after the reload still carries the service's ids.
@@ -183,7 +177,7 @@ fn ecs_ids_land_in_records_and_static_enis_override_them() {
         )),
         "{after_reload}"
     );
-    udp(&b, &format!("{}:5600", va.v4), 1);
+    udp(b, &format!("{}:5600", va.v4), 1);
     std::thread::sleep(Duration::from_millis(200));
     daemon.stop();
     let log = daemon.log();
@@ -245,27 +239,27 @@ fn down_at_start(
     unmapped: &str,
     before: impl FnOnce(&[Value], &str),
 ) -> (Vec<Value>, String, String, i64) {
-    let a = Netns::new(&format!("{label}a"));
-    let b = Netns::new(&format!("{label}b"));
-    let (va, _) = veth_pair(&a, "veth-a", &b, "veth-b", 63);
-    let mac_a = mac_of(&a, "veth-a");
-    let tmp = TempDir::new(label);
-    let cfg = config(&tmp, 2, unmapped, "");
-    let mut daemon = DaemonProcess::start(&a, &cfg, &tmp.join("daemon.log"));
+    let s = Scenario::builder(label)
+        .veth("veth-a", "veth-b", 63)
+        .build();
+    let (a, b, va, tmp) = (&s.a, &s.b, &s.ea, &s.tmp);
+    let mac_a = mac_of(a, "veth-a");
+    let cfg = config(&s, 2, unmapped, "");
+    let mut daemon = DaemonProcess::start(a, &cfg, &tmp.join("daemon.log"));
     daemon.wait_for_log(
         "metadata: cannot read the service: instance-id: cannot connect",
         WAIT,
     );
     let target = format!("{}:5600", va.v4);
-    let mut sink = LineProcess::traffic(&a, TRAFFIC, &["udp-sink", &target]);
+    let mut sink = LineProcess::traffic(a, TRAFFIC, &["udp-sink", &target]);
     sink.expect_line("listening", Duration::from_secs(10));
-    udp(&b, &target, 5);
+    udp(b, &target, 5);
     // Two windows close while the service is down.
     let closed = daemon.closed_windows().len();
     daemon.wait_for_window(closed + 1, WAIT);
     before(&read_json_records(&tmp.join("all.jsonl")), &daemon.log());
 
-    let _service = service(&a, &[(&mac_a, "eni-ecs-a", "vsw-ecs-1")]);
+    let _service = service(a, &[(&mac_a, "eni-ecs-a", "vsw-ecs-1")]);
     let up = unix_now();
     daemon.wait_for_log("metadata: ENI eni-ecs-a (matched by mac", WAIT);
     assert!(
@@ -273,7 +267,7 @@ fn down_at_start(
         "{}",
         daemon.log()
     );
-    udp(&b, &target, 3);
+    udp(b, &target, 3);
     let closed = daemon.closed_windows().len();
     daemon.wait_for_window(closed, WAIT);
     daemon.stop();

@@ -8,9 +8,7 @@
 
 use std::time::Duration;
 
-use flowlogd_tests::netns::{
-    closed_windows, unix_now, veth_pair, DaemonProcess, LineProcess, Netns,
-};
+use flowlogd_tests::netns::{closed_windows, unix_now, veth_pair, LineProcess, Netns};
 use flowlogd_tests::*;
 use serde_json::Value;
 
@@ -51,30 +49,22 @@ fn hot_plugged_interface_is_captured_until_it_is_removed() {
     if !require_root("hot_plugged_interface_is_captured_until_it_is_removed") {
         return;
     }
-    let a = Netns::new("hpa");
-    let b = Netns::new("hpb");
-    veth_pair(&a, "veth-a", &b, "veth-b", 51);
-    let tmp = TempDir::new("hotplug");
-    let plugins = plugin_dir(&tmp);
-    let records_path = tmp.join("all.jsonl");
-    let body = format!(
-        "{}{}[[flow_log]]\nname = \"vpc\"\nresource_type = \"vpc\"\nresource_id = \"vpc-hp\"\nsinks = [\"all\"]\n\n\
-         [sinks.all]\nplugin = \"file\"\npath = \"{}\"\nformat = \"json\"\n",
-        eni_toml("eni-a", "veth-a", "vpc-hp"),
+    let s = Scenario::builder("hotplug")
+        .namespaces("hpa", "hpb")
+        .veth("veth-a", "veth-b", 51)
+        .build();
+    let (a, b) = (&s.a, &s.b);
+    let records_path = s.path("all.jsonl");
+    let config = s
+        .config()
+        .window_secs(WINDOW_SECS)
+        .eni("eni-a", "veth-a", "vpc-hp")
         // No such interface yet.
-        eni_toml("eni-h", "veth-h", "vpc-hp"),
-        records_path.display()
-    );
-    let cfg = tmp.join("flowlogd.toml");
-    std::fs::write(
-        &cfg,
-        config_with(&plugins, &body).replace(
-            "[daemon]\n",
-            &format!("[daemon]\ncapture_window_secs = {WINDOW_SECS}\n"),
-        ),
-    )
-    .unwrap();
-    let mut daemon = DaemonProcess::start(&a, &cfg, &tmp.join("daemon.log"));
+        .eni("eni-h", "veth-h", "vpc-hp")
+        .flow_log(FlowLog::vpc("vpc", "vpc-hp").sinks(&["all"]))
+        .json_sink("all", &records_path);
+    let cfg = s.write_config("flowlogd.toml", &config);
+    let mut daemon = s.start_daemon(&cfg, "daemon.log");
     assert!(
         daemon
             .log()
@@ -87,24 +77,24 @@ fn hot_plugged_interface_is_captured_until_it_is_removed() {
 
     // Hot-plug veth-h and use it.
     let plugged = unix_now();
-    let (h, _) = veth_pair(&a, "veth-h", &b, "veth-hb", 52);
+    let (h, _) = veth_pair(a, "veth-h", b, "veth-hb", 52);
     daemon.wait_for_log("now interface veth-h", WAIT);
     let h4 = h.v4.to_string();
-    let mut sink = LineProcess::traffic(&a, TRAFFIC, &["udp-sink", &format!("{h4}:5500")]);
+    let mut sink = LineProcess::traffic(a, TRAFFIC, &["udp-sink", &format!("{h4}:5500")]);
     sink.expect_line("listening", Duration::from_secs(10));
-    udp(&b, &format!("{h4}:5500"), 5, 100);
+    udp(b, &format!("{h4}:5500"), 5, 100);
 
     // An address added later is attributed to eni-h from then on.
     a.exec_ok(&["ip", "addr", "add", "10.201.52.1/24", "dev", "veth-h"]);
     b.exec_ok(&["ip", "addr", "add", "10.201.52.2/24", "dev", "veth-hb"]);
-    let mut sink2 = LineProcess::traffic(&a, TRAFFIC, &["udp-sink", "10.201.52.1:5501"]);
+    let mut sink2 = LineProcess::traffic(a, TRAFFIC, &["udp-sink", "10.201.52.1:5501"]);
     sink2.expect_line("listening", Duration::from_secs(10));
-    udp(&b, "10.201.52.1:5501", 3, 50);
+    udp(b, "10.201.52.1:5501", 3, 50);
     let closed = daemon.closed_windows().len();
     daemon.wait_for_window(closed, WAIT);
 
     // More traffic, then the interface goes away in the middle of a window.
-    udp(&b, &format!("{h4}:5500"), 4, 70);
+    udp(b, &format!("{h4}:5500"), 4, 70);
     a.exec_ok(&["ip", "link", "del", "veth-h"]);
     let removed = unix_now();
     daemon.wait_for_log("ENI eni-h lost its interface", WAIT);

@@ -2,10 +2,10 @@
 //! the golden files, rotation that loses nothing, and a sink directory
 //! removed while the daemon runs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use flowlogd_tests::netns::{veth_pair, DaemonProcess, LineProcess, Netns};
+use flowlogd_tests::netns::{DaemonProcess, LineProcess, Netns};
 use flowlogd_tests::*;
 use serde_json::Value;
 
@@ -17,22 +17,24 @@ vpc_id = \"vpc-bp1h7i8j\"\nvm_id = \"i-bp1k9l0m\"\naccount_id = \"12345678901234
 vpc_id = \"vpc-bp1h7i8j\"\nvm_id = \"i-bp1k9l0m\"\naccount_id = \"1234567890123456\"\n\n\
 [[flow_log]]\nname = \"vpc\"\nresource_type = \"vpc\"\nresource_id = \"vpc-bp1h7i8j\"\nsinks = [\"local\"]\n\n";
 
+/// `<tmp>/flowlogd.toml`: the golden ENIs and their flow log into the file
+/// sink `local`, whose options (after `plugin = "file"`) are `options`.
+fn golden_config(tmp: &TempDir, plugins: &Path, options: &str) -> PathBuf {
+    DaemonConfig::new(plugins)
+        .toml(GOLDEN_ENIS)
+        .toml(&format!("[sinks.local]\nplugin = \"file\"\n{options}"))
+        .write(&tmp.join("flowlogd.toml"))
+}
+
 fn replay_golden(format: &str) -> String {
     let tmp = TempDir::new(&format!("golden-{format}"));
     let plugins = plugin_dir(&tmp);
     let out = tmp.join("logs/flow.log");
-    let cfg = tmp.join("flowlogd.toml");
-    std::fs::write(
-        &cfg,
-        config_with(
-            &plugins,
-            &format!(
-                "{GOLDEN_ENIS}[sinks.local]\nplugin = \"file\"\npath = \"{}\"\nformat = \"{format}\"\n",
-                out.display()
-            ),
-        ),
-    )
-    .unwrap();
+    let cfg = golden_config(
+        &tmp,
+        &plugins,
+        &format!("path = \"{}\"\nformat = \"{format}\"\n", out.display()),
+    );
     let golden_json = workspace_root().join("sinks/file/tests/golden/records.jsonl");
     let o = flowlogd(&[
         "replay",
@@ -65,20 +67,14 @@ fn rotation_through_the_daemon_loses_nothing() {
     let tmp = TempDir::new("rotate");
     let plugins = plugin_dir(&tmp);
     let out = tmp.join("flow.log");
-    let cfg = tmp.join("flowlogd.toml");
-    std::fs::write(
-        &cfg,
-        config_with(
-            &plugins,
-            &format!(
-                "{}[[flow_log]]\nname = \"all\"\nresource_type = \"eni\"\nresource_id = \"eni-1\"\nsinks = [\"local\"]\n\n\
-                 [sinks.local]\nplugin = \"file\"\npath = \"{}\"\nformat = \"json\"\nrotate_bytes = 65536\nrotate_keep = 1000\n",
-                eni_toml("eni-1", "eth0", "vpc-1"),
-                out.display()
-            ),
-        ),
-    )
-    .unwrap();
+    let cfg = DaemonConfig::new(&plugins)
+        .eni("eni-1", "eth0", "vpc-1")
+        .flow_log(FlowLog::eni("all", "eni-1").sinks(&["local"]))
+        .toml(&format!(
+            "[sinks.local]\nplugin = \"file\"\npath = \"{}\"\nformat = \"json\"\nrotate_bytes = 65536\nrotate_keep = 1000\n",
+            out.display()
+        ))
+        .write(&tmp.join("flowlogd.toml"));
     const N: usize = 3000;
     let records = sample_records("eni-1", "vpc-1", N);
     let input = tmp.join("records.jsonl");
@@ -112,15 +108,7 @@ fn rotation_through_the_daemon_loses_nothing() {
 fn check_config_prints_the_summary() {
     let tmp = TempDir::new("summary");
     let plugins = plugin_dir(&tmp);
-    let cfg = tmp.join("flowlogd.toml");
-    std::fs::write(
-        &cfg,
-        config_with(
-            &plugins,
-            &format!("{GOLDEN_ENIS}[sinks.local]\nplugin = \"file\"\npath = \"/var/log/flowlogd/flow.log\"\n"),
-        ),
-    )
-    .unwrap();
+    let cfg = golden_config(&tmp, &plugins, "path = \"/var/log/flowlogd/flow.log\"\n");
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
@@ -138,27 +126,18 @@ fn check_config_prints_the_summary() {
 fn check_config_reports_a_file_sink_option_error_at_its_line() {
     let tmp = TempDir::new("bad-format");
     let plugins = plugin_dir(&tmp);
-    let cfg = tmp.join("flowlogd.toml");
     let log_dir = tmp.join("logs");
-    std::fs::write(
-        &cfg,
-        config_with(
-            &plugins,
-            &format!(
-                "{GOLDEN_ENIS}[sinks.local]\nplugin = \"file\"\npath = \"{}/flow.log\"\nformat = \"xml\"\n",
-                log_dir.display()
-            ),
+    let cfg = golden_config(
+        &tmp,
+        &plugins,
+        &format!(
+            "path = \"{}/flow.log\"\nformat = \"xml\"\n",
+            log_dir.display()
         ),
-    )
-    .unwrap();
+    );
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let line = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .lines()
-        .position(|l| l.starts_with("format"))
-        .unwrap()
-        + 1;
+    let line = line_starting_with(&cfg, "format");
     assert_eq!(
         String::from_utf8_lossy(&o.stderr).trim(),
         format!(
@@ -308,36 +287,31 @@ fn directory_removed_while_running_records_go_to_the_recreated_file() {
     if !require_root("directory_removed_while_running_records_go_to_the_recreated_file") {
         return;
     }
-    let a = Netns::new("rmdira");
-    let b = Netns::new("rmdirb");
-    let (a_end, _) = veth_pair(&a, "veth-a", &b, "veth-b", 42);
-    let tmp = TempDir::new("dir-removed");
-    let plugins = plugin_dir(&tmp);
-    let logs = tmp.join("logs");
+    let s = Scenario::builder("dir-removed")
+        .namespaces("rmdira", "rmdirb")
+        .veth("veth-a", "veth-b", 42)
+        .build();
+    let (a, b, a_end) = (&s.a, &s.b, &s.ea);
+    let logs = s.path("logs");
     let out = logs.join("flow.jsonl");
-    let cfg = tmp.join("flowlogd.toml");
-    let body = format!(
-        "{}[[flow_log]]\nname = \"all\"\nresource_type = \"vpc\"\nresource_id = \"vpc-r\"\nsinks = [\"local\"]\n\n\
-         [sinks.local]\nplugin = \"file\"\npath = \"{}\"\nformat = \"json\"\n",
-        eni_toml("eni-a", "veth-a", "vpc-r"),
-        out.display()
-    );
-    std::fs::write(
-        &cfg,
-        config_with(&plugins, &body).replace("[daemon]\n", "[daemon]\ncapture_window_secs = 2\n"),
-    )
-    .unwrap();
-    let mut daemon = DaemonProcess::start(&a, &cfg, &tmp.join("daemon.log"));
+    let config = s
+        .config()
+        .window_secs(2)
+        .eni("eni-a", "veth-a", "vpc-r")
+        .flow_log(FlowLog::vpc("all", "vpc-r").sinks(&["local"]))
+        .json_sink("local", &out);
+    let cfg = s.write_config("flowlogd.toml", &config);
+    let mut daemon = s.start_daemon(&cfg, "daemon.log");
     let target = format!("{}:5400", a_end.v4);
-    let mut server = LineProcess::traffic(&a, TRAFFIC, &["udp-sink", &target]);
+    let mut server = LineProcess::traffic(a, TRAFFIC, &["udp-sink", &target]);
     server.expect_line("listening", Duration::from_secs(10));
 
-    let before = udp_flow(&b, &target);
+    let before = udp_flow(b, &target);
     wait_for_flow(&mut daemon, &out, before, Duration::from_secs(20));
     // Held open, so the deleted file can still be read at the end.
     let deleted = std::fs::File::open(&out).unwrap();
     std::fs::remove_dir_all(&logs).unwrap();
-    let after = udp_flow(&b, &target);
+    let after = udp_flow(b, &target);
     let kernel: Vec<_> = a
         .conntrack()
         .into_iter()

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use flowlogd_tests::netns::{veth_pair, DaemonProcess, LineProcess, Netns};
+use flowlogd_tests::netns::LineProcess;
 use flowlogd_tests::*;
 use serde_json::Value;
 
@@ -28,29 +28,21 @@ fn stop_after_idle_udp_flows_expired_counts_every_packet() {
     if !require_root("stop_after_idle_udp_flows_expired_counts_every_packet") {
         return;
     }
-    let a = Netns::new("fwa");
-    let b = Netns::new("fwb");
-    let (a_end, _) = veth_pair(&a, "veth-a", &b, "veth-b", 43);
-    let tmp = TempDir::new("final-window");
-    let plugins = plugin_dir(&tmp);
-    let out = tmp.join("out.jsonl");
-    let mut body = eni_toml("eni-a", "veth-a", "vpc-f");
-    body.push_str(
-        "[[flow_log]]\nname = \"all\"\nresource_type = \"vpc\"\nresource_id = \"vpc-f\"\nsinks = [\"out\"]\n\n",
-    );
-    body.push_str(&format!(
-        "[sinks.out]\nplugin = \"file\"\npath = \"{}\"\nformat = \"json\"\n",
-        out.display()
-    ));
-    let cfg = tmp.join("flowlogd.toml");
+    let s = Scenario::builder("final-window")
+        .namespaces("fwa", "fwb")
+        .veth("veth-a", "veth-b", 43)
+        .build();
+    let (a, b, a_end) = (&s.a, &s.b, &s.ea);
+    let out = s.path("out.jsonl");
     // A long window: the final close at SIGTERM is the only one.
-    std::fs::write(
-        &cfg,
-        config_with(&plugins, &body)
-            .replace("[daemon]\n", "[daemon]\ncapture_window_secs = 3600\n"),
-    )
-    .unwrap();
-    let mut daemon = DaemonProcess::start(&a, &cfg, &tmp.join("daemon.log"));
+    let config = s
+        .config()
+        .window_secs(3600)
+        .eni("eni-a", "veth-a", "vpc-f")
+        .flow_log(FlowLog::vpc("all", "vpc-f").sinks(&["out"]))
+        .json_sink("out", &out);
+    let cfg = s.write_config("flowlogd.toml", &config);
+    let mut daemon = s.start_daemon(&cfg, "daemon.log");
     // The daemon's tracking made nf_conntrack load; the timeout is this
     // namespace's own.
     a.exec_ok(&[
@@ -61,10 +53,10 @@ fn stop_after_idle_udp_flows_expired_counts_every_packet() {
     ]);
 
     let target = format!("{}:5500", a_end.v4);
-    let mut sink = LineProcess::traffic(&a, TRAFFIC, &["udp-sink", &target]);
+    let mut sink = LineProcess::traffic(a, TRAFFIC, &["udp-sink", &target]);
     sink.expect_line("listening", Duration::from_secs(10));
     let mut client = LineProcess::traffic(
-        &b,
+        b,
         TRAFFIC,
         &[
             "udp-flows",

@@ -156,21 +156,11 @@ impl Drop for SdkEndpoint {
 
 /// A daemon config: ENI eni-1, one flow log to sink `sls` with `options`.
 fn write_config(tmp: &TempDir, options: &str) -> PathBuf {
-    let plugins = plugin_dir(tmp);
-    let cfg = tmp.join("flowlogd.toml");
-    std::fs::write(
-        &cfg,
-        config_with(
-            &plugins,
-            &format!(
-                "{}[[flow_log]]\nname = \"all\"\nresource_type = \"eni\"\nresource_id = \"eni-1\"\n\
-                 sinks = [\"sls\"]\n\n[sinks.sls]\nplugin = \"logservice\"\n{options}",
-                eni_toml("eni-1", "eth0", "vpc-1")
-            ),
-        ),
-    )
-    .unwrap();
-    cfg
+    DaemonConfig::new(&plugin_dir(tmp))
+        .eni("eni-1", "eth0", "vpc-1")
+        .flow_log(FlowLog::eni("all", "eni-1").sinks(&["sls"]))
+        .toml(&format!("[sinks.sls]\nplugin = \"logservice\"\n{options}"))
+        .write(&tmp.join("flowlogd.toml"))
 }
 
 /// A secret file holding `SECRET`, mode `mode`.
@@ -570,12 +560,7 @@ fn expect_check_error(tmp: &TempDir, options: &str, key: &str, line_of: &str, me
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert_no_secret(&o);
-    let line = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .lines()
-        .position(|l| l.starts_with(line_of))
-        .unwrap()
-        + 1;
+    let line = line_starting_with(&cfg, line_of);
     assert_eq!(
         String::from_utf8_lossy(&o.stderr).trim(),
         format!(

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use flowlogd_tests::netns::{closed_windows, veth_pair, DaemonProcess, LineProcess, Netns};
+use flowlogd_tests::netns::{closed_windows, DaemonProcess, LineProcess, Netns};
 use flowlogd_tests::*;
 use serde_json::Value;
 
@@ -28,26 +28,21 @@ struct Setup {
 }
 
 fn setup(label: &str, n: u8) -> Setup {
-    let a = Netns::new(&format!("{label}a"));
-    let b = Netns::new(&format!("{label}b"));
-    let (va, vb) = veth_pair(&a, "veth-a", &b, "veth-b", n);
-    let tmp = TempDir::new(label);
-    let plugins = plugin_dir(&tmp);
-    let body = format!(
-        "{}[[flow_log]]\nname = \"vpc\"\nresource_type = \"vpc\"\nresource_id = \"vpc-nf\"\nsinks = [\"all\"]\n\n\
-         [sinks.all]\nplugin = \"file\"\npath = \"{}\"\nformat = \"json\"\n",
-        eni_toml("eni-a", "veth-a", "vpc-nf"),
-        tmp.join("all.jsonl").display()
-    );
-    let cfg = tmp.join("flowlogd.toml");
-    std::fs::write(
-        &cfg,
-        config_with(&plugins, &body).replace(
-            "[daemon]\n",
-            &format!("[daemon]\ncapture_window_secs = {WINDOW_SECS}\n"),
-        ),
-    )
-    .unwrap();
+    let Scenario {
+        a,
+        b,
+        ea: va,
+        eb: vb,
+        tmp,
+        plugins,
+        ..
+    } = Scenario::builder(label).veth("veth-a", "veth-b", n).build();
+    let cfg = DaemonConfig::new(&plugins)
+        .window_secs(WINDOW_SECS)
+        .eni("eni-a", "veth-a", "vpc-nf")
+        .flow_log(FlowLog::vpc("vpc", "vpc-nf").sinks(&["all"]))
+        .json_sink("all", &tmp.join("all.jsonl"))
+        .write(&tmp.join("flowlogd.toml"));
     let daemon = DaemonProcess::start(&a, &cfg, &tmp.join("daemon.log"));
     Setup {
         a4: va.v4.to_string(),

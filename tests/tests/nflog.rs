@@ -5,9 +5,10 @@
 //! UDP it is also computed from what was sent (28 + payload bytes each).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
-use flowlogd_tests::netns::{veth_pair, DaemonProcess, LineProcess, Netns, VethEnd};
+use flowlogd_tests::netns::{DaemonProcess, LineProcess, Netns, VethEnd};
 use flowlogd_tests::*;
 use serde_json::Value;
 
@@ -41,28 +42,30 @@ struct Lab {
 }
 
 /// Namespace `a` (the VM: ENI eni-a on its veth, the daemon, the rules)
-/// and `b` (a peer), with flow logs given as TOML (file sinks in `tmp`).
-fn lab(label: &str, rules: &str, flow_logs_and_sinks: &str) -> Lab {
-    let a = Netns::new(&format!("{label}a"));
-    let b = Netns::new(&format!("{label}b"));
-    let (a_end, b_end) = veth_pair(&a, "veth-a", &b, "veth-b", 31);
+/// and `b` (a peer), with the flow logs and sinks `flow_logs` adds (file
+/// sinks in the scratch directory it is given).
+fn lab(
+    label: &str,
+    rules: &str,
+    flow_logs: impl FnOnce(DaemonConfig, &Path) -> DaemonConfig,
+) -> Lab {
+    let Scenario {
+        a,
+        b,
+        ea: a_end,
+        eb: b_end,
+        tmp,
+        plugins,
+        ..
+    } = Scenario::builder(label)
+        .veth("veth-a", "veth-b", 31)
+        .build();
     load_rules(&a, rules);
-    let tmp = TempDir::new(label);
-    let plugins = plugin_dir(&tmp);
-    let cfg = tmp.join("flowlogd.toml");
-    let body = format!(
-        "{}{}",
-        eni_toml("eni-a", "veth-a", "vpc-lab"),
-        flow_logs_and_sinks.replace("@TMP@", tmp.path().to_str().unwrap())
-    );
-    std::fs::write(
-        &cfg,
-        config_with(&plugins, &body).replace(
-            "[daemon]\n",
-            "[daemon]\ncapture_window_secs = 600\nnflog_groups = [100]\n",
-        ),
-    )
-    .unwrap();
+    let config = DaemonConfig::new(&plugins)
+        .window_secs(600)
+        .daemon_key("nflog_groups = [100]")
+        .eni("eni-a", "veth-a", "vpc-lab");
+    let cfg = flow_logs(config, tmp.path()).write(&tmp.join("flowlogd.toml"));
     let daemon = DaemonProcess::start(&a, &cfg, &tmp.join("daemon.log"));
     Lab {
         daemon: Some(daemon),
@@ -151,8 +154,16 @@ fn tcp_attempts(ns: &Netns, addr: &str, port: u16, attempts: usize, secs: f32) {
     }
 }
 
-const ALL_TO_FILE: &str = "[[flow_log]]\nname = \"all\"\nresource_type = \"vpc\"\nresource_id = \"vpc-lab\"\n\
-traffic = \"all\"\nsinks = [\"all\"]\n\n[sinks.all]\nplugin = \"file\"\npath = \"@TMP@/all.jsonl\"\nformat = \"json\"\n";
+/// One flow log of all traffic of the VPC into `all.jsonl`.
+fn all_to_file(config: DaemonConfig, tmp: &Path) -> DaemonConfig {
+    config
+        .flow_log(
+            FlowLog::vpc("all", "vpc-lab")
+                .traffic("all")
+                .sinks(&["all"]),
+        )
+        .json_sink("all", &tmp.join("all.jsonl"))
+}
 
 /// TCP SYNs to a dropped port, UDP datagrams to a dropped port, and
 /// outbound TCP dropped by an egress rule: REJECT records whose packets and
@@ -164,7 +175,7 @@ fn drops_become_exact_reject_records() {
     if !require_root("drops_become_exact_reject_records") {
         return;
     }
-    let mut lab = lab("nfdrop", RULES, ALL_TO_FILE);
+    let mut lab = lab("nfdrop", RULES, all_to_file);
     let (a4, b4) = (lab.a_end.v4.to_string(), lab.b_end.v4.to_string());
     tcp_attempts(&lab.b, &a4, 2323, 3, 0.5);
     let mut udp = LineProcess::traffic(
@@ -263,7 +274,7 @@ fn accepted_and_rejected_traffic_side_by_side() {
     if !require_root("accepted_and_rejected_traffic_side_by_side") {
         return;
     }
-    let mut lab = lab("nfmix", RULES, ALL_TO_FILE);
+    let mut lab = lab("nfmix", RULES, all_to_file);
     let a4 = lab.a_end.v4.to_string();
     let mut server = LineProcess::traffic(
         &lab.a,
@@ -313,18 +324,16 @@ fn traffic_filters_per_instance() {
     if !require_root("traffic_filters_per_instance") {
         return;
     }
-    let mut flow_logs = String::new();
-    for t in ["all", "accept", "reject"] {
-        flow_logs.push_str(&format!(
-            "[[flow_log]]\nname = \"{t}\"\nresource_type = \"eni\"\nresource_id = \"eni-a\"\ntraffic = \"{t}\"\nsinks = [\"{t}\"]\n\n"
-        ));
-    }
-    for t in ["all", "accept", "reject"] {
-        flow_logs.push_str(&format!(
-            "[sinks.{t}]\nplugin = \"file\"\npath = \"@TMP@/{t}.jsonl\"\nformat = \"json\"\n\n"
-        ));
-    }
-    let mut lab = lab("nffilt", RULES, &flow_logs);
+    let flow_logs = |mut config: DaemonConfig, tmp: &Path| {
+        for t in ["all", "accept", "reject"] {
+            config = config.flow_log(FlowLog::eni(t, "eni-a").traffic(t).sinks(&[t]));
+        }
+        for t in ["all", "accept", "reject"] {
+            config = config.json_sink(t, &tmp.join(format!("{t}.jsonl")));
+        }
+        config
+    };
+    let mut lab = lab("nffilt", RULES, flow_logs);
     let a4 = lab.a_end.v4.to_string();
     let mut server = LineProcess::traffic(
         &lab.a,
@@ -385,7 +394,7 @@ fn shipped_security_group_produces_reject_records() {
         return;
     }
     let rules = std::fs::read_to_string(workspace_root().join("etc/security-group.nft")).unwrap();
-    let mut lab = lab("nfsg", &rules, ALL_TO_FILE);
+    let mut lab = lab("nfsg", &rules, all_to_file);
     let (a4, b4) = (lab.a_end.v4.to_string(), lab.b_end.v4.to_string());
     // Inbound UDP is not allowed by the example: dropped as deny-in.
     let mut dropped = LineProcess::traffic(
@@ -429,7 +438,7 @@ fn foreign_prefixes_are_ignored_and_counted() {
     if !require_root("foreign_prefixes_are_ignored_and_counted") {
         return;
     }
-    let mut lab = lab("nfforeign", RULES, ALL_TO_FILE);
+    let mut lab = lab("nfforeign", RULES, all_to_file);
     let a4 = lab.a_end.v4.to_string();
     for (port, datagrams) in [(1999, "4"), (1161, "3")] {
         let mut p = LineProcess::traffic(
@@ -474,7 +483,7 @@ fn a_flood_of_drops_stays_bounded() {
     if !require_root("a_flood_of_drops_stays_bounded") {
         return;
     }
-    let mut lab = lab("nfflood", RULES, ALL_TO_FILE);
+    let mut lab = lab("nfflood", RULES, all_to_file);
     let a4 = lab.a_end.v4.to_string();
     let rss_before = rss_kib(lab.daemon.as_ref().unwrap().pid());
     const FLOWS: usize = 8;

@@ -6,27 +6,34 @@
 use std::os::unix::fs::PermissionsExt;
 
 use flowlogd_tests::netns::Netns;
+use flowlogd_tests::plugin_swap::{build_named_sink, exchange};
 use flowlogd_tests::*;
 
+/// `<tmp>/flowlogd.toml`: ENI eni-1, one flow log of vpc-1 to the sinks
+/// `sink_names`, whose tables are `sinks`.
 fn example_config(
     tmp: &TempDir,
     plugins: &std::path::Path,
     sinks: &str,
-    sink_names: &str,
+    sink_names: &[&str],
 ) -> std::path::PathBuf {
-    let cfg = tmp.join("flowlogd.toml");
-    std::fs::write(
-        &cfg,
-        config_with(
-            plugins,
-            &format!(
-                "{}[[flow_log]]\nname = \"all\"\nresource_type = \"vpc\"\nresource_id = \"vpc-1\"\nsinks = [{sink_names}]\n\n{sinks}",
-                eni_toml("eni-1", "eth0", "vpc-1")
-            ),
-        ),
-    )
-    .unwrap();
-    cfg
+    DaemonConfig::new(plugins)
+        .eni("eni-1", "eth0", "vpc-1")
+        .flow_log(FlowLog::vpc("all", "vpc-1").sinks(sink_names))
+        .toml(sinks)
+        .write(&tmp.join("flowlogd.toml"))
+}
+
+/// `flowlogd check-config` refuses `cfg` (exit 2), saying `why`.
+#[track_caller]
+fn assert_check_config_refuses(cfg: &std::path::Path, why: &str) {
+    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(why),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -46,7 +53,7 @@ fn c_example_plugin_loads_and_writes_csv() {
             "[sinks.csv]\nplugin = \"csv\"\npath = \"{}\"\n",
             out.display()
         ),
-        "\"csv\"",
+        &["csv"],
     );
     let listed = flowlogd(&["plugins", "--config", cfg.to_str().unwrap()]);
     assert!(listed.status.success(), "{}", text(&listed));
@@ -94,16 +101,11 @@ fn c_example_plugin_option_errors_point_at_the_key() {
         &tmp,
         &plugins,
         "[sinks.csv]\nplugin = \"csv\"\npath = \"/tmp/x.csv\"\ncolour = \"blue\"\n",
-        "\"csv\"",
+        &["csv"],
     );
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let line_of_colour = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .lines()
-        .position(|l| l.starts_with("colour"))
-        .unwrap()
-        + 1;
+    let line_of_colour = line_starting_with(&cfg, "colour");
     assert_eq!(
         String::from_utf8_lossy(&o.stderr).trim(),
         format!(
@@ -125,7 +127,7 @@ fn rust_example_plugin_loads_and_summarises_windows() {
             "[sinks.stats]\nplugin = \"window-stats\"\npath = \"{}\"\n",
             out.display()
         ),
-        "\"stats\"",
+        &["stats"],
     );
     let records = sample_records("eni-1", "vpc-1", 4);
     let input = tmp.join("records.jsonl");
@@ -153,7 +155,7 @@ fn wrong_abi_major_is_refused() {
         &plugins.join("bad-abi.so"),
         &[],
     );
-    let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"bad-abi\"\n", "\"x\"");
+    let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"bad-abi\"\n", &["x"]);
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -187,14 +189,10 @@ fn shared_object_without_descriptor_is_refused() {
         &plugins.join("other.so"),
         &[],
     );
-    let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"other\"\n", "\"x\"");
-    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr)
-            .contains("refused: not a flowlogd sink plugin (no `flowlogd_sink_descriptor` symbol)"),
-        "{}",
-        text(&o)
+    let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"other\"\n", &["x"]);
+    assert_check_config_refuses(
+        &cfg,
+        "refused: not a flowlogd sink plugin (no `flowlogd_sink_descriptor` symbol)",
     );
 }
 
@@ -207,7 +205,7 @@ fn group_or_world_writable_plugin_is_refused() {
         &tmp,
         &plugins,
         "[sinks.local]\nplugin = \"file\"\npath = \"/tmp/x.log\"\n",
-        "\"local\"",
+        &["local"],
     );
     for (mode, who) in [
         (0o666, "group and others"),
@@ -215,16 +213,13 @@ fn group_or_world_writable_plugin_is_refused() {
         (0o646, "others"),
     ] {
         std::fs::set_permissions(&so, std::fs::Permissions::from_mode(mode)).unwrap();
-        let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-        assert!(
-            String::from_utf8_lossy(&o.stderr).contains(&format!(
+        assert_check_config_refuses(
+            &cfg,
+            &format!(
                 "{}: refused: file is writable by {who} (mode {mode:04o}); run `chmod go-w {}`",
                 so.display(),
                 so.display()
-            )),
-            "{}",
-            text(&o)
+            ),
         );
     }
     std::fs::set_permissions(&so, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -245,17 +240,14 @@ fn plugin_not_owned_by_root_is_refused_when_running_as_root() {
         &tmp,
         &plugins,
         "[sinks.local]\nplugin = \"file\"\npath = \"/tmp/x.log\"\n",
-        "\"local\"",
+        &["local"],
     );
-    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains(&format!(
+    assert_check_config_refuses(
+        &cfg,
+        &format!(
             "{}: refused: file is owned by uid 65534, not root, and flowlogd runs as root",
             so.display()
-        )),
-        "{}",
-        text(&o)
+        ),
     );
 }
 
@@ -263,15 +255,10 @@ fn plugin_not_owned_by_root_is_refused_when_running_as_root() {
 fn missing_plugin_names_the_paths_tried() {
     let tmp = TempDir::new("missing");
     let plugins = plugin_dir(&tmp);
-    let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"kafka\"\n", "\"x\"");
+    let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"kafka\"\n", &["x"]);
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let line = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .lines()
-        .position(|l| l == "[sinks.x]")
-        .unwrap()
-        + 1;
+    let line = line_starting_with(&cfg, "[sinks.x]");
     assert_eq!(
         String::from_utf8_lossy(&o.stderr).trim(),
         format!(
@@ -302,7 +289,7 @@ fn plugin_in_a_world_writable_directory_is_refused_naming_the_directory() {
             "[sinks.local]\nplugin = \"file\"\npath = \"{}\"\n",
             tmp.join("out.log").display()
         ),
-        "\"local\"",
+        &["local"],
     );
     let why = format!(
         "{}: refused: directory {} is writable by group and others (mode 0777) without the sticky bit, \
@@ -311,13 +298,7 @@ fn plugin_in_a_world_writable_directory_is_refused_naming_the_directory() {
         plugins.display(),
         plugins.display()
     );
-    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains(&why),
-        "{}",
-        text(&o)
-    );
+    assert_check_config_refuses(&cfg, &why);
 
     let o = flowlogd(&["plugins", "--config", cfg.to_str().unwrap()]);
     let out = String::from_utf8_lossy(&o.stdout);
@@ -357,33 +338,15 @@ fn plugin_in_a_world_writable_directory_is_refused_naming_the_directory() {
         &tmp,
         &link,
         "[sinks.local]\nplugin = \"file\"\npath = \"/tmp/x.log\"\n",
-        "\"local\"",
+        &["local"],
     );
-    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains(&format!(
+    assert_check_config_refuses(
+        &cfg,
+        &format!(
             "refused: directory {} is writable by group and others",
             plugins.display()
-        )),
-        "{}",
-        text(&o)
+        ),
     );
-}
-
-fn exchange(a: &std::path::Path, b: &std::path::Path) -> bool {
-    let a = std::ffi::CString::new(a.to_str().unwrap()).unwrap();
-    let b = std::ffi::CString::new(b.to_str().unwrap()).unwrap();
-    // SAFETY: two NUL-terminated paths.
-    unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        ) == 0
-    }
 }
 
 /// The swap race of issue #13, measured at 75 of 200 runs before the fix:
@@ -404,14 +367,7 @@ fn a_plugin_swapped_during_check_config_never_runs_the_other_file() {
     std::fs::set_permissions(&plugins, std::fs::Permissions::from_mode(0o755)).unwrap();
     let marker = tmp.join("evil-constructor-ran");
     let evil = plugins.join("evil.so");
-    build_c_plugin(
-        &workspace_root().join("tests/fixtures/named_sink.c"),
-        &evil,
-        &[
-            "-DSINK_NAME=\"evil\"",
-            &format!("-DMARKER_PATH=\"{}\"", marker.display()),
-        ],
-    );
+    build_named_sink(&evil, "evil", Some(&marker));
     std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o646)).unwrap();
     let victim = plugins.join("testsink.so");
     let cfg = example_config(
@@ -421,7 +377,7 @@ fn a_plugin_swapped_during_check_config_never_runs_the_other_file() {
             "[sinks.out]\nplugin = \"testsink\"\npath = \"{}\"\n",
             tmp.join("out.jsonl").display()
         ),
-        "\"out\"",
+        &["out"],
     );
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flowlogd_tests::netns::{veth_pair, DaemonProcess, LineProcess, Netns};
+use flowlogd_tests::netns::{DaemonProcess, LineProcess, Netns};
 use flowlogd_tests::*;
 use serde_json::Value;
 
@@ -91,11 +91,16 @@ struct Setup {
 
 impl Setup {
     fn new(label: &str) -> Setup {
-        let a = Netns::new(&format!("{label}a"));
-        let b = Netns::new(&format!("{label}b"));
-        let (a_end, _) = veth_pair(&a, "veth-a", &b, "veth-b", 46);
-        let tmp = TempDir::new(label);
-        let plugins = plugin_dir(&tmp);
+        let Scenario {
+            a,
+            b,
+            ea: a_end,
+            tmp,
+            plugins,
+            ..
+        } = Scenario::builder(label)
+            .veth("veth-a", "veth-b", 46)
+            .build();
         let target = format!("{}:{SERVER_PORT}", a_end.v4);
         let mut server = LineProcess::traffic(&a, TRAFFIC, &["udp-sink", &target]);
         server.expect_line("listening", TIMEOUT);
@@ -115,28 +120,18 @@ impl Setup {
     /// A config whose file sinks `(name, path)` get every record of the
     /// ENI as JSON lines; `user` sets `daemon.user`.
     fn config(&self, name: &str, user: Option<&str>, sinks: &[(&str, &Path)]) -> PathBuf {
-        let mut body = eni_toml("eni-a", "veth-a", "vpc-p");
-        let names: Vec<String> = sinks.iter().map(|(s, _)| format!("\"{s}\"")).collect();
-        body.push_str(&format!(
-            "[[flow_log]]\nname = \"all\"\nresource_type = \"vpc\"\nresource_id = \"vpc-p\"\nsinks = [{}]\n\n",
-            names.join(", ")
-        ));
-        for (s, path) in sinks {
-            body.push_str(&format!(
-                "[sinks.{s}]\nplugin = \"file\"\npath = \"{}\"\nformat = \"json\"\n\n",
-                path.display()
-            ));
+        let names: Vec<&str> = sinks.iter().map(|(s, _)| *s).collect();
+        let mut config = DaemonConfig::new(&self.plugins).window_secs(600);
+        if let Some(u) = user {
+            config = config.daemon_key(&format!("user = \"{u}\""));
         }
-        let user_line = user
-            .map(|u| format!("user = \"{u}\"\n"))
-            .unwrap_or_default();
-        let text = config_with(&self.plugins, &body).replace(
-            "[daemon]\n",
-            &format!("[daemon]\ncapture_window_secs = 600\n{user_line}"),
-        );
-        let path = self.tmp.join(&format!("{name}.toml"));
-        std::fs::write(&path, text).unwrap();
-        path
+        config = config
+            .eni("eni-a", "veth-a", "vpc-p")
+            .flow_log(FlowLog::vpc("all", "vpc-p").sinks(&names));
+        for (s, path) in sinks {
+            config = config.json_sink(s, path);
+        }
+        config.write(&self.tmp.join(&format!("{name}.toml")))
     }
 
     fn start(&self, config: &Path) -> DaemonProcess {

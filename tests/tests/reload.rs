@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use flowlogd_tests::netns::{veth_pair, DaemonProcess, LineProcess, Netns};
+use flowlogd_tests::netns::{DaemonProcess, LineProcess};
 use flowlogd_tests::*;
 use serde_json::Value;
 
@@ -18,25 +18,15 @@ const STEP: Duration = Duration::from_secs(10);
 /// An ENI `veth-a`, one flow log instance naming every sink, and file sinks
 /// `(name, file in tmp)` writing JSON lines.
 fn config(plugins: &Path, tmp: &TempDir, window_secs: u32, sinks: &[(&str, &str)]) -> String {
-    let mut body = eni_toml("eni-a", "veth-a", "vpc-r");
-    body.push_str(&format!(
-        "[[flow_log]]\nname = \"all\"\nresource_type = \"vpc\"\nresource_id = \"vpc-r\"\nsinks = [{}]\n\n",
-        sinks
-            .iter()
-            .map(|(s, _)| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
+    let names: Vec<&str> = sinks.iter().map(|(s, _)| *s).collect();
+    let mut config = DaemonConfig::new(plugins)
+        .window_secs(i64::from(window_secs))
+        .eni("eni-a", "veth-a", "vpc-r")
+        .flow_log(FlowLog::vpc("all", "vpc-r").sinks(&names));
     for (s, file) in sinks {
-        body.push_str(&format!(
-            "[sinks.{s}]\nplugin = \"file\"\npath = \"{}\"\nformat = \"json\"\n\n",
-            tmp.join(file).display()
-        ));
+        config = config.json_sink(s, &tmp.join(file));
     }
-    config_with(plugins, &body).replace(
-        "[daemon]\n",
-        &format!("[daemon]\ncapture_window_secs = {window_secs}\n"),
-    )
+    config.text()
 }
 
 /// `kill -<signal> <pid>`.
@@ -82,11 +72,17 @@ fn sighup_keeps_the_open_window_and_the_new_config_governs_its_records() {
         return;
     }
     const WINDOW: u32 = 15;
-    let a = Netns::new("hupa");
-    let b = Netns::new("hupb");
-    let (a_end, _) = veth_pair(&a, "veth-a", &b, "veth-b", 41);
-    let tmp = TempDir::new("reload");
-    let plugins = plugin_dir(&tmp);
+    let Scenario {
+        a,
+        b,
+        ea: a_end,
+        tmp,
+        plugins,
+        ..
+    } = Scenario::builder("reload")
+        .namespaces("hupa", "hupb")
+        .veth("veth-a", "veth-b", 41)
+        .build();
     let cfg = tmp.join("flowlogd.toml");
     let old = [("keep", "keep.jsonl"), ("moved", "moved-old.jsonl")];
     std::fs::write(&cfg, config(&plugins, &tmp, WINDOW, &old)).unwrap();
@@ -176,11 +172,17 @@ fn sigusr1_reopens_the_file_sink() {
         return;
     }
     const WINDOW: u32 = 5;
-    let a = Netns::new("usra");
-    let b = Netns::new("usrb");
-    let (a_end, _) = veth_pair(&a, "veth-a", &b, "veth-b", 42);
-    let tmp = TempDir::new("reopen");
-    let plugins = plugin_dir(&tmp);
+    let Scenario {
+        a,
+        b,
+        ea: a_end,
+        tmp,
+        plugins,
+        ..
+    } = Scenario::builder("reopen")
+        .namespaces("usra", "usrb")
+        .veth("veth-a", "veth-b", 42)
+        .build();
     let cfg = tmp.join("flowlogd.toml");
     std::fs::write(
         &cfg,
@@ -258,11 +260,17 @@ fn a_sighup_storm_makes_no_empty_or_doubled_windows_and_loses_nothing() {
     const STORM: usize = 50;
     // Datagrams per source port, before and after the storm.
     const FLOWS: [(u16, u64, u64); 3] = [(41000, 2, 1), (41001, 3, 2), (41002, 5, 3)];
-    let a = Netns::new("stma");
-    let b = Netns::new("stmb");
-    let (a_end, _) = veth_pair(&a, "veth-a", &b, "veth-b", 43);
-    let tmp = TempDir::new("hupstorm");
-    let plugins = plugin_dir(&tmp);
+    let Scenario {
+        a,
+        b,
+        ea: a_end,
+        tmp,
+        plugins,
+        ..
+    } = Scenario::builder("hupstorm")
+        .namespaces("stma", "stmb")
+        .veth("veth-a", "veth-b", 43)
+        .build();
     let cfg = tmp.join("flowlogd.toml");
     let one = config(&plugins, &tmp, WINDOW, &[("out", "out.jsonl")]);
     let two = config(

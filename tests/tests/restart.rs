@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flowlogd_tests::netns::{unix_now, veth_pair, DaemonProcess, LineProcess, Netns};
+use flowlogd_tests::netns::{unix_now, DaemonProcess, LineProcess, Netns};
 use flowlogd_tests::*;
 use serde_json::Value;
 
@@ -37,11 +37,16 @@ struct Setup {
 
 impl Setup {
     fn new(label: &str) -> Setup {
-        let a = Netns::new(&format!("{label}a"));
-        let b = Netns::new(&format!("{label}b"));
-        let (a_end, _) = veth_pair(&a, "veth-a", &b, "veth-b", 43);
-        let tmp = TempDir::new(label);
-        let plugins = plugin_dir(&tmp);
+        let Scenario {
+            a,
+            b,
+            ea: a_end,
+            tmp,
+            plugins,
+            ..
+        } = Scenario::builder(label)
+            .veth("veth-a", "veth-b", 43)
+            .build();
         let target = format!("{}:{SERVER_PORT}", a_end.v4);
         let mut server = LineProcess::traffic(&a, TRAFFIC, &["udp-sink", &target]);
         server.expect_line("listening", TIMEOUT);
@@ -66,18 +71,13 @@ impl Setup {
     /// A config for run `name`, whose records go to `<name>.jsonl`; every
     /// run shares the state directory (the handoff and the run marker).
     fn config(&self, name: &str) -> PathBuf {
-        let mut body = eni_toml("eni-a", "veth-a", "vpc-r");
-        body.push_str(&format!(
-            "[[flow_log]]\nname = \"all\"\nresource_type = \"vpc\"\nresource_id = \"vpc-r\"\nsinks = [\"out\"]\n\n\
-             [sinks.out]\nplugin = \"file\"\npath = \"{}\"\nformat = \"json\"\n",
-            self.records_path(name).display()
-        ));
-        // The shipped window length: a stop always falls inside a window.
-        let text = config_with(&self.plugins, &body)
-            .replace("[daemon]\n", "[daemon]\ncapture_window_secs = 600\n");
-        let path = self.tmp.join(&format!("{name}.toml"));
-        std::fs::write(&path, text).unwrap();
-        path
+        DaemonConfig::new(&self.plugins)
+            // The shipped window length: a stop always falls inside a window.
+            .window_secs(600)
+            .eni("eni-a", "veth-a", "vpc-r")
+            .flow_log(FlowLog::vpc("all", "vpc-r").sinks(&["out"]))
+            .json_sink("out", &self.records_path(name))
+            .write(&self.tmp.join(&format!("{name}.toml")))
     }
 
     fn records_path(&self, name: &str) -> PathBuf {

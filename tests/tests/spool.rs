@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use flowlogd_tests::netns::{veth_pair, DaemonProcess, LineProcess, Netns, VethEnd};
+use flowlogd_tests::netns::{DaemonProcess, LineProcess, Netns, VethEnd};
 use flowlogd_tests::*;
 use serde_json::Value;
 
@@ -32,24 +32,28 @@ struct Rig {
 /// a peer `b`; the test sink `down` writes to `out.jsonl` unless `down.flag`
 /// exists.
 fn rig(label: &str, daemon_extra: &str) -> Rig {
-    let a = Netns::new(&format!("{label}a"));
-    let b = Netns::new(&format!("{label}b"));
-    let (a_end, _) = veth_pair(&a, "veth-a", &b, "veth-b", 47);
-    let tmp = TempDir::new(label);
-    let plugins = plugin_dir(&tmp);
+    let Scenario {
+        a,
+        b,
+        ea: a_end,
+        tmp,
+        plugins,
+        ..
+    } = Scenario::builder(label)
+        .veth("veth-a", "veth-b", 47)
+        .build();
     let flag = tmp.join("down.flag");
     let out = tmp.join("out.jsonl");
-    let mut body = eni_toml("eni-s", "veth-a", "vpc-s");
-    body.push_str(&format!(
-        "[[flow_log]]\nname = \"all\"\nresource_type = \"vpc\"\nresource_id = \"vpc-s\"\nsinks = [\"down\"]\n\n\
-         [sinks.down]\nplugin = \"testsink\"\npath = \"{}\"\ndown_while_exists = \"{}\"\n",
-        out.display(),
-        flag.display()
-    ));
-    let cfg = tmp.join("flowlogd.toml");
-    let config =
-        config_with(&plugins, &body).replace("[daemon]\n", &format!("[daemon]\n{daemon_extra}\n"));
-    std::fs::write(&cfg, config).unwrap();
+    let cfg = DaemonConfig::new(&plugins)
+        .daemon_key(daemon_extra)
+        .eni("eni-s", "veth-a", "vpc-s")
+        .flow_log(FlowLog::vpc("all", "vpc-s").sinks(&["down"]))
+        .toml(&format!(
+            "[sinks.down]\nplugin = \"testsink\"\npath = \"{}\"\ndown_while_exists = \"{}\"\n",
+            out.display(),
+            flag.display()
+        ))
+        .write(&tmp.join("flowlogd.toml"));
     let target = format!("{}:5600", a_end.v4);
     let mut sink = LineProcess::traffic(&a, TRAFFIC, &["udp-sink", &target]);
     sink.expect_line("listening", Duration::from_secs(10));

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use flowlogd_tests::netns::{unix_now, veth_pair, DaemonProcess, Netns};
+use flowlogd_tests::netns::{unix_now, DaemonProcess, Netns};
 use flowlogd_tests::*;
 
 const HANDOFF: &str = "conntrack-handoff";
@@ -33,25 +33,23 @@ struct Setup {
 
 impl Setup {
     fn new(label: &str) -> Setup {
-        let ns = Netns::new(label);
-        let peer = Netns::new(&format!("{label}p"));
-        veth_pair(&ns, "veth-s", &peer, "veth-p", 47);
-        let tmp = TempDir::new(label);
-        let plugins = plugin_dir(&tmp);
-        let mut body = eni_toml("eni-s", "veth-s", "vpc-s");
-        body.push_str(&format!(
-            "[[flow_log]]\nname = \"all\"\nresource_type = \"vpc\"\nresource_id = \"vpc-s\"\nsinks = [\"out\"]\n\n\
-             [sinks.out]\nplugin = \"file\"\npath = \"{}\"\nformat = \"json\"\n",
-            tmp.join("out.jsonl").display()
-        ));
-        let config = tmp.join("flowlogd.toml");
-        std::fs::write(
-            &config,
-            config_with(&plugins, &body)
-                .replace("[daemon]\n", "[daemon]\ncapture_window_secs = 3600\n"),
-        )
-        .unwrap();
-        // config_with's state_dir: `state/` beside the plugins.
+        let Scenario {
+            a: ns,
+            b: peer,
+            tmp,
+            plugins,
+            ..
+        } = Scenario::builder(label)
+            .namespaces(label, &format!("{label}p"))
+            .veth("veth-s", "veth-p", 47)
+            .build();
+        let config = DaemonConfig::new(&plugins)
+            .window_secs(3600)
+            .eni("eni-s", "veth-s", "vpc-s")
+            .flow_log(FlowLog::vpc("all", "vpc-s").sinks(&["out"]))
+            .json_sink("out", &tmp.join("out.jsonl"))
+            .write(&tmp.join("flowlogd.toml"));
+        // DaemonConfig's state_dir: `state/` beside the plugins.
         let state_dir = tmp.join("state");
         std::fs::create_dir(&state_dir).unwrap();
         chmod(&state_dir, 0o700);

@@ -366,23 +366,15 @@ fn daemon_config(
     cases: &[SinkCase],
     shutdown_timeout_secs: u32,
 ) -> PathBuf {
-    let plugins = plugin_dir(tmp);
-    let names: Vec<String> = cases.iter().map(|c| format!("\"{}\"", c.name)).collect();
-    let mut rest = format!(
-        "{}[[flow_log]]\nname = \"all\"\nresource_type = \"eni\"\nresource_id = \"eni-1\"\nsinks = [{}]\n\n",
-        eni_toml("eni-1", "eth0", "vpc-1"),
-        names.join(", ")
-    );
+    let names: Vec<&str> = cases.iter().map(|c| c.name).collect();
+    let mut config = DaemonConfig::new(&plugin_dir(tmp))
+        .shutdown_timeout_secs(shutdown_timeout_secs)
+        .eni("eni-1", "eth0", "vpc-1")
+        .flow_log(FlowLog::eni("all", "eni-1").sinks(&names));
     for c in cases {
-        rest.push_str(&c.toml(r));
+        config = config.toml(&c.toml(r));
     }
-    let cfg = tmp.join("flowlogd.toml");
-    let text = config_with(&plugins, &rest).replace(
-        "shutdown_timeout_secs = 5",
-        &format!("shutdown_timeout_secs = {shutdown_timeout_secs}"),
-    );
-    std::fs::write(&cfg, text).unwrap();
-    cfg
+    config.write(&tmp.join("flowlogd.toml"))
 }
 
 /// Starts `flowlogd replay --config CFG RECORDS` in the background.
@@ -731,32 +723,24 @@ fn restarting_rsyslog_mid_stream_loses_nothing() {
     }
 }
 
+/// `<tmp>/flowlogd.toml`: ENI eni-1, one flow log to one syslog sink `sl`
+/// whose options are `options` (TOML lines).
+fn syslog_config(tmp: &TempDir, plugins: &Path, options: &str) -> PathBuf {
+    DaemonConfig::new(plugins)
+        .eni("eni-1", "eth0", "vpc-1")
+        .flow_log(FlowLog::eni("all", "eni-1").sinks(&["sl"]))
+        .toml(&format!("[sinks.sl]\nplugin = \"syslog\"\n{options}"))
+        .write(&tmp.join("flowlogd.toml"))
+}
+
 /// Runs `check-config` on a config with one syslog sink whose options are
 /// `options`, and returns (stderr, the line of `key` in the config).
 fn check_config_error(label: &str, options: &str, key: &str) -> (String, usize, PathBuf) {
     let tmp = TempDir::new(label);
-    let plugins = plugin_dir(&tmp);
-    let cfg = tmp.join("flowlogd.toml");
-    std::fs::write(
-        &cfg,
-        config_with(
-            &plugins,
-            &format!(
-                "{}[[flow_log]]\nname = \"all\"\nresource_type = \"eni\"\nresource_id = \"eni-1\"\nsinks = [\"sl\"]\n\n\
-                 [sinks.sl]\nplugin = \"syslog\"\n{options}",
-                eni_toml("eni-1", "eth0", "vpc-1")
-            ),
-        ),
-    )
-    .unwrap();
+    let cfg = syslog_config(&tmp, &plugin_dir(&tmp), options);
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let line = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .lines()
-        .position(|l| l.starts_with(key))
-        .unwrap_or_else(|| panic!("no line starts with {key:?}"))
-        + 1;
+    let line = line_starting_with(&cfg, key);
     (
         String::from_utf8_lossy(&o.stderr).trim().to_owned(),
         line,
@@ -831,21 +815,13 @@ fn check_config_reports_bad_syslog_options_at_their_line() {
 fn check_config_accepts_a_syslog_sink_without_connecting() {
     let tmp = TempDir::new("syslog-check-ok");
     let plugins = plugin_dir(&tmp);
-    let cfg = tmp.join("flowlogd.toml");
     // Nothing listens there and the name does not resolve: check-config
     // checks the options only.
-    std::fs::write(
-        &cfg,
-        config_with(
-            &plugins,
-            &format!(
-                "{}[[flow_log]]\nname = \"all\"\nresource_type = \"eni\"\nresource_id = \"eni-1\"\nsinks = [\"sl\"]\n\n\
-                 [sinks.sl]\nplugin = \"syslog\"\ntransport = \"tcp\"\naddress = \"syslog.invalid:6514\"\nformat = \"rfc5424\"\n",
-                eni_toml("eni-1", "eth0", "vpc-1")
-            ),
-        ),
-    )
-    .unwrap();
+    let cfg = syslog_config(
+        &tmp,
+        &plugins,
+        "transport = \"tcp\"\naddress = \"syslog.invalid:6514\"\nformat = \"rfc5424\"\n",
+    );
     let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);

@@ -477,9 +477,8 @@ mod tests {
     use super::*;
     use crate::model::{Counters, Tuple};
     use crate::netlink::ct_parse::ParseError;
-    use crate::netlink::socket::{Messages, Received};
-    use crate::netlink::test_support::{load_fixture, to_hex};
-    use std::path::PathBuf;
+    use crate::netlink::socket::Received;
+    use crate::netlink::test_support::load_fixture;
     use std::time::Instant;
 
     // The fixtures were captured on Linux 6.18.44 by
@@ -840,100 +839,11 @@ mod tests {
         format!("{kind}-{proto}")
     }
 
-    fn capture_line(bytes: &[u8], dump: bool) -> String {
-        let label = match parse_conntrack_message(bytes) {
-            Ok(mut entry) => {
-                if dump {
-                    entry.kind = ConntrackKind::Dump;
-                }
-                label(&entry)
-            }
-            Err(_) => "unparsed".to_string(),
-        };
-        format!("{label} {}\n", to_hex(bytes))
-    }
-
-    /// Not a test: the capture helper for tests/fixtures/netlink (see the
-    /// README there for the script that runs it inside a namespace). It
-    /// records every conntrack event, dumps the table when the file
-    /// `dump-now` appears in $FLOWLOGD_CAPTURE_DIR, and stops at `stop`.
-    #[test]
-    #[ignore = "capture helper, run by tests/fixtures/netlink/capture.sh"]
-    fn capture_conntrack_fixtures() {
-        let dir =
-            PathBuf::from(std::env::var("FLOWLOGD_CAPTURE_DIR").expect("FLOWLOGD_CAPTURE_DIR"));
-        let mut events = NetlinkSocket::open(
-            NETLINK_NETFILTER,
-            &SocketOptions {
-                groups: vec![
-                    NFNLGRP_CONNTRACK_NEW,
-                    NFNLGRP_CONNTRACK_UPDATE,
-                    NFNLGRP_CONNTRACK_DESTROY,
-                ],
-                receive_buffer_bytes: Some(4 << 20),
-                ..SocketOptions::default()
-            },
-        )
-        .expect("subscribe to conntrack events");
-        std::fs::write(dir.join("ready"), "").unwrap();
-        let mut event_lines = String::new();
-        let mut dumped = false;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "capture script never wrote `stop`"
-            );
-            loop {
-                match events.recv().expect("recv") {
-                    Received::Datagram(d) => {
-                        for m in Messages::new(d) {
-                            event_lines.push_str(&capture_line(m.expect("header").bytes, false));
-                        }
-                    }
-                    Received::WouldBlock => break,
-                    Received::Overrun => panic!("event overrun during capture"),
-                    Received::Foreign { sender } => {
-                        panic!("datagram from port {sender} during capture")
-                    }
-                }
-            }
-            if !dumped && dir.join("dump-now").exists() {
-                let mut socket = NetlinkSocket::open(
-                    NETLINK_NETFILTER,
-                    &SocketOptions {
-                        blocking: true,
-                        receive_timeout: Some(DUMP_READ_TIMEOUT),
-                        ..SocketOptions::default()
-                    },
-                )
-                .unwrap();
-                let mut dump_lines = String::new();
-                let limits = DumpLimits {
-                    time_limit: DUMP_TIME_LIMIT,
-                    max_messages: 1000,
-                };
-                socket
-                    .dump(&dump_request(1), 1, limits, |bytes| {
-                        dump_lines.push_str(&capture_line(bytes, true))
-                    })
-                    .expect("dump");
-                std::fs::write(dir.join("dump.hex"), dump_lines).unwrap();
-                std::fs::write(dir.join("dumped"), "").unwrap();
-                dumped = true;
-            }
-            if dir.join("stop").exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::fs::write(dir.join("events.hex"), event_lines).unwrap();
-    }
-
     // ---- privileged tests against the live kernel, each in its own netns ----
 
-    use crate::netlink::test_support::{in_new_netns, require_root, run};
     use crate::tracking::{ensure_sysctls, TrackingTable};
+    use flowlogd_tests::require_root;
+    use flowlogd_tests::thread_netns::{in_new_netns, run};
     use netlink_packet_core::NLM_F_CREATE;
     use netlink_packet_netfilter::conntrack::{
         ConntrackAttribute, IPTuple, ProtoTuple, Protocol, Tuple as CtTuple,

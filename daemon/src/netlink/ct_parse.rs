@@ -915,43 +915,4 @@ mod tests {
         let (_, allocations) = allocations_of(|| parse_with_crate(&fixture("dump-icmp")));
         assert!(allocations > 0);
     }
-
-    // ---- timing ----
-
-    /// Not a test: ns per fixture message for this parser and the
-    /// crate-based one. Run in a release build:
-    /// `cargo test -p flowlogd --release -- --ignored parse_timing --nocapture`
-    /// (the counting allocator above adds a thread-local increment to each
-    /// allocation of the crate-based parser).
-    #[test]
-    #[ignore = "timing, run by hand in a release build"]
-    fn parse_timing() {
-        use std::hint::black_box;
-        use std::time::Instant;
-
-        let messages: Vec<Vec<u8>> = all_fixture_messages().into_iter().map(|(_, b)| b).collect();
-        const ROUNDS: usize = 100_000;
-        type Parser = fn(&[u8]) -> Result<ConntrackEntry, ParseError>;
-        let parsers: [(&str, Parser); 2] = [
-            ("in place", parse_conntrack_message),
-            ("crate", parse_with_crate),
-        ];
-        for (name, parse) in parsers {
-            let mut best = f64::MAX;
-            for _ in 0..7 {
-                let started = Instant::now();
-                for _ in 0..ROUNDS {
-                    for m in &messages {
-                        let _ = black_box(parse(black_box(m)));
-                    }
-                }
-                let ns = started.elapsed().as_nanos() as f64 / (ROUNDS * messages.len()) as f64;
-                best = best.min(ns);
-            }
-            eprintln!(
-                "{name}: {best:.1} ns/message (best of 7 x {ROUNDS} rounds of {} messages)",
-                messages.len()
-            );
-        }
-    }
 }

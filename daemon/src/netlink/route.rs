@@ -290,9 +290,9 @@ pub fn parse_route_message(bytes: &[u8]) -> Result<Option<RouteEvent>, RoutePars
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::socket::Received;
-    use crate::netlink::test_support::{in_new_netns, load_fixture, require_root, run, to_hex};
-    use std::path::PathBuf;
+    use crate::netlink::test_support::load_fixture;
+    use flowlogd_tests::require_root;
+    use flowlogd_tests::thread_netns::{in_new_netns, run};
     use std::time::Instant;
 
     // The fixtures were captured on Linux 6.18.44 by
@@ -496,84 +496,5 @@ mod tests {
                 "{seen:?}"
             );
         });
-    }
-
-    /// Label of a captured message in the fixture files.
-    fn label(bytes: &[u8]) -> String {
-        match parse_route_message(bytes) {
-            Ok(Some(RouteEvent::LinkAdded(i))) => format!("newlink-{}", i.name),
-            Ok(Some(RouteEvent::LinkRemoved { index })) => format!("dellink-{index}"),
-            Ok(Some(RouteEvent::AddressAdded(a))) => format!("newaddr-{}", a.addr),
-            Ok(Some(RouteEvent::AddressRemoved(a))) => format!("deladdr-{}", a.addr),
-            Ok(None) => "ignored".to_string(),
-            Err(_) => "unparsed".to_string(),
-        }
-    }
-
-    /// Not a test: the capture helper for tests/fixtures/netlink (see the
-    /// README there). Records notifications, dumps links and addresses at
-    /// `dump-now` in $FLOWLOGD_CAPTURE_DIR, stops at `stop`.
-    #[test]
-    #[ignore = "capture helper, run by tests/fixtures/netlink/capture.sh"]
-    fn capture_route_fixtures() {
-        let dir =
-            PathBuf::from(std::env::var("FLOWLOGD_CAPTURE_DIR").expect("FLOWLOGD_CAPTURE_DIR"));
-        let mut watcher = RouteWatcher::open(1 << 20).expect("subscribe to rtnetlink");
-        std::fs::write(dir.join("ready"), "").unwrap();
-        let mut event_lines = String::new();
-        let mut dumped = false;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "capture script never wrote `stop`"
-            );
-            loop {
-                match watcher.socket.recv().expect("recv") {
-                    Received::Datagram(d) => {
-                        for m in Messages::new(d) {
-                            let bytes = m.expect("header").bytes;
-                            event_lines.push_str(&format!("{} {}\n", label(bytes), to_hex(bytes)));
-                        }
-                    }
-                    Received::WouldBlock => break,
-                    Received::Overrun => panic!("overrun during capture"),
-                    Received::Foreign { sender } => {
-                        panic!("datagram from port {sender} during capture")
-                    }
-                }
-            }
-            if !dumped && dir.join("dump-now").exists() {
-                let mut socket = NetlinkSocket::open(
-                    NETLINK_ROUTE,
-                    &SocketOptions {
-                        blocking: true,
-                        receive_timeout: Some(DUMP_READ_TIMEOUT),
-                        ..SocketOptions::default()
-                    },
-                )
-                .unwrap();
-                let mut dump_lines = String::new();
-                let requests = [
-                    RouteNetlinkMessage::GetLink(LinkMessage::default()),
-                    RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-                ];
-                for (seq, request) in (1..).zip(requests) {
-                    socket
-                        .dump(&dump_request(request, seq), seq, DUMP_LIMITS, |bytes| {
-                            dump_lines.push_str(&format!("{} {}\n", label(bytes), to_hex(bytes)))
-                        })
-                        .expect("dump");
-                }
-                std::fs::write(dir.join("dump.hex"), dump_lines).unwrap();
-                std::fs::write(dir.join("dumped"), "").unwrap();
-                dumped = true;
-            }
-            if dir.join("stop").exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::fs::write(dir.join("events.hex"), event_lines).unwrap();
     }
 }

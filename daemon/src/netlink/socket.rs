@@ -627,7 +627,8 @@ fn set_receive_timeout(fd: RawFd, timeout: Duration) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::test_support::{in_new_netns, require_root};
+    use flowlogd_tests::require_root;
+    use flowlogd_tests::thread_netns::in_new_netns;
 
     fn message(kind: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
         let len = NLMSG_HDRLEN + payload.len();

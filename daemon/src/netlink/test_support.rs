@@ -1,67 +1,8 @@
-//! Helpers for the privileged tests and the fixture-based parser tests.
+//! The captured netlink fixtures, for the parser tests. The privileged
+//! tests' helpers (`require_root`, a thread in a new network namespace) are
+//! the workspace's, in `flowlogd_tests`.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
-
-/// Whether a privileged test may run. Without root it skips with a message,
-/// except under CI=true, where it fails: CI runs as root, so a missing
-/// privilege there is a broken setup, not a reason to pass.
-#[track_caller]
-pub fn require_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root (it creates a network namespace) and CI=true: run it as root");
-    }
-    // Straight to stderr, past libtest's capture, so the skip shows.
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipping {test}: needs root to create a network namespace"
-    );
-    false
-}
-
-/// Run `f` on a fresh thread that has moved into a new, empty network
-/// namespace (only `lo`, brought up). Sockets it opens, and processes it
-/// spawns, live in that namespace; the namespace disappears with the last
-/// of them, so nothing is left behind even if `f` panics.
-pub fn in_new_netns<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    let thread = std::thread::spawn(move || {
-        // SAFETY: unshare only changes this thread's namespaces.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        run(&["ip", "link", "set", "lo", "up"]);
-        f()
-    });
-    match thread.join() {
-        Ok(r) => r,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
-
-/// Run a command (in the calling thread's namespace) and return its stdout;
-/// panics with its stderr when it fails.
-#[track_caller]
-pub fn run(argv: &[&str]) -> String {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{argv:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// tests/fixtures/netlink/<name>
 pub fn fixture_path(name: &str) -> PathBuf {
@@ -83,10 +24,6 @@ pub fn load_fixture(name: &str) -> Vec<(String, Vec<u8>)> {
             (label.to_string(), from_hex(hex.trim()))
         })
         .collect()
-}
-
-pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn from_hex(hex: &str) -> Vec<u8> {

@@ -3,51 +3,13 @@
 //! does) never gets the other file's constructor run. The racing version,
 //! with the daemon binary, is in tests/tests/plugins.rs.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
+
+use flowlogd_tests::plugin_swap::{build_named_sink, exchange};
 
 use super::PluginLibrary;
 use crate::sinks::trusted_path::open_trusted;
 use crate::sinks::trusted_path::tests::{set_mode, Scratch};
-
-/// Builds tests/fixtures/named_sink.c as a plugin named `name`, whose
-/// constructor creates `marker` if given.
-fn build_named_sink(out: &Path, name: &str, marker: Option<&Path>) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut cc = Command::new("cc");
-    cc.args([
-        "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared",
-    ])
-    .arg("-I")
-    .arg(root.join("plugin-api/include"))
-    .arg(format!("-DSINK_NAME=\"{name}\""));
-    if let Some(marker) = marker {
-        cc.arg(format!("-DMARKER_PATH=\"{}\"", marker.display()));
-    }
-    let status = cc
-        .arg("-o")
-        .arg(out)
-        .arg(root.join("tests/fixtures/named_sink.c"))
-        .status()
-        .expect("run cc (install gcc)");
-    assert!(status.success(), "cc failed for {}", out.display());
-    set_mode(out, 0o644);
-}
-
-fn exchange(a: &Path, b: &Path) -> bool {
-    let a = std::ffi::CString::new(a.to_str().unwrap()).unwrap();
-    let b = std::ffi::CString::new(b.to_str().unwrap()).unwrap();
-    // SAFETY: two NUL-terminated paths; AT_FDCWD for relative resolution.
-    unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        ) == 0
-    }
-}
 
 /// `good.so` (0644, named "good") and `evil.so` (named "evil", writable by
 /// others so the check refuses it, its constructor writes `marker`).

@@ -1,8 +1,8 @@
 //! How long `format::write_json` and `format::write_text` take per record.
-//! A measurement, not a test: ignored, and it asserts nothing about time.
+//! A measurement, not a test: it prints numbers and asserts nothing.
 //!
 //! ```sh
-//! cargo test --release -p flowlogd-plugin-api --test format_speed -- --ignored --nocapture
+//! cargo run --release -p flowlogd-microbench --bin format-speed
 //! ```
 //!
 //! 1M synthetic IPv4 OK records (a pool of 64Ki distinct ones, cycled),
@@ -99,9 +99,10 @@ fn ns_per_record(views: &[RecordView<'_>], write: Writer) -> f64 {
     started.elapsed().as_nanos() as f64 / RECORDS as f64
 }
 
-#[test]
-#[ignore = "a measurement; run in a release build with --ignored --nocapture"]
-fn format_ns_per_record() {
+fn main() {
+    if cfg!(debug_assertions) {
+        eprintln!("a debug build: run with --release for numbers that mean something");
+    }
     let records = pool();
     let ffi: Vec<FfiRecord> = records.iter().map(FlowRecord::to_ffi).collect();
     // SAFETY: `records` owns the strings `ffi` points to and outlives the views.
