@@ -244,6 +244,48 @@ extern "C" {
 }
 const SIGHUP: i32 = 1;
 
+/// Whether a SIGHUP is pending for the process `pid` (not yet read from its
+/// signalfd): the SIGHUP bit of `ShdPnd` or `SigPnd` in /proc/<pid>/status.
+fn sighup_pending(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let bit = 1u64 << (SIGHUP - 1);
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("ShdPnd:")
+                .or_else(|| l.strip_prefix("SigPnd:"))
+        })
+        .any(|mask| u64::from_str_radix(mask.trim(), 16).unwrap() & bit != 0)
+}
+
+/// Waits (bounded by `timeout`) until no SIGHUP is pending and the log's
+/// reload outcomes ("reloaded:" or "reload refused") have not changed for
+/// 300 ms: every signal sent so far has been read and its reload has run.
+fn wait_until_reloads_settle(daemon: &mut DaemonProcess, timeout: Duration) {
+    let outcomes = |d: &DaemonProcess| {
+        let log = d.log();
+        log.matches("reloaded:").count() + log.matches("reload refused").count()
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    let mut seen = outcomes(daemon);
+    let mut stable_since = std::time::Instant::now();
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reloads still running after {timeout:?}:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        let now = outcomes(daemon);
+        if now != seen || sighup_pending(daemon.pid()) {
+            seen = now;
+            stable_since = std::time::Instant::now();
+        } else if stable_since.elapsed() >= Duration::from_millis(300) {
+            return;
+        }
+    }
+}
+
 /// A SIGHUP storm: 50 reloads in a tight bounded loop across a window's
 /// end, every other one with a changed config (a second sink added or
 /// removed), one of them reading the file empty as a rewrite in place
@@ -327,6 +369,9 @@ fn a_sighup_storm_makes_no_empty_or_doubled_windows_and_loses_nothing() {
             // rewritten in place (`>` truncates first): the reload that
             // reads it empty is refused, not run as a config without ENIs.
             daemon.wait_for_log("reloaded:", STEP);
+            // Signals sent before must be worked off first: one still
+            // pending when the file is emptied would read it empty too.
+            wait_until_reloads_settle(&mut daemon, STEP);
             std::fs::write(&cfg, "").unwrap();
             // SAFETY: as above.
             assert_eq!(unsafe { libc_kill(pid, SIGHUP) }, 0);
