@@ -177,7 +177,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
     // inherit the mask and SIGTERM reaches only the signalfd.
     let mut signals = SignalFd::open().map_err(io_err("cannot set up signal handling"))?;
 
-    let registry = EniRegistry::new(&config).map_err(|e| {
+    let registry = crate::instances::registry_for(&config).map_err(|e| {
         RunError::Config(ConfigError::Invalid {
             path: config.path.clone(),
             location: None,

@@ -1,4 +1,6 @@
-//! The ENI registry: interfaces, their addresses and metadata, and which flow log instances capture them.
+//! The ENI registry: interfaces, their addresses and metadata. Which flow
+//! log instances capture an ENI is `crate::instances`' to decide, from the
+//! ids and [`Visibility`] the registry gives.
 //!
 //! Pure data: rtnetlink events come in as [`RouteEvent`]s and metadata as
 //! [`SnapshotUpdate`]s, each with the time it was seen; nothing here opens
@@ -19,9 +21,7 @@ use std::sync::Arc;
 
 use flowlogd_plugin_api::EniIds;
 
-use crate::config::{
-    Config, EniConfig, EniMatch, FlowLogConfig, MetadataSource, TrafficFilter, Unmapped,
-};
+use crate::config::{Config, EniConfig, EniMatch, MetadataSource, Unmapped};
 use crate::metadata::{EcsSnapshot, SnapshotUpdate};
 use crate::model::{Interface, InterfaceAddress, RouteEvent};
 
@@ -103,8 +103,6 @@ struct EniState {
     ids: Arc<EniIds>,
     matcher: EniMatch,
     meta: Meta,
-    /// The flow log instances whose scope covers this ENI, in config order.
-    instances: Vec<usize>,
     /// The interface currently bound to this ENI.
     ifindex: Option<u32>,
     /// When the current interface appeared (Unix seconds).
@@ -115,10 +113,10 @@ struct EniState {
     last_span: Option<(i64, i64)>,
 }
 
-struct FlowLogScope {
-    config: FlowLogConfig,
-    enis: Vec<EniIndex>,
-}
+/// Names the flow log instances that capture an ENI with these ids and
+/// visibility, for the log lines about it: the instance stage's rule
+/// (`crate::instances`), handed in so that the registry need not know it.
+pub type CapturedBy = Box<dyn Fn(&EniIds, Visibility) -> String>;
 
 /// What rtnetlink told us about one interface index. Addresses may be
 /// reported before their link (dump order is not guaranteed), so a link
@@ -145,7 +143,7 @@ struct EcsState {
 }
 
 /// The ENIs, the interfaces that currently stand for them and the
-/// addresses those own, and which flow log instances capture each.
+/// addresses those own.
 ///
 /// Methods taking an [`EniIndex`] panic if it comes from another registry
 /// (one with fewer ENIs).
@@ -153,7 +151,8 @@ pub struct EniRegistry {
     enis: Vec<EniState>,
     /// `[[eni]]` tables: the first `static_count` ENIs.
     static_count: usize,
-    flow_logs: Vec<FlowLogScope>,
+    /// For the log: which instances capture an ENI (see [`CapturedBy`]).
+    captured_by: Option<CapturedBy>,
     links: HashMap<u32, Link>,
     /// Local address -> the ENI that owns it: one lookup per side of every
     /// conntrack message.
@@ -168,27 +167,24 @@ pub struct EniRegistry {
 }
 
 impl EniRegistry {
-    /// A registry for the ENIs, metadata source and flow log instances of
-    /// `config`; no interface is known until [`EniRegistry::apply`] reports one.
+    /// A registry for the ENIs and metadata source of `config`; no
+    /// interface is known until [`EniRegistry::apply`] reports one.
     ///
     /// # Errors
     /// [`EniError::TooMany`] if more than [`EniIndex::MAX_ENIS`] ENIs are configured.
     pub fn new(config: &Config) -> Result<EniRegistry, EniError> {
-        let mut r = EniRegistry::from_parts(&config.enis, &config.flow_logs)?;
+        let mut r = EniRegistry::from_parts(&config.enis)?;
         if let MetadataSource::Ecs(ecs) = &config.metadata {
             r.learn_from_ecs(ecs.unmapped);
         }
         Ok(r)
     }
 
-    /// As [`EniRegistry::new`] with static metadata, from the two lists it reads.
+    /// As [`EniRegistry::new`] with static metadata, from the `[[eni]]` tables.
     ///
     /// # Errors
     /// [`EniError::TooMany`] if more than [`EniIndex::MAX_ENIS`] ENIs are configured.
-    pub fn from_parts(
-        enis: &[EniConfig],
-        flow_logs: &[FlowLogConfig],
-    ) -> Result<EniRegistry, EniError> {
+    pub fn from_parts(enis: &[EniConfig]) -> Result<EniRegistry, EniError> {
         if enis.len() > EniIndex::MAX_ENIS {
             return Err(EniError::TooMany { count: enis.len() });
         }
@@ -198,30 +194,28 @@ impl EniRegistry {
                 ids: Arc::new(e.ids.clone()),
                 matcher: e.matcher.clone(),
                 meta: Meta::Static,
-                instances: Vec::new(),
                 ifindex: None,
                 present_since: None,
                 last_span: None,
             })
             .collect();
-        let mut r = EniRegistry {
+        Ok(EniRegistry {
             static_count: enis.len(),
             enis,
-            flow_logs: flow_logs
-                .iter()
-                .map(|f| FlowLogScope {
-                    config: f.clone(),
-                    enis: Vec::new(),
-                })
-                .collect(),
+            captured_by: None,
             links: HashMap::new(),
             owners: HashMap::new(),
             locals: HashMap::new(),
             ecs: None,
             detached: Vec::new(),
-        };
-        r.recompute_scopes();
-        Ok(r)
+        })
+    }
+
+    /// Log lines about an ENI name the instances that capture it, as
+    /// `captured_by` says.
+    pub fn with_captured_by(mut self, captured_by: CapturedBy) -> EniRegistry {
+        self.captured_by = Some(captured_by);
+        self
     }
 
     /// From now on, interfaces that no `[[eni]]` matches are ENIs that the
@@ -319,34 +313,6 @@ impl EniRegistry {
         now || before
     }
 
-    #[cfg(test)]
-    /// The flow log instances (indices into `config.flow_logs`) that
-    /// capture the ENI now, in config order.
-    pub fn instances_for(&self, eni: EniIndex) -> &[usize] {
-        &self.enis[eni.get()].instances
-    }
-
-    /// Number of flow log instances.
-    pub fn instance_count(&self) -> usize {
-        self.flow_logs.len()
-    }
-
-    /// The ENIs that flow log instance `instance` captures now, in index order.
-    ///
-    /// # Panics
-    /// If there is no such instance.
-    pub fn enis_of_instance(&self, instance: usize) -> &[EniIndex] {
-        &self.flow_logs[instance].enis
-    }
-
-    /// The traffic filter of flow log instance `instance`.
-    ///
-    /// # Panics
-    /// If there is no such instance.
-    pub fn traffic_of_instance(&self, instance: usize) -> TrafficFilter {
-        self.flow_logs[instance].config.traffic
-    }
-
     /// What becomes of the ENI's records at window close.
     pub fn visibility(&self, eni: EniIndex) -> Visibility {
         let unmapped = self
@@ -367,7 +333,8 @@ impl EniRegistry {
     }
 
     /// One line about an ENI for the log: its ids, where they came from,
-    /// its interface and the instances that capture it.
+    /// its interface and, if the registry was given [`CapturedBy`], the
+    /// instances that capture it.
     pub fn describe(&self, eni: EniIndex) -> String {
         let e = &self.enis[eni.get()];
         let matcher = match &e.matcher {
@@ -401,23 +368,17 @@ impl EniRegistry {
                 "ids unknown (the metadata service does not list its MAC; reported with - ids)"
             }
         };
-        let captured_by: Vec<&str> = e
-            .instances
-            .iter()
-            .map(|&i| self.flow_logs[i].config.name.as_str())
-            .collect();
+        let captured_by = match &self.captured_by {
+            Some(names) => format!("; captured by: {}", names(&e.ids, self.visibility(eni))),
+            None => String::new(),
+        };
         format!(
-            "ENI {} ({matcher}): vswitch {}, vpc {}, vm {}, account {}; {source}; {interface}; captured by: {}",
+            "ENI {} ({matcher}): vswitch {}, vpc {}, vm {}, account {}; {source}; {interface}{captured_by}",
             e.ids.eni_id,
             e.ids.vswitch_id,
             e.ids.vpc_id,
             e.ids.vm_id,
             e.ids.account_id,
-            if captured_by.is_empty() {
-                "none".to_owned()
-            } else {
-                captured_by.join(", ")
-            }
         )
     }
 
@@ -534,8 +495,9 @@ impl EniRegistry {
     }
 
     /// Takes in what the metadata service said at `now`: ENIs waiting for
-    /// their ids get them (or are found not to be ENIs), and instance
-    /// scopes follow. Returns the ENIs whose ids or standing changed.
+    /// their ids get them (or are found not to be ENIs). Returns the ENIs
+    /// whose ids or standing changed (the instances that capture them
+    /// follow: `crate::instances` decides from ids and visibility).
     pub fn apply_metadata(&mut self, update: &SnapshotUpdate, now: i64) -> Vec<EniIndex> {
         let Some(ecs) = &mut self.ecs else {
             return Vec::new();
@@ -569,8 +531,6 @@ impl EniRegistry {
         if changed.is_empty() {
             return Vec::new();
         }
-        // Scopes first, so that what is logged below is what holds.
-        self.recompute_scopes();
         for &(eni, was_active) in &changed {
             let active = self.visibility(eni) != Visibility::Inactive;
             if was_active && !active {
@@ -596,35 +556,6 @@ impl EniRegistry {
             vpc_id: eni.map_or_else(dash, |e| e.vpc_id.clone()),
             vm_id: snapshot.map_or_else(dash, |s| s.instance_id.clone()),
             account_id: snapshot.map_or_else(dash, |s| s.account_id.clone()),
-        }
-    }
-
-    /// Which instances capture which ENI, from their ids and standing now.
-    fn recompute_scopes(&mut self) {
-        for scope in &mut self.flow_logs {
-            scope.enis.clear();
-        }
-        let unmapped = self
-            .ecs
-            .as_ref()
-            .map_or(Unmapped::Ignore, |ecs| ecs.unmapped);
-        for (i, e) in self.enis.iter_mut().enumerate() {
-            e.instances.clear();
-            let Some(eni) = EniIndex::new(i) else {
-                continue;
-            };
-            let everywhere = match e.meta {
-                Meta::Static | Meta::Mapped => false,
-                Meta::Pending | Meta::Unmapped if unmapped == Unmapped::Report => true,
-                // Held or inactive: no instance until the ids are known.
-                Meta::Pending | Meta::Unmapped => continue,
-            };
-            for (f, scope) in self.flow_logs.iter_mut().enumerate() {
-                if everywhere || scope.config.covers(&e.ids) {
-                    scope.enis.push(eni);
-                    e.instances.push(f);
-                }
-            }
         }
     }
 
@@ -692,7 +623,6 @@ impl EniRegistry {
             ids: Arc::new(ids),
             matcher: EniMatch::Mac(mac),
             meta: if known { Meta::Mapped } else { Meta::Pending },
-            instances: Vec::new(),
             ifindex: None,
             present_since: None,
             last_span: None,
@@ -702,7 +632,6 @@ impl EniRegistry {
         if !known {
             ecs.requests.push(mac);
         }
-        self.recompute_scopes();
         Some(eni)
     }
 
@@ -892,65 +821,14 @@ pub fn format_mac(m: &[u8; 6]) -> String {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::config::ResourceType;
-
-    pub(crate) const MAC_B: [u8; 6] = [0x00, 0x16, 0x3e, 0x00, 0x00, 0x0b];
-
-    pub(crate) fn eni(id: &str, vswitch: &str, matcher: EniMatch) -> EniConfig {
-        EniConfig {
-            ids: EniIds {
-                eni_id: id.into(),
-                vswitch_id: vswitch.into(),
-                vpc_id: "vpc-1".into(),
-                vm_id: "i-1".into(),
-                account_id: "1234".into(),
-            },
-            matcher,
-        }
-    }
-
-    pub(crate) fn flow_log(
-        name: &str,
-        resource_type: ResourceType,
-        id: &str,
-        traffic: TrafficFilter,
-    ) -> FlowLogConfig {
-        FlowLogConfig {
-            name: name.into(),
-            resource_type,
-            resource_id: id.into(),
-            traffic,
-            sinks: vec!["file".into()],
-        }
-    }
-
-    pub(crate) fn link(index: u32, name: &str, mac: Option<[u8; 6]>) -> RouteEvent {
-        RouteEvent::LinkAdded(Interface {
-            index,
-            name: name.into(),
-            mac,
-            is_loopback: false,
-        })
-    }
-
-    pub(crate) fn loopback(index: u32) -> RouteEvent {
-        RouteEvent::LinkAdded(Interface {
-            index,
-            name: "lo".into(),
-            mac: None,
-            is_loopback: true,
-        })
-    }
-
-    pub(crate) fn addr(index: u32, addr: &str) -> RouteEvent {
-        RouteEvent::AddressAdded(InterfaceAddress {
-            index,
-            addr: addr.parse().unwrap(),
-            prefix_len: 24,
-        })
-    }
+    use crate::config::{FlowLogConfig, ResourceType, TrafficFilter};
+    // Test-only: the registry's tests check that what it says of an ENI
+    // (ids, visibility) puts it in the scopes it should be in, as the
+    // instance stage reads them off the registry.
+    use crate::instances::Scopes;
+    use crate::test_builders::{addr, eni, flow_log, link, loopback, MAC_B};
 
     fn del_addr(index: u32, addr: &str) -> RouteEvent {
         RouteEvent::AddressRemoved(InterfaceAddress {
@@ -966,24 +844,26 @@ pub(crate) mod tests {
 
     /// eni-a: interface eth0 (vsw-1); eni-b: MAC_B (vsw-2); eni-c: eth9 (vsw-1).
     fn two_plus_one() -> EniRegistry {
-        EniRegistry::from_parts(
-            &[
-                eni("eni-a", "vsw-1", EniMatch::Interface("eth0".into())),
-                eni("eni-b", "vsw-2", EniMatch::Mac(MAC_B)),
-                eni("eni-c", "vsw-1", EniMatch::Interface("eth9".into())),
-            ],
-            &[
-                flow_log("vpc", ResourceType::Vpc, "vpc-1", TrafficFilter::All),
-                flow_log("b", ResourceType::Eni, "eni-b", TrafficFilter::Accept),
-                flow_log(
-                    "vsw1",
-                    ResourceType::VSwitch,
-                    "vsw-1",
-                    TrafficFilter::Reject,
-                ),
-            ],
-        )
+        EniRegistry::from_parts(&[
+            eni("eni-a", "vsw-1", EniMatch::Interface("eth0".into())),
+            eni("eni-b", "vsw-2", EniMatch::Mac(MAC_B)),
+            eni("eni-c", "vsw-1", EniMatch::Interface("eth9".into())),
+        ])
         .unwrap()
+    }
+
+    /// The flow logs of [`two_plus_one`]'s tests.
+    fn two_plus_one_flow_logs() -> Vec<FlowLogConfig> {
+        vec![
+            flow_log("vpc", ResourceType::Vpc, "vpc-1", TrafficFilter::All),
+            flow_log("b", ResourceType::Eni, "eni-b", TrafficFilter::Accept),
+            flow_log(
+                "vsw1",
+                ResourceType::VSwitch,
+                "vsw-1",
+                TrafficFilter::Reject,
+            ),
+        ]
     }
 
     #[test]
@@ -1015,11 +895,9 @@ pub(crate) mod tests {
 
     #[test]
     fn loopback_and_its_addresses_belong_to_nobody() {
-        let mut r = EniRegistry::from_parts(
-            &[eni("eni-lo", "vsw-1", EniMatch::Interface("lo".into()))],
-            &[],
-        )
-        .unwrap();
+        let mut r =
+            EniRegistry::from_parts(&[eni("eni-lo", "vsw-1", EniMatch::Interface("lo".into()))])
+                .unwrap();
         r.apply(&loopback(1), 0);
         r.apply(&addr(1, "127.0.0.1"), 0);
         r.apply(&addr(1, "10.9.9.9"), 0);
@@ -1114,19 +992,20 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn instances_are_precomputed_from_scopes() {
+    fn instances_are_computed_from_scopes() {
         let r = two_plus_one();
+        let s = Scopes::of(&two_plus_one_flow_logs(), &r);
         let a = r.find("eni-a").unwrap();
         let b = r.find("eni-b").unwrap();
         let c = r.find("eni-c").unwrap();
-        assert_eq!(r.instances_for(a), &[0, 2]);
-        assert_eq!(r.instances_for(b), &[0, 1]);
-        assert_eq!(r.instances_for(c), &[0, 2]);
-        assert_eq!(r.instance_count(), 3);
-        assert_eq!(r.enis_of_instance(0), &[a, b, c]);
-        assert_eq!(r.enis_of_instance(1), &[b]);
-        assert_eq!(r.enis_of_instance(2), &[a, c]);
-        assert_eq!(r.traffic_of_instance(2), TrafficFilter::Reject);
+        assert_eq!(s.instances_for(a), &[0, 2]);
+        assert_eq!(s.instances_for(b), &[0, 1]);
+        assert_eq!(s.instances_for(c), &[0, 2]);
+        assert_eq!(s.instance_count(), 3);
+        assert_eq!(s.enis_of_instance(0), &[a, b, c]);
+        assert_eq!(s.enis_of_instance(1), &[b]);
+        assert_eq!(s.enis_of_instance(2), &[a, c]);
+        assert_eq!(s.traffic_of_instance(2), TrafficFilter::Reject);
     }
 
     #[test]
@@ -1153,7 +1032,7 @@ pub(crate) mod tests {
                 )
             })
             .collect();
-        let err = EniRegistry::from_parts(&enis, &[]).err().unwrap();
+        let err = EniRegistry::from_parts(&enis).err().unwrap();
         assert_eq!(err, EniError::TooMany { count: 65536 });
     }
 
@@ -1167,20 +1046,35 @@ pub(crate) mod tests {
         const M2: [u8; 6] = [0x00, 0x16, 0x3e, 0x00, 0x01, 0x02];
         const M0: [u8; 6] = [0x00, 0x16, 0x3e, 0x00, 0x01, 0x00];
 
-        /// A static eni-a on eth0 (vpc-1); flow logs: 0 = VPC vpc-ecs,
-        /// 1 = VSwitch vsw-9, 2 = ENI eni-a.
+        /// Flow logs: 0 = VPC vpc-ecs, 1 = VSwitch vsw-9, 2 = ENI eni-a.
+        fn flow_logs() -> Vec<FlowLogConfig> {
+            vec![
+                flow_log("vpc", ResourceType::Vpc, "vpc-ecs", TrafficFilter::All),
+                flow_log("vsw", ResourceType::VSwitch, "vsw-9", TrafficFilter::All),
+                flow_log("a", ResourceType::Eni, "eni-a", TrafficFilter::All),
+            ]
+        }
+
+        /// A static eni-a on eth0 (vpc-1), whose log lines name the
+        /// instances of [`flow_logs`] that capture an ENI.
         fn registry(unmapped: Unmapped) -> EniRegistry {
-            let mut r = EniRegistry::from_parts(
-                &[eni("eni-a", "vsw-1", EniMatch::Interface("eth0".into()))],
-                &[
-                    flow_log("vpc", ResourceType::Vpc, "vpc-ecs", TrafficFilter::All),
-                    flow_log("vsw", ResourceType::VSwitch, "vsw-9", TrafficFilter::All),
-                    flow_log("a", ResourceType::Eni, "eni-a", TrafficFilter::All),
-                ],
-            )
-            .unwrap();
+            let logs = flow_logs();
+            let mut r = EniRegistry::from_parts(&[eni(
+                "eni-a",
+                "vsw-1",
+                EniMatch::Interface("eth0".into()),
+            )])
+            .unwrap()
+            .with_captured_by(Box::new(move |ids, v| {
+                crate::instances::captured_by(&logs, ids, v)
+            }));
             r.learn_from_ecs(unmapped);
             r
+        }
+
+        /// The instances of [`flow_logs`] that capture `eni` now.
+        fn instances_for(r: &EniRegistry, eni: EniIndex) -> Vec<usize> {
+            Scopes::of(&flow_logs(), r).instances_for(eni).to_vec()
         }
 
         fn snapshot(enis: &[([u8; 6], &str, &str)]) -> EcsSnapshot {
@@ -1226,7 +1120,7 @@ pub(crate) mod tests {
             assert_eq!(r.owner_of(ip("10.0.9.5")), Some(x));
             assert_eq!(r.by_ifindex(3), Some(x));
             assert_eq!(r.visibility(x), Visibility::Held);
-            assert!(r.instances_for(x).is_empty());
+            assert!(instances_for(&r, x).is_empty());
             assert_eq!(r.ids(x).eni_id, "-");
 
             let changed = r.apply_metadata(
@@ -1249,14 +1143,14 @@ pub(crate) mod tests {
                     account_id: "5678".into(),
                 }
             );
-            assert_eq!(r.instances_for(x), &[0, 1]);
-            assert_eq!(r.enis_of_instance(0), &[x]);
+            assert_eq!(instances_for(&r, x), [0, 1]);
+            assert_eq!(Scopes::of(&flow_logs(), &r).enis_of_instance(0), &[x]);
             assert!(r.pending_macs().is_empty());
             // The static [[eni]] overrides what the service says of eth0.
             let a = r.find("eni-a").unwrap();
             assert_eq!(r.ifindex(a), Some(2));
             assert_eq!(r.ids(a).vpc_id, "vpc-1");
-            assert_eq!(r.instances_for(a), &[2]);
+            assert_eq!(instances_for(&r, a), [2]);
             assert_eq!(r.find("eni-from-service"), None);
             assert!(r.describe(x).starts_with(
                 "ENI eni-x (matched by mac 00:16:3e:00:01:01): vswitch vsw-9, vpc vpc-ecs, vm i-ecs, account 5678; \
@@ -1275,7 +1169,7 @@ pub(crate) mod tests {
             r.apply(&link(7, "eth2", Some(M2)), 50);
             let y = r.find("eni-y").unwrap();
             assert_eq!(r.visibility(y), Visibility::Scoped);
-            assert_eq!(r.instances_for(y), &[0]);
+            assert_eq!(instances_for(&r, y), [0]);
             assert!(r.take_metadata_requests().is_empty());
             assert!(r.existed_during(y, 0, 600));
             // Gone: its flows are closed, it existed until then.
@@ -1320,8 +1214,8 @@ pub(crate) mod tests {
             let x = r.by_ifindex(3).unwrap();
             assert_eq!(r.visibility(x), Visibility::Everywhere);
             assert_eq!(
-                r.instances_for(x),
-                &[0, 1, 2],
+                instances_for(&r, x),
+                [0, 1, 2],
                 "scope unknown: every instance"
             );
             assert_eq!(r.ids(x).vm_id, "-");

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use flowlogd::config::Config;
 use flowlogd::{
-    capture, config, eni, logger, metadata, routing, run_marker, sinks, startup, tracking,
+    capture, config, eni, instances, logger, metadata, run_marker, sinks, startup, tracking,
 };
 
 /// VPC flow logs for this VM, from its own conntrack and firewall state.
@@ -166,19 +166,10 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The flow logs that capture an ENI with `ids`, by name.
+/// The flow logs that capture an ENI with `ids`, known from the config or
+/// the metadata service, by name.
 fn captured_by(config: &Config, ids: &flowlogd_plugin_api::EniIds) -> String {
-    let names: Vec<&str> = config
-        .flow_logs
-        .iter()
-        .filter(|f| f.covers(ids))
-        .map(|f| f.name.as_str())
-        .collect();
-    if names.is_empty() {
-        "none".to_owned()
-    } else {
-        names.join(", ")
-    }
+    instances::captured_by(&config.flow_logs, ids, eni::Visibility::Scoped)
 }
 
 /// Each ENI, its ids, where they come from and which flow logs capture it.
@@ -283,17 +274,14 @@ fn print_enis(config: &Config) {
         }
         let fate = match ecs.unmapped {
             config::Unmapped::Ignore => "ignored (unmapped = \"ignore\")".to_owned(),
-            config::Unmapped::Report => {
-                let all: Vec<&str> = config.flow_logs.iter().map(|f| f.name.as_str()).collect();
-                format!(
-                    "reported with - ids (unmapped = \"report\"); captured by: {}",
-                    if all.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        all.join(", ")
-                    }
+            config::Unmapped::Report => format!(
+                "reported with - ids (unmapped = \"report\"); captured by: {}",
+                instances::captured_by(
+                    &config.flow_logs,
+                    &flowlogd_plugin_api::EniIds::default(),
+                    eni::Visibility::Everywhere
                 )
-            }
+            ),
         };
         println!(
             "  interface {name} (mac {}): not described by the metadata service; {fate}",
@@ -442,9 +430,9 @@ fn replay(config_path: &std::path::Path, records_path: &std::path::Path) -> Exit
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let routed = routing::route_records(&config, &records);
+    let routed = instances::route_records(&config, &records);
     let routed_count: usize = routed.iter().map(|(_, r)| r.len()).sum();
-    routing::dispatch_instance_records(&config, &dispatcher, routed);
+    instances::dispatch_instance_records(&config, &dispatcher, routed);
     dispatcher.flush_all(flowlogd_plugin_api::abi::FLUSH_WINDOW_END);
     let lost = startup::stop_sinks(
         &mut dispatcher,

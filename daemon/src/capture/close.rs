@@ -14,9 +14,9 @@ use std::time::Duration;
 use super::Capture;
 use crate::config::Config;
 use crate::eni::EniRegistry;
-use crate::flows::{FlowTable, SystemClock, WindowDrain};
+use crate::flows::{FlowTable, SystemClock};
+use crate::instances::{self, InstanceDrain};
 use crate::netlink::{DumpStats, DumpStep};
-use crate::routing;
 use crate::sinks::Dispatcher;
 
 /// Datagrams of a running dump read per loop iteration. A dump datagram
@@ -66,7 +66,7 @@ fn send_chunks(
     config: &Config,
     dispatcher: &Dispatcher,
     pacing: EmitPacing,
-    drain: &mut WindowDrain,
+    drain: &mut InstanceDrain,
     paced: bool,
 ) -> bool {
     loop {
@@ -74,7 +74,7 @@ fn send_chunks(
             return false;
         }
         match drain.next_chunk(pacing.chunk) {
-            Some(chunk) => routing::dispatch_chunk(config, dispatcher, &chunk),
+            Some(chunk) => instances::dispatch_chunk(config, dispatcher, &chunk),
             None => return true,
         }
     }
@@ -84,7 +84,7 @@ fn send_chunks(
 /// (`daemon.window_memory_bytes`), on their way to the sinks, paced like a
 /// closed window's records.
 pub(super) struct EarlyEmit {
-    drain: WindowDrain,
+    drain: InstanceDrain,
     /// The sinks' queues were full at the last try.
     pub(super) waiting: bool,
 }
@@ -130,6 +130,7 @@ impl<'a> SpillSender<'a> {
             self.config.flow_logs.len(),
         );
         while let Some(drain) = table.take_spill(registry) {
+            let drain = InstanceDrain::new(drain, &self.config.flow_logs, registry);
             let w = drain.window;
             log::warn!(
                 "memory bound: the sums of window [{}, {}) reached {} bytes (half of daemon.window_memory_bytes, \
@@ -185,7 +186,7 @@ impl<'a> SpillSender<'a> {
 
 /// A closed window on its way to the sinks.
 pub(super) struct EmittingWindow {
-    drain: WindowDrain,
+    drain: InstanceDrain,
     /// The close's dump, for its costs in the window's log line.
     close: RunningDump,
     dump_entries: u64,
@@ -404,6 +405,7 @@ impl Capture {
         let Some(drain) = self.table.finish_close(&self.registry) else {
             return;
         };
+        let drain = InstanceDrain::new(drain, &self.config.flow_logs, &self.registry);
         let (held, held_dropped) = (drain.held, drain.held_dropped);
         if held > 0 {
             log::info!(

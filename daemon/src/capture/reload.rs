@@ -31,7 +31,7 @@ impl Capture {
             Ok(c) => c,
             Err(e) => return self.refuse_reload(&e.to_string()),
         };
-        let registry = match EniRegistry::new(&new) {
+        let registry = match crate::instances::registry_for(&new) {
             Ok(r) => r,
             Err(e) => return self.refuse_reload(&e.to_string()),
         };
