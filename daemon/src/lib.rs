@@ -13,6 +13,7 @@ pub mod config;
 pub mod eni;
 pub mod flows;
 pub mod handoff;
+pub mod http_url;
 pub mod ids;
 pub mod instances;
 pub mod logger;

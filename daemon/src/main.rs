@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use flowlogd::config::Config;
+use flowlogd::model::MacAddr;
 use flowlogd::{
     capture, config, eni, instances, logger, metadata, run_marker, sinks, startup, tracking,
 };
@@ -196,7 +197,7 @@ fn print_enis(config: &Config) {
     for e in &config.enis {
         let matcher = match &e.matcher {
             config::EniMatch::Interface(name) => format!("interface {name}"),
-            config::EniMatch::Mac(m) => format!("mac {}", eni::format_mac(m)),
+            config::EniMatch::Mac(m) => format!("mac {m}"),
         };
         println!(
             "  {} ({matcher}): vswitch {}, vpc {}, vm {}, account {}; captured by: {}; ids from static config",
@@ -226,13 +227,13 @@ fn print_enis(config: &Config) {
     // Which interface of this host has which MAC, to say which interface
     // each ENI is and which [[eni]] overrides it.
     let interfaces = local_interfaces();
-    let name_of = |mac: &[u8; 6]| {
+    let name_of = |mac: &MacAddr| {
         interfaces
             .iter()
             .find(|(_, m)| m == mac)
             .map(|(n, _)| n.as_str())
     };
-    let static_for = |mac: &[u8; 6], name: Option<&str>| {
+    let static_for = |mac: &MacAddr, name: Option<&str>| {
         config.enis.iter().find(|e| match &e.matcher {
             config::EniMatch::Mac(m) => m == mac,
             config::EniMatch::Interface(n) => Some(n.as_str()) == name,
@@ -241,8 +242,8 @@ fn print_enis(config: &Config) {
     for (mac, e) in &snapshot.enis {
         let name = name_of(mac);
         let at = match name {
-            Some(n) => format!("mac {}, interface {n}", eni::format_mac(mac)),
-            None => format!("mac {}, no interface on this host", eni::format_mac(mac)),
+            Some(n) => format!("mac {mac}, interface {n}"),
+            None => format!("mac {mac}, no interface on this host"),
         };
         if let Some(s) = static_for(mac, name) {
             println!(
@@ -283,25 +284,22 @@ fn print_enis(config: &Config) {
                 )
             ),
         };
-        println!(
-            "  interface {name} (mac {}): not described by the metadata service; {fate}",
-            eni::format_mac(mac)
-        );
+        println!("  interface {name} (mac {mac}): not described by the metadata service; {fate}");
     }
 }
 
 /// This host's interfaces with an Ethernet address, from sysfs, by name.
-fn local_interfaces() -> Vec<(String, [u8; 6])> {
+fn local_interfaces() -> Vec<(String, MacAddr)> {
     let Ok(dir) = std::fs::read_dir("/sys/class/net") else {
         return Vec::new();
     };
-    let mut out: Vec<(String, [u8; 6])> = dir
+    let mut out: Vec<(String, MacAddr)> = dir
         .flatten()
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
             let address = std::fs::read_to_string(entry.path().join("address")).ok()?;
-            let mac = config::parse_mac(address.trim())?;
-            (name != "lo" && mac != [0; 6]).then_some((name, mac))
+            let mac = MacAddr::parse(address.trim())?;
+            (name != "lo" && !mac.is_zero()).then_some((name, mac))
         })
         .collect();
     out.sort();

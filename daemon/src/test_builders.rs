@@ -7,10 +7,11 @@ use flowlogd_plugin_api::EniIds;
 
 use crate::config::{EniConfig, EniMatch, FlowLogConfig, ResourceType, TrafficFilter};
 use crate::model::{
-    ConntrackEntry, ConntrackKind, Counters, Interface, InterfaceAddress, RouteEvent, Tuple,
+    ConntrackEntry, ConntrackKind, Counters, Interface, InterfaceAddress, MacAddr, RouteEvent,
+    Tuple,
 };
 
-pub(crate) const MAC_B: [u8; 6] = [0x00, 0x16, 0x3e, 0x00, 0x00, 0x0b];
+pub(crate) const MAC_B: MacAddr = MacAddr([0x00, 0x16, 0x3e, 0x00, 0x00, 0x0b]);
 
 pub(crate) fn eni(id: &str, vswitch: &str, matcher: EniMatch) -> EniConfig {
     EniConfig {
@@ -40,7 +41,7 @@ pub(crate) fn flow_log(
     }
 }
 
-pub(crate) fn link(index: u32, name: &str, mac: Option<[u8; 6]>) -> RouteEvent {
+pub(crate) fn link(index: u32, name: &str, mac: Option<MacAddr>) -> RouteEvent {
     RouteEvent::LinkAdded(Interface {
         index,
         name: name.into(),

@@ -3,6 +3,7 @@
 //! registry learns them, taken by the loop when it gets to them.
 
 use super::index::EniIndex;
+use crate::model::MacAddr;
 
 #[derive(Default)]
 pub(super) struct LoopQueues {
@@ -10,7 +11,7 @@ pub(super) struct LoopQueues {
     /// closes their flows.
     detached: Vec<EniIndex>,
     /// MACs to ask the service about, for the loop to hand to the worker.
-    metadata_requests: Vec<[u8; 6]>,
+    metadata_requests: Vec<MacAddr>,
 }
 
 impl LoopQueues {
@@ -18,7 +19,7 @@ impl LoopQueues {
         self.detached.push(eni);
     }
 
-    pub(super) fn request_metadata(&mut self, mac: [u8; 6]) {
+    pub(super) fn request_metadata(&mut self, mac: MacAddr) {
         self.metadata_requests.push(mac);
     }
 
@@ -26,7 +27,7 @@ impl LoopQueues {
         std::mem::take(&mut self.detached)
     }
 
-    pub(super) fn take_metadata_requests(&mut self) -> Vec<[u8; 6]> {
+    pub(super) fn take_metadata_requests(&mut self) -> Vec<MacAddr> {
         std::mem::take(&mut self.metadata_requests)
     }
 }

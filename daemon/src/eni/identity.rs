@@ -12,8 +12,7 @@ use flowlogd_plugin_api::EniIds;
 
 use super::index::{EniError, EniIndex};
 use crate::config::{EniConfig, EniMatch, Unmapped};
-use crate::metadata::{EcsSnapshot, SnapshotUpdate};
-use crate::model::Interface;
+use crate::model::{EcsSnapshot, Interface, MacAddr, SnapshotUpdate};
 
 /// Where an ENI's ids come from, as an operator reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +54,7 @@ struct EcsState {
     /// are better than none).
     snapshot: Option<EcsSnapshot>,
     /// The learnt ENI of each MAC seen on an interface.
-    by_mac: HashMap<[u8; 6], EniIndex>,
+    by_mac: HashMap<MacAddr, EniIndex>,
     /// The registry is full: said once.
     full_logged: bool,
 }
@@ -187,7 +186,7 @@ impl Identities {
     /// A new ENI for an interface whose MAC has not been seen, if ENIs are
     /// learnt from the service: the ENI, and the MAC if the service must be
     /// asked about it.
-    pub(super) fn learn(&mut self, iface: &Interface) -> Option<(EniIndex, Option<[u8; 6]>)> {
+    pub(super) fn learn(&mut self, iface: &Interface) -> Option<(EniIndex, Option<MacAddr>)> {
         let mac = candidate_mac(iface)?;
         let ecs = self.ecs.as_ref()?;
         if ecs.by_mac.contains_key(&mac) {
@@ -201,7 +200,7 @@ impl Identities {
                      captured until a reload (SIGHUP) or restart",
                     EniIndex::MAX_ENIS,
                     iface.name,
-                    format_mac(&mac)
+                    mac
                 );
             }
             return None;
@@ -221,11 +220,11 @@ impl Identities {
     }
 
     /// See [`super::EniRegistry::pending_macs`].
-    pub(super) fn pending_macs(&self) -> Vec<[u8; 6]> {
+    pub(super) fn pending_macs(&self) -> Vec<MacAddr> {
         let Some(ecs) = &self.ecs else {
             return Vec::new();
         };
-        let mut macs: Vec<[u8; 6]> = ecs
+        let mut macs: Vec<MacAddr> = ecs
             .by_mac
             .iter()
             .filter(|(_, &e)| self.enis[e.get()].meta == Meta::Pending)
@@ -253,7 +252,7 @@ impl Identities {
             return Vec::new();
         };
         ecs.snapshot = Some(update.snapshot.clone());
-        let mut learnt: Vec<([u8; 6], EniIndex)> =
+        let mut learnt: Vec<(MacAddr, EniIndex)> =
             ecs.by_mac.iter().map(|(&m, &e)| (m, e)).collect();
         learnt.sort_unstable_by_key(|&(_, e)| e);
         let mut changed = Vec::new();
@@ -283,7 +282,7 @@ impl Identities {
 
     /// The ids the service gives the ENI of `mac`, `-` for what it does
     /// not say.
-    fn ecs_ids(&self, mac: [u8; 6]) -> EniIds {
+    fn ecs_ids(&self, mac: MacAddr) -> EniIds {
         let snapshot = self.metadata_snapshot();
         let dash = || "-".to_owned();
         let eni = snapshot.and_then(|s| s.enis.get(&mac));
@@ -299,14 +298,6 @@ impl Identities {
 
 /// The MAC by which the metadata service could know `iface`: loopback and
 /// interfaces without an Ethernet address (tunnels, WireGuard) are no ENIs.
-fn candidate_mac(iface: &Interface) -> Option<[u8; 6]> {
-    iface.mac.filter(|m| !iface.is_loopback && *m != [0; 6])
-}
-
-/// `00:16:3e:12:34:56`.
-pub fn format_mac(m: &[u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
+fn candidate_mac(iface: &Interface) -> Option<MacAddr> {
+    iface.mac.filter(|m| !iface.is_loopback && !m.is_zero())
 }

@@ -12,6 +12,6 @@ mod registry;
 #[cfg(test)]
 mod tests;
 
-pub use identity::{format_mac, Visibility};
+pub use identity::Visibility;
 pub use index::{EniError, EniIndex};
 pub use registry::{CapturedBy, EniRegistry};

@@ -16,11 +16,10 @@ use flowlogd_plugin_api::EniIds;
 
 use super::address_book::{AddressBook, SharedAddress};
 use super::events::LoopQueues;
-use super::identity::{format_mac, Identities, Visibility};
+use super::identity::{Identities, Visibility};
 use super::index::{EniError, EniIndex};
 use crate::config::{Config, EniConfig, EniMatch, MetadataSource, Unmapped};
-use crate::metadata::{EcsSnapshot, SnapshotUpdate};
-use crate::model::{Interface, InterfaceAddress, RouteEvent};
+use crate::model::{EcsSnapshot, Interface, InterfaceAddress, MacAddr, RouteEvent, SnapshotUpdate};
 
 /// Names the flow log instances that capture an ENI with these ids and
 /// visibility, for the log lines about it: the instance stage's rule
@@ -167,7 +166,7 @@ impl EniRegistry {
         let ids = self.ids(eni);
         let matcher = match self.identities.matcher(eni) {
             EniMatch::Interface(name) => format!("matched by interface {name}"),
-            EniMatch::Mac(mac) => format!("matched by mac {}", format_mac(mac)),
+            EniMatch::Mac(mac) => format!("matched by mac {mac}"),
         };
         let interface = match self.ifindex(eni) {
             Some(index) => {
@@ -268,12 +267,12 @@ impl EniRegistry {
     }
 
     /// MACs the metadata service should be asked about, since the last call.
-    pub fn take_metadata_requests(&mut self) -> Vec<[u8; 6]> {
+    pub fn take_metadata_requests(&mut self) -> Vec<MacAddr> {
         self.queues.take_metadata_requests()
     }
 
     /// MACs of every ENI still waiting for its metadata (for a new worker).
-    pub fn pending_macs(&self) -> Vec<[u8; 6]> {
+    pub fn pending_macs(&self) -> Vec<MacAddr> {
         self.identities.pending_macs()
     }
 

@@ -7,8 +7,7 @@ use flowlogd_plugin_api::EniIds;
 
 use super::*;
 use crate::config::{EniConfig, EniMatch, FlowLogConfig, ResourceType, TrafficFilter, Unmapped};
-use crate::metadata::{EcsSnapshot, SnapshotUpdate};
-use crate::model::{InterfaceAddress, RouteEvent};
+use crate::model::{EcsSnapshot, InterfaceAddress, MacAddr, RouteEvent, SnapshotUpdate};
 // Test-only: the registry's tests check that what it says of an ENI
 // (ids, visibility) puts it in the scopes it should be in, as the
 // instance stage reads them off the registry.
@@ -62,7 +61,7 @@ fn index_is_two_bytes_and_round_trips() {
 #[test]
 fn matches_by_name_and_mac_and_owns_addresses() {
     let mut r = two_plus_one();
-    r.apply(&link(2, "eth0", Some([2; 6])), 100);
+    r.apply(&link(2, "eth0", Some(MacAddr([2; 6]))), 100);
     r.apply(&link(3, "eth1", Some(MAC_B)), 100);
     r.apply(&addr(2, "10.0.0.5"), 100);
     r.apply(&addr(2, "fd00::5"), 100);
@@ -225,11 +224,11 @@ mod learnt {
     //! ENIs learnt from the ECS metadata service.
 
     use super::*;
-    use crate::metadata::EcsEni;
+    use crate::model::EcsEni;
 
-    const M1: [u8; 6] = [0x00, 0x16, 0x3e, 0x00, 0x01, 0x01];
-    const M2: [u8; 6] = [0x00, 0x16, 0x3e, 0x00, 0x01, 0x02];
-    const M0: [u8; 6] = [0x00, 0x16, 0x3e, 0x00, 0x01, 0x00];
+    const M1: MacAddr = MacAddr([0x00, 0x16, 0x3e, 0x00, 0x01, 0x01]);
+    const M2: MacAddr = MacAddr([0x00, 0x16, 0x3e, 0x00, 0x01, 0x02]);
+    const M0: MacAddr = MacAddr([0x00, 0x16, 0x3e, 0x00, 0x01, 0x00]);
 
     /// Flow logs: 0 = VPC vpc-ecs, 1 = VSwitch vsw-9, 2 = ENI eni-a.
     fn flow_logs() -> Vec<FlowLogConfig> {
@@ -259,7 +258,7 @@ mod learnt {
         Scopes::of(&flow_logs(), r).instances_for(eni).to_vec()
     }
 
-    fn snapshot(enis: &[([u8; 6], &str, &str)]) -> EcsSnapshot {
+    fn snapshot(enis: &[(MacAddr, &str, &str)]) -> EcsSnapshot {
         let mut s = EcsSnapshot {
             instance_id: "i-ecs".into(),
             account_id: "5678".into(),
@@ -278,7 +277,7 @@ mod learnt {
         s
     }
 
-    fn update(s: EcsSnapshot, looked_for: &[[u8; 6]], retrying: &[[u8; 6]]) -> SnapshotUpdate {
+    fn update(s: EcsSnapshot, looked_for: &[MacAddr], retrying: &[MacAddr]) -> SnapshotUpdate {
         SnapshotUpdate {
             snapshot: s,
             looked_for: looked_for.to_vec(),
@@ -431,7 +430,7 @@ mod learnt {
         let mut r = registry(Unmapped::Report);
         r.apply(&loopback(1), 0);
         r.apply(&link(5, "wg0", None), 0);
-        r.apply(&link(6, "dummy0", Some([0; 6])), 0);
+        r.apply(&link(6, "dummy0", Some(MacAddr([0; 6]))), 0);
         assert_eq!(r.len(), 1);
         assert!(r.take_metadata_requests().is_empty());
     }

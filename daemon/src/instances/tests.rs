@@ -15,7 +15,7 @@ use crate::eni::{EniIndex, EniRegistry};
 use crate::flows::{
     CaptureWindow, Clock, FakeClock, FlowTable, FlowTuple, LossScope, WindowAggregate, WindowDrain,
 };
-use crate::model::{ConntrackEntry, ConntrackKind, RouteEvent};
+use crate::model::{ConntrackEntry, ConntrackKind, MacAddr, RouteEvent};
 use crate::test_builders::{addr, conn, eni, flow_log, link, loopback, EntryExt, MAC_B};
 
 /// What the loop does with a closed window (or an early emit): the flow
@@ -95,7 +95,7 @@ impl Fixture {
         for ev in [
             loopback(1),
             addr(1, "127.0.0.1"),
-            link(2, "eth0", Some([2; 6])),
+            link(2, "eth0", Some(MacAddr([2; 6]))),
             addr(2, A),
             addr(2, A6),
             link(3, "eth1", Some(MAC_B)),
@@ -1095,13 +1095,13 @@ fn an_eni_that_loses_its_interface_has_its_flows_closed() {
 #[test]
 fn records_of_an_eni_waiting_for_its_metadata_are_held_then_emitted() {
     use crate::config::Unmapped;
-    use crate::metadata::{EcsEni, EcsSnapshot, SnapshotUpdate};
+    use crate::model::{EcsEni, EcsSnapshot, SnapshotUpdate};
 
     let clock = Rc::new(FakeClock::new(TEN + 10));
     let mut reg = EniRegistry::from_parts(&[]).unwrap();
     let logs = vpc_log("vpc-ecs");
     reg.learn_from_ecs(Unmapped::Ignore);
-    let mac = [0x00, 0x16, 0x3e, 0, 0, 0x42];
+    let mac = MacAddr([0x00, 0x16, 0x3e, 0, 0, 0x42]);
     reg.apply(&link(4, "eth1", Some(mac)), TEN + 10);
     reg.apply(&addr(4, A), TEN + 10);
     let mut table = FlowTable::new(Rc::clone(&clock), W, 1000);
@@ -1562,7 +1562,7 @@ fn drain_statuses_follow_loss_marks_existence_and_window_length() {
 /// The ENIs of an ECS registry: eni-s from the config (eth0, A), and the
 /// interface with `ECS_MAC` (eth1, B), held until the service answers.
 /// Its tests route to one instance, the whole of vpc-1 (`vpc_log`).
-const ECS_MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0, 0, 0x42];
+const ECS_MAC: MacAddr = MacAddr([0x00, 0x16, 0x3e, 0, 0, 0x42]);
 
 fn ecs_registry() -> EniRegistry {
     use crate::config::Unmapped;
@@ -1571,7 +1571,7 @@ fn ecs_registry() -> EniRegistry {
             .unwrap();
     reg.learn_from_ecs(Unmapped::Ignore);
     for ev in [
-        link(2, "eth0", Some([2; 6])),
+        link(2, "eth0", Some(MacAddr([2; 6]))),
         addr(2, A),
         link(4, "eth1", Some(ECS_MAC)),
         addr(4, B),
@@ -1582,7 +1582,7 @@ fn ecs_registry() -> EniRegistry {
 }
 
 fn ecs_answers(reg: &mut EniRegistry, eni_id: &str, vpc_id: &str, now: i64) {
-    use crate::metadata::{EcsEni, EcsSnapshot, SnapshotUpdate};
+    use crate::model::{EcsEni, EcsSnapshot, SnapshotUpdate};
     let mut snapshot = EcsSnapshot {
         instance_id: "i-ecs".into(),
         account_id: "5678".into(),
@@ -1856,11 +1856,11 @@ fn reload_renumbers_the_open_window_and_keeps_every_counter() {
     .unwrap();
     let now = f.clock.now_unix();
     for ev in [
-        link(2, "eth0", Some([2; 6])),
+        link(2, "eth0", Some(MacAddr([2; 6]))),
         addr(2, A),
         link(3, "eth1", Some(MAC_B)),
         addr(3, B),
-        link(5, "eth5", Some([5; 6])),
+        link(5, "eth5", Some(MacAddr([5; 6]))),
         addr(5, "10.0.2.9"),
     ] {
         new.apply(&ev, now);
@@ -2145,9 +2145,9 @@ fn an_early_emit_keeps_a_few_held_records_and_gives_up_a_flood_of_them() {
     let logs = vpc_log("vpc-1");
     reg.learn_from_ecs(Unmapped::Ignore);
     for ev in [
-        link(2, "eth0", Some([2; 6])),
+        link(2, "eth0", Some(MacAddr([2; 6]))),
         addr(2, A),
-        link(4, "eth1", Some([0x00, 0x16, 0x3e, 0, 0, 0x42])),
+        link(4, "eth1", Some(MacAddr([0x00, 0x16, 0x3e, 0, 0, 0x42]))),
         addr(4, B),
     ] {
         reg.apply(&ev, TEN + 10);

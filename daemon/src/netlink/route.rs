@@ -22,7 +22,7 @@ use netlink_sys::protocols::NETLINK_ROUTE;
 
 use super::socket::{DumpLimits, Messages, NetlinkSocket, SocketOptions};
 use super::stats::{DrainStats, DumpStats};
-use crate::model::{Interface, InterfaceAddress, RouteEvent};
+use crate::model::{Interface, InterfaceAddress, MacAddr, RouteEvent};
 
 // include/uapi/linux/rtnetlink.h
 const RTM_NEWLINK: u16 = 16;
@@ -238,7 +238,8 @@ pub fn parse_route_message(bytes: &[u8]) -> Result<Option<RouteEvent>, RoutePars
                     LinkAttribute::Address(a) => {
                         mac = <[u8; 6]>::try_from(a.as_slice())
                             .ok()
-                            .filter(|m| m != &[0; 6])
+                            .map(MacAddr)
+                            .filter(|m| !m.is_zero())
                     }
                     _ => {}
                 }
@@ -341,13 +342,13 @@ mod tests {
                 Interface {
                     index: 2,
                     name: "veth-r1".into(),
-                    mac: Some([0x02, 0x99, 0, 0, 0, 0x02]),
+                    mac: Some(MacAddr([0x02, 0x99, 0, 0, 0, 0x02])),
                     is_loopback: false,
                 },
                 Interface {
                     index: 3,
                     name: "veth-r0".into(),
-                    mac: Some([0x02, 0x99, 0, 0, 0, 0x01]),
+                    mac: Some(MacAddr([0x02, 0x99, 0, 0, 0, 0x01])),
                     is_loopback: false,
                 },
             ]
@@ -490,7 +491,7 @@ mod tests {
                     _ => None,
                 })
                 .unwrap_or_else(|| panic!("no LinkAdded for flct-v0 in {seen:?}"));
-            assert_eq!(link.mac, Some([0x02, 0x99, 0, 0, 0x01, 0x01]));
+            assert_eq!(link.mac, Some(MacAddr([0x02, 0x99, 0, 0, 0x01, 0x01])));
             assert!(
                 seen.contains(&RouteEvent::AddressAdded(addr(link.index, "10.99.2.1", 24))),
                 "{seen:?}"
