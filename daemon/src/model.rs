@@ -119,10 +119,21 @@ impl fmt::Display for MacAddr {
     }
 }
 
+/// An interface's index, as rtnetlink (ifi_index) and NFLOG
+/// (NFULA_IFINDEX_*) report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IfIndex(pub u32);
+
+impl fmt::Display for IfIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A network interface as rtnetlink reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Interface {
-    pub index: u32,
+    pub index: IfIndex,
     pub name: String,
     pub mac: Option<MacAddr>,
     pub is_loopback: bool,
@@ -131,7 +142,7 @@ pub struct Interface {
 /// An address of an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct InterfaceAddress {
-    pub index: u32,
+    pub index: IfIndex,
     pub addr: IpAddr,
     pub prefix_len: u8,
 }
@@ -140,7 +151,7 @@ pub struct InterfaceAddress {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RouteEvent {
     LinkAdded(Interface),
-    LinkRemoved { index: u32 },
+    LinkRemoved { index: IfIndex },
     AddressAdded(InterfaceAddress),
     AddressRemoved(InterfaceAddress),
 }
@@ -154,9 +165,9 @@ pub struct LoggedPacket<'a> {
     /// The rule's log prefix, without the trailing NUL.
     pub prefix: &'a [u8],
     /// Interface the packet arrived on (input, forward, prerouting hooks).
-    pub indev: Option<u32>,
+    pub indev: Option<IfIndex>,
     /// Interface it was leaving by (output, forward, postrouting hooks).
-    pub outdev: Option<u32>,
+    pub outdev: Option<IfIndex>,
     /// The packet from its network header, cut at the copy range.
     pub payload: &'a [u8],
 }

@@ -7,8 +7,8 @@ use flowlogd_plugin_api::EniIds;
 
 use crate::config::{EniConfig, EniMatch, FlowLogConfig, ResourceType, TrafficFilter};
 use crate::model::{
-    ConntrackEntry, ConntrackKind, Counters, Interface, InterfaceAddress, MacAddr, RouteEvent,
-    Tuple,
+    ConntrackEntry, ConntrackKind, Counters, IfIndex, Interface, InterfaceAddress, MacAddr,
+    RouteEvent, Tuple,
 };
 
 pub(crate) const MAC_B: MacAddr = MacAddr([0x00, 0x16, 0x3e, 0x00, 0x00, 0x0b]);
@@ -43,7 +43,7 @@ pub(crate) fn flow_log(
 
 pub(crate) fn link(index: u32, name: &str, mac: Option<MacAddr>) -> RouteEvent {
     RouteEvent::LinkAdded(Interface {
-        index,
+        index: IfIndex(index),
         name: name.into(),
         mac,
         is_loopback: false,
@@ -52,7 +52,7 @@ pub(crate) fn link(index: u32, name: &str, mac: Option<MacAddr>) -> RouteEvent {
 
 pub(crate) fn loopback(index: u32) -> RouteEvent {
     RouteEvent::LinkAdded(Interface {
-        index,
+        index: IfIndex(index),
         name: "lo".into(),
         mac: None,
         is_loopback: true,
@@ -61,7 +61,7 @@ pub(crate) fn loopback(index: u32) -> RouteEvent {
 
 pub(crate) fn addr(index: u32, addr: &str) -> RouteEvent {
     RouteEvent::AddressAdded(InterfaceAddress {
-        index,
+        index: IfIndex(index),
         addr: addr.parse().unwrap(),
         prefix_len: 24,
     })

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::index::EniIndex;
-use crate::model::{Interface, InterfaceAddress};
+use crate::model::{IfIndex, Interface, InterfaceAddress};
 
 /// What rtnetlink told us about one interface index. Addresses may be
 /// reported before their link (dump order is not guaranteed), so a link
@@ -22,7 +22,7 @@ struct Link {
 #[derive(Clone, Copy, Default)]
 struct Presence {
     /// The interface currently bound to this ENI.
-    ifindex: Option<u32>,
+    ifindex: Option<IfIndex>,
     /// When the current interface appeared (Unix seconds).
     since: Option<i64>,
     /// The last time the ENI had an interface that is gone now: (appeared,
@@ -40,7 +40,7 @@ pub(super) struct SharedAddress {
 
 #[derive(Default)]
 pub(super) struct AddressBook {
-    links: HashMap<u32, Link>,
+    links: HashMap<IfIndex, Link>,
     /// Local address -> the ENI that owns it: one lookup per side of every
     /// conntrack message.
     owners: HashMap<IpAddr, EniIndex>,
@@ -74,11 +74,11 @@ impl AddressBook {
         self.locals.contains_key(&addr)
     }
 
-    pub(super) fn by_ifindex(&self, ifindex: u32) -> Option<EniIndex> {
+    pub(super) fn by_ifindex(&self, ifindex: IfIndex) -> Option<EniIndex> {
         self.links.get(&ifindex).and_then(|l| l.eni)
     }
 
-    pub(super) fn ifindex(&self, eni: EniIndex) -> Option<u32> {
+    pub(super) fn ifindex(&self, eni: EniIndex) -> Option<IfIndex> {
         self.presence[eni.get()].ifindex
     }
 
@@ -103,7 +103,7 @@ impl AddressBook {
     }
 
     /// The name of interface `ifindex`, if rtnetlink reported its link.
-    pub(super) fn name_of(&self, ifindex: u32) -> Option<&str> {
+    pub(super) fn name_of(&self, ifindex: IfIndex) -> Option<&str> {
         self.links
             .get(&ifindex)
             .and_then(|l| l.iface.as_ref())
@@ -112,7 +112,7 @@ impl AddressBook {
 
     /// Whether the ENI may take interface `ifindex`: it stands for no
     /// interface, or for that one.
-    pub(super) fn is_free_for(&self, eni: EniIndex, ifindex: u32) -> bool {
+    pub(super) fn is_free_for(&self, eni: EniIndex, ifindex: IfIndex) -> bool {
         let p = &self.presence[eni.get()];
         p.ifindex.is_none() || p.ifindex == Some(ifindex)
     }
@@ -126,7 +126,7 @@ impl AddressBook {
     }
 
     /// Forgets link `index` and its addresses (unbind its ENI first).
-    pub(super) fn remove_link(&mut self, index: u32) {
+    pub(super) fn remove_link(&mut self, index: IfIndex) {
         if let Some(link) = self.links.remove(&index) {
             for addr in link.addrs {
                 self.forget_local(addr);
@@ -163,13 +163,13 @@ impl AddressBook {
     }
 
     /// Every address of every link, by link (for a resync).
-    pub(super) fn links(&self) -> impl Iterator<Item = (u32, &[IpAddr])> {
+    pub(super) fn links(&self) -> impl Iterator<Item = (IfIndex, &[IpAddr])> {
         self.links.iter().map(|(&i, l)| (i, l.addrs.as_slice()))
     }
 
     /// The lowest index of a known interface that stands for no ENI and
     /// that `wanted` takes.
-    pub(super) fn lowest_free_link(&self, wanted: impl Fn(&Interface) -> bool) -> Option<u32> {
+    pub(super) fn lowest_free_link(&self, wanted: impl Fn(&Interface) -> bool) -> Option<IfIndex> {
         self.links
             .iter()
             .filter(|(_, l)| l.eni.is_none())
@@ -184,7 +184,7 @@ impl AddressBook {
     pub(super) fn bind(
         &mut self,
         eni: EniIndex,
-        ifindex: u32,
+        ifindex: IfIndex,
         now: i64,
         shared: &mut Vec<SharedAddress>,
     ) -> bool {
@@ -204,7 +204,7 @@ impl AddressBook {
 
     /// Unbinds `eni` from its interface at `now`; returns the interface,
     /// `None` if it had none.
-    pub(super) fn unbind(&mut self, eni: EniIndex, now: i64) -> Option<u32> {
+    pub(super) fn unbind(&mut self, eni: EniIndex, now: i64) -> Option<IfIndex> {
         let p = &mut self.presence[eni.get()];
         let ifindex = p.ifindex.take()?;
         if let Some(since) = p.since.take() {

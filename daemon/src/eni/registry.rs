@@ -19,7 +19,9 @@ use super::events::LoopQueues;
 use super::identity::{Identities, Visibility};
 use super::index::{EniError, EniIndex};
 use crate::config::{Config, EniConfig, EniMatch, MetadataSource, Unmapped};
-use crate::model::{EcsSnapshot, Interface, InterfaceAddress, MacAddr, RouteEvent, SnapshotUpdate};
+use crate::model::{
+    EcsSnapshot, IfIndex, Interface, InterfaceAddress, MacAddr, RouteEvent, SnapshotUpdate,
+};
 
 /// Names the flow log instances that capture an ENI with these ids and
 /// visibility, for the log lines about it: the instance stage's rule
@@ -129,12 +131,12 @@ impl EniRegistry {
     }
 
     /// The ENI bound to interface `ifindex` (NFLOG's indev / outdev).
-    pub fn by_ifindex(&self, ifindex: u32) -> Option<EniIndex> {
+    pub fn by_ifindex(&self, ifindex: IfIndex) -> Option<EniIndex> {
         self.book.by_ifindex(ifindex)
     }
 
     /// The interface currently bound to an ENI.
-    pub fn ifindex(&self, eni: EniIndex) -> Option<u32> {
+    pub fn ifindex(&self, eni: EniIndex) -> Option<IfIndex> {
         self.book.ifindex(eni)
     }
 
@@ -203,7 +205,7 @@ impl EniRegistry {
     /// Takes in a full listing of interfaces and addresses (after an
     /// overrun lost events): what it no longer lists is gone.
     pub fn resync(&mut self, listing: &[RouteEvent], now: i64) {
-        let mut links: HashMap<u32, Vec<IpAddr>> = HashMap::new();
+        let mut links: HashMap<IfIndex, Vec<IpAddr>> = HashMap::new();
         for ev in listing {
             match ev {
                 RouteEvent::LinkAdded(i) => {
@@ -359,7 +361,7 @@ impl EniRegistry {
         }
     }
 
-    fn link_removed(&mut self, index: u32, now: i64) {
+    fn link_removed(&mut self, index: IfIndex, now: i64) {
         let eni = self.by_ifindex(index);
         if let Some(eni) = eni {
             self.unbind(eni, now);
@@ -370,7 +372,7 @@ impl EniRegistry {
         }
     }
 
-    fn bind(&mut self, eni: EniIndex, ifindex: u32, now: i64) {
+    fn bind(&mut self, eni: EniIndex, ifindex: IfIndex, now: i64) {
         let mut shared = Vec::new();
         if !self.book.bind(eni, ifindex, now, &mut shared) {
             return;

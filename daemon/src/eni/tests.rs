@@ -7,7 +7,7 @@ use flowlogd_plugin_api::EniIds;
 
 use super::*;
 use crate::config::{EniConfig, EniMatch, FlowLogConfig, ResourceType, TrafficFilter, Unmapped};
-use crate::model::{EcsSnapshot, InterfaceAddress, MacAddr, RouteEvent, SnapshotUpdate};
+use crate::model::{EcsSnapshot, IfIndex, InterfaceAddress, MacAddr, RouteEvent, SnapshotUpdate};
 // Test-only: the registry's tests check that what it says of an ENI
 // (ids, visibility) puts it in the scopes it should be in, as the
 // instance stage reads them off the registry.
@@ -16,7 +16,7 @@ use crate::test_builders::{addr, eni, flow_log, link, loopback, MAC_B};
 
 fn del_addr(index: u32, addr: &str) -> RouteEvent {
     RouteEvent::AddressRemoved(InterfaceAddress {
-        index,
+        index: IfIndex(index),
         addr: addr.parse().unwrap(),
         prefix_len: 24,
     })
@@ -72,8 +72,8 @@ fn matches_by_name_and_mac_and_owns_addresses() {
     assert_eq!(r.owner_of(ip("fd00::5")), Some(a));
     assert_eq!(r.owner_of(ip("10.0.1.7")), Some(b));
     assert_eq!(r.owner_of(ip("10.0.1.8")), None);
-    assert_eq!(r.by_ifindex(3), Some(b));
-    assert_eq!(r.ifindex(a), Some(2));
+    assert_eq!(r.by_ifindex(IfIndex(3)), Some(b));
+    assert_eq!(r.ifindex(a), Some(IfIndex(2)));
     assert_eq!(r.ids(b).eni_id, "eni-b");
 }
 
@@ -87,7 +87,7 @@ fn loopback_and_its_addresses_belong_to_nobody() {
     r.apply(&addr(1, "10.9.9.9"), 0);
     assert_eq!(r.owner_of(ip("127.0.0.1")), None);
     assert_eq!(r.owner_of(ip("10.9.9.9")), None);
-    assert_eq!(r.by_ifindex(1), None);
+    assert_eq!(r.by_ifindex(IfIndex(1)), None);
     assert!(r.is_local(ip("127.0.0.1")));
     assert!(!r.existed_during(r.find("eni-lo").unwrap(), 0, 600));
 }
@@ -117,7 +117,7 @@ fn address_and_link_removal() {
     assert_eq!(r.owner_of(ip("10.0.0.5")), None);
     assert!(!r.is_local(ip("10.0.0.5")));
     assert!(r.owner_of(ip("10.0.0.6")).is_some());
-    r.apply(&RouteEvent::LinkRemoved { index: 2 }, 20);
+    r.apply(&RouteEvent::LinkRemoved { index: IfIndex(2) }, 20);
     assert_eq!(r.owner_of(ip("10.0.0.6")), None);
     assert!(!r.is_local(ip("10.0.0.6")));
     assert_eq!(r.ifindex(r.find("eni-a").unwrap()), None);
@@ -135,7 +135,7 @@ fn rename_unbinds_and_rebinds() {
     // Another interface takes the name: it is the ENI now.
     r.apply(&link(7, "eth0", None), 60);
     r.apply(&addr(7, "10.0.0.9"), 60);
-    assert_eq!(r.ifindex(a), Some(7));
+    assert_eq!(r.ifindex(a), Some(IfIndex(7)));
     assert_eq!(r.owner_of(ip("10.0.0.9")), Some(a));
     assert_eq!(r.present_since(a), Some(60));
 }
@@ -146,10 +146,10 @@ fn same_mac_on_two_interfaces_binds_one_and_falls_back() {
     let b = r.find("eni-b").unwrap();
     r.apply(&link(3, "eth1", Some(MAC_B)), 0);
     r.apply(&link(4, "eth1.100", Some(MAC_B)), 0);
-    assert_eq!(r.ifindex(b), Some(3));
-    assert_eq!(r.by_ifindex(4), None);
-    r.apply(&RouteEvent::LinkRemoved { index: 3 }, 10);
-    assert_eq!(r.ifindex(b), Some(4));
+    assert_eq!(r.ifindex(b), Some(IfIndex(3)));
+    assert_eq!(r.by_ifindex(IfIndex(4)), None);
+    r.apply(&RouteEvent::LinkRemoved { index: IfIndex(3) }, 10);
+    assert_eq!(r.ifindex(b), Some(IfIndex(4)));
 }
 
 #[test]
@@ -165,7 +165,7 @@ fn existence_during_windows() {
         r.existed_during(a, 100, 100),
         "a window begun and closed in the second it appeared"
     );
-    r.apply(&RouteEvent::LinkRemoved { index: 2 }, 700);
+    r.apply(&RouteEvent::LinkRemoved { index: IfIndex(2) }, 700);
     assert!(r.existed_during(a, 600, 1200), "removed during the window");
     assert!(
         r.existed_during(a, 700, 1200),
@@ -299,7 +299,7 @@ mod learnt {
         assert_eq!(r.pending_macs(), vec![M1]);
         // Its flows are its from the start; its records wait.
         assert_eq!(r.owner_of(ip("10.0.9.5")), Some(x));
-        assert_eq!(r.by_ifindex(3), Some(x));
+        assert_eq!(r.by_ifindex(IfIndex(3)), Some(x));
         assert_eq!(r.visibility(x), Visibility::Held);
         assert!(instances_for(&r, x).is_empty());
         assert_eq!(r.ids(x).eni_id, "-");
@@ -329,7 +329,7 @@ mod learnt {
         assert!(r.pending_macs().is_empty());
         // The static [[eni]] overrides what the service says of eth0.
         let a = r.find("eni-a").unwrap();
-        assert_eq!(r.ifindex(a), Some(2));
+        assert_eq!(r.ifindex(a), Some(IfIndex(2)));
         assert_eq!(r.ids(a).vpc_id, "vpc-1");
         assert_eq!(instances_for(&r, a), [2]);
         assert_eq!(r.find("eni-from-service"), None);
@@ -354,14 +354,14 @@ mod learnt {
         assert!(r.take_metadata_requests().is_empty());
         assert!(r.existed_during(y, 0, 600));
         // Gone: its flows are closed, it existed until then.
-        assert!(r.takes_from_an_eni(&RouteEvent::LinkRemoved { index: 7 }));
-        r.apply(&RouteEvent::LinkRemoved { index: 7 }, 70);
+        assert!(r.takes_from_an_eni(&RouteEvent::LinkRemoved { index: IfIndex(7) }));
+        r.apply(&RouteEvent::LinkRemoved { index: IfIndex(7) }, 70);
         assert_eq!(r.take_detached(), vec![y]);
         assert!(r.existed_during(y, 0, 600));
         assert!(!r.existed_during(y, 600, 1200));
         // Back (the same MAC): the same index.
         r.apply(&link(8, "eth2", Some(M2)), 900);
-        assert_eq!(r.by_ifindex(8), Some(y));
+        assert_eq!(r.by_ifindex(IfIndex(8)), Some(y));
         assert_eq!(r.len(), 2);
     }
 
@@ -370,14 +370,14 @@ mod learnt {
         let mut r = registry(Unmapped::Ignore);
         r.apply(&link(3, "docker0", Some(M1)), 0);
         r.apply(&addr(3, "172.17.0.1"), 0);
-        let x = r.by_ifindex(3).unwrap();
+        let x = r.by_ifindex(IfIndex(3)).unwrap();
         // Still being looked for: it waits.
         r.apply_metadata(&update(snapshot(&[]), &[M1], &[M1]), 1);
         assert_eq!(r.visibility(x), Visibility::Held);
         // Given up: not an ENI; its flows are closed.
         r.apply_metadata(&update(snapshot(&[]), &[M1], &[]), 60);
         assert_eq!(r.visibility(x), Visibility::Inactive);
-        assert_eq!(r.by_ifindex(3), None);
+        assert_eq!(r.by_ifindex(IfIndex(3)), None);
         assert_eq!(r.owner_of(ip("172.17.0.1")), None);
         assert_eq!(r.take_detached(), vec![x]);
         assert!(r.describe(x).contains("not an ENI"));
@@ -386,13 +386,13 @@ mod learnt {
             &update(snapshot(&[(M1, "eni-late", "vsw-1")]), &[], &[]),
             300,
         );
-        assert_eq!(r.by_ifindex(3), Some(x));
+        assert_eq!(r.by_ifindex(IfIndex(3)), Some(x));
         assert_eq!(r.owner_of(ip("172.17.0.1")), Some(x));
         assert_eq!(r.ids(x).eni_id, "eni-late");
 
         let mut r = registry(Unmapped::Report);
         r.apply(&link(3, "docker0", Some(M1)), 0);
-        let x = r.by_ifindex(3).unwrap();
+        let x = r.by_ifindex(IfIndex(3)).unwrap();
         assert_eq!(r.visibility(x), Visibility::Everywhere);
         assert_eq!(
             instances_for(&r, x),
@@ -402,7 +402,7 @@ mod learnt {
         assert_eq!(r.ids(x).vm_id, "-");
         r.apply_metadata(&update(snapshot(&[]), &[M1], &[]), 60);
         assert_eq!(r.visibility(x), Visibility::Everywhere);
-        assert_eq!(r.by_ifindex(3), Some(x));
+        assert_eq!(r.by_ifindex(IfIndex(3)), Some(x));
         // What the service says of the instance is used.
         assert_eq!(
             (r.ids(x).eni_id.as_str(), r.ids(x).vm_id.as_str()),
@@ -415,12 +415,12 @@ mod learnt {
     fn a_static_eni_takes_its_interface_from_a_learnt_one() {
         let mut r = registry(Unmapped::Ignore);
         r.apply(&link(2, "wan0", Some(M0)), 0);
-        let learnt = r.by_ifindex(2).unwrap();
+        let learnt = r.by_ifindex(IfIndex(2)).unwrap();
         assert_ne!(r.ids(learnt).eni_id, "eni-a");
         let renamed = link(2, "eth0", Some(M0));
         assert!(r.takes_from_an_eni(&renamed));
         r.apply(&renamed, 10);
-        assert_eq!(r.by_ifindex(2), r.find("eni-a"));
+        assert_eq!(r.by_ifindex(IfIndex(2)), r.find("eni-a"));
         assert_eq!(r.take_detached(), vec![learnt]);
         assert!(!r.takes_from_an_eni(&renamed), "an unrelated update");
     }

@@ -15,7 +15,7 @@ use crate::eni::{EniIndex, EniRegistry};
 use crate::flows::{
     CaptureWindow, Clock, FakeClock, FlowTable, FlowTuple, LossScope, WindowAggregate, WindowDrain,
 };
-use crate::model::{ConntrackEntry, ConntrackKind, MacAddr, RouteEvent};
+use crate::model::{ConntrackEntry, ConntrackKind, IfIndex, MacAddr, RouteEvent};
 use crate::test_builders::{addr, conn, eni, flow_log, link, loopback, EntryExt, MAC_B};
 
 /// What the loop does with a closed window (or an early emit): the flow
@@ -626,7 +626,7 @@ fn nodata_for_an_idle_existing_eni_and_none_for_an_absent_one() {
     f.clock.set(TEN + 900);
     f.reg.apply(&link(9, "eth9", None), TEN + 900);
     f.reg
-        .apply(&RouteEvent::LinkRemoved { index: 3 }, TEN + 900);
+        .apply(&RouteEvent::LinkRemoved { index: IfIndex(3) }, TEN + 900);
     let w2 = f.close();
     assert_eq!(statuses(&w2, ALL, "eni-b"), [LogStatus::NoData]);
     assert_eq!(statuses(&w2, ALL, "eni-c"), [LogStatus::NoData]);
@@ -1060,7 +1060,7 @@ fn an_eni_that_loses_its_interface_has_its_flows_closed() {
     f.clock.set(TEN + 400);
     f.dump(&[c.clone().counted((3, 300), (0, 0))]);
     f.reg
-        .apply(&RouteEvent::LinkRemoved { index: 2 }, TEN + 400);
+        .apply(&RouteEvent::LinkRemoved { index: IfIndex(2) }, TEN + 400);
     let a = f.eni("eni-a");
     assert_eq!(f.reg.take_detached(), vec![a]);
     f.table.detach(a);
@@ -1609,7 +1609,10 @@ fn ecs_answers(reg: &mut EniRegistry, eni_id: &str, vpc_id: &str, now: i64) {
 #[test]
 fn close_moves_held_records_and_their_loss_into_the_next_aggregate() {
     let mut reg = ecs_registry();
-    let (s, held) = (reg.by_ifindex(2).unwrap(), reg.by_ifindex(4).unwrap());
+    let (s, held) = (
+        reg.by_ifindex(IfIndex(2)).unwrap(),
+        reg.by_ifindex(IfIndex(4)).unwrap(),
+    );
     assert!(reg.is_held(held) && !reg.is_held(s));
     let (t1, t2, t3) = (
         tuple(UDP, R, 5000, B, 53),
@@ -1654,7 +1657,7 @@ fn close_moves_held_records_and_their_loss_into_the_next_aggregate() {
         &reg,
     );
     ecs_answers(&mut reg, "eni-moved", "vpc-2", TEN + 1200);
-    reg.apply(&RouteEvent::LinkRemoved { index: 2 }, TEN + 1200);
+    reg.apply(&RouteEvent::LinkRemoved { index: IfIndex(2) }, TEN + 1200);
     let w2 = in_old_order(drain.collect_all());
     assert_eq!((w2.held, w2.held_dropped), (0, 0));
     assert_eq!(
@@ -1675,7 +1678,7 @@ fn close_moves_held_records_and_their_loss_into_the_next_aggregate() {
 #[test]
 fn too_many_held_records_are_dropped_and_their_enis_marked() {
     let reg = ecs_registry();
-    let held = reg.by_ifindex(4).unwrap();
+    let held = reg.by_ifindex(IfIndex(4)).unwrap();
     let mut agg = WindowAggregate::default();
     let count = (1usize << 18) + 1;
     for i in 0..count {
