@@ -8,6 +8,4 @@ mod window;
 pub(crate) use aggregate::WindowAggregate;
 pub use aggregate::{EniRecords, EniWindow, FlowTuple, WindowDrain};
 pub use table::{FlowTable, HandoffEntry, LossScope, DEFAULT_WINDOW_MEMORY_BYTES};
-#[cfg(test)]
-pub use window::FakeClock;
-pub use window::{CaptureWindow, Clock, SystemClock};
+pub use window::{CaptureWindow, Clock, FakeClock, SystemClock};

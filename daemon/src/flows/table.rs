@@ -562,7 +562,6 @@ impl<C: Clock> FlowTable<C> {
     /// dump in between, long-lived connections are harvested only at the
     /// next one: the event loop uses [`FlowTable::begin_close`], a dump,
     /// and [`FlowTable::finish_close`].
-    #[cfg(test)]
     pub fn close_window(&mut self, reg: &EniRegistry, end: i64) -> WindowDrain {
         self.begin_close(end);
         self.finish_close(reg)

@@ -248,7 +248,6 @@ impl InstanceDrain {
     /// Every remaining record, per instance in config order (every instance
     /// listed), for tests and callers that do not need chunks: this holds
     /// the whole window's records at once.
-    #[cfg(test)]
     pub fn collect_all(mut self) -> WindowRecords {
         let mut instances: Vec<InstanceRecords> = (0..self.scopes.instance_count())
             .map(|instance| InstanceRecords {
@@ -276,7 +275,6 @@ impl InstanceDrain {
 }
 
 /// The records of one flow log instance for a closed window.
-#[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstanceRecords {
     /// Index into `config.flow_logs`.
@@ -286,7 +284,6 @@ pub struct InstanceRecords {
 
 /// What a closed window produced, per flow log instance in config order
 /// (every instance is listed, possibly with no records).
-#[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WindowRecords {
     pub window: CaptureWindow,
@@ -299,7 +296,6 @@ pub struct WindowRecords {
     pub held_dropped: usize,
 }
 
-#[cfg(test)]
 impl WindowRecords {
     /// Total records over all instances.
     pub fn record_count(&self) -> usize {
