@@ -593,9 +593,10 @@ impl WindowAggregate {
     /// open (added to what it has: it may have counted traffic already).
     /// Everything else comes out of the returned drain, chunk by chunk.
     ///
-    /// The drain takes from `reg`, now, all it needs (each ENI's ids, which
-    /// instances capture it with what filter, whether it existed during
-    /// `window`): the registry may change while the drain is in progress.
+    /// The drain takes from `reg`, now, all it needs (each ENI's ids,
+    /// whether it existed during `window`): the registry may change while
+    /// the drain is in progress. (The instance stage reads the scopes off
+    /// the registry at the same moment.)
     pub(crate) fn close(
         &mut self,
         reg: &EniRegistry,
