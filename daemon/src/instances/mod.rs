@@ -19,6 +19,8 @@ mod drain;
 mod filter;
 mod scope;
 #[cfg(test)]
+mod scope_tests;
+#[cfg(test)]
 mod tests;
 
 pub use dispatch::{dispatch_chunk, dispatch_instance_records, route_records};
