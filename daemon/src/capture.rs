@@ -34,6 +34,7 @@ mod sources;
 mod state;
 
 pub use error::RunError;
+pub use sources::EVENT_SUBSCRIPTION;
 
 use build::ConfigState;
 use closer::{WindowCloser, EMIT_RETRY};

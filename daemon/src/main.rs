@@ -8,8 +8,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use flowlogd::config::Config;
+use flowlogd::model::MacAddr;
 use flowlogd::{
-    capture, config, eni, logger, metadata, routing, run_marker, sinks, startup, tracking,
+    capture, config, eni, instances, logger, metadata, run_marker, sinks, startup, tracking,
 };
 
 /// VPC flow logs for this VM, from its own conntrack and firewall state.
@@ -166,19 +167,10 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The flow logs that capture an ENI with `ids`, by name.
+/// The flow logs that capture an ENI with `ids`, known from the config or
+/// the metadata service, by name.
 fn captured_by(config: &Config, ids: &flowlogd_plugin_api::EniIds) -> String {
-    let names: Vec<&str> = config
-        .flow_logs
-        .iter()
-        .filter(|f| f.covers(ids))
-        .map(|f| f.name.as_str())
-        .collect();
-    if names.is_empty() {
-        "none".to_owned()
-    } else {
-        names.join(", ")
-    }
+    instances::captured_by(&config.flow_logs, ids, eni::Visibility::Scoped)
 }
 
 /// Each ENI, its ids, where they come from and which flow logs capture it.
@@ -205,7 +197,7 @@ fn print_enis(config: &Config) {
     for e in &config.enis {
         let matcher = match &e.matcher {
             config::EniMatch::Interface(name) => format!("interface {name}"),
-            config::EniMatch::Mac(m) => format!("mac {}", eni::format_mac(m)),
+            config::EniMatch::Mac(m) => format!("mac {m}"),
         };
         println!(
             "  {} ({matcher}): vswitch {}, vpc {}, vm {}, account {}; captured by: {}; ids from static config",
@@ -235,13 +227,13 @@ fn print_enis(config: &Config) {
     // Which interface of this host has which MAC, to say which interface
     // each ENI is and which [[eni]] overrides it.
     let interfaces = local_interfaces();
-    let name_of = |mac: &[u8; 6]| {
+    let name_of = |mac: &MacAddr| {
         interfaces
             .iter()
             .find(|(_, m)| m == mac)
             .map(|(n, _)| n.as_str())
     };
-    let static_for = |mac: &[u8; 6], name: Option<&str>| {
+    let static_for = |mac: &MacAddr, name: Option<&str>| {
         config.enis.iter().find(|e| match &e.matcher {
             config::EniMatch::Mac(m) => m == mac,
             config::EniMatch::Interface(n) => Some(n.as_str()) == name,
@@ -250,8 +242,8 @@ fn print_enis(config: &Config) {
     for (mac, e) in &snapshot.enis {
         let name = name_of(mac);
         let at = match name {
-            Some(n) => format!("mac {}, interface {n}", eni::format_mac(mac)),
-            None => format!("mac {}, no interface on this host", eni::format_mac(mac)),
+            Some(n) => format!("mac {mac}, interface {n}"),
+            None => format!("mac {mac}, no interface on this host"),
         };
         if let Some(s) = static_for(mac, name) {
             println!(
@@ -283,37 +275,31 @@ fn print_enis(config: &Config) {
         }
         let fate = match ecs.unmapped {
             config::Unmapped::Ignore => "ignored (unmapped = \"ignore\")".to_owned(),
-            config::Unmapped::Report => {
-                let all: Vec<&str> = config.flow_logs.iter().map(|f| f.name.as_str()).collect();
-                format!(
-                    "reported with - ids (unmapped = \"report\"); captured by: {}",
-                    if all.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        all.join(", ")
-                    }
+            config::Unmapped::Report => format!(
+                "reported with - ids (unmapped = \"report\"); captured by: {}",
+                instances::captured_by(
+                    &config.flow_logs,
+                    &flowlogd_plugin_api::EniIds::default(),
+                    eni::Visibility::Everywhere
                 )
-            }
+            ),
         };
-        println!(
-            "  interface {name} (mac {}): not described by the metadata service; {fate}",
-            eni::format_mac(mac)
-        );
+        println!("  interface {name} (mac {mac}): not described by the metadata service; {fate}");
     }
 }
 
 /// This host's interfaces with an Ethernet address, from sysfs, by name.
-fn local_interfaces() -> Vec<(String, [u8; 6])> {
+fn local_interfaces() -> Vec<(String, MacAddr)> {
     let Ok(dir) = std::fs::read_dir("/sys/class/net") else {
         return Vec::new();
     };
-    let mut out: Vec<(String, [u8; 6])> = dir
+    let mut out: Vec<(String, MacAddr)> = dir
         .flatten()
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
             let address = std::fs::read_to_string(entry.path().join("address")).ok()?;
-            let mac = config::parse_mac(address.trim())?;
-            (name != "lo" && mac != [0; 6]).then_some((name, mac))
+            let mac = MacAddr::parse(address.trim())?;
+            (name != "lo" && !mac.is_zero()).then_some((name, mac))
         })
         .collect();
     out.sort();
@@ -442,9 +428,9 @@ fn replay(config_path: &std::path::Path, records_path: &std::path::Path) -> Exit
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let routed = routing::route_records(&config, &records);
+    let routed = instances::route_records(&config, &records);
     let routed_count: usize = routed.iter().map(|(_, r)| r.len()).sum();
-    routing::dispatch_instance_records(&config, &dispatcher, routed);
+    instances::dispatch_instance_records(&config, &dispatcher, routed);
     dispatcher.flush_all(flowlogd_plugin_api::abi::FLUSH_WINDOW_END);
     let lost = startup::stop_sinks(
         &mut dispatcher,

@@ -1,7 +1,11 @@
-//! Plain structs that the netlink layer produces. Nothing from the netlink
-//! crates appears here, so everything past `netlink/` (the ENI registry, the
-//! flow table) can be built and tested without a kernel.
+//! Plain structs that the netlink layer and the metadata worker produce,
+//! and the small value types they share (`MacAddr`). Nothing from the
+//! netlink crates or the HTTP client appears here, so everything past them
+//! (the ENI registry, the flow table) can be built and tested without a
+//! kernel or a metadata service.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::net::IpAddr;
 
 /// IANA protocol numbers the daemon treats specially.
@@ -77,19 +81,68 @@ pub struct ConntrackEntry {
     pub mark: u32,
 }
 
+/// An Ethernet (MAC) address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// `00:16:3e:12:34:56`, in either case.
+    pub fn parse(s: &str) -> Option<MacAddr> {
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in mac.iter_mut() {
+            let p = parts.next()?;
+            if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            *byte = u8::from_str_radix(p, 16).ok()?;
+        }
+        parts.next().is_none().then_some(MacAddr(mac))
+    }
+
+    /// `00:00:00:00:00:00`: what interfaces without an Ethernet address
+    /// (tunnels, WireGuard) report, if anything.
+    pub fn is_zero(self) -> bool {
+        self.0 == [0; 6]
+    }
+}
+
+/// `00:16:3e:12:34:56`.
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// An interface's index, as rtnetlink (ifi_index) and NFLOG
+/// (NFULA_IFINDEX_*) report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IfIndex(pub u32);
+
+impl fmt::Display for IfIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A network interface as rtnetlink reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Interface {
-    pub index: u32,
+    pub index: IfIndex,
     pub name: String,
-    pub mac: Option<[u8; 6]>,
+    pub mac: Option<MacAddr>,
     pub is_loopback: bool,
 }
 
 /// An address of an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct InterfaceAddress {
-    pub index: u32,
+    pub index: IfIndex,
     pub addr: IpAddr,
     pub prefix_len: u8,
 }
@@ -98,7 +151,7 @@ pub struct InterfaceAddress {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RouteEvent {
     LinkAdded(Interface),
-    LinkRemoved { index: u32 },
+    LinkRemoved { index: IfIndex },
     AddressAdded(InterfaceAddress),
     AddressRemoved(InterfaceAddress),
 }
@@ -112,9 +165,63 @@ pub struct LoggedPacket<'a> {
     /// The rule's log prefix, without the trailing NUL.
     pub prefix: &'a [u8],
     /// Interface the packet arrived on (input, forward, prerouting hooks).
-    pub indev: Option<u32>,
+    pub indev: Option<IfIndex>,
     /// Interface it was leaving by (output, forward, postrouting hooks).
-    pub outdev: Option<u32>,
+    pub outdev: Option<IfIndex>,
     /// The packet from its network header, cut at the copy range.
     pub payload: &'a [u8],
+}
+
+// What the ECS metadata service said, as the metadata worker hands it to
+// the loop and the registry takes it in.
+
+/// One ENI as the ECS metadata service describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EcsEni {
+    pub eni_id: String,
+    pub vpc_id: String,
+    pub vswitch_id: String,
+}
+
+/// Everything flowlogd needs from the metadata service at one time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EcsSnapshot {
+    pub instance_id: String,
+    pub account_id: String,
+    /// By MAC.
+    pub enis: BTreeMap<MacAddr, EcsEni>,
+}
+
+/// A successful fetch of the metadata service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotUpdate {
+    pub snapshot: EcsSnapshot,
+    /// The MACs the loop asked about that this fetch looked for.
+    pub looked_for: Vec<MacAddr>,
+    /// Of those, the ones not listed that the worker will look for again;
+    /// the others are not ENIs as far as the service knows.
+    pub retrying: Vec<MacAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_addresses_parse_in_either_case_and_print_in_lower_case() {
+        let mac = MacAddr::parse("00:16:3E:0f:0A:0b").unwrap();
+        assert_eq!(mac, MacAddr([0x00, 0x16, 0x3e, 0x0f, 0x0a, 0x0b]));
+        assert_eq!(mac.to_string(), "00:16:3e:0f:0a:0b");
+        assert_eq!(MacAddr::parse(&mac.to_string()), Some(mac));
+        for bad in [
+            "",
+            "00:16:3e:0f:0a",
+            "00:16:3e:0f:0a:0b:0c",
+            "0:16:3e:0f:0a:0b",
+            "00:16:3e:0f:0a:0g",
+        ] {
+            assert_eq!(MacAddr::parse(bad), None, "{bad}");
+        }
+        assert!(MacAddr::default().is_zero() && !mac.is_zero());
+    }
 }

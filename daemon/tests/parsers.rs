@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use flowlogd::config;
-use flowlogd::model::has_ports;
+use flowlogd::model::{has_ports, IfIndex};
 use flowlogd::netlink::parsers::{
     parse_conntrack_message, parse_nflog_packet, parse_route_message, Messages,
 };
@@ -110,7 +110,10 @@ fn the_captured_messages_parse() {
     }
     let payload = nflog_payload();
     let (logged, seq) = parse_nflog_packet(&payload).unwrap();
-    assert_eq!((logged.group, logged.indev, seq), (5, Some(3), Some(7)));
+    assert_eq!(
+        (logged.group, logged.indev, seq),
+        (5, Some(IfIndex(3)), Some(7))
+    );
     assert_eq!(packet::parse(logged.payload).unwrap().dst_port, 22);
 }
 

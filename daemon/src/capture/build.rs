@@ -35,7 +35,7 @@ impl ConfigState {
     /// The registry's [`EniError`].
     pub(super) fn new(config: &Config) -> Result<ConfigState, EniError> {
         Ok(ConfigState {
-            registry: EniRegistry::new(config)?,
+            registry: crate::instances::registry_for(config)?,
             rejects: RejectCapture::new(config.daemon.nflog_require_prefix),
         })
     }

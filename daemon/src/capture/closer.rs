@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::state::Capture;
 use crate::config::Config;
-use crate::flows::WindowDrain;
+use crate::instances::InstanceDrain;
 use crate::netlink::{DumpStats, DumpStep};
 use crate::sinks::Dispatcher;
 
@@ -45,7 +45,7 @@ pub(super) struct WindowCloser {
 
 /// A closed window on its way to the sinks.
 struct EmittingWindow {
-    drain: WindowDrain,
+    drain: InstanceDrain,
     /// The close's dump, for its costs in the window's log line.
     close: RunningDump,
     dump_entries: u64,
@@ -329,6 +329,7 @@ impl WindowCloser {
         let Some(drain) = c.table.finish_close(&c.registry) else {
             return;
         };
+        let drain = InstanceDrain::new(drain, &c.config.flow_logs, &c.registry);
         let (held, held_dropped) = (drain.held, drain.held_dropped);
         if held > 0 {
             log::info!(

@@ -22,6 +22,16 @@ use crate::privileges;
 use crate::signals::SignalFd;
 use crate::tracking::{self, TrackingTable};
 
+/// The conntrack events the daemon subscribes to. DESTROY carries the
+/// final counters; NEW adds nothing the window dumps do not give, and every
+/// subscribed event type costs the kernel on the packet path. (The replay
+/// tier reads it to feed the flow table what the daemon would receive.)
+pub const EVENT_SUBSCRIPTION: EventSubscription = EventSubscription {
+    new: false,
+    update: false,
+    destroy: true,
+};
+
 pub(super) const CONNTRACK: Token = Token(0);
 pub(super) const ROUTE: Token = Token(1);
 pub(super) const SIGNALS: Token = Token(2);
@@ -90,14 +100,7 @@ impl Sources {
         // The event socket is opened before the baseline dump, so that no
         // DESTROY between the dump and the subscription is missed.
         let events = ConntrackEvents::open(&EventsConfig {
-            // DESTROY carries the final counters; NEW adds nothing the window
-            // dumps do not give, and every subscribed event type costs the
-            // kernel on the packet path.
-            subscription: EventSubscription {
-                new: false,
-                update: false,
-                destroy: true,
-            },
+            subscription: EVENT_SUBSCRIPTION,
             receive_buffer_bytes: config.daemon.conntrack_rcvbuf_bytes as usize,
             reliable: config.daemon.conntrack_reliable_events,
         })

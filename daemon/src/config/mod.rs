@@ -13,8 +13,8 @@ pub use schema::default_window_memory_bytes;
 #[cfg(test)]
 pub use validate::ResourceType;
 pub use validate::{
-    load, parse, parse_mac, Config, DaemonUser, EcsConfig, EniConfig, EniMatch, FlowLogConfig,
-    MetadataSource, SinkConfig, TrafficFilter, Unmapped,
+    load, parse, Config, DaemonUser, EcsConfig, EniConfig, EniMatch, FlowLogConfig, MetadataSource,
+    SinkConfig, TrafficFilter, Unmapped,
 };
 
 #[cfg(test)]

@@ -12,8 +12,9 @@ use super::location::key_path_at;
 use super::read::read_config;
 use super::schema::*;
 use super::{ConfigError, Location};
+use crate::http_url::HttpUrl;
 use crate::ids::{check_id, IdError};
-use crate::metadata::HttpUrl;
+use crate::model::MacAddr;
 
 /// A validated configuration.
 #[derive(Clone, Debug)]
@@ -115,7 +116,7 @@ impl Unmapped {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum EniMatch {
     Interface(String),
-    Mac([u8; 6]),
+    Mac(MacAddr),
 }
 
 #[derive(Clone, Debug)]
@@ -596,20 +597,6 @@ fn validate_metadata(cx: &Cx<'_>, m: &RawMetadata) -> Result<MetadataSource, Con
     }
 }
 
-/// `00:16:3e:12:34:56` (either case) as bytes.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for byte in mac.iter_mut() {
-        let p = parts.next()?;
-        if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        *byte = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
 fn validate_enis(cx: &Cx<'_>, raw: &[Spanned<RawEni>]) -> Result<Vec<EniConfig>, ConfigError> {
     let mut ids = HashSet::new();
     let mut matchers = HashSet::new();
@@ -641,7 +628,7 @@ fn validate_enis(cx: &Cx<'_>, raw: &[Spanned<RawEni>]) -> Result<Vec<EniConfig>,
                 EniMatch::Interface(i.get_ref().clone())
             }
             (None, Some(m)) => {
-                let mac = parse_mac(&m.get_ref().to_ascii_lowercase()).ok_or_else(|| {
+                let mac = MacAddr::parse(m.get_ref()).ok_or_else(|| {
                     cx.err(
                         m.span(),
                         "eni.mac",

@@ -1,6 +1,7 @@
 //! One capture window's records: sums per (ENI, direction, action, 5-tuple),
 //! the ENIs that lost data, and, when the window closes, a drain that turns
-//! them into records chunk by chunk, routed to the flow log instances.
+//! them into records of their ENIs chunk by chunk (the flow log instances
+//! they go to are `crate::instances`' to decide).
 
 use std::collections::{hash_map, HashMap};
 use std::hash::{Hash, Hasher};
@@ -10,7 +11,6 @@ use std::sync::Arc;
 use flowlogd_plugin_api::{Action, Direction, EniIds, FlowFields, FlowRecord, LogStatus};
 
 use super::window::CaptureWindow;
-use crate::config::TrafficFilter;
 use crate::eni::{EniIndex, EniRegistry};
 use crate::model::has_ports;
 
@@ -318,40 +318,8 @@ fn mark(skipped: &mut Vec<bool>, eni: EniIndex) {
     skipped[eni.get()] = true;
 }
 
-/// The records of one flow log instance for a closed window.
-#[cfg(test)]
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InstanceRecords {
-    /// Index into `config.flow_logs`.
-    pub instance: usize,
-    pub records: Vec<FlowRecord>,
-}
-
-/// What a closed window produced, per flow log instance in config order
-/// (every instance is listed, possibly with no records).
-#[cfg(test)]
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WindowRecords {
-    pub window: CaptureWindow,
-    pub instances: Vec<InstanceRecords>,
-    /// Records kept back for ENIs still waiting for their metadata: they
-    /// are emitted with the window in which the ids become known.
-    pub held: usize,
-    /// Held records given up because too many were held; their ENIs get
-    /// SKIPDATA when their ids become known.
-    pub held_dropped: usize,
-}
-
-#[cfg(test)]
-impl WindowRecords {
-    /// Total records over all instances.
-    pub fn record_count(&self) -> usize {
-        self.instances.iter().map(|i| i.records.len()).sum()
-    }
-}
-
 /// The open window's sums and loss marks.
-pub(super) struct WindowAggregate {
+pub(crate) struct WindowAggregate {
     sums4: Sums<V4Key>,
     sums6: Sums<V6Key>,
     rules: Rules,
@@ -432,7 +400,7 @@ fn map_bytes_growing<K, V, S>(map: &HashMap<K, V, S>) -> Option<usize> {
 
 impl WindowAggregate {
     /// Empty sums that spill at `limit` bytes (see [`WindowAggregate::limit`]).
-    pub(super) fn with_limit(limit: usize) -> WindowAggregate {
+    pub(crate) fn with_limit(limit: usize) -> WindowAggregate {
         WindowAggregate {
             sums4: Sums::default(),
             sums6: Sums::default(),
@@ -448,7 +416,7 @@ impl WindowAggregate {
 
     /// Heap bytes of the sums now: their tables by capacity (not by how
     /// many sums they hold), the rules and the per-ENI marks.
-    pub(super) fn footprint_bytes(&self) -> usize {
+    pub(crate) fn footprint_bytes(&self) -> usize {
         map_bytes(&self.sums4) + map_bytes(&self.sums6) + self.besides_sums_bytes()
     }
 
@@ -493,12 +461,12 @@ impl WindowAggregate {
 
     /// Sums were taken out at the memory bound and wait for
     /// [`WindowAggregate::take_spill`].
-    pub(super) fn has_spill(&self) -> bool {
+    pub(crate) fn has_spill(&self) -> bool {
         !self.spilled.is_empty()
     }
 
     /// Adds traffic of one direction; no packets, no record.
-    pub(super) fn add(
+    pub(crate) fn add(
         &mut self,
         eni: EniIndex,
         direction: Direction,
@@ -562,16 +530,16 @@ impl WindowAggregate {
         }
     }
 
-    pub(super) fn mark_skipped(&mut self, eni: EniIndex) {
+    pub(crate) fn mark_skipped(&mut self, eni: EniIndex) {
         mark(&mut self.skipped, eni);
     }
 
-    pub(super) fn mark_all_skipped(&mut self) {
+    pub(crate) fn mark_all_skipped(&mut self) {
         self.all_skipped = true;
     }
 
     /// Takes `other`'s sums and loss marks into this aggregate.
-    pub(super) fn absorb(&mut self, other: WindowAggregate) {
+    pub(crate) fn absorb(&mut self, other: WindowAggregate) {
         let from = &other.rules;
         let (rules, skipped) = (&mut self.rules, &mut self.skipped);
         merge_into(&mut self.sums4, rules, skipped, other.sums4, from);
@@ -597,7 +565,7 @@ impl WindowAggregate {
 
     /// A reload renumbered the ENIs: ENI `i` is now `to[i]`, or gone.
     /// Returns the sums dropped with ENIs that are gone.
-    pub(super) fn renumber_enis(&mut self, to: &[Option<EniIndex>]) -> usize {
+    pub(crate) fn renumber_enis(&mut self, to: &[Option<EniIndex>]) -> usize {
         let map = |eni: EniIndex| to.get(eni.get()).copied().flatten();
         let mut dropped = 0;
         let skipped = std::mem::take(&mut self.skipped);
@@ -615,7 +583,7 @@ impl WindowAggregate {
 
     /// Distinct records summed so far.
     #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.sums4.len() + self.sums6.len()
     }
 
@@ -625,10 +593,11 @@ impl WindowAggregate {
     /// open (added to what it has: it may have counted traffic already).
     /// Everything else comes out of the returned drain, chunk by chunk.
     ///
-    /// The drain takes from `reg`, now, all it needs (each ENI's ids, which
-    /// instances capture it with what filter, whether it existed during
-    /// `window`): the registry may change while the drain is in progress.
-    pub(super) fn close(
+    /// The drain takes from `reg`, now, all it needs (each ENI's ids,
+    /// whether it existed during `window`): the registry may change while
+    /// the drain is in progress. (The instance stage reads the scopes off
+    /// the registry at the same moment.)
+    pub(crate) fn close(
         &mut self,
         reg: &EniRegistry,
         window: CaptureWindow,
@@ -653,17 +622,16 @@ impl WindowAggregate {
         let give_up = held_count > MAX_HELD_RECORDS;
         let held_dropped = next.keep_or_give_up_held(held_records, &rules, give_up);
 
-        let mut enis = eni_views(reg, window, &skipped, all_skipped, &traffic);
+        let enis = eni_views(reg, window, &skipped, all_skipped, &traffic);
         for (eni, view) in reg.indices().zip(&enis) {
-            if view.skipped && held[eni.get()] {
+            if view.lost && held[eni.get()] {
                 // What a held ENI lost stays marked until its records go
                 // out. (No instance captures a held ENI, so it gets no
                 // SKIPDATA from this window.)
                 next.mark_skipped(eni);
             }
         }
-        let instances = instance_views(reg, &mut enis);
-        let mut drain = WindowDrain::of_sums(window, (sums4, sums6), rules, enis, instances);
+        let mut drain = WindowDrain::of_sums(window, (sums4, sums6), rules, enis);
         drain.held = held_count - held_dropped;
         drain.held_dropped = held_dropped;
         drain.early_spills = early_spills;
@@ -679,7 +647,7 @@ impl WindowAggregate {
     /// are most of what was taken out (they would fill it again at once)
     /// or more than may be held: then they are given up and their ENIs
     /// marked SKIPDATA, as at a close.
-    pub(super) fn take_spill(
+    pub(crate) fn take_spill(
         &mut self,
         reg: &EniRegistry,
         window: CaptureWindow,
@@ -698,9 +666,8 @@ impl WindowAggregate {
         let held_count = held_records.0.len() + held_records.1.len();
         let give_up = held_count > MAX_HELD_RECORDS || 2 * held_count > taken;
         let held_dropped = self.keep_or_give_up_held(held_records, &rules, give_up);
-        let mut enis = eni_views(reg, window, &[], false, &[]);
-        let instances = instance_views(reg, &mut enis);
-        let mut drain = WindowDrain::of_sums(window, (sums4, sums6), rules, enis, instances);
+        let enis = eni_views(reg, window, &[], false, &[]);
+        let mut drain = WindowDrain::of_sums(window, (sums4, sums6), rules, enis);
         drain.held = held_count - held_dropped;
         drain.held_dropped = held_dropped;
         drain.with_statuses = false;
@@ -777,41 +744,21 @@ fn eni_views(
     skipped: &[bool],
     all_skipped: bool,
     traffic: &[u8],
-) -> Vec<EniView> {
+) -> Vec<EniWindow> {
     let mut views = Vec::with_capacity(reg.len());
     views.extend(reg.indices().map(|eni| {
         let existed = reg.existed_during(eni, window.start, window.end);
         let lost = skipped.get(eni.get()).copied().unwrap_or(false) || (all_skipped && existed);
         let bits = traffic.get(eni.get()).copied().unwrap_or(0);
-        EniView {
+        EniWindow {
             ids: Arc::clone(reg.ids(eni)),
-            instances: Vec::new(),
             existed,
-            skipped: lost,
+            lost,
             had_accept: bits & TRAFFIC_ACCEPT != 0,
             had_reject: bits & TRAFFIC_REJECT != 0,
         }
     }));
     views
-}
-
-/// The flow log instances of `reg`, and in `enis` which instances capture
-/// each ENI.
-fn instance_views(reg: &EniRegistry, enis: &mut [EniView]) -> Vec<InstanceView> {
-    let instances: Vec<InstanceView> = (0..reg.instance_count())
-        .map(|i| InstanceView {
-            filter: reg.traffic_of_instance(i),
-            enis: reg.enis_of_instance(i).to_vec(),
-        })
-        .collect();
-    for (i, instance) in instances.iter().enumerate() {
-        for eni in &instance.enis {
-            if let Some(e) = enis.get_mut(eni.get()) {
-                e.instances.push(i);
-            }
-        }
-    }
-    instances
 }
 
 /// Takes the records of held ENIs out of `sums`.
@@ -891,41 +838,36 @@ impl WithEni for V6Key {
     }
 }
 
-/// An ENI as the registry described it when its window closed.
-struct EniView {
-    ids: Arc<EniIds>,
-    /// The flow log instances that capture it, in config order.
-    instances: Vec<usize>,
-    existed: bool,
+/// An ENI as the registry described it when its window closed, and what
+/// the window says of it besides its OK records: what the flow log
+/// instances need to decide its NODATA and SKIPDATA records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EniWindow {
+    pub ids: Arc<EniIds>,
+    /// It had an interface at some time during the window.
+    pub existed: bool,
     /// SKIPDATA: data was lost for it in the window.
-    skipped: bool,
-    /// It has OK records of this action (for NODATA per instance filter).
-    had_accept: bool,
-    had_reject: bool,
+    pub lost: bool,
+    /// It has OK records of this action (complete once the drain has
+    /// given out its last OK record: early-emitted ones are counted too).
+    pub had_accept: bool,
+    pub had_reject: bool,
 }
 
-/// A flow log instance as the registry described it when the window closed.
-struct InstanceView {
-    filter: TrafficFilter,
-    enis: Vec<EniIndex>,
+/// Part of a closed window's OK records, each with its ENI.
+pub struct EniRecords {
+    pub records: Vec<FlowRecord>,
+    /// `enis[i]` is the ENI of `records[i]`.
+    pub enis: Vec<EniIndex>,
 }
 
-/// Part of a closed window's records, routed to flow log instances.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WindowChunk {
-    /// Per flow log instance that takes any of the chunk's records, in
-    /// config order: its index into `config.flow_logs` and those records.
-    /// Every instance that takes all of the chunk's OK records holds the
-    /// same `Arc`.
-    pub instances: Vec<(usize, Arc<Vec<FlowRecord>>)>,
-}
-
-/// A closed window's records, produced chunk by chunk so that neither the
-/// whole window's records nor copies of them are ever in memory at once:
-/// what is in flight is the closed window's sums (freed as soon as the last
-/// OK record is out) and one chunk. OK records come in the sums' hash
-/// order, which is not part of the format; the NODATA and SKIPDATA records
-/// come last, in a chunk of their own.
+/// A closed window's OK records, produced chunk by chunk so that neither
+/// the whole window's records nor copies of them are ever in memory at
+/// once: what is in flight is the closed window's sums (freed as soon as
+/// the last OK record is out) and one chunk. OK records come in the sums'
+/// hash order, which is not part of the format. Which flow log instance
+/// gets which record, and the NODATA and SKIPDATA records, are the
+/// instance stage's (`crate::instances`), from [`WindowDrain::enis`].
 pub struct WindowDrain {
     pub(crate) window: CaptureWindow,
     /// Records kept back for ENIs still waiting for their metadata: they
@@ -938,31 +880,24 @@ pub struct WindowDrain {
     ok6: Option<hash_map::IntoIter<V6Key, RecordSum>>,
     /// The rules the sums name.
     rules: Rules,
-    enis: Vec<EniView>,
-    instances: Vec<InstanceView>,
-    /// The NODATA / SKIPDATA chunk, built once the OK records are out
-    /// (`None` inside: nothing to say).
-    statuses: Option<Option<WindowChunk>>,
+    enis: Vec<EniWindow>,
     /// A close says NODATA and SKIPDATA; sums emitted early at the memory
     /// bound do not (the close of their window does).
     with_statuses: bool,
-    done: bool,
-    emitted: u64,
     /// For a close: how many times the window's sums were emitted early at
     /// the memory bound. For such an early emit: which one it is (1, 2, ...).
     pub(crate) early_spills: u64,
 }
 
 impl WindowDrain {
-    /// A drain of `window`'s OK sums, for the views of its ENIs and flow
-    /// logs; nothing held, no early emits, NODATA and SKIPDATA at its end
-    /// (callers change what differs).
+    /// A drain of `window`'s OK sums, for the views of its ENIs; nothing
+    /// held, no early emits, NODATA and SKIPDATA at its end (callers change
+    /// what differs).
     fn of_sums(
         window: CaptureWindow,
         (sums4, sums6): (Sums<V4Key>, Sums<V6Key>),
         rules: Rules,
-        enis: Vec<EniView>,
-        instances: Vec<InstanceView>,
+        enis: Vec<EniWindow>,
     ) -> WindowDrain {
         WindowDrain {
             window,
@@ -972,55 +907,68 @@ impl WindowDrain {
             ok6: (!sums6.is_empty()).then(|| sums6.into_iter()),
             rules,
             enis,
-            instances,
-            statuses: None,
             with_statuses: true,
-            done: false,
-            emitted: 0,
             early_spills: 0,
         }
     }
 
-    /// The next chunk: at most `max_records` OK records (at least one is
-    /// taken even if `max_records` is 0), each given to every instance
-    /// that captures its ENI and whose traffic filter takes it; then one
-    /// chunk with the NODATA and SKIPDATA records. Per instance, an ENI
-    /// that existed during the window gets SKIPDATA if data was lost for it
-    /// (or for every ENI), else NODATA if none of its OK records passed that
-    /// instance's filter, except in a window of zero length (closed in the
-    /// second it opened). `None` when everything is out.
-    pub fn next_chunk(&mut self, max_records: usize) -> Option<WindowChunk> {
-        let max = max_records.max(1);
-        if self.ok4.is_some() || self.ok6.is_some() {
-            let chunk = self.next_ok_chunk(max);
-            if self.ok4.is_none() && self.ok6.is_none() {
-                self.statuses = Some(self.status_chunk());
-            }
-            if let Some(c) = chunk {
-                return Some(self.count(c));
-            }
-        }
-        if self.done {
-            return None;
-        }
-        self.done = true;
-        let statuses = match self.statuses.take() {
-            Some(s) => s,
-            None => self.status_chunk(),
-        };
-        statuses.map(|c| self.count(c))
+    /// The window the records are of.
+    pub fn window(&self) -> CaptureWindow {
+        self.window
     }
 
-    /// Whether [`WindowDrain::next_chunk`] has nothing more to give. It can
-    /// still be `false` when the next call returns `None`: when what is
-    /// left are sums of ENIs that no instance takes, which only draining
-    /// finds out.
-    /// (The loop does not need it: it drains until `next_chunk` says
-    /// `None`.)
-    #[cfg(test)]
-    pub fn is_done(&self) -> bool {
-        self.done
-            || (self.ok4.is_none() && self.ok6.is_none() && matches!(self.statuses, Some(None)))
+    /// The next OK records: at most `max` (at least one is taken even if
+    /// `max` is 0), of the sums whose (ENI, action) `wanted` says some
+    /// instance takes; the others are passed over (still counted in
+    /// [`WindowDrain::enis`]). `None` when no OK record is left.
+    pub fn next_records(
+        &mut self,
+        max: usize,
+        wanted: impl Fn(EniIndex, Action) -> bool,
+    ) -> Option<EniRecords> {
+        let max = max.max(1);
+        let left = self.sums_left();
+        let mut records = Vec::with_capacity(max.min(left));
+        let mut enis = Vec::with_capacity(max.min(left));
+        while records.len() < max {
+            let Some((rest, t, sum)) = self.next_sum(&wanted) else {
+                break;
+            };
+            let flow = FlowFields {
+                srcaddr: t.src,
+                srcport: t.src_port,
+                dstaddr: t.dst,
+                dstport: t.dst_port,
+                protocol: t.protocol,
+                direction: rest.direction(),
+                packets: sum.packets(),
+                bytes: sum.bytes(),
+                action: rest.action(),
+            };
+            records.push(FlowRecord {
+                eni: Arc::clone(&self.enis[rest.eni.get()].ids),
+                flow: Some(flow),
+                start: self.window.start,
+                end: self.window.end,
+                log_status: LogStatus::Ok,
+                rule: self.rules.get(sum.rule),
+            });
+            enis.push(rest.eni);
+        }
+        // Free each table as soon as it is drained, not at the next call.
+        if self.ok4.as_ref().is_some_and(|i| i.len() == 0) {
+            self.ok4 = None;
+        }
+        if self.ok6.as_ref().is_some_and(|i| i.len() == 0) {
+            self.ok6 = None;
+        }
+        (!records.is_empty()).then_some(EniRecords { records, enis })
+    }
+
+    /// Whether sums are left for [`WindowDrain::next_records`] (which may
+    /// still find that no instance wants them).
+    pub fn has_sums(&self) -> bool {
+        self.ok4.is_some() || self.ok6.is_some()
     }
 
     /// Sums not turned into records yet.
@@ -1028,52 +976,23 @@ impl WindowDrain {
         self.ok4.as_ref().map_or(0, |i| i.len()) + self.ok6.as_ref().map_or(0, |i| i.len())
     }
 
-    /// Records handed out so far, counted once per instance that got them
-    /// (as [`WindowRecords::record_count`]).
-    pub fn records_emitted(&self) -> u64 {
-        self.emitted
+    /// Each ENI (by index) as the window saw it; `had_accept` and
+    /// `had_reject` are final once [`WindowDrain::has_sums`] is `false`.
+    pub fn enis(&self) -> &[EniWindow] {
+        &self.enis
     }
 
-    /// Every remaining record, per instance in config order (every instance
-    /// listed), for tests and callers that do not need chunks: this holds
-    /// the whole window's records at once.
-    #[cfg(test)]
-    pub fn collect_all(mut self) -> WindowRecords {
-        let mut instances: Vec<InstanceRecords> = (0..self.instances.len())
-            .map(|instance| InstanceRecords {
-                instance,
-                records: Vec::new(),
-            })
-            .collect();
-        while let Some(chunk) = self.next_chunk(usize::MAX) {
-            for (i, batch) in chunk.instances {
-                let records = &mut instances[i].records;
-                match Arc::try_unwrap(batch) {
-                    Ok(batch) if records.is_empty() => *records = batch,
-                    Ok(batch) => records.extend(batch),
-                    Err(shared) => records.extend(shared.iter().cloned()),
-                }
-            }
-        }
-        WindowRecords {
-            window: self.window,
-            instances,
-            held: self.held,
-            held_dropped: self.held_dropped,
-        }
+    /// Whether the window's NODATA and SKIPDATA records go with these
+    /// records: a close, not sums emitted early at the memory bound.
+    pub fn says_statuses(&self) -> bool {
+        self.with_statuses
     }
 
-    fn count(&mut self, chunk: WindowChunk) -> WindowChunk {
-        self.emitted += chunk
-            .instances
-            .iter()
-            .map(|(_, r)| r.len() as u64)
-            .sum::<u64>();
-        chunk
-    }
-
-    /// The next sum whose ENI some instance captures, as (key, tuple, sum).
-    fn next_sum(&mut self) -> Option<(KeyRest, FlowTuple, RecordSum)> {
+    /// The next sum whose (ENI, action) is `wanted`, as (key, tuple, sum).
+    fn next_sum(
+        &mut self,
+        wanted: &impl Fn(EniIndex, Action) -> bool,
+    ) -> Option<(KeyRest, FlowTuple, RecordSum)> {
         loop {
             let next = if let Some(it) = &mut self.ok4 {
                 match it.next() {
@@ -1104,152 +1023,10 @@ impl WindowDrain {
                 Action::Accept => eni.had_accept = true,
                 Action::Reject => eni.had_reject = true,
             }
-            let taken = eni
-                .instances
-                .iter()
-                .any(|&i| passes(self.instances[i].filter, rest.action()));
-            if taken {
+            if wanted(rest.eni, rest.action()) {
                 return Some((rest, tuple, sum));
             }
         }
-    }
-
-    fn next_ok_chunk(&mut self, max: usize) -> Option<WindowChunk> {
-        let left =
-            self.ok4.as_ref().map_or(0, |i| i.len()) + self.ok6.as_ref().map_or(0, |i| i.len());
-        let mut records = Vec::with_capacity(max.min(left));
-        let mut enis = Vec::with_capacity(max.min(left));
-        while records.len() < max {
-            let Some((rest, t, sum)) = self.next_sum() else {
-                break;
-            };
-            let flow = FlowFields {
-                srcaddr: t.src,
-                srcport: t.src_port,
-                dstaddr: t.dst,
-                dstport: t.dst_port,
-                protocol: t.protocol,
-                direction: rest.direction(),
-                packets: sum.packets(),
-                bytes: sum.bytes(),
-                action: rest.action(),
-            };
-            records.push(FlowRecord {
-                eni: Arc::clone(&self.enis[rest.eni.get()].ids),
-                flow: Some(flow),
-                start: self.window.start,
-                end: self.window.end,
-                log_status: LogStatus::Ok,
-                rule: self.rules.get(sum.rule),
-            });
-            enis.push(rest.eni.get());
-        }
-        // Free each table as soon as it is drained, not at the next call.
-        if self.ok4.as_ref().is_some_and(|i| i.len() == 0) {
-            self.ok4 = None;
-        }
-        if self.ok6.as_ref().is_some_and(|i| i.len() == 0) {
-            self.ok6 = None;
-        }
-        if records.is_empty() {
-            return None;
-        }
-        Some(self.route(records, &enis))
-    }
-
-    /// Gives each instance the records of `records` it takes; `enis[i]` is
-    /// the ENI of `records[i]`. An instance that takes them all gets the
-    /// chunk's `Arc` itself; the others get copies of their part.
-    fn route(&self, records: Vec<FlowRecord>, enis: &[usize]) -> WindowChunk {
-        let takes = |instance: usize, r: &FlowRecord| {
-            r.flow
-                .is_some_and(|f| passes(self.instances[instance].filter, f.action))
-        };
-        let mut counts = vec![0usize; self.instances.len()];
-        for (r, &e) in records.iter().zip(enis) {
-            for &i in &self.enis[e].instances {
-                if takes(i, r) {
-                    counts[i] += 1;
-                }
-            }
-        }
-        let n = records.len();
-        let mut parts: Vec<Option<Vec<FlowRecord>>> = counts
-            .iter()
-            .map(|&c| (c > 0 && c < n).then(|| Vec::with_capacity(c)))
-            .collect();
-        if parts.iter().any(Option::is_some) {
-            for (r, &e) in records.iter().zip(enis) {
-                for &i in &self.enis[e].instances {
-                    if let Some(part) = &mut parts[i] {
-                        if takes(i, r) {
-                            part.push(r.clone());
-                        }
-                    }
-                }
-            }
-        }
-        let whole = Arc::new(records);
-        let instances = counts
-            .iter()
-            .zip(parts)
-            .enumerate()
-            .filter_map(|(i, (&c, part))| match part {
-                Some(part) => Some((i, Arc::new(part))),
-                None if c == n => Some((i, Arc::clone(&whole))),
-                None => None,
-            })
-            .collect();
-        WindowChunk { instances }
-    }
-
-    fn status_chunk(&self) -> Option<WindowChunk> {
-        if !self.with_statuses {
-            return None;
-        }
-        let record = |e: &EniView, log_status| FlowRecord {
-            eni: Arc::clone(&e.ids),
-            flow: None,
-            start: self.window.start,
-            end: self.window.end,
-            log_status,
-            rule: None,
-        };
-        let mut instances = Vec::new();
-        for (i, instance) in self.instances.iter().enumerate() {
-            let mut records = Vec::new();
-            for eni in &instance.enis {
-                let Some(e) = self.enis.get(eni.get()) else {
-                    continue;
-                };
-                let had_records = match instance.filter {
-                    TrafficFilter::All => e.had_accept || e.had_reject,
-                    TrafficFilter::Accept => e.had_accept,
-                    TrafficFilter::Reject => e.had_reject,
-                };
-                if e.skipped {
-                    records.push(record(e, LogStatus::SkipData));
-                } else if !had_records && e.existed && self.window.end > self.window.start {
-                    // Per instance: an ENI whose only traffic is filtered out
-                    // of this instance is idle as far as its readers can tell.
-                    // A window closed in the second it opened (SIGTERM or a
-                    // reload right at a boundary) lasted no time: no NODATA.
-                    records.push(record(e, LogStatus::NoData));
-                }
-            }
-            if !records.is_empty() {
-                instances.push((i, Arc::new(records)));
-            }
-        }
-        (!instances.is_empty()).then_some(WindowChunk { instances })
-    }
-}
-
-fn passes(filter: TrafficFilter, action: Action) -> bool {
-    match filter {
-        TrafficFilter::All => true,
-        TrafficFilter::Accept => action == Action::Accept,
-        TrafficFilter::Reject => action == Action::Reject,
     }
 }
 

@@ -2,16 +2,10 @@
 
 mod aggregate;
 mod table;
-#[cfg(test)]
-mod tests;
 mod window;
 
 #[cfg(test)]
-pub use aggregate::WindowRecords;
-pub use aggregate::{FlowTuple, WindowChunk, WindowDrain};
-pub use table::{FlowTable, HandoffEntry, LossScope};
-#[cfg(test)]
-pub use window::CaptureWindow;
-#[cfg(test)]
-pub use window::FakeClock;
-pub use window::{Clock, SystemClock};
+pub(crate) use aggregate::WindowAggregate;
+pub use aggregate::{EniRecords, EniWindow, FlowTuple, WindowDrain};
+pub use table::{FlowTable, HandoffEntry, LossScope, DEFAULT_WINDOW_MEMORY_BYTES};
+pub use window::{CaptureWindow, Clock, FakeClock, SystemClock};

@@ -12,14 +12,9 @@ use std::sync::Arc;
 
 use flowlogd_plugin_api::{Action, Direction};
 
-#[cfg(test)]
-use super::aggregate::WindowRecords;
 use super::aggregate::{FlowTuple, WindowAggregate, WindowDrain};
 use super::window::{CaptureWindow, Clock};
-use crate::config::default_window_memory_bytes;
 use crate::eni::{EniIndex, EniRegistry};
-#[cfg(test)]
-use crate::model::Counters;
 use crate::model::{ConntrackEntry, ConntrackKind, Tuple};
 
 mod reload;
@@ -213,6 +208,12 @@ pub struct FlowTable<C: Clock> {
     stats: FlowStats,
 }
 
+/// The windows' memory bound until [`FlowTable::with_window_memory_bytes`]
+/// sets one: the config's default (`daemon.window_memory_bytes`; a test
+/// of the instance stage, which sees both, keeps the two equal). The flow
+/// table does not read the config: its bound is given to it.
+pub const DEFAULT_WINDOW_MEMORY_BYTES: u64 = 256 << 20;
+
 /// Each window's share of `window_memory_bytes` (see
 /// [`FlowTable::with_window_memory_bytes`]).
 fn sums_limit(window_memory_bytes: u64) -> usize {
@@ -256,10 +257,10 @@ impl<C: Clock> FlowTable<C> {
             in_dump: false,
             epoch: 0,
             last_complete_epoch: None,
-            agg: WindowAggregate::with_limit(sums_limit(default_window_memory_bytes())),
+            agg: WindowAggregate::with_limit(sums_limit(DEFAULT_WINDOW_MEMORY_BYTES)),
             closing: None,
             stats: FlowStats::default(),
-            sums_limit: sums_limit(default_window_memory_bytes()),
+            sums_limit: sums_limit(DEFAULT_WINDOW_MEMORY_BYTES),
         }
     }
 
@@ -561,12 +562,10 @@ impl<C: Clock> FlowTable<C> {
     /// dump in between, long-lived connections are harvested only at the
     /// next one: the event loop uses [`FlowTable::begin_close`], a dump,
     /// and [`FlowTable::finish_close`].
-    #[cfg(test)]
-    pub fn close_window(&mut self, reg: &EniRegistry, end: i64) -> WindowRecords {
+    pub fn close_window(&mut self, reg: &EniRegistry, end: i64) -> WindowDrain {
         self.begin_close(end);
         self.finish_close(reg)
             .expect("begin_close opened a closing window")
-            .collect_all()
     }
 
     /// Starts closing the open window at `end` (see
@@ -835,79 +834,6 @@ fn fingerprint(zone: u16, t: &Tuple, start_ns: Option<u64>) -> u32 {
         eat(&start.to_be_bytes());
     }
     (h ^ (h >> 32)) as u32
-}
-
-/// Builds conntrack messages for tests.
-#[cfg(test)]
-pub(super) fn conn(
-    id: u32,
-    protocol: u8,
-    src: &str,
-    src_port: u16,
-    dst: &str,
-    dst_port: u16,
-) -> ConntrackEntry {
-    let src: IpAddr = src.parse().unwrap();
-    let dst: IpAddr = dst.parse().unwrap();
-    let orig = Tuple {
-        src,
-        dst,
-        src_port,
-        dst_port,
-        protocol,
-    };
-    ConntrackEntry {
-        kind: ConntrackKind::Dump,
-        id,
-        zone: 0,
-        orig,
-        reply: Tuple {
-            src: dst,
-            dst: src,
-            src_port: dst_port,
-            dst_port: src_port,
-            protocol,
-        },
-        orig_counters: Some(Counters::default()),
-        reply_counters: Some(Counters::default()),
-        start_ns: None,
-        stop_ns: None,
-        mark: 0,
-    }
-}
-
-#[cfg(test)]
-pub(super) trait EntryExt {
-    fn kind(self, kind: ConntrackKind) -> Self;
-    /// Cumulative counters: (orig packets, orig bytes), (reply packets, reply bytes).
-    fn counted(self, orig: (u64, u64), reply: (u64, u64)) -> Self;
-    /// CTA_TIMESTAMP start.
-    fn started(self, ns: u64) -> Self;
-}
-
-#[cfg(test)]
-impl EntryExt for ConntrackEntry {
-    fn kind(mut self, kind: ConntrackKind) -> Self {
-        self.kind = kind;
-        self
-    }
-
-    fn counted(mut self, orig: (u64, u64), reply: (u64, u64)) -> Self {
-        self.orig_counters = Some(Counters {
-            packets: orig.0,
-            bytes: orig.1,
-        });
-        self.reply_counters = Some(Counters {
-            packets: reply.0,
-            bytes: reply.1,
-        });
-        self
-    }
-
-    fn started(mut self, ns: u64) -> Self {
-        self.start_ns = Some(ns);
-        self
-    }
 }
 
 #[cfg(test)]

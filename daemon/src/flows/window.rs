@@ -1,6 +1,5 @@
 //! Time: the injected clock and the wall-clock-aligned capture windows.
 
-#[cfg(test)]
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -38,14 +37,13 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that tests set by hand.
-#[cfg(test)]
+/// A clock set by hand: for tests, and for replaying captured traffic
+/// at the times it was captured.
 #[derive(Debug)]
 pub struct FakeClock {
     now: Cell<i64>,
 }
 
-#[cfg(test)]
 impl FakeClock {
     pub fn new(now: i64) -> FakeClock {
         FakeClock {
@@ -62,7 +60,6 @@ impl FakeClock {
     }
 }
 
-#[cfg(test)]
 impl Clock for FakeClock {
     fn now_unix(&self) -> i64 {
         self.now.get()

@@ -15,26 +15,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use super::http::{self, HttpError, HttpUrl};
-use crate::config::parse_mac;
+use super::http::{self, HttpError};
+use crate::http_url::HttpUrl;
 use crate::ids::check_id;
-
-/// One ENI as the service describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EcsEni {
-    pub eni_id: String,
-    pub vpc_id: String,
-    pub vswitch_id: String,
-}
-
-/// Everything flowlogd needs from the service at one time.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EcsSnapshot {
-    pub instance_id: String,
-    pub account_id: String,
-    /// By MAC.
-    pub enis: BTreeMap<[u8; 6], EcsEni>,
-}
+use crate::model::{EcsEni, EcsSnapshot, MacAddr};
 
 /// Why the metadata could not be read.
 #[derive(Debug)]
@@ -151,12 +135,12 @@ pub fn fetch_snapshot(source: &mut dyn DocumentSource) -> Result<EcsSnapshot, Fe
 /// The MACs of `network/interfaces/macs/`: one per line, each with a
 /// trailing `/` (a directory), as written (the path segment to use) and as
 /// bytes. Lines that are no MAC are skipped.
-pub fn parse_mac_listing(listing: &str) -> Vec<([u8; 6], String)> {
+pub fn parse_mac_listing(listing: &str) -> Vec<(MacAddr, String)> {
     listing
         .split(['\n', '\r'])
         .map(|l| l.trim().trim_end_matches('/'))
         .filter(|l| !l.is_empty())
-        .filter_map(|l| match parse_mac(l) {
+        .filter_map(|l| match MacAddr::parse(l) {
             Some(mac) => Some((mac, l.to_owned())),
             None => {
                 log::debug!("metadata: {l:?} in network/interfaces/macs/ is no MAC; skipped");
@@ -236,7 +220,7 @@ pub(crate) mod tests {
         }
     }
 
-    const MAC_1: [u8; 6] = [0x00, 0x16, 0x3e, 0x0f, 0x01, 0x02];
+    const MAC_1: MacAddr = MacAddr([0x00, 0x16, 0x3e, 0x0f, 0x01, 0x02]);
 
     #[test]
     fn reads_the_instance_and_its_enis() {
@@ -280,7 +264,7 @@ pub(crate) mod tests {
             vec![
                 (MAC_1, "00:16:3e:0f:01:02".to_owned()),
                 (
-                    [0x00, 0x16, 0x3e, 0x0f, 0x0a, 0x0b],
+                    MacAddr([0x00, 0x16, 0x3e, 0x0f, 0x0a, 0x0b]),
                     "00:16:3E:0F:0A:0B".to_owned()
                 )
             ]

@@ -5,8 +5,4 @@ mod ecs;
 mod http;
 mod worker;
 
-#[cfg(test)]
-pub use ecs::EcsEni;
-pub use ecs::EcsSnapshot;
-pub use http::HttpUrl;
-pub use worker::{fetch_once, MetadataUpdate, MetadataWorker, SnapshotUpdate};
+pub use worker::{fetch_once, MetadataUpdate, MetadataWorker};

@@ -14,8 +14,9 @@ use std::io;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-use super::ecs::{fetch_snapshot, EcsSnapshot, HttpSource};
+use super::ecs::{fetch_snapshot, HttpSource};
 use crate::config::EcsConfig;
+use crate::model::{EcsSnapshot, MacAddr, SnapshotUpdate};
 
 /// Each document request's bound: the service is on the VM's own host and
 /// answers in milliseconds; a slower answer means it is not there.
@@ -41,17 +42,6 @@ pub enum MetadataUpdate {
     },
 }
 
-/// A successful fetch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotUpdate {
-    pub snapshot: EcsSnapshot,
-    /// The MACs the loop asked about that this fetch looked for.
-    pub looked_for: Vec<[u8; 6]>,
-    /// Of those, the ones not listed that the worker will look for again;
-    /// the others are not ENIs as far as the service knows.
-    pub retrying: Vec<[u8; 6]>,
-}
-
 /// When to fetch next, and which MACs to look for.
 #[derive(Debug)]
 pub struct FetchSchedule {
@@ -59,7 +49,7 @@ pub struct FetchSchedule {
     next: Instant,
     failures: u32,
     /// MAC -> fetches left that may look for it again if it is missing.
-    wanted: BTreeMap<[u8; 6], u32>,
+    wanted: BTreeMap<MacAddr, u32>,
     missing_rounds: u32,
     had_success: bool,
 }
@@ -86,7 +76,7 @@ impl FetchSchedule {
     /// the truth for the interfaces there at start-up; a MAC asked about
     /// later is a hot-plugged interface, which the service may not list
     /// for a moment, so it is looked for again a few times.
-    pub fn want(&mut self, macs: &[[u8; 6]], now: Instant) {
+    pub fn want(&mut self, macs: &[MacAddr], now: Instant) {
         let retries = if self.had_success {
             MISSING_MAC_RETRIES
         } else {
@@ -104,7 +94,7 @@ impl FetchSchedule {
 
     /// A fetch succeeded at `now`.
     pub fn on_success(&mut self, snapshot: EcsSnapshot, now: Instant) -> SnapshotUpdate {
-        let looked_for: Vec<[u8; 6]> = self.wanted.keys().copied().collect();
+        let looked_for: Vec<MacAddr> = self.wanted.keys().copied().collect();
         let mut retrying = Vec::new();
         self.wanted.retain(|mac, left| {
             if snapshot.enis.contains_key(mac) || *left == 0 {
@@ -150,7 +140,7 @@ fn doubled(base: Duration, times: u32) -> Duration {
 /// The loop's handle on the worker thread. Dropping it ends the thread
 /// (after the request in flight, at most a few seconds).
 pub struct MetadataWorker {
-    requests: Sender<Vec<[u8; 6]>>,
+    requests: Sender<Vec<MacAddr>>,
     updates: Receiver<MetadataUpdate>,
     config: EcsConfig,
 }
@@ -163,7 +153,7 @@ impl MetadataWorker {
     /// If the thread cannot be spawned.
     pub fn start(
         config: &EcsConfig,
-        initial: Vec<[u8; 6]>,
+        initial: Vec<MacAddr>,
         notify: Box<dyn Fn() + Send>,
     ) -> io::Result<MetadataWorker> {
         let (requests, request_rx) = mpsc::channel();
@@ -185,7 +175,7 @@ impl MetadataWorker {
 
     /// Asks for these MACs to be described (soon, unless the service is
     /// failing and a retry is already scheduled).
-    pub fn look_for(&self, macs: Vec<[u8; 6]>) {
+    pub fn look_for(&self, macs: Vec<MacAddr>) {
         if !macs.is_empty() {
             // The thread only ends when this handle is dropped.
             let _ = self.requests.send(macs);
@@ -206,8 +196,8 @@ impl MetadataWorker {
 fn run(
     mut source: HttpSource,
     ttl: Duration,
-    initial: Vec<[u8; 6]>,
-    requests: &Receiver<Vec<[u8; 6]>>,
+    initial: Vec<MacAddr>,
+    requests: &Receiver<Vec<MacAddr>>,
     updates: &Sender<MetadataUpdate>,
     notify: &dyn Fn(),
 ) {
@@ -256,12 +246,12 @@ pub fn fetch_once(config: &EcsConfig, timeout: Duration) -> Result<EcsSnapshot, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::ecs::EcsEni;
+    use crate::model::EcsEni;
 
-    const M1: [u8; 6] = [0, 0x16, 0x3e, 0, 0, 1];
-    const M2: [u8; 6] = [0, 0x16, 0x3e, 0, 0, 2];
+    const M1: MacAddr = MacAddr([0, 0x16, 0x3e, 0, 0, 1]);
+    const M2: MacAddr = MacAddr([0, 0x16, 0x3e, 0, 0, 2]);
 
-    fn snapshot(macs: &[[u8; 6]]) -> EcsSnapshot {
+    fn snapshot(macs: &[MacAddr]) -> EcsSnapshot {
         let mut s = EcsSnapshot::default();
         for m in macs {
             s.enis.insert(
@@ -351,7 +341,7 @@ mod tests {
             .unwrap()
             .port();
         let config = EcsConfig {
-            base_url: crate::metadata::HttpUrl::parse(&format!(
+            base_url: crate::http_url::HttpUrl::parse(&format!(
                 "http://127.0.0.1:{port}/latest/meta-data/"
             ))
             .unwrap(),

@@ -20,7 +20,7 @@ use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use super::socket::{Messages, NetlinkSocket, Received, SocketOptions};
 use super::stats::DrainStats;
-use crate::model::LoggedPacket;
+use crate::model::{IfIndex, LoggedPacket};
 
 // include/uapi/linux/netfilter/nfnetlink.h, nfnetlink_log.h
 const NFNL_SUBSYS_ULOG: u16 = 4;
@@ -250,8 +250,8 @@ pub fn parse_packet(payload: &[u8]) -> Result<(LoggedPacket<'_>, Option<u32>), N
             .get(NLA_HDRLEN..len)
             .ok_or(NflogParseError::Truncated)?;
         match kind {
-            NFULA_IFINDEX_INDEV => packet.indev = be32(value),
-            NFULA_IFINDEX_OUTDEV => packet.outdev = be32(value),
+            NFULA_IFINDEX_INDEV => packet.indev = be32(value).map(IfIndex),
+            NFULA_IFINDEX_OUTDEV => packet.outdev = be32(value).map(IfIndex),
             NFULA_PAYLOAD => {
                 packet.payload = value;
                 has_payload = true;

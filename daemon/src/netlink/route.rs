@@ -22,7 +22,7 @@ use netlink_sys::protocols::NETLINK_ROUTE;
 
 use super::socket::{DumpLimits, Messages, NetlinkSocket, SocketOptions};
 use super::stats::{DrainStats, DumpStats};
-use crate::model::{Interface, InterfaceAddress, RouteEvent};
+use crate::model::{IfIndex, Interface, InterfaceAddress, MacAddr, RouteEvent};
 
 // include/uapi/linux/rtnetlink.h
 const RTM_NEWLINK: u16 = 16;
@@ -220,7 +220,7 @@ pub fn parse_route_message(bytes: &[u8]) -> Result<Option<RouteEvent>, RoutePars
             }
             if message.message_type == RTM_DELLINK {
                 return Ok(Some(RouteEvent::LinkRemoved {
-                    index: header.index,
+                    index: IfIndex(header.index),
                 }));
             }
             let attributes = payload.get(IFINFOMSG_LEN..).unwrap_or(&[]);
@@ -238,13 +238,14 @@ pub fn parse_route_message(bytes: &[u8]) -> Result<Option<RouteEvent>, RoutePars
                     LinkAttribute::Address(a) => {
                         mac = <[u8; 6]>::try_from(a.as_slice())
                             .ok()
-                            .filter(|m| m != &[0; 6])
+                            .map(MacAddr)
+                            .filter(|m| !m.is_zero())
                     }
                     _ => {}
                 }
             }
             Ok(Some(RouteEvent::LinkAdded(Interface {
-                index: header.index,
+                index: IfIndex(header.index),
                 name: name.ok_or(RouteParseError::Missing("IFLA_IFNAME"))?,
                 mac,
                 is_loopback: header.flags.contains(LinkFlags::Loopback),
@@ -273,7 +274,7 @@ pub fn parse_route_message(bytes: &[u8]) -> Result<Option<RouteEvent>, RoutePars
                 .or(address)
                 .ok_or(RouteParseError::Missing("IFA_LOCAL/IFA_ADDRESS"))?;
             let address = InterfaceAddress {
-                index: header.index,
+                index: IfIndex(header.index),
                 addr,
                 prefix_len: header.prefix_len,
             };
@@ -314,7 +315,7 @@ mod tests {
 
     fn addr(index: u32, addr: &str, prefix_len: u8) -> InterfaceAddress {
         InterfaceAddress {
-            index,
+            index: IfIndex(index),
             addr: addr.parse().unwrap(),
             prefix_len,
         }
@@ -333,21 +334,21 @@ mod tests {
             links,
             vec![
                 Interface {
-                    index: 1,
+                    index: IfIndex(1),
                     name: "lo".into(),
                     mac: None,
                     is_loopback: true
                 },
                 Interface {
-                    index: 2,
+                    index: IfIndex(2),
                     name: "veth-r1".into(),
-                    mac: Some([0x02, 0x99, 0, 0, 0, 0x02]),
+                    mac: Some(MacAddr([0x02, 0x99, 0, 0, 0, 0x02])),
                     is_loopback: false,
                 },
                 Interface {
-                    index: 3,
+                    index: IfIndex(3),
                     name: "veth-r0".into(),
-                    mac: Some([0x02, 0x99, 0, 0, 0, 0x01]),
+                    mac: Some(MacAddr([0x02, 0x99, 0, 0, 0, 0x01])),
                     is_loopback: false,
                 },
             ]
@@ -389,8 +390,8 @@ mod tests {
         let removed = position(&RouteEvent::AddressRemoved(addr(3, "10.99.1.1", 24)));
         position(&RouteEvent::AddressAdded(addr(3, "fd99:1::1", 64)));
         position(&RouteEvent::AddressRemoved(addr(3, "fd99:1::1", 64)));
-        let gone = position(&RouteEvent::LinkRemoved { index: 3 });
-        position(&RouteEvent::LinkRemoved { index: 2 });
+        let gone = position(&RouteEvent::LinkRemoved { index: IfIndex(3) });
+        position(&RouteEvent::LinkRemoved { index: IfIndex(2) });
         assert!(added < removed && removed < gone);
         // Every change of veth-r0 (creation, up, carrier) is an RTM_NEWLINK.
         let newlinks = events
@@ -490,9 +491,13 @@ mod tests {
                     _ => None,
                 })
                 .unwrap_or_else(|| panic!("no LinkAdded for flct-v0 in {seen:?}"));
-            assert_eq!(link.mac, Some([0x02, 0x99, 0, 0, 0x01, 0x01]));
+            assert_eq!(link.mac, Some(MacAddr([0x02, 0x99, 0, 0, 0x01, 0x01])));
             assert!(
-                seen.contains(&RouteEvent::AddressAdded(addr(link.index, "10.99.2.1", 24))),
+                seen.contains(&RouteEvent::AddressAdded(addr(
+                    link.index.0,
+                    "10.99.2.1",
+                    24
+                ))),
                 "{seen:?}"
             );
         });

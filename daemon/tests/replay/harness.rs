@@ -1,5 +1,5 @@
 //! Replays a captured netlink fixture through the daemon's own stages, in
-//! the order the capture loop (`capture.rs`, `capture/close.rs`) calls
+//! the order the capture loop (`capture/build.rs`, `capture/state.rs`, `capture/closer.rs`) calls
 //! them, with a clock the test sets: parse -> ENI registry -> flow table /
 //! REJECT capture -> window close -> records per flow log instance.
 //!
@@ -13,6 +13,7 @@ use std::rc::Rc;
 use flowlogd::config::{self, Config};
 use flowlogd::eni::EniRegistry;
 use flowlogd::flows::{Clock, FlowTable};
+use flowlogd::instances::InstanceDrain;
 use flowlogd::model::{ConntrackEntry, ConntrackKind};
 use flowlogd::netlink::parsers::{
     parse_conntrack_message, parse_nflog_packet, parse_route_message, Messages,
@@ -71,7 +72,7 @@ impl Replay {
         let config = config::parse(Path::new("/etc/flowlogd.toml"), toml)
             .unwrap_or_else(|e| panic!("test config refused: {e}"));
         let clock = Rc::new(ReplayClock(Cell::new(now)));
-        let registry = EniRegistry::new(&config).expect("ENI registry");
+        let registry = flowlogd::instances::registry_for(&config).expect("ENI registry");
         let mut table = FlowTable::new(
             Rc::clone(&clock),
             config.daemon.capture_window_secs,
@@ -203,10 +204,11 @@ impl Replay {
     /// The closed window's records, chunk by chunk, as the loop sends them
     /// to the instances' sinks.
     fn emit_closed_window(&mut self) {
-        let mut drain = self
+        let drain = self
             .table
             .finish_close(&self.registry)
             .expect("a window was closing");
+        let mut drain = InstanceDrain::new(drain, &self.config.flow_logs, &self.registry);
         let mut per_instance = vec![Vec::new(); self.config.flow_logs.len()];
         let (mut start, mut end) = (None, None);
         while let Some(chunk) = drain.next_chunk(CHUNK_RECORDS) {
@@ -228,16 +230,11 @@ impl Replay {
 }
 
 /// Whether the daemon's event socket receives `entry`: the capture joined
-/// every conntrack group, the daemon joins the groups `capture::run`
-/// subscribes to (DESTROY only: NEW and UPDATE carry no counters and no
+/// every conntrack group, the daemon joins the groups of
+/// `capture::EVENT_SUBSCRIPTION` (DESTROY only: NEW and UPDATE carry no counters and no
 /// timestamps, so the dumps and DESTROY give all the table needs).
 fn subscribed(entry: &ConntrackEntry) -> bool {
-    // Keep in step with the `EventSubscription` in `capture::run`.
-    const DAEMON: EventSubscription = EventSubscription {
-        new: false,
-        update: false,
-        destroy: true,
-    };
+    const DAEMON: EventSubscription = flowlogd::capture::EVENT_SUBSCRIPTION;
     match entry.kind {
         ConntrackKind::New => DAEMON.new,
         ConntrackKind::Update => DAEMON.update,

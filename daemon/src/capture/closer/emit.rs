@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::EmittingWindow;
 use crate::config::Config;
 use crate::eni::EniRegistry;
-use crate::flows::{FlowTable, SystemClock, WindowDrain};
-use crate::routing;
+use crate::flows::{FlowTable, SystemClock};
+use crate::instances::{self, InstanceDrain};
 use crate::sinks::Dispatcher;
 
 /// Most records per chunk of a closed window sent to the sinks (about
@@ -53,7 +53,7 @@ pub(super) fn send_chunks(
     config: &Config,
     dispatcher: &Dispatcher,
     pacing: EmitPacing,
-    drain: &mut WindowDrain,
+    drain: &mut InstanceDrain,
     paced: bool,
 ) -> bool {
     loop {
@@ -61,7 +61,7 @@ pub(super) fn send_chunks(
             return false;
         }
         match drain.next_chunk(pacing.chunk) {
-            Some(chunk) => routing::dispatch_chunk(config, dispatcher, &chunk),
+            Some(chunk) => instances::dispatch_chunk(config, dispatcher, &chunk),
             None => return true,
         }
     }
@@ -71,7 +71,7 @@ pub(super) fn send_chunks(
 /// (`daemon.window_memory_bytes`), on their way to the sinks, paced like a
 /// closed window's records.
 pub(super) struct EarlyEmit {
-    pub(super) drain: WindowDrain,
+    pub(super) drain: InstanceDrain,
     /// The sinks' queues were full at the last try.
     pub(super) waiting: bool,
 }
@@ -121,6 +121,7 @@ impl<'a> SpillSender<'a> {
             self.config.flow_logs.len(),
         );
         while let Some(drain) = table.take_spill(registry) {
+            let drain = InstanceDrain::new(drain, &self.config.flow_logs, registry);
             let w = drain.window;
             log::warn!(
                 "memory bound: the sums of window [{}, {}) reached {} bytes (half of daemon.window_memory_bytes, \

@@ -1,5 +1,6 @@
-//! The flow table end to end: conntrack messages and a registry in,
-//! routed records out, with a fake clock.
+//! The flow table and the instance stage end to end: conntrack messages
+//! and a registry in, each flow log instance's records out, with a fake
+//! clock.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -8,12 +9,34 @@ use std::sync::Arc;
 
 use flowlogd_plugin_api::{Action, Direction, FlowFields, FlowRecord, LogStatus};
 
-use super::table::{conn, EntryExt};
 use super::*;
-use crate::config::{EniMatch, ResourceType, TrafficFilter};
-use crate::eni::tests::{addr, eni, flow_log, link, loopback, MAC_B};
+use crate::config::{EniMatch, FlowLogConfig, ResourceType, TrafficFilter};
 use crate::eni::{EniIndex, EniRegistry};
-use crate::model::{ConntrackEntry, ConntrackKind, RouteEvent};
+use crate::flows::{
+    CaptureWindow, Clock, FakeClock, FlowTable, FlowTuple, LossScope, WindowAggregate, WindowDrain,
+};
+use crate::model::{ConntrackEntry, ConntrackKind, IfIndex, MacAddr, RouteEvent};
+use crate::test_builders::{addr, conn, eni, flow_log, link, loopback, EntryExt, MAC_B};
+
+/// What the loop does with a closed window (or an early emit): the flow
+/// table's drain, routed to the instances of `flow_logs` by their scopes
+/// over `reg` now.
+fn routed(d: WindowDrain, flow_logs: &[FlowLogConfig], reg: &EniRegistry) -> InstanceDrain {
+    InstanceDrain::new(d, flow_logs, reg)
+}
+
+/// One flow log instance: the whole VPC `vpc`, all traffic.
+fn vpc_log(vpc: &str) -> Vec<FlowLogConfig> {
+    vec![flow_log("vpc", ResourceType::Vpc, vpc, TrafficFilter::All)]
+}
+
+#[test]
+fn the_flow_tables_default_memory_bound_is_the_configs() {
+    assert_eq!(
+        crate::flows::DEFAULT_WINDOW_MEMORY_BYTES,
+        crate::config::default_window_memory_bytes()
+    );
+}
 
 /// 2024-05-01 10:00:00 UTC.
 const TEN: i64 = 1_714_557_600;
@@ -36,6 +59,7 @@ use ConntrackKind::{Destroy, New, Update};
 struct Fixture {
     clock: Rc<FakeClock>,
     reg: EniRegistry,
+    flow_logs: Vec<FlowLogConfig>,
     table: FlowTable<Rc<FakeClock>>,
 }
 
@@ -46,34 +70,32 @@ impl Fixture {
     /// 2 = eni-a, reject.
     fn new(max_flows: u64) -> Fixture {
         let clock = Rc::new(FakeClock::new(TEN + 197));
-        let mut reg = EniRegistry::from_parts(
-            &[
-                eni("eni-a", "vsw-1", EniMatch::Interface("eth0".into())),
-                eni("eni-b", "vsw-2", EniMatch::Mac(MAC_B)),
-                eni("eni-c", "vsw-1", EniMatch::Interface("eth9".into())),
-            ],
-            &[
-                flow_log("vpc", ResourceType::Vpc, "vpc-1", TrafficFilter::All),
-                flow_log(
-                    "a-accept",
-                    ResourceType::Eni,
-                    "eni-a",
-                    TrafficFilter::Accept,
-                ),
-                flow_log(
-                    "a-reject",
-                    ResourceType::Eni,
-                    "eni-a",
-                    TrafficFilter::Reject,
-                ),
-            ],
-        )
+        let mut reg = EniRegistry::from_parts(&[
+            eni("eni-a", "vsw-1", EniMatch::Interface("eth0".into())),
+            eni("eni-b", "vsw-2", EniMatch::Mac(MAC_B)),
+            eni("eni-c", "vsw-1", EniMatch::Interface("eth9".into())),
+        ])
         .unwrap();
+        let flow_logs = vec![
+            flow_log("vpc", ResourceType::Vpc, "vpc-1", TrafficFilter::All),
+            flow_log(
+                "a-accept",
+                ResourceType::Eni,
+                "eni-a",
+                TrafficFilter::Accept,
+            ),
+            flow_log(
+                "a-reject",
+                ResourceType::Eni,
+                "eni-a",
+                TrafficFilter::Reject,
+            ),
+        ];
         let now = clock.now_unix();
         for ev in [
             loopback(1),
             addr(1, "127.0.0.1"),
-            link(2, "eth0", Some([2; 6])),
+            link(2, "eth0", Some(MacAddr([2; 6]))),
             addr(2, A),
             addr(2, A6),
             link(3, "eth1", Some(MAC_B)),
@@ -82,7 +104,12 @@ impl Fixture {
             reg.apply(&ev, now);
         }
         let table = FlowTable::new(Rc::clone(&clock), W, max_flows);
-        Fixture { clock, reg, table }
+        Fixture {
+            clock,
+            reg,
+            flow_logs,
+            table,
+        }
     }
 
     fn event(&mut self, e: ConntrackEntry) {
@@ -105,7 +132,18 @@ impl Fixture {
     fn close(&mut self) -> WindowRecords {
         let deadline = self.table.next_deadline();
         self.clock.set(deadline);
-        in_old_order(self.table.close_window(&self.reg, deadline))
+        in_old_order(self.close_at(deadline))
+    }
+
+    /// Closes the open window at `end`, whatever the clock says.
+    fn close_at(&mut self, end: i64) -> WindowRecords {
+        let d = self.table.close_window(&self.reg, end);
+        self.route(d).collect_all()
+    }
+
+    /// `d` routed to the fixture's instances by their scopes now.
+    fn route(&self, d: WindowDrain) -> InstanceDrain {
+        routed(d, &self.flow_logs, &self.reg)
     }
 
     fn eni(&self, id: &str) -> EniIndex {
@@ -588,7 +626,7 @@ fn nodata_for_an_idle_existing_eni_and_none_for_an_absent_one() {
     f.clock.set(TEN + 900);
     f.reg.apply(&link(9, "eth9", None), TEN + 900);
     f.reg
-        .apply(&RouteEvent::LinkRemoved { index: 3 }, TEN + 900);
+        .apply(&RouteEvent::LinkRemoved { index: IfIndex(3) }, TEN + 900);
     let w2 = f.close();
     assert_eq!(statuses(&w2, ALL, "eni-b"), [LogStatus::NoData]);
     assert_eq!(statuses(&w2, ALL, "eni-c"), [LogStatus::NoData]);
@@ -881,7 +919,7 @@ fn early_close_uses_the_given_end() {
     );
     // SIGTERM at 10:07:30.
     f.clock.set(TEN + 450);
-    let w = in_old_order(f.table.close_window(&f.reg, TEN + 450));
+    let w = in_old_order(f.close_at(TEN + 450));
     assert_eq!(
         w.window,
         CaptureWindow {
@@ -906,12 +944,12 @@ fn next_window_starts_where_the_last_one_ended() {
     assert_eq!(f.table.next_deadline(), TEN + 600);
     // The loop woke up 3 s late.
     f.clock.set(TEN + 603);
-    let w = in_old_order(f.table.close_window(&f.reg, TEN + 600));
+    let w = in_old_order(f.close_at(TEN + 600));
     assert_eq!(w.window.end, TEN + 600);
     assert_eq!(f.table.next_deadline(), TEN + 1200);
     // A clock stepped back never yields a window ending before it starts.
     f.clock.set(TEN);
-    let w = in_old_order(f.table.close_window(&f.reg, TEN));
+    let w = in_old_order(f.close_at(TEN));
     assert_eq!(
         w.window,
         CaptureWindow {
@@ -1022,7 +1060,7 @@ fn an_eni_that_loses_its_interface_has_its_flows_closed() {
     f.clock.set(TEN + 400);
     f.dump(&[c.clone().counted((3, 300), (0, 0))]);
     f.reg
-        .apply(&RouteEvent::LinkRemoved { index: 2 }, TEN + 400);
+        .apply(&RouteEvent::LinkRemoved { index: IfIndex(2) }, TEN + 400);
     let a = f.eni("eni-a");
     assert_eq!(f.reg.take_detached(), vec![a]);
     f.table.detach(a);
@@ -1057,21 +1095,13 @@ fn an_eni_that_loses_its_interface_has_its_flows_closed() {
 #[test]
 fn records_of_an_eni_waiting_for_its_metadata_are_held_then_emitted() {
     use crate::config::Unmapped;
-    use crate::metadata::{EcsEni, EcsSnapshot, SnapshotUpdate};
+    use crate::model::{EcsEni, EcsSnapshot, SnapshotUpdate};
 
     let clock = Rc::new(FakeClock::new(TEN + 10));
-    let mut reg = EniRegistry::from_parts(
-        &[],
-        &[flow_log(
-            "vpc",
-            ResourceType::Vpc,
-            "vpc-ecs",
-            TrafficFilter::All,
-        )],
-    )
-    .unwrap();
+    let mut reg = EniRegistry::from_parts(&[]).unwrap();
+    let logs = vpc_log("vpc-ecs");
     reg.learn_from_ecs(Unmapped::Ignore);
-    let mac = [0x00, 0x16, 0x3e, 0, 0, 0x42];
+    let mac = MacAddr([0x00, 0x16, 0x3e, 0, 0, 0x42]);
     reg.apply(&link(4, "eth1", Some(mac)), TEN + 10);
     reg.apply(&addr(4, A), TEN + 10);
     let mut table = FlowTable::new(Rc::clone(&clock), W, 1000);
@@ -1084,7 +1114,7 @@ fn records_of_an_eni_waiting_for_its_metadata_are_held_then_emitted() {
     dump(&mut table, &reg, c.clone().counted((5, 500), (0, 0)));
     table.mark_lost(LossScope::All);
     clock.set(TEN + 600);
-    let w1 = in_old_order(table.close_window(&reg, TEN + 600));
+    let w1 = in_old_order(routed(table.close_window(&reg, TEN + 600), &logs, &reg).collect_all());
     assert_eq!(w1.record_count(), 0);
     assert_eq!((w1.held, w1.held_dropped), (1, 0));
 
@@ -1112,7 +1142,7 @@ fn records_of_an_eni_waiting_for_its_metadata_are_held_then_emitted() {
         TEN + 700,
     );
     clock.set(TEN + 1200);
-    let w2 = in_old_order(table.close_window(&reg, TEN + 1200));
+    let w2 = in_old_order(routed(table.close_window(&reg, TEN + 1200), &logs, &reg).collect_all());
     assert_eq!(w2.held, 0);
     // All 8 packets, in the window the ids became known; the loss marked
     // while it was held is not forgotten.
@@ -1126,7 +1156,7 @@ fn records_of_an_eni_waiting_for_its_metadata_are_held_then_emitted() {
         (r.start, r.end, r.eni.vm_id.as_str()),
         (TEN + 600, TEN + 1200, "i-ecs")
     );
-    let w3 = in_old_order(table.close_window(&reg, TEN + 1800));
+    let w3 = in_old_order(routed(table.close_window(&reg, TEN + 1800), &logs, &reg).collect_all());
     assert_eq!(statuses(&w3, 0, "eni-late"), [LogStatus::NoData]);
 }
 
@@ -1188,7 +1218,6 @@ fn two_incarnations_of_one_tuple_with_one_id_are_counted_apart() {
 
 // The chunked drain of a closed window.
 
-use super::aggregate::{InstanceRecords, WindowAggregate, WindowDrain};
 use crate::model::has_ports;
 
 /// The fixtures' open window.
@@ -1336,11 +1365,11 @@ fn expected(reg: &EniRegistry, adds: &[Add]) -> WindowRecords {
     })
 }
 
-fn close_traffic(f: &Fixture, adds: &[Add]) -> WindowDrain {
+fn close_traffic(f: &Fixture, adds: &[Add]) -> InstanceDrain {
     let mut agg = aggregate_of(&f.reg, adds);
     agg.mark_skipped(f.eni("eni-b"));
     let mut next = WindowAggregate::default();
-    let drain = agg.close(&f.reg, WINDOW, &mut next);
+    let drain = f.route(agg.close(&f.reg, WINDOW, &mut next));
     assert_eq!((agg.len(), next.len()), (0, 0));
     drain
 }
@@ -1420,7 +1449,7 @@ fn an_instance_that_takes_all_of_a_chunk_gets_its_arc() {
         let t = tuple(TCP, A, 40000 + port, R, 443);
         agg.add(a, Out, Action::Accept, t, (1, 60), None);
     }
-    let mut drain = agg.close(&f.reg, WINDOW, &mut WindowAggregate::default());
+    let mut drain = f.route(agg.close(&f.reg, WINDOW, &mut WindowAggregate::default()));
     let chunk = drain.next_chunk(100).unwrap();
     let taken: Vec<usize> = chunk.instances.iter().map(|(i, _)| *i).collect();
     assert_eq!(taken, [ALL, A_ACCEPT]);
@@ -1455,7 +1484,7 @@ fn an_instance_that_takes_all_of_a_chunk_gets_its_arc() {
     }
     let blocked = tuple(TCP, R, 6000, A, 23);
     agg.add(a, In, Action::Reject, blocked, (1, 60), None);
-    let mut drain = agg.close(&f.reg, WINDOW, &mut WindowAggregate::default());
+    let mut drain = f.route(agg.close(&f.reg, WINDOW, &mut WindowAggregate::default()));
     let chunk = drain.next_chunk(5).unwrap();
     let shape: Vec<(usize, usize, usize)> = chunk
         .instances
@@ -1477,7 +1506,7 @@ fn an_instance_that_takes_all_of_a_chunk_gets_its_arc() {
 fn drain_statuses_follow_loss_marks_existence_and_window_length() {
     let f = Fixture::new(1000);
     let a = f.eni("eni-a");
-    let statuses = |drain: WindowDrain| {
+    let statuses = |drain: InstanceDrain| {
         let w = in_old_order(drain.collect_all());
         (0..3)
             .map(|i| {
@@ -1497,7 +1526,7 @@ fn drain_statuses_follow_loss_marks_existence_and_window_length() {
     let t = tuple(TCP, A, 40000, R, 443);
     agg.add(a, Out, Action::Accept, t, (1, 60), None);
     agg.mark_all_skipped();
-    let drain = agg.close(&f.reg, WINDOW, &mut WindowAggregate::default());
+    let drain = f.route(agg.close(&f.reg, WINDOW, &mut WindowAggregate::default()));
     assert_eq!(
         statuses(drain),
         [
@@ -1514,11 +1543,12 @@ fn drain_statuses_follow_loss_marks_existence_and_window_length() {
         start: TEN + 600,
         end: TEN + 600,
     };
-    let drain = agg.close(&f.reg, empty, &mut WindowAggregate::default());
+    let drain = f.route(agg.close(&f.reg, empty, &mut WindowAggregate::default()));
     assert_eq!(statuses(drain), [vec![s("eni-b", skip)], vec![], vec![]]);
 
     // An empty window of some length: NODATA per existing ENI and instance.
-    let drain = WindowAggregate::default().close(&f.reg, WINDOW, &mut WindowAggregate::default());
+    let drain =
+        f.route(WindowAggregate::default().close(&f.reg, WINDOW, &mut WindowAggregate::default()));
     assert_eq!(
         statuses(drain),
         [
@@ -1531,24 +1561,17 @@ fn drain_statuses_follow_loss_marks_existence_and_window_length() {
 
 /// The ENIs of an ECS registry: eni-s from the config (eth0, A), and the
 /// interface with `ECS_MAC` (eth1, B), held until the service answers.
-/// One instance: vpc-1.
-const ECS_MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0, 0, 0x42];
+/// Its tests route to one instance, the whole of vpc-1 (`vpc_log`).
+const ECS_MAC: MacAddr = MacAddr([0x00, 0x16, 0x3e, 0, 0, 0x42]);
 
 fn ecs_registry() -> EniRegistry {
     use crate::config::Unmapped;
-    let mut reg = EniRegistry::from_parts(
-        &[eni("eni-s", "vsw-1", EniMatch::Interface("eth0".into()))],
-        &[flow_log(
-            "vpc",
-            ResourceType::Vpc,
-            "vpc-1",
-            TrafficFilter::All,
-        )],
-    )
-    .unwrap();
+    let mut reg =
+        EniRegistry::from_parts(&[eni("eni-s", "vsw-1", EniMatch::Interface("eth0".into()))])
+            .unwrap();
     reg.learn_from_ecs(Unmapped::Ignore);
     for ev in [
-        link(2, "eth0", Some([2; 6])),
+        link(2, "eth0", Some(MacAddr([2; 6]))),
         addr(2, A),
         link(4, "eth1", Some(ECS_MAC)),
         addr(4, B),
@@ -1559,7 +1582,7 @@ fn ecs_registry() -> EniRegistry {
 }
 
 fn ecs_answers(reg: &mut EniRegistry, eni_id: &str, vpc_id: &str, now: i64) {
-    use crate::metadata::{EcsEni, EcsSnapshot, SnapshotUpdate};
+    use crate::model::{EcsEni, EcsSnapshot, SnapshotUpdate};
     let mut snapshot = EcsSnapshot {
         instance_id: "i-ecs".into(),
         account_id: "5678".into(),
@@ -1586,7 +1609,10 @@ fn ecs_answers(reg: &mut EniRegistry, eni_id: &str, vpc_id: &str, now: i64) {
 #[test]
 fn close_moves_held_records_and_their_loss_into_the_next_aggregate() {
     let mut reg = ecs_registry();
-    let (s, held) = (reg.by_ifindex(2).unwrap(), reg.by_ifindex(4).unwrap());
+    let (s, held) = (
+        reg.by_ifindex(IfIndex(2)).unwrap(),
+        reg.by_ifindex(IfIndex(4)).unwrap(),
+    );
     assert!(reg.is_held(held) && !reg.is_held(s));
     let (t1, t2, t3) = (
         tuple(UDP, R, 5000, B, 53),
@@ -1604,7 +1630,8 @@ fn close_moves_held_records_and_their_loss_into_the_next_aggregate() {
     next.add(held, In, Action::Accept, t1, (5, 500), None);
     next.add(s, Out, Action::Accept, t3, (1, 60), None);
 
-    let w1 = agg.close(&reg, WINDOW, &mut next).collect_all();
+    let logs = vpc_log("vpc-1");
+    let w1 = routed(agg.close(&reg, WINDOW, &mut next), &logs, &reg).collect_all();
     assert_eq!((w1.held, w1.held_dropped), (2, 0));
     assert_eq!(agg.len(), 0);
     assert_eq!(next.len(), 3);
@@ -1624,9 +1651,13 @@ fn close_moves_held_records_and_their_loss_into_the_next_aggregate() {
         start: TEN + 600,
         end: TEN + 1200,
     };
-    let drain = next.close(&reg, second, &mut WindowAggregate::default());
+    let drain = routed(
+        next.close(&reg, second, &mut WindowAggregate::default()),
+        &logs,
+        &reg,
+    );
     ecs_answers(&mut reg, "eni-moved", "vpc-2", TEN + 1200);
-    reg.apply(&RouteEvent::LinkRemoved { index: 2 }, TEN + 1200);
+    reg.apply(&RouteEvent::LinkRemoved { index: IfIndex(2) }, TEN + 1200);
     let w2 = in_old_order(drain.collect_all());
     assert_eq!((w2.held, w2.held_dropped), (0, 0));
     assert_eq!(
@@ -1647,7 +1678,7 @@ fn close_moves_held_records_and_their_loss_into_the_next_aggregate() {
 #[test]
 fn too_many_held_records_are_dropped_and_their_enis_marked() {
     let reg = ecs_registry();
-    let held = reg.by_ifindex(4).unwrap();
+    let held = reg.by_ifindex(IfIndex(4)).unwrap();
     let mut agg = WindowAggregate::default();
     let count = (1usize << 18) + 1;
     for i in 0..count {
@@ -1663,7 +1694,8 @@ fn too_many_held_records_are_dropped_and_their_enis_marked() {
         agg.add(held, In, Action::Accept, t, (1, 60), None);
     }
     let mut next = WindowAggregate::default();
-    let w = agg.close(&reg, WINDOW, &mut next).collect_all();
+    let logs = vpc_log("vpc-1");
+    let w = routed(agg.close(&reg, WINDOW, &mut next), &logs, &reg).collect_all();
     assert_eq!((w.held, w.held_dropped), (0, count));
     assert_eq!(w.record_count(), 1, "the static ENI's NODATA");
     assert_eq!(next.len(), 0);
@@ -1673,9 +1705,12 @@ fn too_many_held_records_are_dropped_and_their_enis_marked() {
         start: TEN + 600,
         end: TEN + 1200,
     };
-    let w2 = next
-        .close(&reg, second, &mut WindowAggregate::default())
-        .collect_all();
+    let w2 = routed(
+        next.close(&reg, second, &mut WindowAggregate::default()),
+        &logs,
+        &reg,
+    )
+    .collect_all();
     assert_eq!(statuses(&w2, 0, "eni-late"), [LogStatus::SkipData]);
 }
 
@@ -1699,10 +1734,11 @@ impl Fixture {
     /// Ends the closing dump and takes the closed window's records.
     fn finish_close(&mut self) -> WindowRecords {
         self.table.end_dump(true);
-        self.table
+        let d = self
+            .table
             .finish_close(&self.reg)
-            .expect("a close was pending")
-            .collect_all()
+            .expect("a close was pending");
+        self.route(d).collect_all()
     }
 }
 
@@ -1815,27 +1851,19 @@ fn reload_renumbers_the_open_window_and_keeps_every_counter() {
         dropped.clone().counted((3, 300), (0, 0)),
     ]);
     // eni-a goes, eni-b gets new ids (and index 0), eni-d on eth5 is new.
-    let mut new = EniRegistry::from_parts(
-        &[
-            eni("eni-b2", "vsw-2", EniMatch::Mac(MAC_B)),
-            eni("eni-c", "vsw-1", EniMatch::Interface("eth9".into())),
-            eni("eni-d", "vsw-1", EniMatch::Interface("eth5".into())),
-        ],
-        &[flow_log(
-            "vpc",
-            ResourceType::Vpc,
-            "vpc-1",
-            TrafficFilter::All,
-        )],
-    )
+    let mut new = EniRegistry::from_parts(&[
+        eni("eni-b2", "vsw-2", EniMatch::Mac(MAC_B)),
+        eni("eni-c", "vsw-1", EniMatch::Interface("eth9".into())),
+        eni("eni-d", "vsw-1", EniMatch::Interface("eth5".into())),
+    ])
     .unwrap();
     let now = f.clock.now_unix();
     for ev in [
-        link(2, "eth0", Some([2; 6])),
+        link(2, "eth0", Some(MacAddr([2; 6]))),
         addr(2, A),
         link(3, "eth1", Some(MAC_B)),
         addr(3, B),
-        link(5, "eth5", Some([5; 6])),
+        link(5, "eth5", Some(MacAddr([5; 6]))),
         addr(5, "10.0.2.9"),
     ] {
         new.apply(&ev, now);
@@ -1861,6 +1889,7 @@ fn reload_renumbers_the_open_window_and_keeps_every_counter() {
     }
     f.table.end_dump(false);
     f.reg = new;
+    f.flow_logs = vpc_log("vpc-1");
     f.event(only_new.clone().kind(Destroy).counted((8, 800), (7, 700)));
     let w = f.close();
     assert_eq!(
@@ -1904,6 +1933,7 @@ fn take_spills(f: &mut Fixture, out: &mut Vec<WindowRecords>) {
         f.table.sums_bytes()
     );
     while let Some(d) = f.table.take_spill(&f.reg) {
+        let d = f.route(d);
         assert_eq!(d.held + d.held_dropped, 0);
         out.push(d.collect_all());
     }
@@ -2084,7 +2114,8 @@ fn a_closing_window_whose_dump_reaches_the_bound_emits_early_as_itself() {
     );
     take_spills(&mut f, &mut spills);
     f.table.end_dump(true);
-    let closed = f.table.finish_close(&f.reg).unwrap().collect_all();
+    let closed = f.table.finish_close(&f.reg).unwrap();
+    let closed = f.route(closed).collect_all();
     assert!(spills.len() >= 2, "{} early emits", spills.len());
     assert!(spills.iter().all(|s| s.window == closing));
     let mut parts: Vec<&WindowRecords> = spills.iter().collect();
@@ -2111,21 +2142,15 @@ fn an_early_emit_keeps_a_few_held_records_and_gives_up_a_flood_of_them() {
     // eni-a (A) is configured; the interface on B waits for its ids from
     // the metadata service, so its records are held.
     let clock = Rc::new(FakeClock::new(TEN + 10));
-    let mut reg = EniRegistry::from_parts(
-        &[eni("eni-a", "vsw-1", EniMatch::Interface("eth0".into()))],
-        &[flow_log(
-            "vpc",
-            ResourceType::Vpc,
-            "vpc-1",
-            TrafficFilter::All,
-        )],
-    )
-    .unwrap();
+    let mut reg =
+        EniRegistry::from_parts(&[eni("eni-a", "vsw-1", EniMatch::Interface("eth0".into()))])
+            .unwrap();
+    let logs = vpc_log("vpc-1");
     reg.learn_from_ecs(Unmapped::Ignore);
     for ev in [
-        link(2, "eth0", Some([2; 6])),
+        link(2, "eth0", Some(MacAddr([2; 6]))),
         addr(2, A),
-        link(4, "eth1", Some([0x00, 0x16, 0x3e, 0, 0, 0x42])),
+        link(4, "eth1", Some(MacAddr([0x00, 0x16, 0x3e, 0, 0, 0x42]))),
         addr(4, B),
     ] {
         reg.apply(&ev, TEN + 10);
@@ -2137,7 +2162,7 @@ fn an_early_emit_keeps_a_few_held_records_and_gives_up_a_flood_of_them() {
         table.on_event(&reg, &c.counted((1, 60), (0, 0)));
         let mut drains = Vec::new();
         while let Some(d) = table.take_spill(&reg) {
-            drains.push(d);
+            drains.push(routed(d, &logs, &reg));
         }
         drains
     };
@@ -2157,7 +2182,7 @@ fn an_early_emit_keeps_a_few_held_records_and_gives_up_a_flood_of_them() {
     }
     assert!(early >= 2, "{early} early emits");
     clock.set(TEN + 600);
-    let w = table.close_window(&reg, TEN + 600);
+    let w = routed(table.close_window(&reg, TEN + 600), &logs, &reg).collect_all();
     assert_eq!((w.held, w.held_dropped), (5, 0));
     assert_eq!(a_records + w.record_count(), 300);
 
@@ -2173,7 +2198,7 @@ fn an_early_emit_keeps_a_few_held_records_and_gives_up_a_flood_of_them() {
     }
     assert!(dropped >= 100, "{dropped} held records given up");
     clock.set(TEN + 1200);
-    let w = table.close_window(&reg, TEN + 1200);
+    let w = routed(table.close_window(&reg, TEN + 1200), &logs, &reg).collect_all();
     // The 5 held from before and the flood's rest are still held.
     assert_eq!((w.held + dropped, w.held_dropped), (305, 0));
 }

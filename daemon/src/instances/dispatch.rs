@@ -1,28 +1,21 @@
-//! Which sinks a record goes to: through every flow log instance whose
-//! scope covers the record's ENI and whose traffic filter takes it.
+//! Which sinks an instance's records go to: the sinks it names, one batch
+//! per sink per chunk.
 
 use std::sync::Arc;
 
-use flowlogd_plugin_api::{Action, FlowRecord};
+use flowlogd_plugin_api::FlowRecord;
 
-use crate::config::{Config, FlowLogConfig, TrafficFilter};
-use crate::flows::WindowChunk;
+use super::drain::WindowChunk;
+use super::filter::takes_record;
+use super::scope::captures;
+use crate::config::{Config, FlowLogConfig};
+use crate::eni::Visibility;
 use crate::sinks::Dispatcher;
 
-/// Whether an instance with `filter` takes `record`. NODATA and SKIPDATA
-/// records go to every instance: they say something about the ENI, not
-/// about one kind of traffic.
-pub fn traffic_accepts(filter: TrafficFilter, record: &FlowRecord) -> bool {
-    match (&record.flow, filter) {
-        (None, _) | (_, TrafficFilter::All) => true,
-        (Some(f), TrafficFilter::Accept) => f.action == Action::Accept,
-        (Some(f), TrafficFilter::Reject) => f.action == Action::Reject,
-    }
-}
-
-/// Whether flow log `fl` takes `record` (scope and traffic filter).
-pub fn instance_takes(fl: &FlowLogConfig, record: &FlowRecord) -> bool {
-    fl.covers(&record.eni) && traffic_accepts(fl.traffic, record)
+/// Whether flow log `fl` takes a free-standing `record` (scope and traffic
+/// filter): its ids are known, as an ENI's whose metadata is.
+fn instance_takes(fl: &FlowLogConfig, record: &FlowRecord) -> bool {
+    captures(fl, &record.eni, Visibility::Scoped) && takes_record(fl.traffic, record)
 }
 
 /// Sends each instance's records to that instance's sinks: one batch per
