@@ -190,10 +190,17 @@ fn sigusr1_reopens_the_file_sink() {
     )
     .unwrap();
     let mut daemon = DaemonProcess::start(&a, &cfg, &tmp.join("daemon.log"));
-    // The first window's records (NODATA) create the file.
+    // The first window's records (NODATA) are written to the file. The
+    // sink opens (creates) the file when it starts, and writes on its own
+    // thread after the close is logged: wait for a whole record, or the
+    // rename could come before the write and the record land in the new
+    // file (seen once under load).
     daemon.wait_for_window(0, Duration::from_secs(u64::from(WINDOW) + 10));
     let (out, rotated) = (tmp.join("out.jsonl"), tmp.join("out.jsonl.1"));
-    poll_until(|| out.exists(), "the sink's file to exist");
+    poll_until(
+        || std::fs::read(&out).is_ok_and(|b| b.ends_with(b"\n")),
+        "the first window's records in the sink's file",
+    );
     std::fs::rename(&out, &rotated).unwrap();
     signal(daemon.pid(), "USR1");
     daemon.wait_for_log("SIGUSR1: sinks reopen their outputs", STEP);
