@@ -16,6 +16,7 @@ pub mod handoff;
 pub mod ids;
 pub mod logger;
 pub mod metadata;
+pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod packet;

@@ -276,7 +276,6 @@ impl<C: Clock> FlowTable<C> {
     }
 
     /// Heap bytes of the open window's sums.
-    #[cfg(test)]
     pub fn sums_bytes(&self) -> usize {
         self.agg.footprint_bytes()
     }
@@ -301,7 +300,6 @@ impl<C: Clock> FlowTable<C> {
     }
 
     /// The open window; its `end` is the next aligned boundary.
-    #[cfg(test)]
     pub fn window(&self) -> CaptureWindow {
         self.window
     }
