@@ -68,13 +68,16 @@ pub fn run(config: Config) -> Result<u64, RunError> {
     // inherit the mask and SIGTERM reaches only the signalfd.
     let mut signals = SignalFd::open().map_err(io_err("cannot set up signal handling"))?;
     // Before anything is installed: a taken port is a start-up error.
-    let metrics = start_metrics(&config)?;
+    let metrics = bind_metrics(&config)?;
     let state = ConfigState::new(&config).map_err(|e| build::registry_error(&config, &e))?;
     let mut sources = Sources::open(&config)?;
     let tracking_table = sources.tracking_table.take();
     // Everything that needs more than CAP_NET_ADMIN is done; the sinks (and
     // every reload) run with what is left.
     sources::drop_privileges(&config)?;
+    // Threads start only now: dropping privileges needs a process of one
+    // thread (capabilities are per thread).
+    let metrics = metrics.map(serve_metrics).transpose()?;
     let dispatcher = startup::start_sinks(&config, Some(&startup::spool_settings(&config)))
         .map_err(RunError::Config)?;
     let mut capture = build::start(config, state, sources, dispatcher)?;
@@ -149,20 +152,30 @@ pub fn run(config: Config) -> Result<u64, RunError> {
     }
 }
 
-/// Binds `metrics.listen` (unless it is off) and starts the server thread,
-/// which serves what the loop publishes into the returned cell.
-fn start_metrics(config: &Config) -> Result<Option<Arc<SnapshotCell>>, RunError> {
+/// Binds `metrics.listen`, unless it is off.
+fn bind_metrics(config: &Config) -> Result<Option<(MetricsServer, Arc<SnapshotCell>)>, RunError> {
     let Some(addr) = config.metrics_listen else {
         return Ok(None);
     };
     let cell = Arc::new(SnapshotCell::default());
     let server = MetricsServer::bind(addr, Arc::clone(&cell))
         .map_err(|source| RunError::Metrics { addr, source })?;
+    Ok(Some((server, cell)))
+}
+
+/// Starts the metrics thread, which serves what the loop publishes into
+/// the returned cell.
+fn serve_metrics(
+    (server, cell): (MetricsServer, Arc<SnapshotCell>),
+) -> Result<Arc<SnapshotCell>, RunError> {
+    let addr = server.local_addr().ok();
     server
         .spawn()
         .map_err(io_err("cannot start the metrics thread"))?;
-    log::info!("metrics: serving http://{addr}/metrics");
-    Ok(Some(cell))
+    if let Some(addr) = addr {
+        log::info!("metrics: serving http://{addr}/metrics");
+    }
+    Ok(cell)
 }
 
 /// How long `poll` may wait: not at all while a drain or a dump has data
