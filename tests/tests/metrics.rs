@@ -192,20 +192,30 @@ fn page_by_status_and_action(
     m
 }
 
-/// Reads both file sinks, scrapes, reads them again, until the files did
-/// not change around the scrape and their sinks acknowledged everything
-/// (records go out at each window close, every 3 s): then the records are
-/// those the page counted. Bounded: 20 tries.
-fn steady_scrape(s: &Scenario) -> (String, Vec<Value>, Vec<Value>) {
+/// The log's window lines (`window <start>-<end>: <n> records in ...`).
+fn window_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains(" records in ") && l.contains("conntrack: "))
+        .collect()
+}
+
+/// Reads both file sinks and the daemon's log, scrapes, reads them again,
+/// until neither changed around the scrape and the sinks acknowledged
+/// everything (records go out at each window close, every 3 s): then the
+/// page, the records and the log's window lines are of the same moment.
+/// Bounded: 20 tries. Returns the page, both sinks' records and the log.
+fn steady_scrape(s: &Scenario, daemon: &DaemonProcess) -> (String, Vec<Value>, Vec<Value>, String) {
     let read = || {
         (
             read_json_records(&s.path("all.jsonl")),
             read_json_records(&s.path("rej.jsonl")),
+            window_lines(&daemon.log()).len(),
         )
     };
     for _ in 0..20 {
         let before = read();
         let page = scrape(&s.a);
+        let log = daemon.log();
         let after = read();
         let v = samples(&page);
         let delivered = |sink: &str| {
@@ -215,10 +225,11 @@ fn steady_scrape(s: &Scenario) -> (String, Vec<Value>, Vec<Value>) {
             )
         };
         if before == after
+            && window_lines(&log).len() == after.2
             && delivered("all") == after.0.len() as u64
             && delivered("rej") == after.1.len() as u64
         {
-            return (page, after.0, after.1);
+            return (page, after.0, after.1, log);
         }
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -243,7 +254,7 @@ fn scrape_agrees_with_the_records_and_the_window_log_line() {
     // Two windows after the traffic: its records are out.
     let closed = daemon.closed_windows().len();
     daemon.wait_for_window(closed + 2, Duration::from_secs(15));
-    let (page, all, rej) = steady_scrape(&s);
+    let (page, all, rej, log) = steady_scrape(&s, &daemon);
 
     // promtool lints the page as Prometheus would read it.
     let mut promtool = std::process::Command::new("promtool")
@@ -281,11 +292,7 @@ fn scrape_agrees_with_the_records_and_the_window_log_line() {
 
     // The log's window lines: their record counts add up to the page's,
     // and the last one's counters are the page's (no event came since).
-    let log = daemon.log();
-    let windows: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains(" records in ") && l.contains("conntrack: "))
-        .collect();
+    let windows = window_lines(&log);
     assert_eq!(
         windows.len() as u64,
         value(&v, "flowlogd_windows_closed_total"),
