@@ -32,12 +32,14 @@ usage: bash bench/run.sh [options]
                          goes [10000 50000 100000 max]
   --step-secs S          seconds per step [10]
   --kinds "K ..."        kinds of run: ct (new UDP flows: conntrack), nflog (dropped,
-                         logged packets), one step each; and the operator's routine
+                         logged packets), ct-scrape (ct with flowlogd's /metrics
+                         scraped every second, as Prometheus would: its CPU per
+                         million events beside ct's), one step each; and the operator's routine
                          under load, one run each: stop (SIGTERM right after --op-secs
                          of --op-rate new flows/s, all flows live, then start again),
                          reload (SIGHUP 3 s after the traffic), flood (--flood-secs of
                          distinct flows at --op-rate with window_memory_bytes scaled
-                         down as the window is) [ct nflog stop reload flood]
+                         down as the window is) [ct ct-scrape nflog stop reload flood]
   --op-rate R            new UDP flows per second of stop, reload, flood [100000]
   --op-secs S            seconds of traffic before the stop or reload [10]
   --flood-secs S         seconds of the flood, of the 600 s default window: the
@@ -71,7 +73,7 @@ EOF
 SMOKE=0
 STEPS="10000 50000 100000 max"
 STEP_SECS=10
-KINDS="ct nflog stop reload flood"
+KINDS="ct ct-scrape nflog stop reload flood"
 OP_RATE=100000
 OP_SECS=10
 FLOOD_SECS=60
@@ -285,6 +287,17 @@ table inet flbench {
         type filter hook output priority -150; policy accept;
         tcp sport $TCP_PORT counter name tcp_reply
     }
+    # Loopback (the ct-scrape runs' scraper of flowlogd's /metrics) is not
+    # tracked: its entries would keep the table from emptying at the
+    # settle, and they are not the benchmark's traffic.
+    chain raw_pre {
+        type filter hook prerouting priority -300; policy accept;
+        iif lo notrack
+    }
+    chain raw_out {
+        type filter hook output priority -300; policy accept;
+        oif lo notrack
+    }
 }
 EOF
     # Counters and timestamps as flowlogd would set them; events for every
@@ -440,6 +453,56 @@ EOF
 
 DAEMON_PID=""
 WRAPPER_PID=""
+SCRAPER_PID=""
+# flowlogd's metrics endpoint: the default metrics.listen, in the VM namespace.
+METRICS_URL=http://127.0.0.1:9750/metrics
+
+# Scrapes URL every second, as Prometheus would, until killed or for at
+# most ARG2 seconds; prints how many scrapes succeeded.
+# shellcheck disable=SC2016
+SCRAPER='
+import signal, sys, time, urllib.request
+# SIGTERM ends the loop through `finally`, which reports.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+url, limit = sys.argv[1], float(sys.argv[2])
+ok = failed = 0
+end = time.monotonic() + limit
+try:
+    while time.monotonic() < end:
+        t = time.monotonic()
+        try:
+            body = urllib.request.urlopen(url, timeout=5).read()
+            ok += body.startswith(b"# HELP ")
+        except Exception as e:
+            failed += 1
+            print("scrape failed:", e, file=sys.stderr, flush=True)
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - t)))
+finally:
+    print("scrapes", ok, "failed", failed, flush=True)
+'
+
+# Starts the scraper in the VM namespace on the generator's core (its own
+# CPU is not the listener's), for at most ARG1 seconds.
+start_scraper() {  # dir max_secs
+    local dir=$1 max=$2
+    ip netns exec "$VM" taskset -c "$GEN_CPU" python3 -c "$SCRAPER" "$METRICS_URL" "$max" \
+        >"$dir/scrapes.log" 2>&1 &
+    SCRAPER_PID=$!
+    PIDS+=("$SCRAPER_PID")
+}
+
+# Stops the scraper by its exact pid; fails the run unless it scraped.
+stop_scraper() {  # dir
+    local dir=$1
+    kill -TERM "$SCRAPER_PID" 2>/dev/null || true
+    wait "$SCRAPER_PID" 2>/dev/null || true
+    forget_pid "$SCRAPER_PID"
+    SCRAPER_PID=""
+    local n
+    n=$(awk '/^scrapes / { print $2 }' "$dir/scrapes.log")
+    ((${n:-0} > 0)) || { cat "$dir/scrapes.log" >&2; die "the metrics scraper got no page from $METRICS_URL"; }
+    log "  $n scrapes of $METRICS_URL, $(awk '/^scrapes / { print $4 }' "$dir/scrapes.log") failed"
+}
 
 # Starts the listener in the VM namespace on the daemon core, under
 # bench-rusage, and waits (bounded) until it is ready.
@@ -545,8 +608,9 @@ deliver_spool() {  # listener dir window
 }
 
 # run_one LABEL KIND LISTENER SECS FLOWS DROPS TCP PPF WINDOW UDP_TIMEOUT [OP]
-# OP: stop (SIGTERM right after the traffic, then start again) or reload
-# (SIGHUP 3 s after it).
+# OP: stop (SIGTERM right after the traffic, then start again), reload
+# (SIGHUP 3 s after it), or scrape (flowlogd's /metrics every second from
+# the traffic's start to the listener's stop).
 run_one() {
     local label=$1 kind=$2 listener=$3 secs=$4 flows=$5 drops=$6 tcp=$7 ppf=$8 window=$9 udp_timeout=${10} op=${11:-}
     RUN_N=$((RUN_N + 1))
@@ -563,6 +627,8 @@ run_one() {
     if [[ $listener != none ]]; then
         start_listener "$listener" "$dir" "$window"
         idle_rss=$(rss_kib "$DAEMON_PID")
+        # Bounded: the traffic, the settle after it, and a margin.
+        if [[ $op == scrape ]]; then start_scraper "$dir" $((secs + SETTLE_MAX + 60)); fi
     fi
     ip netns exec "$GEN" taskset -c "$GEN_CPU" "$BIN/loadgen" --dst "$VM_ADDR" --src-net "$SRC_NET" \
         --secs "$secs" --flows "$flows" --drops "$drops" --tcp "$tcp" --packets-per-flow "$ppf" \
@@ -603,6 +669,7 @@ run_one() {
     local settle_secs=$((SECONDS - t0)) nl_drops=0
     if [[ $listener != none ]]; then
         nl_drops=$(vm_netlink_sum 9)
+        if [[ $op == scrape ]]; then stop_scraper "$dir"; fi
         stop_listener "$dir"
         deliver_spool "$listener" "$dir" "$window"
         merge_run_files "$dir"
@@ -634,16 +701,21 @@ if ((SMOKE)); then
 else
     for kind in $KINDS; do
         for step in $STEPS; do
+            op=""
             case $kind in
                 ct) flows=$step drops=0 ;;
                 nflog) flows=0 drops=$step ;;
+                # Metrics are flowlogd's: the other listeners' rows would
+                # repeat ct's.
+                ct-scrape) flows=$step drops=0 op=scrape ;;
                 stop | reload | flood) continue ;;
-                *) die "unknown kind $kind (ct, nflog, stop, reload, flood)" ;;
+                *) die "unknown kind $kind (ct, ct-scrape, nflog, stop, reload, flood)" ;;
             esac
             label="$kind $step"
-            [[ $step == max ]] && run_one "$label" "$kind" none "$STEP_SECS" "$flows" "$drops" 0 "$PPF" 3600 30
+            [[ $step == max && -z $op ]] && run_one "$label" "$kind" none "$STEP_SECS" "$flows" "$drops" 0 "$PPF" 3600 30
             for l in $LISTENERS; do
-                run_one "$label" "$kind" "$l" "$STEP_SECS" "$flows" "$drops" 0 "$PPF" 3600 30
+                [[ -n $op && $l != flowlogd ]] && continue
+                run_one "$label" "${kind%-scrape}" "$l" "$STEP_SECS" "$flows" "$drops" 0 "$PPF" 3600 30 "$op"
             done
         done
     done

@@ -2,10 +2,11 @@
 # Installs what flowlogd's tests need on a Debian machine (run as root):
 # the C compiler for the C example plugin, iproute2 for network namespaces,
 # nftables/iptables and conntrack-tools to set up and cross-check capture,
-# and rsyslog as the real syslog consumer.
+# rsyslog as the real syslog consumer, and prometheus (with promtool) to
+# check and scrape the metrics endpoint.
 set -euo pipefail
 
-packages=(gcc libc6-dev make iproute2 iputils-ping nftables iptables conntrack kmod procps rsyslog ulogd2 ulogd2-json lintian rpm debootstrap debian-archive-keyring systemd dpkg-dev binutils man-db)
+packages=(gcc libc6-dev make iproute2 iputils-ping nftables iptables conntrack kmod procps rsyslog prometheus ulogd2 ulogd2-json lintian rpm debootstrap debian-archive-keyring systemd dpkg-dev binutils man-db)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -16,18 +16,21 @@
 //! and sends their records out, `reload` and `sink_swap` handle SIGHUP.
 
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mio::{Events, Poll};
 
 use crate::config::{Config, MetadataSource};
 use crate::flows::{Clock, SystemClock};
+use crate::metrics::{MetricsServer, SnapshotCell};
 use crate::signals::{Signal, SignalFd};
 use crate::startup;
 
 mod build;
 mod closer;
 mod error;
+mod publish;
 mod reload;
 mod sink_swap;
 mod sources;
@@ -39,6 +42,7 @@ pub use sources::EVENT_SUBSCRIPTION;
 use build::ConfigState;
 use closer::{WindowCloser, EMIT_RETRY};
 use error::io_err;
+use publish::MetricsPublisher;
 use sources::{Sources, CONNTRACK, DUMP, METADATA, NFLOG, ROUTE, SIGNALS};
 use state::Capture;
 
@@ -64,16 +68,22 @@ pub fn run(config: Config) -> Result<u64, RunError> {
     // Signals first: blocked before any thread starts, so sink workers
     // inherit the mask and SIGTERM reaches only the signalfd.
     let mut signals = SignalFd::open().map_err(io_err("cannot set up signal handling"))?;
+    // Before anything is installed: a taken port is a start-up error.
+    let metrics = bind_metrics(&config)?;
     let state = ConfigState::new(&config).map_err(|e| build::registry_error(&config, &e))?;
     let mut sources = Sources::open(&config)?;
     let tracking_table = sources.tracking_table.take();
     // Everything that needs more than CAP_NET_ADMIN is done; the sinks (and
     // every reload) run with what is left.
     sources::drop_privileges(&config)?;
+    // Threads start only now: dropping privileges needs a process of one
+    // thread (capabilities are per thread).
+    let metrics = metrics.map(serve_metrics).transpose()?;
     let dispatcher = startup::start_sinks(&config, Some(&startup::spool_settings(&config)))
         .map_err(RunError::Config)?;
     let mut capture = build::start(config, state, sources, dispatcher)?;
     let mut closer = WindowCloser::default();
+    let mut publisher = metrics.map(|cell| MetricsPublisher::new(cell, &capture, &closer));
 
     let mut poll = Poll::new().map_err(io_err("cannot create the event loop"))?;
     capture.waker = Some(sources::register(&poll, &mut capture, &signals)?);
@@ -94,7 +104,12 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         if trickle > 0 && trickle < EVENT_GATHER_BELOW && !capture.flags.drain_pending {
             std::thread::sleep(EVENT_GATHER);
         }
-        if let Err(e) = poll.poll(&mut poll_events, Some(poll_timeout(&capture, &closer))) {
+        let timeout = poll_timeout(&capture, &closer).min(
+            publisher
+                .as_ref()
+                .map_or(Duration::MAX, |p| p.wait_at_most()),
+        );
+        if let Err(e) = poll.poll(&mut poll_events, Some(timeout)) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
@@ -132,7 +147,36 @@ pub fn run(config: Config) -> Result<u64, RunError> {
             closer.close_window(&mut capture);
         }
         sources::register_reopened_dumper(&poll, &mut capture.dumper);
+        if let Some(p) = &mut publisher {
+            p.after_turn(&capture, &closer);
+        }
     }
+}
+
+/// Binds `metrics.listen`, unless it is off.
+fn bind_metrics(config: &Config) -> Result<Option<(MetricsServer, Arc<SnapshotCell>)>, RunError> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok(None);
+    };
+    let cell = Arc::new(SnapshotCell::default());
+    let server = MetricsServer::bind(addr, Arc::clone(&cell))
+        .map_err(|source| RunError::Metrics { addr, source })?;
+    Ok(Some((server, cell)))
+}
+
+/// Starts the metrics thread, which serves what the loop publishes into
+/// the returned cell.
+fn serve_metrics(
+    (server, cell): (MetricsServer, Arc<SnapshotCell>),
+) -> Result<Arc<SnapshotCell>, RunError> {
+    let addr = server.local_addr().ok();
+    server
+        .spawn()
+        .map_err(io_err("cannot start the metrics thread"))?;
+    if let Some(addr) = addr {
+        log::info!("metrics: serving http://{addr}/metrics");
+    }
+    Ok(cell)
 }
 
 /// How long `poll` may wait: not at all while a drain or a dump has data

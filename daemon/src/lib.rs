@@ -18,6 +18,7 @@ pub mod ids;
 pub mod instances;
 pub mod logger;
 pub mod metadata;
+pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod packet;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use super::state::Capture;
 use crate::config::Config;
 use crate::instances::InstanceDrain;
+use crate::metrics::WindowOutput;
 use crate::netlink::{DumpStats, DumpStep};
 use crate::sinks::Dispatcher;
 
@@ -41,6 +42,8 @@ pub(super) struct WindowCloser {
     /// Sums emitted early at the memory bound, being sent chunk by chunk
     /// after `emitting`.
     early: Option<EarlyEmit>,
+    /// What the windows' records were, for metrics.
+    output: WindowOutput,
 }
 
 /// A closed window on its way to the sinks.
@@ -114,7 +117,18 @@ impl WindowCloser {
         config: &'a Config,
         dispatcher: &'a Dispatcher,
     ) -> SpillSender<'a> {
-        SpillSender::new(config, dispatcher, &mut self.emitting, &mut self.early)
+        SpillSender::new(
+            config,
+            dispatcher,
+            &mut self.emitting,
+            &mut self.early,
+            &mut self.output,
+        )
+    }
+
+    /// What the windows' records were so far, for metrics.
+    pub(super) fn output(&self) -> &WindowOutput {
+        &self.output
     }
 
     /// The running dump has replies queued beyond the last slice: the loop
@@ -199,6 +213,7 @@ impl WindowCloser {
             &c.dispatcher,
             &mut self.emitting,
             &mut self.early,
+            &mut self.output,
         );
         let step = c.dumper.read_some(DUMP_SLICE_DATAGRAMS, |entry| {
             table.on_dump_entry(registry, &entry);
@@ -227,6 +242,7 @@ impl WindowCloser {
             &c.dispatcher,
             &mut self.emitting,
             &mut self.early,
+            &mut self.output,
         );
         let result = c.dumper.finish(|entry| {
             table.on_dump_entry(registry, &entry);
@@ -363,7 +379,14 @@ impl WindowCloser {
         };
         let started = std::time::Instant::now();
         let pacing = EmitPacing::new(c.config.daemon.sink_queue_records, c.config.flow_logs.len());
-        let done = send_chunks(&c.config, &c.dispatcher, pacing, &mut e.drain, !force);
+        let done = send_chunks(
+            &c.config,
+            &c.dispatcher,
+            pacing,
+            &mut e.drain,
+            !force,
+            &mut self.output,
+        );
         e.waiting = !done;
         e.close.account(started.elapsed());
         if !done {
@@ -373,6 +396,7 @@ impl WindowCloser {
         c.dispatcher
             .flush_all(flowlogd_plugin_api::abi::FLUSH_WINDOW_END);
         Self::log_window(c, &e);
+        self.output.window_closed(e.close.began.elapsed());
         self.emit_early_chunks(c, force);
     }
 
@@ -386,7 +410,14 @@ impl WindowCloser {
             return;
         };
         let pacing = EmitPacing::new(c.config.daemon.sink_queue_records, c.config.flow_logs.len());
-        let done = send_chunks(&c.config, &c.dispatcher, pacing, &mut e.drain, !force);
+        let done = send_chunks(
+            &c.config,
+            &c.dispatcher,
+            pacing,
+            &mut e.drain,
+            !force,
+            &mut self.output,
+        );
         e.waiting = !done;
         if !done {
             self.early = Some(e);

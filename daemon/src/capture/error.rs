@@ -18,6 +18,11 @@ pub enum RunError {
         what: &'static str,
         source: io::Error,
     },
+    /// `metrics.listen` could not be bound.
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for RunError {
@@ -27,6 +32,11 @@ impl fmt::Display for RunError {
             RunError::Tracking(e) => write!(f, "{e}"),
             RunError::Privileges(e) => write!(f, "{e}"),
             RunError::Io { what, source } => write!(f, "{what}: {source}"),
+            RunError::Metrics { addr, source } => write!(
+                f,
+                "cannot listen for metrics on {addr} (metrics.listen): {source}; set another address, or \
+                 metrics.listen = \"\" to turn metrics off"
+            ),
         }
     }
 }

@@ -83,6 +83,10 @@ impl Capture {
     }
 
     fn warn_restart_only_changes(&self, new: &Config) {
+        // The server thread keeps the socket it bound at start.
+        if new.metrics_listen != self.config.metrics_listen {
+            log::warn!("reload: a change of metrics.listen takes effect at the next restart");
+        }
         let (old, new) = (&self.config.daemon, &new.daemon);
         for (what, changed) in [
             ("daemon.nflog_groups", new.nflog_groups != old.nflog_groups),

@@ -29,6 +29,8 @@ pub(super) struct LoopStats {
     pub(super) dump_parse_errors: u64,
     pub(super) dumps_interrupted: u64,
     pub(super) resyncs: u64,
+    /// NFLOG sequence numbers that never arrived.
+    pub(super) nflog_sequence_gaps: u64,
 }
 
 impl LoopStats {
@@ -171,6 +173,7 @@ impl Capture {
             spills.send(table, registry);
         });
         let gaps = socket.take_loss().sequence_gaps;
+        self.stats.nflog_sequence_gaps += gaps;
         if s.overruns > 0 || gaps > 0 {
             // Dropped packets the kernel logged but could not hand us: which
             // ENIs they were on is unknown, so every ENI's window is marked.

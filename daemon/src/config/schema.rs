@@ -15,6 +15,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub metadata: RawMetadata,
     #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
     pub eni: Vec<Spanned<RawEni>>,
     #[serde(default)]
     pub flow_log: Vec<Spanned<RawFlowLog>>,
@@ -218,6 +220,30 @@ impl Default for RawMetadata {
             base_url: None,
             ttl_secs: None,
             unmapped: None,
+        }
+    }
+}
+
+/// `[metrics]`: where the Prometheus endpoint listens.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    #[serde(default = "default_metrics_listen")]
+    pub listen: Spanned<String>,
+}
+
+/// On by default, on loopback only: the counters say nothing about flows,
+/// but nothing off the machine needs to read them unless told.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9750";
+
+fn default_metrics_listen() -> Spanned<String> {
+    Spanned::new(0..0, DEFAULT_METRICS_LISTEN.into())
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            listen: default_metrics_listen(),
         }
     }
 }

@@ -784,3 +784,53 @@ fn bytes_that_are_not_utf8_are_located() {
         format!("{}:11:10: not UTF-8 (TOML files are UTF-8)", path.display())
     );
 }
+
+// --- [metrics] ---------------------------------------------------------
+
+#[test]
+fn metrics_listen_defaults_to_loopback_and_empty_turns_it_off() {
+    let c = parse(Path::new("/etc/flowlogd.toml"), GOOD).unwrap();
+    assert_eq!(c.metrics_listen, Some("127.0.0.1:9750".parse().unwrap()));
+    for (table, expected) in [
+        ("[metrics]\nlisten = \"\"\n", None),
+        (
+            "[metrics]\nlisten = \"[::1]:9100\"\n",
+            Some("[::1]:9100".parse().unwrap()),
+        ),
+        (
+            "[metrics]\nlisten = \"0.0.0.0:9750\"\n",
+            Some("0.0.0.0:9750".parse().unwrap()),
+        ),
+    ] {
+        let src = format!("{GOOD}\n{table}");
+        let c = parse(Path::new("/etc/flowlogd.toml"), &src).unwrap();
+        assert_eq!(c.metrics_listen, expected, "{table}");
+    }
+}
+
+#[test]
+fn a_metrics_listen_that_is_no_address_is_refused_at_its_value() {
+    let line = GOOD.lines().count() + 2;
+    for (value, got) in [
+        ("localhost:9750", "localhost:9750"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("127.0.0.1:99999", "127.0.0.1:99999"),
+        ("9750", "9750"),
+    ] {
+        let src = format!("{GOOD}[metrics]\nlisten = \"{value}\"\n");
+        assert_eq!(
+            error_of(&src),
+            format!(
+                "/etc/flowlogd.toml:{line}:10: metrics.listen: expected an IP address and port \
+                 (\"127.0.0.1:9750\", \"[::1]:9750\") or \"\" to turn metrics off, got \"{got}\""
+            ),
+            "{value}"
+        );
+    }
+    let src = format!("{GOOD}[metrics]\nport = 9750\n");
+    assert!(
+        error_of(&src).contains("metrics.port: unknown field `port`, expected `listen`"),
+        "{}",
+        error_of(&src)
+    );
+}

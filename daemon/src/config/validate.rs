@@ -23,6 +23,9 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// Where ENI ids come from besides the `[[eni]]` tables.
     pub metadata: MetadataSource,
+    /// `[metrics] listen`: the Prometheus endpoint's address; `None` (an
+    /// empty string in the file) turns it off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub enis: Vec<EniConfig>,
     pub flow_logs: Vec<FlowLogConfig>,
     /// Sorted by name.
@@ -370,6 +373,7 @@ impl Cx<'_> {
 fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let daemon = validate_daemon(cx, &raw.daemon)?;
     let metadata = validate_metadata(cx, &raw.metadata)?;
+    let metrics_listen = validate_metrics_listen(cx, &raw.metrics.listen)?;
     let enis = validate_enis(cx, &raw.eni)?;
     let sinks = validate_sinks(cx, &raw.sinks)?;
     require_something_to_capture(cx, &raw, &metadata)?;
@@ -385,6 +389,7 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         path: cx.path.to_owned(),
         daemon,
         metadata,
+        metrics_listen,
         enis,
         flow_logs,
         sinks,
@@ -518,6 +523,31 @@ fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigErr
         rcvbuf_max_bytes,
         user,
     })
+}
+
+/// `metrics.listen`: `""` (off) or an IP address and port. A host name is
+/// refused: the daemon would have to resolve it at start, and what it
+/// binds would then depend on DNS.
+fn validate_metrics_listen(
+    cx: &Cx<'_>,
+    v: &Spanned<String>,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let s = v.get_ref();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    match s.parse::<std::net::SocketAddr>() {
+        Ok(addr) => Ok(Some(addr)),
+        Err(_) => Err(cx.err(
+            v.span(),
+            "metrics.listen",
+            format!(
+                "expected an IP address and port (\"127.0.0.1:9750\", \"[::1]:9750\") or \"\" to turn \
+                 metrics off, got \"{}\"",
+                s.escape_debug()
+            ),
+        )),
+    }
 }
 
 /// `daemon.user` must name a user of this system: the daemon switches to

@@ -277,7 +277,6 @@ impl<C: Clock> FlowTable<C> {
     }
 
     /// Heap bytes of the open window's sums.
-    #[cfg(test)]
     pub fn sums_bytes(&self) -> usize {
         self.agg.footprint_bytes()
     }
@@ -302,7 +301,6 @@ impl<C: Clock> FlowTable<C> {
     }
 
     /// The open window; its `end` is the next aligned boundary.
-    #[cfg(test)]
     pub fn window(&self) -> CaptureWindow {
         self.window
     }

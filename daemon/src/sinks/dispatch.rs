@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -94,6 +94,8 @@ struct Counters {
     undelivered_at_shutdown: AtomicU64,
     retries: AtomicU64,
     spool_lost: AtomicU64,
+    /// Unix seconds of the last RETRY or REJECTED answer (0: none yet).
+    last_error_unix: AtomicI64,
 }
 
 /// What happened to one sink's records.
@@ -126,6 +128,66 @@ impl SinkStats {
             + self.undelivered_at_shutdown
             + self.spool_lost
     }
+}
+
+/// A handle on one sink's counters, for metrics: readable from any
+/// thread, while the sink runs and after.
+#[derive(Clone)]
+pub struct SinkProbe(Arc<Shared>);
+
+/// One sink's counters and queue at the moment of [`SinkProbe::read`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkMetrics {
+    pub stats: SinkStats,
+    /// Records in the memory queue now.
+    pub queued_records: u64,
+    /// Records and bytes in the spool now.
+    pub spool_records: u64,
+    pub spool_bytes: u64,
+    /// Unix seconds of the last failed write (RETRY or REJECTED), if any.
+    pub last_error_unix: Option<i64>,
+}
+
+impl SinkProbe {
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The counters (atomics) and, under the queue's lock for a moment,
+    /// what is queued and spooled.
+    pub fn read(&self) -> SinkMetrics {
+        let shared = &self.0;
+        let stats = stats_of(shared);
+        let (queued_records, spool_records, spool_bytes) = {
+            let st = shared.lock();
+            let (records, bytes) = st
+                .spool
+                .as_ref()
+                .map_or((0, 0), |s| (s.records(), s.bytes()));
+            (st.queued_records, records, bytes)
+        };
+        let last = shared.stats.last_error_unix.load(Ordering::Relaxed);
+        SinkMetrics {
+            stats,
+            queued_records,
+            spool_records,
+            spool_bytes,
+            last_error_unix: (last > 0).then_some(last),
+        }
+    }
+}
+
+impl std::fmt::Debug for SinkProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SinkProbe").field(&self.0.name).finish()
+    }
+}
+
+fn note_error_time(shared: &Shared) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    shared.stats.last_error_unix.store(now, Ordering::Relaxed);
 }
 
 struct SinkWorker {
@@ -257,6 +319,14 @@ impl Dispatcher {
             });
         }
         Ok(dispatcher)
+    }
+
+    /// Handles on every sink's counters, for metrics.
+    pub fn probes(&self) -> Vec<SinkProbe> {
+        self.workers
+            .iter()
+            .map(|w| SinkProbe(Arc::clone(&w.shared)))
+            .collect()
     }
 
     pub fn sink_index(&self, name: &str) -> Option<usize> {
@@ -741,6 +811,7 @@ fn deliver(
                     shared.name
                 );
                 shared.stats.rejected.fetch_add(n, Ordering::Relaxed);
+                note_error_time(shared);
             }
             Err(CallError::Retry(message)) => return Err(message),
         }
@@ -792,6 +863,7 @@ fn finish(shared: &Shared, cur: &Current) {
 /// that is down for an hour does not flood the log.
 fn note_retry(shared: &Shared, what: &str, attempts: u32, backoff: Duration, message: &str) {
     shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+    note_error_time(shared);
     if attempts == 1 || attempts % 10 == 0 {
         log::warn!(
             "sink {}: {what} failed (attempt {attempts}), retrying in {} ms: {message}",

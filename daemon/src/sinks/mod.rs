@@ -7,6 +7,6 @@ mod loader;
 mod spool;
 mod trusted_path;
 
-pub use dispatch::{Dispatcher, SinkSpec, SinkStats, SpoolSettings};
+pub use dispatch::{Dispatcher, SinkMetrics, SinkProbe, SinkSpec, SinkStats, SpoolSettings};
 pub use instance::{check_options, CallError};
 pub use loader::{resolve_plugin, scan_plugin_dir, PluginLibrary};

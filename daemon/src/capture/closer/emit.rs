@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::eni::EniRegistry;
 use crate::flows::{FlowTable, SystemClock};
 use crate::instances::{self, InstanceDrain};
+use crate::metrics::WindowOutput;
 use crate::sinks::Dispatcher;
 
 /// Most records per chunk of a closed window sent to the sinks (about
@@ -48,20 +49,25 @@ impl EmitPacing {
 
 /// Sends chunks of `drain` to the sinks of the instances that take them:
 /// if `paced`, only while every sink's queue is under the low-water mark,
-/// otherwise all of them. `true` when the drain is empty.
+/// otherwise all of them; counts them in `output`. `true` when the drain
+/// is empty.
 pub(super) fn send_chunks(
     config: &Config,
     dispatcher: &Dispatcher,
     pacing: EmitPacing,
     drain: &mut InstanceDrain,
     paced: bool,
+    output: &mut WindowOutput,
 ) -> bool {
     loop {
         if paced && dispatcher.most_queued_records() >= pacing.low_water {
             return false;
         }
         match drain.next_chunk(pacing.chunk) {
-            Some(chunk) => instances::dispatch_chunk(config, dispatcher, &chunk),
+            Some(chunk) => {
+                output.count_chunk(config, &chunk);
+                instances::dispatch_chunk(config, dispatcher, &chunk);
+            }
             None => return true,
         }
     }
@@ -90,6 +96,7 @@ pub(in crate::capture) struct SpillSender<'a> {
     dispatcher: &'a Dispatcher,
     emitting: &'a mut Option<EmittingWindow>,
     early: &'a mut Option<EarlyEmit>,
+    output: &'a mut WindowOutput,
 }
 
 impl<'a> SpillSender<'a> {
@@ -99,12 +106,14 @@ impl<'a> SpillSender<'a> {
         dispatcher: &'a Dispatcher,
         emitting: &'a mut Option<EmittingWindow>,
         early: &'a mut Option<EarlyEmit>,
+        output: &'a mut WindowOutput,
     ) -> Self {
         SpillSender {
             config,
             dispatcher,
             emitting,
             early,
+            output,
         }
     }
 
@@ -145,7 +154,14 @@ impl<'a> SpillSender<'a> {
             // window's drain stays in `emitting`, empty, for the loop to
             // flush the sinks and log its window line.
             if let Some(e) = self.emitting.as_mut() {
-                send_chunks(self.config, self.dispatcher, pacing, &mut e.drain, false);
+                send_chunks(
+                    self.config,
+                    self.dispatcher,
+                    pacing,
+                    &mut e.drain,
+                    false,
+                    self.output,
+                );
             }
             if let Some(mut previous) = self.early.take() {
                 send_chunks(
@@ -154,6 +170,7 @@ impl<'a> SpillSender<'a> {
                     pacing,
                     &mut previous.drain,
                     false,
+                    self.output,
                 );
             }
             let mut early = EarlyEmit {
@@ -167,6 +184,7 @@ impl<'a> SpillSender<'a> {
                     pacing,
                     &mut early.drain,
                     false,
+                    self.output,
                 );
             } else {
                 *self.early = Some(early);
