@@ -18,6 +18,7 @@ pub mod logger;
 pub mod metadata;
 pub mod model;
 pub mod netlink;
+pub mod notify;
 pub mod packet;
 pub mod privileges;
 pub mod rejects;

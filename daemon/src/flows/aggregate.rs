@@ -1034,6 +1034,19 @@ impl WindowDrain {
         self.emitted
     }
 
+    /// The SKIPDATA records of this drain (given out or still to come):
+    /// one per flow log instance for each of its ENIs that lost data.
+    pub fn skipdata_records(&self) -> usize {
+        if !self.with_statuses {
+            return 0;
+        }
+        self.instances
+            .iter()
+            .flat_map(|i| &i.enis)
+            .filter(|eni| self.enis.get(eni.get()).is_some_and(|e| e.skipped))
+            .count()
+    }
+
     /// Every remaining record, per instance in config order (every instance
     /// listed), for tests and callers that do not need chunks: this holds
     /// the whole window's records at once.
