@@ -212,7 +212,8 @@ fn the_daemon_notifies_readiness_status_reload_and_stop_and_feeds_the_watchdog()
         texts(&got)
     );
 
-    // The first window closes; in the next, whole one, 3 UDP flows.
+    // The first window closes; in the next, whole one, 3 one-way UDP flows
+    // and one answered (4 connections, 5 records: the count is of records).
     daemon.wait_for_window(0, Duration::from_secs(WINDOW_SECS) + STEP);
     let target = format!("{}:5600", s.ea.v4);
     let mut sink = LineProcess::traffic(&s.a, TRAFFIC, &["udp-sink", &target]);
@@ -220,6 +221,13 @@ fn the_daemon_notifies_readiness_status_reload_and_stop_and_feeds_the_watchdog()
     let mut burst =
         LineProcess::traffic(&s.b, TRAFFIC, &["udp-burst", &target, "3", "100", "41000"]);
     burst.expect_line("sent 3", STEP);
+    let answered = format!("{}:5601", s.ea.v4);
+    let mut server =
+        LineProcess::traffic(&s.a, TRAFFIC, &["udp-server", &answered, "2", "2", "100"]);
+    server.expect_line("listening", STEP);
+    let mut client =
+        LineProcess::traffic(&s.b, TRAFFIC, &["udp-client", &answered, "2", "100", "2"]);
+    client.expect_line("done", STEP);
     let window = daemon.wait_for_window(1, Duration::from_secs(WINDOW_SECS) + STEP);
     let prefix = format!(
         "STATUS=window {}-{} UTC: ",
@@ -315,11 +323,15 @@ fn the_daemon_notifies_readiness_status_reload_and_stop_and_feeds_the_watchdog()
         .into_iter()
         .filter(|r| r["start"] == window.0 && r["end"] == window.1)
         .collect();
-    let udp = records
-        .iter()
-        .filter(|r| r["protocol"] == 17 && r["direction"] == "in" && r["log-status"] == "OK")
-        .count();
-    assert_eq!(udp, 3, "{records:#?}\n{log}");
+    let udp = |direction: &str| {
+        records
+            .iter()
+            .filter(|r| {
+                r["protocol"] == 17 && r["direction"] == direction && r["log-status"] == "OK"
+            })
+            .count()
+    };
+    assert_eq!((udp("in"), udp("out")), (4, 1), "{records:#?}\n{log}");
     assert_eq!(
         announced,
         records.len(),
