@@ -304,7 +304,8 @@ for p in "${plugins[@]}"; do
 done
 
 unit=$x/lib/systemd/system/flowlogd.service
-for line in 'User=flowlogd' 'Group=flowlogd' 'ExecStart=/usr/sbin/flowlogd run --config /etc/flowlogd\.toml' \
+for line in 'Type=notify' 'NotifyAccess=main' 'WatchdogSec=60s' \
+    'User=flowlogd' 'Group=flowlogd' 'ExecStart=/usr/sbin/flowlogd run --config /etc/flowlogd\.toml' \
     'ExecStartPre=/usr/sbin/flowlogd check-config --config /etc/flowlogd\.toml' 'ExecReload=/bin/kill -HUP \$MAINPID' \
     'Restart=on-failure' 'CapabilityBoundingSet=CAP_NET_ADMIN' 'AmbientCapabilities=CAP_NET_ADMIN' \
     'NoNewPrivileges=yes' 'ProtectSystem=strict' 'ProtectHome=yes' 'PrivateTmp=yes' \

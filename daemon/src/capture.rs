@@ -24,6 +24,7 @@ use mio::{Events, Poll};
 use crate::config::{Config, MetadataSource};
 use crate::flows::{Clock, SystemClock};
 use crate::metrics::{MetricsServer, SnapshotCell};
+use crate::notify;
 use crate::signals::{Signal, SignalFd};
 use crate::startup;
 
@@ -96,9 +97,18 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         capture.config.daemon.capture_window_secs,
         capture.table.next_deadline()
     );
+    // Baseline taken, sinks open, sockets registered: systemd may start
+    // what waits for us, and arms the watchdog fed below.
+    capture.notify.ready(Some(&format!(
+        "capturing; first window closes at {} UTC",
+        notify::utc_time_of_day(capture.table.next_deadline())
+    )));
 
     let mut poll_events = Events::with_capacity(64);
     loop {
+        // Fed by the loop itself: a loop that stops turning stops feeding
+        // it (the poll below waits no longer than the next feed is due).
+        capture.notify.feed_watchdog();
         // Events came in a trickle at the last read: let them gather.
         let trickle = std::mem::take(&mut capture.flags.events_read);
         if trickle > 0 && trickle < EVENT_GATHER_BELOW && !capture.flags.drain_pending {
@@ -141,6 +151,9 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         // dump per iteration, the records going out, a resync due.
         closer.serve(&mut capture, dump_readable);
         if terminate {
+            capture
+                .notify
+                .stopping("stopping: closing the open window early");
             return Ok(capture.terminate(&mut closer, tracking_table));
         }
         if SystemClock.now_unix() >= capture.table.next_deadline() {
@@ -181,14 +194,18 @@ fn serve_metrics(
 
 /// How long `poll` may wait: not at all while a drain or a dump has data
 /// queued, a little while records wait for room in the sinks' queues,
-/// otherwise until the window's end.
+/// otherwise until the window's end; never past the watchdog's next feed.
 fn poll_timeout(capture: &Capture, closer: &WindowCloser) -> Duration {
-    if capture.flags.drain_pending || closer.has_dump_pending() {
+    let timeout = if capture.flags.drain_pending || closer.has_dump_pending() {
         Duration::ZERO
     } else if closer.waits_for_sinks() {
         EMIT_RETRY.min(until(capture.table.next_deadline()))
     } else {
         until(capture.table.next_deadline())
+    };
+    match capture.notify.watchdog_due_in() {
+        Some(due) => timeout.min(due),
+        None => timeout,
     }
 }
 
@@ -198,7 +215,13 @@ fn read_signals(signals: &mut SignalFd, capture: &mut Capture, closer: &mut Wind
     loop {
         match signals.next() {
             Ok(Some(Signal::Terminate)) => terminate = true,
-            Ok(Some(Signal::Reload)) => capture.reload(closer),
+            Ok(Some(Signal::Reload)) => {
+                // READY=1 follows whether the reload took or was refused:
+                // systemd waits for it either way.
+                capture.notify.reloading();
+                capture.reload(closer);
+                capture.notify.ready(None);
+            }
             Ok(Some(Signal::Reopen)) => capture.reopen_outputs("SIGUSR1"),
             Ok(None) => return terminate,
             Err(e) => {

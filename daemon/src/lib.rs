@@ -21,6 +21,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
+pub mod notify;
 pub mod packet;
 pub mod privileges;
 pub mod rejects;

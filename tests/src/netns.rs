@@ -506,12 +506,28 @@ impl DaemonProcess {
     /// [`DAEMON_START_TIMEOUT`], with its log.
     #[track_caller]
     pub fn start(ns: &Netns, config: &Path, log: &Path) -> DaemonProcess {
+        DaemonProcess::start_with_env(ns, config, log, &[])
+    }
+
+    /// [`DaemonProcess::start`] with the variables `env` added to the
+    /// daemon's environment (`NOTIFY_SOCKET`, ...).
+    ///
+    /// # Panics
+    /// As [`DaemonProcess::start`].
+    #[track_caller]
+    pub fn start_with_env(
+        ns: &Netns,
+        config: &Path,
+        log: &Path,
+        env: &[(&str, &OsStr)],
+    ) -> DaemonProcess {
         let stderr = File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let child = ns
             .command(flowlogd_bin())
             .arg("run")
             .arg("--config")
             .arg(config)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -15,6 +15,7 @@ use crate::eni::{EniError, EniRegistry};
 use crate::flows::{Clock, FlowTable, LossScope, SystemClock};
 use crate::handoff;
 use crate::netlink::RouteWatcher;
+use crate::notify::NotifySocket;
 use crate::rejects::RejectCapture;
 use crate::run_marker::{self, Judgement, RunMarker};
 use crate::sinks::Dispatcher;
@@ -112,6 +113,7 @@ pub(super) fn start(
         metadata: None,
         metadata_failing: false,
         lost_at_reload: 0,
+        notify: NotifySocket::from_env(),
         config,
     };
     // The first window begins now, not at its aligned start: the previous

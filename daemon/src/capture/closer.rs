@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::instances::InstanceDrain;
 use crate::metrics::WindowOutput;
 use crate::netlink::{DumpStats, DumpStep};
+use crate::notify;
 use crate::sinks::Dispatcher;
 
 mod emit;
@@ -236,7 +237,7 @@ impl WindowCloser {
             return;
         }
         let started = std::time::Instant::now();
-        let (table, registry) = (&mut c.table, &c.registry);
+        let (table, registry, notify) = (&mut c.table, &c.registry, &mut c.notify);
         let mut spills = SpillSender::new(
             &c.config,
             &c.dispatcher,
@@ -247,6 +248,7 @@ impl WindowCloser {
         let result = c.dumper.finish(|entry| {
             table.on_dump_entry(registry, &entry);
             spills.send(table, registry);
+            notify.feed_watchdog_amid_work();
         });
         if let Some(d) = &mut self.dump {
             d.account_read(started.elapsed());
@@ -431,6 +433,13 @@ impl WindowCloser {
         let count = e.drain.records_emitted();
         let t = capture.table.stats();
         let c = &capture.stats.conntrack;
+        capture.notify.status(&format!(
+            "window {}-{} UTC: {count} records, {} live flows, {} SKIPDATA",
+            notify::utc_time_of_day(window.start),
+            notify::utc_time_of_day(window.end),
+            t.entries,
+            e.drain.skipdata_records()
+        ));
         if let Some((_, rejects)) = &capture.nflog {
             let r = rejects.stats();
             let n = &capture.stats.nflog;

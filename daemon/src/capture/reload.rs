@@ -207,11 +207,12 @@ impl Capture {
     /// (an ENI or address the old config did not capture) are baselined,
     /// the rest harvested into the open window.
     fn reload_dump(&mut self, closer: &mut WindowCloser, old: &EniRegistry) {
-        let (table, registry) = (&mut self.table, &self.registry);
+        let (table, registry, notify) = (&mut self.table, &self.registry, &mut self.notify);
         table.begin_dump();
-        let result = self
-            .dumper
-            .dump(|entry| table.on_reload_dump_entry(old, registry, &entry));
+        let result = self.dumper.dump(|entry| {
+            table.on_reload_dump_entry(old, registry, &entry);
+            notify.feed_watchdog_amid_work();
+        });
         // Not judged for lost connections: it is not a window's dump.
         self.table.end_dump(false);
         match result {

@@ -14,6 +14,7 @@ use crate::flows::{Clock, FlowTable, LossScope, SystemClock};
 use crate::handoff;
 use crate::metadata::{MetadataUpdate, MetadataWorker};
 use crate::netlink::{ConntrackDumper, ConntrackEvents, DrainStats, NflogSocket, RouteWatcher};
+use crate::notify::NotifySocket;
 use crate::rejects::RejectCapture;
 use crate::run_marker;
 use crate::sinks::Dispatcher;
@@ -86,6 +87,9 @@ pub(super) struct Capture {
     pub(super) metadata_failing: bool,
     /// Records that sinks stopped by a reload could not deliver.
     pub(super) lost_at_reload: u64,
+    /// The service manager (systemd `Type=notify`): readiness, status, and
+    /// the watchdog this thread feeds.
+    pub(super) notify: NotifySocket,
 }
 
 impl Capture {
@@ -132,6 +136,7 @@ impl Capture {
         let mut quiet_since = std::time::Instant::now();
         let mut drained = 0u64;
         loop {
+            self.notify.feed_watchdog();
             let before = self.stats.conntrack.entries + self.stats.nflog.entries;
             self.drain_conntrack(closer);
             self.drain_nflog(closer);

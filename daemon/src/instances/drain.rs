@@ -146,6 +146,20 @@ impl InstanceDrain {
         self.emitted
     }
 
+    /// The SKIPDATA records of this drain (given out or still to come):
+    /// one per flow log instance for each of its ENIs that lost data. The
+    /// daemon's STATUS= line for systemd says it of each window.
+    pub fn skipdata_records(&self) -> usize {
+        if !self.records.says_statuses() {
+            return 0;
+        }
+        let enis = self.records.enis();
+        (0..self.scopes.instance_count())
+            .flat_map(|i| self.scopes.enis_of_instance(i))
+            .filter(|eni| enis.get(eni.get()).is_some_and(|e| e.lost))
+            .count()
+    }
+
     fn count(&mut self, chunk: WindowChunk) -> WindowChunk {
         self.emitted += chunk
             .instances

@@ -740,6 +740,46 @@ fn mark_lost_adds_skipdata_besides_ok_records() {
     assert_eq!(statuses(&w3, ALL, "eni-b"), [LogStatus::NoData]);
 }
 
+/// What the daemon's STATUS= line says of a window: the drain's count of
+/// its SKIPDATA records, before and after they are given out.
+#[test]
+fn a_drain_counts_its_skipdata_records() {
+    let mut f = Fixture::new(1000);
+    let b = f.eni("eni-b");
+    let close = |f: &mut Fixture| {
+        let deadline = f.table.next_deadline();
+        f.clock.set(deadline);
+        f.table.begin_close(deadline);
+        let d = f.table.finish_close(&f.reg).expect("a closing window");
+        routed(d, &f.flow_logs, &f.reg)
+    };
+    let counted = |drain: &mut InstanceDrain| {
+        let mut skipdata = 0;
+        while let Some(chunk) = drain.next_chunk(usize::MAX) {
+            for (_, batch) in &chunk.instances {
+                skipdata += batch
+                    .iter()
+                    .filter(|r| r.log_status == LogStatus::SkipData)
+                    .count();
+            }
+        }
+        skipdata
+    };
+    let mut none = close(&mut f);
+    assert_eq!((none.skipdata_records(), counted(&mut none)), (0, 0));
+    // eni-b is in one flow log; eni-a in three (all say SKIPDATA); eni-c
+    // has no interface.
+    f.table.mark_lost(LossScope::Eni(b));
+    let mut one = close(&mut f);
+    assert_eq!(one.skipdata_records(), 1);
+    assert_eq!(counted(&mut one), 1);
+    assert_eq!(one.skipdata_records(), 1, "still said once given out");
+    f.table.mark_lost(LossScope::All);
+    let mut all = close(&mut f);
+    assert_eq!(all.skipdata_records(), 4);
+    assert_eq!(counted(&mut all), 4);
+}
+
 #[test]
 fn max_flows_marks_skipdata() {
     let mut f = Fixture::new(1);
