@@ -79,8 +79,9 @@ pub fn is_root() -> bool {
 }
 
 /// Whether a privileged test may run: the one gate of every test that
-/// needs root (network namespaces, netlink sockets, nftables); they all
-/// live here, in tests/tests/. Without root it skips with a
+/// needs root (network namespaces, netlink sockets, nftables, chown): those
+/// in tests/tests/ and the daemon's one privileged unit test (of its plugin
+/// path check). Without root it skips with a
 /// message, except under CI=true, where it fails: CI runs as root, so a
 /// missing privilege there is a broken setup, never a reason to pass.
 #[track_caller]
