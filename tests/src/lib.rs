@@ -1,13 +1,14 @@
 //! Shared helpers for flowlogd's integration tests: where the built binary
 //! and plugins are, scratch directories that clean up after themselves,
-//! `require_root` (the one gate of every privileged test, the daemon's unit
-//! tests included), and comparing records. The modules:
+//! `require_root` (the one gate of every privileged test), and comparing
+//! records. The modules:
 //!
 //! - `scenario`: a privileged test's preamble (namespaces, veth, config,
 //!   daemon), built once;
 //! - `daemon_config`: the daemon's config written table by table;
 //! - `netns`: namespaces, veth pairs and the processes run in them;
 //! - `thread_netns`: a new namespace for the test's own thread;
+//! - `raw_netlink`: netlink spoken by hand, as another process would;
 //! - `plugin_swap`: the parts of the plugin-swap attack.
 //!
 //! The tests run the real `flowlogd` binary and load the real plugins, so
@@ -17,6 +18,7 @@
 pub mod daemon_config;
 pub mod netns;
 pub mod plugin_swap;
+pub mod raw_netlink;
 pub mod scenario;
 pub mod thread_netns;
 
@@ -77,8 +79,9 @@ pub fn is_root() -> bool {
 }
 
 /// Whether a privileged test may run: the one gate of every test that
-/// needs root, here and in the daemon's own unit tests (network
-/// namespaces, netlink sockets, nftables). Without root it skips with a
+/// needs root (network namespaces, netlink sockets, nftables, chown): those
+/// in tests/tests/ and the daemon's one privileged unit test (of its plugin
+/// path check). Without root it skips with a
 /// message, except under CI=true, where it fails: CI runs as root, so a
 /// missing privilege there is a broken setup, never a reason to pass.
 #[track_caller]

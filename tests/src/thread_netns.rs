@@ -1,6 +1,7 @@
 //! A network namespace of the test's own thread: for tests that open
-//! sockets and run tools themselves (the daemon's unit tests of its netlink
-//! sockets and tracking table, tests/tests/tracking.rs), where
+//! sockets and run tools themselves (tests/tests/netlink_*.rs of the
+//! daemon's netlink sockets, tests/tests/tracking.rs of its tracking
+//! table), where
 //! [`crate::netns::Netns`] is for tests that run the daemon in namespaces
 //! they join together.
 

@@ -10,11 +10,9 @@ mod validate;
 pub use error::ConfigError;
 pub use location::Location;
 pub use schema::default_window_memory_bytes;
-#[cfg(test)]
-pub use validate::ResourceType;
 pub use validate::{
     load, parse, Config, DaemonUser, EcsConfig, EniConfig, EniMatch, FlowLogConfig, MetadataSource,
-    SinkConfig, TrafficFilter, Unmapped,
+    ResourceType, SinkConfig, TrafficFilter, Unmapped,
 };
 
 #[cfg(test)]

@@ -157,8 +157,8 @@ impl BatchReceiver {
     }
 
     /// Treat datagrams from `port_id` as data instead of the kernel's: for
-    /// tests that queue datagrams from a user socket.
-    #[cfg(test)]
+    /// tests that queue datagrams from a user socket (through
+    /// `NetlinkSocket::trust_sender`, and this module's own).
     pub fn trust_sender(&mut self, port_id: u32) {
         self.trusted_sender = port_id;
     }

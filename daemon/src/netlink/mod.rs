@@ -16,6 +16,11 @@ pub use conntrack::{ConntrackDumper, ConntrackEvents, DumpStep, EventSubscriptio
 pub use nflog::{NflogConfig, NflogSocket};
 pub use route::RouteWatcher;
 pub use stats::{DrainStats, DumpStats};
+// The socket under every family's reader. The daemon reaches it only through
+// them; tests/tests/netlink_sockets.rs opens it directly, on a group a user
+// socket can send to, to test its batch reads against the live kernel.
+pub use batch_recv::ReceiveSlots;
+pub use socket::{NetlinkSocket, Received, SocketOptions};
 
 /// The parsers of raw netlink bytes, as the sockets call them, for the fuzz
 /// targets (`fuzz/`) and the property tests: each must reject malformed

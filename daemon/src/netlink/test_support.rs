@@ -1,6 +1,6 @@
-//! The captured netlink fixtures, for the parser tests. The privileged
-//! tests' helpers (`require_root`, a thread in a new network namespace) are
-//! the workspace's, in `flowlogd_tests`.
+//! The captured netlink fixtures, for the parser tests. The tests of the
+//! sockets against the live kernel (root, a network namespace) are in
+//! tests/tests/netlink_*.rs.
 
 use std::path::PathBuf;
 

@@ -17,6 +17,8 @@ use std::collections::HashSet;
 use std::io;
 use std::net::Ipv4Addr;
 
+use flowlogd_tests::raw_netlink::{message, nested, nla, udp4_tuple, RawNetlink};
+
 const NETLINK_ROUTE: i32 = 0;
 const NETLINK_NETFILTER: i32 = 12;
 // include/uapi/linux/rtnetlink.h
@@ -32,17 +34,8 @@ const CTA_STATUS: u16 = 3;
 const CTA_COUNTERS_ORIG: u16 = 9;
 const CTA_COUNTERS_REPLY: u16 = 10;
 const CTA_ID: u16 = 12;
-const CTA_TUPLE_IP: u16 = 1;
-const CTA_TUPLE_PROTO: u16 = 2;
-const CTA_IP_V4_SRC: u16 = 1;
-const CTA_IP_V4_DST: u16 = 2;
-const CTA_PROTO_NUM: u16 = 1;
-const CTA_PROTO_SRC_PORT: u16 = 2;
-const CTA_PROTO_DST_PORT: u16 = 3;
 const CTA_COUNTERS_PACKETS: u16 = 1;
 const CTA_COUNTERS_BYTES: u16 = 2;
-const NLA_F_NESTED: u16 = 0x8000;
-const IPPROTO_UDP: u8 = 17;
 // IPS_CONFIRMED | IPS_SEEN_REPLY | IPS_ASSURED
 const STATUS: u32 = 0x8 | 0x2 | 0x4;
 
@@ -80,14 +73,14 @@ fn usage() -> ! {
 /// Sends `message` to `group` and to each of `pid`'s sockets of
 /// `protocol`, printing what each attempt gave.
 fn forge(protocol: i32, group: u32, pid: u32, message: &[u8]) {
-    let fd = open(protocol).expect("netlink socket");
-    match send_to(fd, message, 0, 1 << (group - 1)) {
+    let socket = RawNetlink::open(protocol).expect("netlink socket");
+    match socket.send_to(message, 0, 1 << (group - 1)) {
         Ok(()) => println!("multicast group {group}: sent"),
         Err(e) => println!("multicast group {group}: {e}"),
     }
     let ports = ports_of(pid, protocol).expect("the daemon's netlink sockets");
     for port in &ports {
-        match send_to(fd, message, *port, 0) {
+        match socket.send_to(message, *port, 0) {
             Ok(()) => println!("unicast port {port}: sent"),
             Err(e) => println!("unicast port {port}: {e}"),
         }
@@ -95,60 +88,6 @@ fn forge(protocol: i32, group: u32, pid: u32, message: &[u8]) {
     if ports.is_empty() {
         println!("unicast: no socket of protocol {protocol} found for pid {pid}");
     }
-    // SAFETY: `fd` is this function's own open socket.
-    unsafe { libc::close(fd) };
-}
-
-fn open(protocol: i32) -> io::Result<i32> {
-    // SAFETY: plain socket(2) call; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            protocol,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: all-zero is a valid sockaddr_nl; nl_pid 0 asks for autobind.
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: `addr` lives across the call and its size is passed with it.
-    let rc = unsafe {
-        libc::bind(
-            fd,
-            (&addr as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
-}
-
-fn send_to(fd: i32, message: &[u8], port: u32, groups: u32) -> io::Result<()> {
-    // SAFETY: all-zero is a valid sockaddr_nl.
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    addr.nl_pid = port;
-    addr.nl_groups = groups;
-    // SAFETY: `message` and `addr` live across the call, their sizes passed.
-    let rc = unsafe {
-        libc::sendto(
-            fd,
-            message.as_ptr().cast(),
-            message.len(),
-            0,
-            (&addr as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// The port ids of `pid`'s netlink sockets of `protocol`: its socket
@@ -182,57 +121,29 @@ fn ports_of(pid: u32, protocol: i32) -> io::Result<Vec<u32>> {
         .collect())
 }
 
-fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(value);
-    while out.len() % 4 != 0 {
-        out.push(0);
-    }
-    out
-}
-
-/// A netlink message of `kind` with no flags (not a request).
-fn message(kind: u16, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(&0u16.to_ne_bytes()); // flags
-    out.extend_from_slice(&0u32.to_ne_bytes()); // seq
-    out.extend_from_slice(&0u32.to_ne_bytes()); // port id
-    out.extend_from_slice(body);
-    out
-}
-
-fn tuple(kind: u16, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
-    let mut ip = nla(CTA_IP_V4_SRC, &src.octets());
-    ip.extend(nla(CTA_IP_V4_DST, &dst.octets()));
-    let mut proto = nla(CTA_PROTO_NUM, &[IPPROTO_UDP]);
-    proto.extend(nla(CTA_PROTO_SRC_PORT, &sport.to_be_bytes()));
-    proto.extend(nla(CTA_PROTO_DST_PORT, &dport.to_be_bytes()));
-    let mut nested = nla(CTA_TUPLE_IP | NLA_F_NESTED, &ip);
-    nested.extend(nla(CTA_TUPLE_PROTO | NLA_F_NESTED, &proto));
-    nla(kind | NLA_F_NESTED, &nested)
-}
-
 fn counters(kind: u16, packets: u64) -> Vec<u8> {
     let mut c = nla(CTA_COUNTERS_PACKETS, &packets.to_be_bytes());
     c.extend(nla(CTA_COUNTERS_BYTES, &(packets * 100).to_be_bytes()));
-    nla(kind | NLA_F_NESTED, &c)
+    nested(kind, &c)
 }
 
 /// A ctnetlink DESTROY event as the kernel sends it, of a UDP flow
 /// `src:sport -> dst:dport` that carried `packets` packets each way.
 fn ct_destroy(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, packets: u64) -> Vec<u8> {
     let mut body = vec![libc::AF_INET as u8, 0, 0, 0]; // nfgenmsg
-    body.extend(tuple(CTA_TUPLE_ORIG, src, dst, sport, dport));
-    body.extend(tuple(CTA_TUPLE_REPLY, dst, src, dport, sport));
+    body.extend(udp4_tuple(CTA_TUPLE_ORIG, src, dst, sport, dport));
+    body.extend(udp4_tuple(CTA_TUPLE_REPLY, dst, src, dport, sport));
     body.extend(nla(CTA_STATUS, &STATUS.to_be_bytes()));
     body.extend(counters(CTA_COUNTERS_ORIG, packets));
     body.extend(counters(CTA_COUNTERS_REPLY, packets));
     body.extend(nla(CTA_ID, &0x5eed_u32.to_be_bytes()));
-    message((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE, &body)
+    // No flags: not a request (see the top of this file).
+    message(
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
+        0,
+        0,
+        &body,
+    )
 }
 
 /// An RTM_DELLINK notification for interface `index`.
@@ -243,5 +154,5 @@ fn dellink(index: i32) -> Vec<u8> {
     body.extend_from_slice(&index.to_ne_bytes());
     body.extend_from_slice(&0u32.to_ne_bytes());
     body.extend_from_slice(&0u32.to_ne_bytes());
-    message(RTM_DELLINK, &body)
+    message(RTM_DELLINK, 0, 0, &body)
 }
