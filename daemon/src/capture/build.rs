@@ -112,6 +112,7 @@ pub(super) fn start(
         metadata: None,
         metadata_failing: false,
         lost_at_reload: 0,
+        config_loaded_unix: SystemClock.now_unix(),
         config,
     };
     // The first window begins now, not at its aligned start: the previous

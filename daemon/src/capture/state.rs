@@ -86,6 +86,9 @@ pub(super) struct Capture {
     pub(super) metadata_failing: bool,
     /// Records that sinks stopped by a reload could not deliver.
     pub(super) lost_at_reload: u64,
+    /// When `config` was loaded (start-up or the last reload that took),
+    /// Unix seconds, for `flowlogd status`.
+    pub(super) config_loaded_unix: i64,
 }
 
 impl Capture {
