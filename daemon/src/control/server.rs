@@ -213,6 +213,10 @@ impl ControlServer {
         let uid = getsockopt(&stream, PeerCredentials)
             .map_err(io::Error::from)?
             .uid();
+        // Read (bounded) even from a peer about to be refused: closing a
+        // unix socket with unread data resets the connection, and the
+        // client would see that instead of the refusal.
+        let request = read_request(&mut stream);
         if !allowed(uid, self.daemon_uid) {
             refusals.note(uid, self.daemon_uid);
             let body = error_body(&format!(
@@ -221,7 +225,7 @@ impl ControlServer {
             ));
             return send(&mut stream, &body);
         }
-        let body = match read_request(&mut stream) {
+        let body = match request {
             Ok(line) => match line.trim() {
                 "status" => {
                     let snapshot = self.cell.latest();
