@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mio::{Events, Poll};
 
 use crate::config::{Config, MetadataSource};
-use crate::control::{ControlServer, SocketFile};
+use crate::control::{ControlServer, ControlSocketError, SocketFile};
 use crate::flows::{Clock, SystemClock};
 use crate::metrics::{MetricsServer, SnapshotCell};
 use crate::signals::{Signal, SignalFd};
@@ -179,16 +179,31 @@ fn serve_metrics(server: MetricsServer) -> Result<(), RunError> {
 }
 
 /// Binds `state_dir/control.sock` and starts its thread; the returned
-/// guard removes the socket when the run ends.
-fn serve_control(config: &Config, cell: &Arc<SnapshotCell>) -> Result<SocketFile, RunError> {
+/// guard removes the socket when the run ends. Daemons of several network
+/// namespaces may share a `state_dir` (see `run_marker`): the socket is
+/// the first one's, and the others run without one, saying so.
+fn serve_control(
+    config: &Config,
+    cell: &Arc<SnapshotCell>,
+) -> Result<Option<SocketFile>, RunError> {
     let started = SystemClock.now_unix();
-    let (server, file) = ControlServer::bind(&config.daemon.state_dir, Arc::clone(cell), started)
-        .map_err(RunError::Control)?;
+    let (server, file) = match ControlServer::bind(
+        &config.daemon.state_dir,
+        Arc::clone(cell),
+        started,
+    ) {
+        Ok(bound) => bound,
+        Err(e @ ControlSocketError::InUse { .. }) => {
+            log::warn!("{e}; this daemon runs without a control socket (flowlogd status and top reach the other)");
+            return Ok(None);
+        }
+        Err(e) => return Err(RunError::Control(e)),
+    };
     log::info!("control: listening on {}", server.path().display());
     server
         .spawn()
         .map_err(io_err("cannot start the control socket thread"))?;
-    Ok(file)
+    Ok(Some(file))
 }
 
 /// How long `poll` may wait: not at all while a drain or a dump has data
