@@ -77,12 +77,21 @@ fn state_dir(s: &Scenario) -> PathBuf {
 }
 
 /// `flowlogd <args>` as `uid` (none: as the test, root), through a copy
-/// of the binary any user can run.
+/// of the binary any user can run (the target directory may not be).
 fn flowlogd_as(s: &Scenario, uid: Option<u32>, args: &[&str]) -> Output {
     let bin = s.path("flowlogd-copy");
     if !bin.exists() {
-        std::fs::copy(flowlogd_bin(), &bin).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Copied by a child process: a file this process held open for
+        // writing would be inherited by a child another test thread
+        // forks meanwhile, and executing the copy would then fail with
+        // ETXTBSY until that child execs.
+        let o = std::process::Command::new("install")
+            .args(["-m", "0755"])
+            .arg(flowlogd_bin())
+            .arg(&bin)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "install: {}", text(&o));
     }
     let mut cmd = match uid {
         Some(uid) => {
