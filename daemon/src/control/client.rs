@@ -137,7 +137,7 @@ fn duration(secs: i64) -> String {
 
 /// `flowlogd status` as text.
 pub fn render_status(s: &StatusReply) -> String {
-    let now = s.snapshot_unix as i64;
+    let now = s.now_unix;
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -277,15 +277,15 @@ fn flow_line(o: &mut String, r: &TopRecord) {
 /// One frame of `flowlogd top`: at most `n` flows by `order`, the top
 /// rejected sources with their rules, per-ENI totals.
 pub fn render_top(t: &TopReply, order: TopOrder, n: usize) -> String {
-    let now = t.snapshot_unix as i64;
+    let now = t.now_unix;
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "open window {} - {} (closes in {}), as of {}",
+        "open window {} - {} (closes in {}), counts as of {}",
         utc(t.window_start_unix),
         utc(t.window_end_unix),
         duration(t.window_end_unix - now),
-        utc(now)
+        utc(t.snapshot_unix as i64)
     );
     let (flows, by) = match order {
         TopOrder::Bytes => (&t.top.by_bytes, "bytes"),
@@ -375,7 +375,8 @@ mod tests {
         };
         let t = TopReply {
             protocol: 1,
-            snapshot_unix: 1000.0,
+            now_unix: 1000,
+            snapshot_unix: 999.5,
             window_start_unix: 600,
             window_end_unix: 1200,
             top: TopView {

@@ -23,7 +23,10 @@ pub struct StatusReply {
     /// When the daemon started, Unix seconds, and how long ago.
     pub started_unix: i64,
     pub uptime_secs: i64,
-    /// When the loop published what this says, Unix seconds.
+    /// When the daemon answered, Unix seconds.
+    pub now_unix: i64,
+    /// When the loop published what this says, Unix seconds (an idle
+    /// loop publishes nothing new: then it is older than `now_unix`).
     pub snapshot_unix: f64,
     pub config: ConfigStatus,
     pub enis: Vec<EniStatus>,
@@ -100,6 +103,8 @@ pub struct LossCounters {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TopReply {
     pub protocol: u32,
+    /// When the daemon answered, and when the loop published the lists.
+    pub now_unix: i64,
     pub snapshot_unix: f64,
     pub window_start_unix: i64,
     pub window_end_unix: i64,
@@ -128,6 +133,7 @@ impl StatusReply {
             pid: process.pid,
             started_unix: process.started_unix,
             uptime_secs: now - process.started_unix,
+            now_unix: now,
             snapshot_unix: s.taken_unix,
             config: ConfigStatus {
                 path: s.view.config_path.clone(),
@@ -186,9 +192,10 @@ impl StatusReply {
 }
 
 impl TopReply {
-    pub(super) fn of(s: &Snapshot) -> TopReply {
+    pub(super) fn of(s: &Snapshot, now: i64) -> TopReply {
         TopReply {
             protocol: PROTOCOL_VERSION,
+            now_unix: now,
             snapshot_unix: s.taken_unix,
             window_start_unix: s.window_start,
             window_end_unix: s.window_end,

@@ -233,7 +233,7 @@ impl ControlServer {
                     let reply = StatusReply::of(&snapshot, &sinks, self.process, unix_now());
                     serde_json::to_string(&reply).map_err(io::Error::other)?
                 }
-                "top" => serde_json::to_string(&TopReply::of(&self.cell.latest()))
+                "top" => serde_json::to_string(&TopReply::of(&self.cell.latest(), unix_now()))
                     .map_err(io::Error::other)?,
                 other => error_body(&format!(
                     "unknown request {:?}: status or top",
