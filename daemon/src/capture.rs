@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mio::{Events, Poll};
 
 use crate::config::{Config, MetadataSource};
+use crate::control::{ControlServer, ControlSocketError, SocketFile};
 use crate::flows::{Clock, SystemClock};
 use crate::metrics::{MetricsServer, SnapshotCell};
 use crate::notify;
@@ -69,8 +70,11 @@ pub fn run(config: Config) -> Result<u64, RunError> {
     // Signals first: blocked before any thread starts, so sink workers
     // inherit the mask and SIGTERM reaches only the signalfd.
     let mut signals = SignalFd::open().map_err(io_err("cannot set up signal handling"))?;
+    // The snapshot the loop publishes, for the metrics endpoint and the
+    // control socket.
+    let cell = Arc::new(SnapshotCell::default());
     // Before anything is installed: a taken port is a start-up error.
-    let metrics = bind_metrics(&config)?;
+    let metrics = bind_metrics(&config, &cell)?;
     let state = ConfigState::new(&config).map_err(|e| build::registry_error(&config, &e))?;
     let mut sources = Sources::open(&config)?;
     let tracking_table = sources.tracking_table.take();
@@ -79,12 +83,14 @@ pub fn run(config: Config) -> Result<u64, RunError> {
     sources::drop_privileges(&config)?;
     // Threads start only now: dropping privileges needs a process of one
     // thread (capabilities are per thread).
-    let metrics = metrics.map(serve_metrics).transpose()?;
+    metrics.map(serve_metrics).transpose()?;
+    // Bound as the daemon's user, so the socket is that user's.
+    let _control_socket = serve_control(&config, &cell)?;
     let dispatcher = startup::start_sinks(&config, Some(&startup::spool_settings(&config)))
         .map_err(RunError::Config)?;
     let mut capture = build::start(config, state, sources, dispatcher)?;
     let mut closer = WindowCloser::default();
-    let mut publisher = metrics.map(|cell| MetricsPublisher::new(cell, &capture, &closer));
+    let mut publisher = MetricsPublisher::new(cell, &capture, &closer);
 
     let mut poll = Poll::new().map_err(io_err("cannot create the event loop"))?;
     capture.waker = Some(sources::register(&poll, &mut capture, &signals)?);
@@ -114,11 +120,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         if trickle > 0 && trickle < EVENT_GATHER_BELOW && !capture.flags.drain_pending {
             std::thread::sleep(EVENT_GATHER);
         }
-        let timeout = poll_timeout(&capture, &closer).min(
-            publisher
-                .as_ref()
-                .map_or(Duration::MAX, |p| p.wait_at_most()),
-        );
+        let timeout = poll_timeout(&capture, &closer).min(publisher.wait_at_most());
         if let Err(e) = poll.poll(&mut poll_events, Some(timeout)) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -160,28 +162,25 @@ pub fn run(config: Config) -> Result<u64, RunError> {
             closer.close_window(&mut capture);
         }
         sources::register_reopened_dumper(&poll, &mut capture.dumper);
-        if let Some(p) = &mut publisher {
-            p.after_turn(&capture, &closer);
-        }
+        publisher.after_turn(&capture, &closer);
     }
 }
 
 /// Binds `metrics.listen`, unless it is off.
-fn bind_metrics(config: &Config) -> Result<Option<(MetricsServer, Arc<SnapshotCell>)>, RunError> {
+fn bind_metrics(
+    config: &Config,
+    cell: &Arc<SnapshotCell>,
+) -> Result<Option<MetricsServer>, RunError> {
     let Some(addr) = config.metrics_listen else {
         return Ok(None);
     };
-    let cell = Arc::new(SnapshotCell::default());
-    let server = MetricsServer::bind(addr, Arc::clone(&cell))
+    let server = MetricsServer::bind(addr, Arc::clone(cell))
         .map_err(|source| RunError::Metrics { addr, source })?;
-    Ok(Some((server, cell)))
+    Ok(Some(server))
 }
 
-/// Starts the metrics thread, which serves what the loop publishes into
-/// the returned cell.
-fn serve_metrics(
-    (server, cell): (MetricsServer, Arc<SnapshotCell>),
-) -> Result<Arc<SnapshotCell>, RunError> {
+/// Starts the metrics thread, which serves what the loop publishes.
+fn serve_metrics(server: MetricsServer) -> Result<(), RunError> {
     let addr = server.local_addr().ok();
     server
         .spawn()
@@ -189,7 +188,35 @@ fn serve_metrics(
     if let Some(addr) = addr {
         log::info!("metrics: serving http://{addr}/metrics");
     }
-    Ok(cell)
+    Ok(())
+}
+
+/// Binds `state_dir/control.sock` and starts its thread; the returned
+/// guard removes the socket when the run ends. Daemons of several network
+/// namespaces may share a `state_dir` (see `run_marker`): the socket is
+/// the first one's, and the others run without one, saying so.
+fn serve_control(
+    config: &Config,
+    cell: &Arc<SnapshotCell>,
+) -> Result<Option<SocketFile>, RunError> {
+    let started = SystemClock.now_unix();
+    let (server, file) = match ControlServer::bind(
+        &config.daemon.state_dir,
+        Arc::clone(cell),
+        started,
+    ) {
+        Ok(bound) => bound,
+        Err(e @ ControlSocketError::InUse { .. }) => {
+            log::warn!("{e}; this daemon runs without a control socket (flowlogd status and top reach the other)");
+            return Ok(None);
+        }
+        Err(e) => return Err(RunError::Control(e)),
+    };
+    log::info!("control: listening on {}", server.path().display());
+    server
+        .spawn()
+        .map_err(io_err("cannot start the control socket thread"))?;
+    Ok(Some(file))
 }
 
 /// How long `poll` may wait: not at all while a drain or a dump has data

@@ -10,6 +10,7 @@
 pub mod capture;
 pub mod child;
 pub mod config;
+pub mod control;
 pub mod eni;
 pub mod flows;
 pub mod handoff;

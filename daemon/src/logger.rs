@@ -35,11 +35,15 @@ impl log::Log for StderrLogger {
     fn flush(&self) {}
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` without pulling in a date crate.
 fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
+    utc(std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+        .map_or(0, |d| d.as_secs() as i64))
+}
+
+/// Unix second `secs` as `YYYY-MM-DDTHH:MM:SSZ`, without pulling in a
+/// date crate.
+pub fn utc(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days + 719_468;

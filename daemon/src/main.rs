@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 use flowlogd::config::Config;
 use flowlogd::model::MacAddr;
 use flowlogd::{
-    capture, config, eni, instances, logger, metadata, run_marker, sinks, startup, tracking,
+    capture, config, control, eni, instances, logger, metadata, run_marker, sinks, startup,
+    tracking,
 };
 
 /// VPC flow logs for this VM, from its own conntrack and firewall state.
@@ -60,6 +61,49 @@ enum Command {
         /// JSON-lines file of records; `-` for standard input.
         records: PathBuf,
     },
+    /// Ask the running daemon (its control socket in state_dir) how it
+    /// is: version, uptime, config, ENIs, the open window, sinks, losses.
+    /// Exits 1 when no daemon runs. Root or the daemon's user only.
+    Status {
+        #[command(flatten)]
+        socket: SocketArgs,
+        /// Print the daemon's answer as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live view of the open window from the running daemon: top flows,
+    /// top rejected sources with the rule that dropped them, per-ENI
+    /// totals; a new frame every second until interrupted.
+    Top {
+        #[command(flatten)]
+        socket: SocketArgs,
+        /// Print one frame and exit.
+        #[arg(long)]
+        once: bool,
+        /// Rank flows by bytes or packets.
+        #[arg(long, value_enum, default_value = "bytes")]
+        by: TopBy,
+        /// Flows and rejected sources to show (at most 20: what the daemon keeps).
+        #[arg(short = 'n', default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=20))]
+        n: u16,
+    },
+}
+
+/// Where the control socket is: `state_dir` of the config, or given.
+#[derive(clap::Args)]
+struct SocketArgs {
+    /// The config file (for `daemon.state_dir`).
+    #[arg(long, short, default_value = "/etc/flowlogd.toml")]
+    config: PathBuf,
+    /// The daemon's state directory (instead of reading the config).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TopBy {
+    Bytes,
+    Packets,
 }
 
 /// Exit codes: 0 success, 1 a runtime failure, 2 an unusable config.
@@ -75,6 +119,81 @@ fn main() -> ExitCode {
         Command::Replay { config, records } => replay(&config, &records),
         Command::Run { config } => run(&config),
         Command::RemoveTrackingTable { config } => remove_tracking_table(&config),
+        Command::Status { socket, json } => status(&socket, json),
+        Command::Top {
+            socket,
+            once,
+            by,
+            n,
+        } => top(&socket, once, by, usize::from(n)),
+    }
+}
+
+/// The control socket's path, from `--state-dir` or the config.
+fn control_socket(args: &SocketArgs) -> Result<PathBuf, ExitCode> {
+    let state_dir = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => load_config(&args.config)?.daemon.state_dir,
+    };
+    Ok(state_dir.join(control::SOCKET_NAME))
+}
+
+fn status(args: &SocketArgs, json: bool) -> ExitCode {
+    let socket = match control_socket(args) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match control::fetch_status(&socket) {
+        Ok((_, answer)) if json => {
+            println!("{}", answer.trim());
+            ExitCode::SUCCESS
+        }
+        Ok((reply, _)) => {
+            print!("{}", control::render_status(&reply));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flowlogd: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn top(args: &SocketArgs, once: bool, by: TopBy, n: usize) -> ExitCode {
+    use std::io::{IsTerminal, Write};
+    let socket = match control_socket(args) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let order = match by {
+        TopBy::Bytes => control::TopOrder::Bytes,
+        TopBy::Packets => control::TopOrder::Packets,
+    };
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let frame = match control::fetch_top(&socket) {
+            Ok(reply) => control::render_top(&reply, order, n),
+            Err(e) => {
+                eprintln!("flowlogd: {e}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        // A terminal gets each frame on a cleared screen; a pipe gets
+        // frames one after another, a blank line between.
+        let shown = if once {
+            write!(out, "{frame}")
+        } else if tty {
+            write!(out, "\x1b[H\x1b[2J{frame}")
+        } else {
+            writeln!(out, "{frame}")
+        };
+        if shown.and_then(|()| out.flush()).is_err() || once {
+            // A closed pipe (`| head`) ends the view.
+            return ExitCode::SUCCESS;
+        }
+        drop(out);
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 

@@ -114,6 +114,7 @@ pub(super) fn start(
         metadata_failing: false,
         lost_at_reload: 0,
         notify: NotifySocket::from_env(),
+        config_loaded_unix: SystemClock.now_unix(),
         config,
     };
     // The first window begins now, not at its aligned start: the previous

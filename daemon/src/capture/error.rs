@@ -5,6 +5,7 @@ use std::fmt;
 use std::io;
 
 use crate::config::ConfigError;
+use crate::control::ControlSocketError;
 use crate::privileges::PrivilegeError;
 use crate::tracking::TrackingError;
 
@@ -23,6 +24,8 @@ pub enum RunError {
         addr: std::net::SocketAddr,
         source: io::Error,
     },
+    /// `state_dir/control.sock` could not be set up.
+    Control(ControlSocketError),
 }
 
 impl fmt::Display for RunError {
@@ -32,6 +35,7 @@ impl fmt::Display for RunError {
             RunError::Tracking(e) => write!(f, "{e}"),
             RunError::Privileges(e) => write!(f, "{e}"),
             RunError::Io { what, source } => write!(f, "{what}: {source}"),
+            RunError::Control(e) => write!(f, "{e}"),
             RunError::Metrics { addr, source } => write!(
                 f,
                 "cannot listen for metrics on {addr} (metrics.listen): {source}; set another address, or \

@@ -1,16 +1,19 @@
 //! The loop's side of metrics: it copies its counters into a
 //! [`Snapshot`] and publishes it, at most every [`PUBLISH_INTERVAL`] while
 //! it has work, and at once when a window's records are all out (so a
-//! scrape after a window's log line sees that line's counters).
+//! scrape after a window's log line sees that line's counters). It runs
+//! whether metrics are on or not: the control socket reads the same cell.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::closer::WindowCloser;
 use super::state::Capture;
+use crate::control::LoopView;
 use crate::metrics::{LoopCounters, NflogCounters, Snapshot, SnapshotCell, PUBLISH_INTERVAL};
 
-/// Publishes the loop's snapshots into the cell the metrics server reads.
+/// Publishes the loop's snapshots into the cell the metrics server and
+/// the control socket read.
 pub(super) struct MetricsPublisher {
     cell: Arc<SnapshotCell>,
     last: Instant,
@@ -102,6 +105,13 @@ impl MetricsPublisher {
             window_start: window.start,
             window_end: window.end,
             sinks: c.dispatcher.probes(),
+            view: LoopView::of(
+                &c.config,
+                c.config_loaded_unix,
+                &c.registry,
+                c.table.window_records(),
+                &c.table.leaders(),
+            ),
         });
         self.last = Instant::now();
         self.dirty = false;

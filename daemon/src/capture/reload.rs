@@ -54,6 +54,7 @@ impl Capture {
             *rejects = state.rejects;
         }
         self.config = new;
+        self.config_loaded_unix = SystemClock.now_unix();
         self.restart_metadata_if_changed();
         self.reload_dump(closer, &old_registry);
         self.reopen_outputs("SIGHUP");

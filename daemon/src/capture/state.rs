@@ -90,6 +90,9 @@ pub(super) struct Capture {
     /// The service manager (systemd `Type=notify`): readiness, status, and
     /// the watchdog this thread feeds.
     pub(super) notify: NotifySocket,
+    /// When `config` was loaded (start-up or the last reload that took),
+    /// Unix seconds, for `flowlogd status`.
+    pub(super) config_loaded_unix: i64,
 }
 
 impl Capture {

@@ -140,6 +140,11 @@ impl EniRegistry {
         self.book.ifindex(eni)
     }
 
+    /// The name of the interface currently bound to an ENI, if known.
+    pub fn interface_name(&self, eni: EniIndex) -> Option<&str> {
+        self.book.name_of(self.ifindex(eni)?)
+    }
+
     #[cfg(test)]
     /// When the ENI's current interface appeared, if it has one.
     pub fn present_since(&self, eni: EniIndex) -> Option<i64> {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use flowlogd_plugin_api::{Action, Direction, EniIds, FlowFields, FlowRecord, LogStatus};
 
+use super::leaders::{Added, Leaders, LeadersView};
 use super::window::CaptureWindow;
 use crate::eni::{EniIndex, EniRegistry};
 use crate::model::has_ports;
@@ -293,7 +294,8 @@ impl RecordSum {
 
 type Sums<K> = HashMap<K, RecordSum, SumHasher>;
 
-/// Adds to the sum of `key`; `false` if it reached its bound.
+/// Adds to the sum of `key`; `false` if it reached its bound. Also
+/// returns the key's (packets, bytes) now.
 #[must_use]
 fn add_to<K: RecordKey>(
     sums: &mut Sums<K>,
@@ -301,13 +303,13 @@ fn add_to<K: RecordKey>(
     packets: u64,
     bytes: u64,
     rule: RuleId,
-) -> bool {
-    sums.entry(key)
-        .or_insert(RecordSum {
-            counts: PackedCounts::default(),
-            rule: RuleId(0),
-        })
-        .add(packets, bytes, rule)
+) -> (bool, (u64, u64)) {
+    let sum = sums.entry(key).or_insert(RecordSum {
+        counts: PackedCounts::default(),
+        rule: RuleId(0),
+    });
+    let whole = sum.add(packets, bytes, rule);
+    (whole, sum.counts.get())
 }
 
 /// Marks ENI `eni` in a per-ENI loss list.
@@ -340,6 +342,8 @@ pub(crate) struct WindowAggregate {
     /// window, spilled ones included, so the close does not call an ENI
     /// whose records all went out early NODATA.
     traffic: Vec<u8>,
+    /// For `flowlogd top`: the largest sums and per-ENI totals so far.
+    leaders: Leaders,
 }
 
 const TRAFFIC_ACCEPT: u8 = 1;
@@ -411,7 +415,18 @@ impl WindowAggregate {
             spilled: Vec::new(),
             spills: 0,
             traffic: Vec::new(),
+            leaders: Leaders::default(),
         }
+    }
+
+    /// A copy of the largest sums so far and the per-ENI totals.
+    pub(crate) fn leaders(&self) -> LeadersView {
+        self.leaders.view()
+    }
+
+    /// Distinct records summed so far (not counting those emitted early).
+    pub(crate) fn records_so_far(&self) -> usize {
+        self.sums4.len() + self.sums6.len()
     }
 
     /// Heap bytes of the sums now: their tables by capacity (not by how
@@ -504,10 +519,20 @@ impl WindowAggregate {
                     self.spill();
                 }
                 // Interned after a spill: the spilled sums took the rules.
-                let rule = self.rules.intern(rule);
-                if !add_to(&mut self.sums4, key, packets, bytes, rule) {
+                let rule_id = self.rules.intern(rule);
+                let (whole, sum) = add_to(&mut self.sums4, key, packets, bytes, rule_id);
+                if !whole {
                     mark(&mut self.skipped, eni);
                 }
+                self.leaders.note(&Added {
+                    eni,
+                    direction,
+                    action,
+                    tuple: t,
+                    delta: (packets, bytes),
+                    sum,
+                    rule,
+                });
             }
             (src, dst) => {
                 let (src, src_v4) = v6_octets(src);
@@ -522,10 +547,20 @@ impl WindowAggregate {
                 if self.would_outgrow(&self.sums6, &key) {
                     self.spill();
                 }
-                let rule = self.rules.intern(rule);
-                if !add_to(&mut self.sums6, key, packets, bytes, rule) {
+                let rule_id = self.rules.intern(rule);
+                let (whole, sum) = add_to(&mut self.sums6, key, packets, bytes, rule_id);
+                if !whole {
                     mark(&mut self.skipped, eni);
                 }
+                self.leaders.note(&Added {
+                    eni,
+                    direction,
+                    action,
+                    tuple: t,
+                    delta: (packets, bytes),
+                    sum,
+                    rule,
+                });
             }
         }
     }
@@ -567,6 +602,7 @@ impl WindowAggregate {
     /// Returns the sums dropped with ENIs that are gone.
     pub(crate) fn renumber_enis(&mut self, to: &[Option<EniIndex>]) -> usize {
         let map = |eni: EniIndex| to.get(eni.get()).copied().flatten();
+        self.leaders.renumber(map);
         let mut dropped = 0;
         let skipped = std::mem::take(&mut self.skipped);
         for (i, &lost) in skipped.iter().enumerate() {
@@ -615,6 +651,7 @@ impl WindowAggregate {
         let all_skipped = std::mem::take(&mut self.all_skipped);
         let traffic = std::mem::take(&mut self.traffic);
         let early_spills = std::mem::take(&mut self.spills);
+        self.leaders = Leaders::default();
 
         let held: Vec<bool> = reg.indices().map(|e| reg.is_held(e)).collect();
         let held_records = take_held_both(&held, &mut sums4, &mut sums6);
@@ -791,7 +828,7 @@ fn merge_into<K: RecordKey>(
 ) {
     for (k, s) in records {
         let rule = rules.intern(from.get(s.rule).as_ref());
-        if !add_to(sums, k, s.packets(), s.bytes(), rule) {
+        if !add_to(sums, k, s.packets(), s.bytes(), rule).0 {
             mark(skipped, k.rest().eni);
         }
     }
@@ -812,7 +849,7 @@ fn renumber_into<K: RecordKey + WithEni>(
             continue;
         };
         let k = k.with_eni(eni);
-        if !add_to(sums, k, s.packets(), s.bytes(), s.rule) {
+        if !add_to(sums, k, s.packets(), s.bytes(), s.rule).0 {
             mark(skipped, eni);
         }
     }

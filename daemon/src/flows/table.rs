@@ -13,6 +13,7 @@ use std::sync::Arc;
 use flowlogd_plugin_api::{Action, Direction};
 
 use super::aggregate::{FlowTuple, WindowAggregate, WindowDrain};
+use super::leaders::LeadersView;
 use super::window::{CaptureWindow, Clock};
 use crate::eni::{EniIndex, EniRegistry};
 use crate::model::{ConntrackEntry, ConntrackKind, Tuple};
@@ -279,6 +280,17 @@ impl<C: Clock> FlowTable<C> {
     /// Heap bytes of the open window's sums.
     pub fn sums_bytes(&self) -> usize {
         self.agg.footprint_bytes()
+    }
+
+    /// The open window's largest records so far and per-ENI totals
+    /// (`flowlogd top`): a copy of a few bounded lists, no walk.
+    pub fn leaders(&self) -> LeadersView {
+        self.agg.leaders()
+    }
+
+    /// Distinct records the open window has summed so far.
+    pub fn window_records(&self) -> usize {
+        self.agg.records_so_far()
     }
 
     /// Sums of a window were taken out at the memory bound

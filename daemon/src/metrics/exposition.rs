@@ -416,6 +416,7 @@ mod tests {
             window_start: 1_700_000_000,
             window_end: 1_700_000_600,
             sinks: Vec::new(),
+            ..Snapshot::default()
         };
         let sinks = [SinkMetrics {
             stats: SinkStats {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use flowlogd_plugin_api::{Action, FlowRecord, LogStatus};
 
 use crate::config::Config;
+use crate::control::LoopView;
 use crate::instances::WindowChunk;
 use crate::sinks::SinkProbe;
 
@@ -42,6 +43,8 @@ pub struct Snapshot {
     pub window_end: i64,
     /// The sinks running now; a scrape reads their counters live.
     pub sinks: Vec<SinkProbe>,
+    /// What `flowlogd status` and `top` show besides the counters.
+    pub view: LoopView,
 }
 
 /// The loop's counters since start (reloads included) and its gauges.
