@@ -16,7 +16,7 @@
 //! and never reaches the capture loop.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::reply::{Process, StatusReply, TopReply};
-use crate::metrics::SnapshotCell;
+use crate::metrics::{read_bounded, SnapshotCell};
 use crate::sinks::SinkProbe;
 use crate::state_file;
 
@@ -289,28 +289,9 @@ fn send(stream: &mut UnixStream, body: &str) -> io::Result<()> {
 /// One line of at most [`MAX_REQUEST_BYTES`], within [`REQUEST_TIMEOUT`]
 /// in all (each read is bounded by the socket's timeout too).
 fn read_request(stream: &mut UnixStream) -> io::Result<String> {
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    let mut line = Vec::with_capacity(64);
-    let mut buf = [0u8; 64];
-    while !line.contains(&b'\n') {
-        if line.len() > MAX_REQUEST_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request too long",
-            ));
-        }
-        if Instant::now() >= deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "request not complete in time",
-            ));
-        }
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        line.extend_from_slice(&buf[..n]);
-    }
+    let line = read_bounded(stream, MAX_REQUEST_BYTES, REQUEST_TIMEOUT, |line| {
+        line.contains(&b'\n')
+    })?;
     let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
     if end > MAX_REQUEST_BYTES {
         return Err(io::Error::new(
@@ -330,6 +311,8 @@ fn unix_now() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
 
     fn exchange(dir: &Path, request: &[u8]) -> String {
