@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::reply::{Process, StatusReply, TopReply};
+use crate::flows::{Clock, SystemClock};
 use crate::metrics::{read_bounded, SnapshotCell};
 use crate::sinks::SinkProbe;
 use crate::state_file;
@@ -225,15 +226,16 @@ impl ControlServer {
             ));
             return send(&mut stream, &body);
         }
+        let now = SystemClock.now_unix();
         let body = match request {
             Ok(line) => match line.trim() {
                 "status" => {
                     let snapshot = self.cell.latest();
                     let sinks: Vec<_> = snapshot.sinks.iter().map(SinkProbe::read).collect();
-                    let reply = StatusReply::of(&snapshot, &sinks, self.process, unix_now());
+                    let reply = StatusReply::of(&snapshot, &sinks, self.process, now);
                     serde_json::to_string(&reply).map_err(io::Error::other)?
                 }
-                "top" => serde_json::to_string(&TopReply::of(&self.cell.latest(), unix_now()))
+                "top" => serde_json::to_string(&TopReply::of(&self.cell.latest(), now))
                     .map_err(io::Error::other)?,
                 other => error_body(&format!(
                     "unknown request {:?}: status or top",
@@ -301,12 +303,6 @@ fn read_request(stream: &mut UnixStream) -> io::Result<String> {
     }
     String::from_utf8(line[..end].to_vec())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]
