@@ -99,17 +99,17 @@ pub struct SocketFile(PathBuf);
 impl Drop for SocketFile {
     fn drop(&mut self) {
         // Only what is still a socket of ours (not a file put there since).
-        if is_ours(&self.0).unwrap_or(false) {
+        if std::fs::symlink_metadata(&self.0).is_ok_and(|m| is_ours(&m)) {
             let _ = std::fs::remove_file(&self.0);
         }
     }
 }
 
-/// Whether `path` is a socket owned by this process's user or root.
-fn is_ours(path: &Path) -> io::Result<bool> {
-    let m = std::fs::symlink_metadata(path)?;
+/// Whether `m` (from `symlink_metadata`) is a socket owned by this
+/// process's user or root.
+fn is_ours(m: &std::fs::Metadata) -> bool {
     let me = state_file::euid();
-    Ok(m.file_type().is_socket() && (m.uid() == me || m.uid() == 0))
+    m.file_type().is_socket() && (m.uid() == me || m.uid() == 0)
 }
 
 impl ControlServer {
@@ -136,9 +136,8 @@ impl ControlServer {
         match std::fs::symlink_metadata(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(e)),
-            Ok(_) => {
-                if !is_ours(&path).map_err(io_err)? {
-                    let m = std::fs::symlink_metadata(&path).map_err(io_err)?;
+            Ok(m) => {
+                if !is_ours(&m) {
                     let what = if m.file_type().is_socket() {
                         format!("a socket of uid {}", m.uid())
                     } else if m.file_type().is_symlink() {
