@@ -19,6 +19,7 @@ mod server;
 mod snapshot;
 
 pub use exposition::render;
+pub(crate) use server::read_bounded;
 pub use server::{MetricsServer, MAX_REQUEST_BYTES, REQUEST_TIMEOUT};
 pub use snapshot::{
     EniSkips, FlowLogRecords, Histogram, LoopCounters, NflogCounters, Snapshot, SnapshotCell,

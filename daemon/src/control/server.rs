@@ -16,7 +16,7 @@
 //! and never reaches the capture loop.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::reply::{Process, StatusReply, TopReply};
-use crate::metrics::SnapshotCell;
+use crate::flows::{Clock, SystemClock};
+use crate::metrics::{read_bounded, SnapshotCell};
 use crate::sinks::SinkProbe;
 use crate::state_file;
 
@@ -98,17 +99,17 @@ pub struct SocketFile(PathBuf);
 impl Drop for SocketFile {
     fn drop(&mut self) {
         // Only what is still a socket of ours (not a file put there since).
-        if is_ours(&self.0).unwrap_or(false) {
+        if std::fs::symlink_metadata(&self.0).is_ok_and(|m| is_ours(&m)) {
             let _ = std::fs::remove_file(&self.0);
         }
     }
 }
 
-/// Whether `path` is a socket owned by this process's user or root.
-fn is_ours(path: &Path) -> io::Result<bool> {
-    let m = std::fs::symlink_metadata(path)?;
+/// Whether `m` (from `symlink_metadata`) is a socket owned by this
+/// process's user or root.
+fn is_ours(m: &std::fs::Metadata) -> bool {
     let me = state_file::euid();
-    Ok(m.file_type().is_socket() && (m.uid() == me || m.uid() == 0))
+    m.file_type().is_socket() && (m.uid() == me || m.uid() == 0)
 }
 
 impl ControlServer {
@@ -135,9 +136,8 @@ impl ControlServer {
         match std::fs::symlink_metadata(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(e)),
-            Ok(_) => {
-                if !is_ours(&path).map_err(io_err)? {
-                    let m = std::fs::symlink_metadata(&path).map_err(io_err)?;
+            Ok(m) => {
+                if !is_ours(&m) {
                     let what = if m.file_type().is_socket() {
                         format!("a socket of uid {}", m.uid())
                     } else if m.file_type().is_symlink() {
@@ -225,15 +225,16 @@ impl ControlServer {
             ));
             return send(&mut stream, &body);
         }
+        let now = SystemClock.now_unix();
         let body = match request {
             Ok(line) => match line.trim() {
                 "status" => {
                     let snapshot = self.cell.latest();
                     let sinks: Vec<_> = snapshot.sinks.iter().map(SinkProbe::read).collect();
-                    let reply = StatusReply::of(&snapshot, &sinks, self.process, unix_now());
+                    let reply = StatusReply::of(&snapshot, &sinks, self.process, now);
                     serde_json::to_string(&reply).map_err(io::Error::other)?
                 }
-                "top" => serde_json::to_string(&TopReply::of(&self.cell.latest(), unix_now()))
+                "top" => serde_json::to_string(&TopReply::of(&self.cell.latest(), now))
                     .map_err(io::Error::other)?,
                 other => error_body(&format!(
                     "unknown request {:?}: status or top",
@@ -289,28 +290,9 @@ fn send(stream: &mut UnixStream, body: &str) -> io::Result<()> {
 /// One line of at most [`MAX_REQUEST_BYTES`], within [`REQUEST_TIMEOUT`]
 /// in all (each read is bounded by the socket's timeout too).
 fn read_request(stream: &mut UnixStream) -> io::Result<String> {
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    let mut line = Vec::with_capacity(64);
-    let mut buf = [0u8; 64];
-    while !line.contains(&b'\n') {
-        if line.len() > MAX_REQUEST_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request too long",
-            ));
-        }
-        if Instant::now() >= deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "request not complete in time",
-            ));
-        }
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        line.extend_from_slice(&buf[..n]);
-    }
+    let line = read_bounded(stream, MAX_REQUEST_BYTES, REQUEST_TIMEOUT, |line| {
+        line.contains(&b'\n')
+    })?;
     let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
     if end > MAX_REQUEST_BYTES {
         return Err(io::Error::new(
@@ -322,14 +304,10 @@ fn read_request(stream: &mut UnixStream) -> io::Result<String> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
 
     fn exchange(dir: &Path, request: &[u8]) -> String {

@@ -122,12 +122,26 @@ fn answer(mut stream: TcpStream, cell: &SnapshotCell) -> io::Result<()> {
 /// The request line and headers, up to the blank line, at most
 /// [`MAX_REQUEST_BYTES`] (what is read past that is not looked at).
 fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    let mut head = Vec::with_capacity(512);
+    read_bounded(stream, MAX_REQUEST_BYTES, REQUEST_TIMEOUT, |head| {
+        head.windows(4).any(|w| w == b"\r\n\r\n")
+    })
+}
+
+/// Reads until `complete` holds, end of stream, or more than `max` bytes
+/// (the caller tells which); an error if that takes longer than `timeout`
+/// in all. The socket's own timeout bounds each read; this bounds them
+/// all, for a client that trickles a byte at a time. Shared by the metrics
+/// and control servers.
+pub(crate) fn read_bounded(
+    stream: &mut impl Read,
+    max: usize,
+    timeout: Duration,
+    complete: impl Fn(&[u8]) -> bool,
+) -> io::Result<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::with_capacity(256);
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() <= MAX_REQUEST_BYTES {
-        // The socket's timeout bounds each read; this bounds them all, for
-        // a client that trickles a byte at a time.
+    while !complete(&out) && out.len() <= max {
         if Instant::now() >= deadline {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -138,9 +152,9 @@ fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
         if n == 0 {
             break;
         }
-        head.extend_from_slice(&buf[..n]);
+        out.extend_from_slice(&buf[..n]);
     }
-    Ok(head)
+    Ok(out)
 }
 
 fn parse(head: &[u8]) -> Request {
@@ -201,6 +215,54 @@ fn reply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hands out `data` one byte per read, each after `delay`.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        delay: Duration,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            std::thread::sleep(self.delay);
+            let Some((&b, rest)) = self.data.split_first() else {
+                return Ok(0);
+            };
+            buf[0] = b;
+            self.data = rest;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn a_bounded_read_stops_when_complete_at_the_bound_at_eof_or_at_the_deadline() {
+        let newline = |b: &[u8]| b.contains(&b'\n');
+        let fast = Duration::ZERO;
+        let mut r = Trickle {
+            data: b"ab\ncd",
+            delay: fast,
+        };
+        let got = read_bounded(&mut r, 16, Duration::from_secs(5), newline).unwrap();
+        assert_eq!(got, b"ab\n");
+        let mut r = Trickle {
+            data: b"abcdefgh",
+            delay: fast,
+        };
+        let got = read_bounded(&mut r, 4, Duration::from_secs(5), newline).unwrap();
+        assert_eq!(got, b"abcde", "stops once past the bound");
+        let mut r = Trickle {
+            data: b"ab",
+            delay: fast,
+        };
+        let got = read_bounded(&mut r, 16, Duration::from_secs(5), newline).unwrap();
+        assert_eq!(got, b"ab", "end of stream");
+        let mut r = Trickle {
+            data: b"abcdefgh\n",
+            delay: Duration::from_millis(20),
+        };
+        let e = read_bounded(&mut r, 16, Duration::from_millis(50), newline).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
 
     #[test]
     fn requests_are_told_apart_by_method_and_path() {
