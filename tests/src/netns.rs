@@ -299,6 +299,41 @@ pub fn veth_pair(a: &Netns, a_if: &str, b: &Netns, b_if: &str, n: u8) -> (VethEn
     (end(a, a_if, 1), end(b, b_if, 2))
 }
 
+/// The accepted-and-dropped UDP of several tests, from `b` to `a4` in `a`
+/// (`bin` is the `flowlogd-traffic` binary): 4 datagrams of 60 bytes to
+/// `port`, answered by 2 of 40 (the server in `a`); 5 datagrams of 10
+/// bytes to 1161, which the test's rules drop. Returns when both clients
+/// are done, with the server (keep it while the flow should stay live).
+#[track_caller]
+#[must_use]
+pub fn udp_accepted_and_dropped(
+    a: &Netns,
+    b: &Netns,
+    bin: &str,
+    a4: &str,
+    port: u16,
+) -> LineProcess {
+    let mut server = LineProcess::traffic(
+        a,
+        bin,
+        &["udp-server", &format!("{a4}:{port}"), "4", "2", "40"],
+    );
+    server.expect_line("listening", Duration::from_secs(10));
+    let mut ok = LineProcess::traffic(
+        b,
+        bin,
+        &["udp-client", &format!("{a4}:{port}"), "4", "60", "2"],
+    );
+    let mut dropped = LineProcess::traffic(
+        b,
+        bin,
+        &["udp-client", &format!("{a4}:1161"), "5", "10", "0"],
+    );
+    ok.expect_line("done", Duration::from_secs(10));
+    dropped.expect_line("done", Duration::from_secs(10));
+    server
+}
+
 /// A child process whose stdout is read line by line (with timeouts) and
 /// whose stderr is kept for failure messages; killed by exact pid on drop.
 pub struct LineProcess {

@@ -1139,7 +1139,13 @@ fn assert_burst_flows_exact(s: &Scenario, records: &[Value], flows: u32, ctx: &s
             )
         })
         .collect();
-    let got = totals(records);
+    assert_flows_exact(&totals(records), &want, ctx);
+}
+
+/// `got == want`, and if not, a short account: how many flows, how many
+/// missing, the first ten that differ (the whole maps are too long to read).
+#[track_caller]
+fn assert_flows_exact(got: &BTreeMap<FlowId, Counts>, want: &BTreeMap<FlowId, Counts>, ctx: &str) {
     if got != want {
         let missing = want.keys().filter(|k| !got.contains_key(k)).count();
         let wrong: Vec<_> = got
@@ -1676,18 +1682,7 @@ fn a_flood_of_distinct_tuples_is_emitted_early_exactly_and_within_window_memory_
         })
         .collect();
     let got = per_window(&f.records).remove(&f.window).unwrap_or_default();
-    if got != want {
-        let missing = want.keys().filter(|k| !got.contains_key(k)).count();
-        let wrong: Vec<_> = got
-            .iter()
-            .filter(|(k, c)| want.get(k) != Some(c))
-            .take(10)
-            .collect();
-        panic!(
-            "{} flows recorded, {missing} missing, differing (first 10): {wrong:?}\n{ctx}",
-            got.len()
-        );
-    }
+    assert_flows_exact(&got, &want, ctx);
     let emits = f
         .log
         .lines()

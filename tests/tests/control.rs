@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use flowlogd_tests::netns::{DaemonProcess, LineProcess};
+use flowlogd_tests::netns::{udp_accepted_and_dropped, DaemonProcess};
 use flowlogd_tests::*;
 use serde_json::Value;
 
@@ -139,25 +139,7 @@ struct Sent {
 /// ended by `conntrack -D` so its DESTROY brings the counters; 5 dropped
 /// datagrams of 10 bytes to 1161.
 fn send_traffic(s: &Scenario, port: u16) {
-    let a4 = s.ea.v4.to_string();
-    let mut server = LineProcess::traffic(
-        &s.a,
-        TRAFFIC,
-        &["udp-server", &format!("{a4}:{port}"), "4", "2", "40"],
-    );
-    server.expect_line("listening", Duration::from_secs(10));
-    let mut ok = LineProcess::traffic(
-        &s.b,
-        TRAFFIC,
-        &["udp-client", &format!("{a4}:{port}"), "4", "60", "2"],
-    );
-    let mut dropped = LineProcess::traffic(
-        &s.b,
-        TRAFFIC,
-        &["udp-client", &format!("{a4}:1161"), "5", "10", "0"],
-    );
-    ok.expect_line("done", Duration::from_secs(10));
-    dropped.expect_line("done", Duration::from_secs(10));
+    let _server = udp_accepted_and_dropped(&s.a, &s.b, TRAFFIC, &s.ea.v4.to_string(), port);
     s.a.exec_ok(&["conntrack", "-D", "-p", "udp", "--dport", &port.to_string()]);
 }
 

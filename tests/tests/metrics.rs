@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use flowlogd_tests::netns::{DaemonProcess, LineProcess, Netns};
+use flowlogd_tests::netns::{udp_accepted_and_dropped, DaemonProcess, LineProcess, Netns};
 use flowlogd_tests::*;
 use serde_json::Value;
 
@@ -60,24 +60,7 @@ fn lab(label: &str) -> (Scenario, DaemonProcess) {
 /// returns the drop rule's packet count.
 fn send_traffic(s: &Scenario) -> u64 {
     let a4 = s.ea.v4.to_string();
-    let mut server = LineProcess::traffic(
-        &s.a,
-        TRAFFIC,
-        &["udp-server", &format!("{a4}:5300"), "4", "2", "40"],
-    );
-    server.expect_line("listening", Duration::from_secs(10));
-    let mut ok = LineProcess::traffic(
-        &s.b,
-        TRAFFIC,
-        &["udp-client", &format!("{a4}:5300"), "4", "60", "2"],
-    );
-    let mut dropped = LineProcess::traffic(
-        &s.b,
-        TRAFFIC,
-        &["udp-client", &format!("{a4}:1161"), "5", "10", "0"],
-    );
-    ok.expect_line("done", Duration::from_secs(10));
-    dropped.expect_line("done", Duration::from_secs(10));
+    let _first = udp_accepted_and_dropped(&s.a, &s.b, TRAFFIC, &a4, 5300);
     // A second accepted flow, deleted from the table: its end comes as a
     // DESTROY event, while the first stays live.
     let mut server = LineProcess::traffic(

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use flowlogd_tests::netns::{DaemonProcess, LineProcess, Netns, VethEnd};
+use flowlogd_tests::netns::{udp_accepted_and_dropped, DaemonProcess, LineProcess, Netns, VethEnd};
 use flowlogd_tests::*;
 use serde_json::Value;
 
@@ -276,24 +276,7 @@ fn accepted_and_rejected_traffic_side_by_side() {
     }
     let mut lab = lab("nfmix", RULES, all_to_file);
     let a4 = lab.a_end.v4.to_string();
-    let mut server = LineProcess::traffic(
-        &lab.a,
-        TRAFFIC,
-        &["udp-server", &format!("{a4}:5300"), "4", "2", "40"],
-    );
-    server.expect_line("listening", Duration::from_secs(10));
-    let mut ok = LineProcess::traffic(
-        &lab.b,
-        TRAFFIC,
-        &["udp-client", &format!("{a4}:5300"), "4", "60", "2"],
-    );
-    let mut dropped = LineProcess::traffic(
-        &lab.b,
-        TRAFFIC,
-        &["udp-client", &format!("{a4}:1161"), "5", "10", "0"],
-    );
-    ok.expect_line("done", Duration::from_secs(10));
-    dropped.expect_line("done", Duration::from_secs(10));
+    let _server = udp_accepted_and_dropped(&lab.a, &lab.b, TRAFFIC, &a4, 5300);
     std::thread::sleep(Duration::from_millis(300));
     let snmp = nft_counter(&lab.a, "flowlogd:sg-test:deny-snmp");
     let log = lab.stop();

@@ -522,20 +522,23 @@ fn records_after_the_directory_is_removed_go_to_a_recreated_directory() {
     assert_eq!(after, (100..1000).collect::<Vec<_>>());
     let mode = fs::metadata(&logs).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode & !0o750, 0, "directory mode {mode:o}");
-    assert_eq!(
-        log.warnings(),
-        [
-            format!(
-                "{p} was deleted while open (the file or its directory was removed); \
-                 opening a new {p}, and the batch being written, if any, is written again there",
-                p = path.display()
-            ),
-            format!(
-                "directory {} was removed; created it again with mode 0750 as at start",
-                logs.display()
-            ),
-        ]
-    );
+    assert_eq!(log.warnings(), dir_removed_warnings(&path, &logs));
+}
+
+/// The two warnings of a removed directory (`logs`, holding `path`): the
+/// open file deleted, the directory created again.
+fn dir_removed_warnings(path: &Path, logs: &Path) -> [String; 2] {
+    [
+        format!(
+            "{p} was deleted while open (the file or its directory was removed); \
+             opening a new {p}, and the batch being written, if any, is written again there",
+            p = path.display()
+        ),
+        format!(
+            "directory {} was removed; created it again with mode 0750 as at start",
+            logs.display()
+        ),
+    ]
 }
 
 #[test]
@@ -550,10 +553,10 @@ fn a_window_end_notices_a_removed_directory_without_a_write() {
     sink.flush(WINDOW_END).unwrap();
     // The operator finds the file back at window close, before any record.
     assert_eq!(read(&path), "");
-    assert_eq!(log.warnings().len(), 2, "{:?}", log.warnings());
+    assert_eq!(log.warnings(), dir_removed_warnings(&path, &logs));
     write_numbered(&mut sink, 10, 5);
     assert_eq!(numbers_in(&path), (10..15).collect::<Vec<_>>());
-    assert_eq!(log.warnings().len(), 2, "{:?}", log.warnings());
+    assert_eq!(log.warnings(), dir_removed_warnings(&path, &logs));
 }
 
 #[test]
@@ -581,7 +584,7 @@ fn a_directory_that_cannot_be_recreated_asks_for_a_retry_and_keeps_the_batch() {
     fs::remove_file(&logs).unwrap();
     write(&mut sink, &batch);
     assert_eq!(numbers_in(&path), (10..20).collect::<Vec<_>>());
-    assert_eq!(log.warnings().len(), 2, "{:?}", log.warnings());
+    assert_eq!(log.warnings(), dir_removed_warnings(&path, &logs));
 }
 
 #[test]
@@ -672,7 +675,7 @@ fn rotation_goes_on_after_the_directory_is_removed() {
     );
     let numbers: Vec<u64> = files.iter().flat_map(|f| numbers_in(f)).collect();
     assert_eq!(numbers, (500..N).collect::<Vec<_>>());
-    assert_eq!(log.warnings().len(), 2, "{:?}", log.warnings());
+    assert_eq!(log.warnings(), dir_removed_warnings(&path, &logs));
 }
 
 #[test]
