@@ -17,6 +17,7 @@ use super::state::Capture;
 use crate::config::Config;
 use crate::instances::InstanceDrain;
 use crate::metrics::WindowOutput;
+use crate::model::ConntrackEntry;
 use crate::netlink::{DumpStats, DumpStep};
 use crate::notify;
 use crate::sinks::Dispatcher;
@@ -207,27 +208,7 @@ impl WindowCloser {
 
     /// One slice of the running dump.
     fn read_dump_slice(&mut self, c: &mut Capture) {
-        let started = std::time::Instant::now();
-        let (table, registry) = (&mut c.table, &c.registry);
-        let mut spills = SpillSender::new(
-            &c.config,
-            &c.dispatcher,
-            &mut self.emitting,
-            &mut self.early,
-            &mut self.output,
-        );
-        let step = c.dumper.read_some(DUMP_SLICE_DATAGRAMS, |entry| {
-            table.on_dump_entry(registry, &entry);
-            spills.send(table, registry);
-        });
-        if let Some(d) = &mut self.dump {
-            d.account_read(started.elapsed());
-        }
-        match step {
-            Ok(DumpStep::Running { more_queued }) => self.dump_pending = more_queued,
-            Ok(DumpStep::Done(stats)) => self.end_dump(c, Ok(stats)),
-            Err(e) => self.end_dump(c, Err(e)),
-        }
+        self.read_dump(c, Some(DUMP_SLICE_DATAGRAMS));
     }
 
     /// Reads the running dump to its end, blocking: before anything that
@@ -236,6 +217,13 @@ impl WindowCloser {
         if self.dump.is_none() {
             return;
         }
+        self.read_dump(c, None);
+    }
+
+    /// Reads at most `budget` datagrams of the running dump, or all of it
+    /// blocking if `None` (feeding the watchdog as it goes): every entry is
+    /// applied to the table and any spill it causes is sent.
+    fn read_dump(&mut self, c: &mut Capture, budget: Option<usize>) {
         let started = std::time::Instant::now();
         let (table, registry, notify) = (&mut c.table, &c.registry, &mut c.notify);
         let mut spills = SpillSender::new(
@@ -245,15 +233,25 @@ impl WindowCloser {
             &mut self.early,
             &mut self.output,
         );
-        let result = c.dumper.finish(|entry| {
+        let on_entry = |entry: ConntrackEntry| {
             table.on_dump_entry(registry, &entry);
             spills.send(table, registry);
-            notify.feed_watchdog_amid_work();
-        });
+            if budget.is_none() {
+                notify.feed_watchdog_amid_work();
+            }
+        };
+        let step = match budget {
+            Some(datagrams) => c.dumper.read_some(datagrams, on_entry),
+            None => c.dumper.finish(on_entry).map(DumpStep::Done),
+        };
         if let Some(d) = &mut self.dump {
             d.account_read(started.elapsed());
         }
-        self.end_dump(c, result);
+        match step {
+            Ok(DumpStep::Running { more_queued }) => self.dump_pending = more_queued,
+            Ok(DumpStep::Done(stats)) => self.end_dump(c, Ok(stats)),
+            Err(e) => self.end_dump(c, Err(e)),
+        }
     }
 
     /// The running dump is over: connections it no longer listed are

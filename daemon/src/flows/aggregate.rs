@@ -508,7 +508,7 @@ impl WindowAggregate {
             rest.flags |= FLAG_REJECT;
         }
         note_traffic(&mut self.traffic, eni, action);
-        match (t.src, t.dst) {
+        let (whole, sum) = match (t.src, t.dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
                 let key = V4Key {
                     src: src.octets(),
@@ -520,19 +520,7 @@ impl WindowAggregate {
                 }
                 // Interned after a spill: the spilled sums took the rules.
                 let rule_id = self.rules.intern(rule);
-                let (whole, sum) = add_to(&mut self.sums4, key, packets, bytes, rule_id);
-                if !whole {
-                    mark(&mut self.skipped, eni);
-                }
-                self.leaders.note(&Added {
-                    eni,
-                    direction,
-                    action,
-                    tuple: t,
-                    delta: (packets, bytes),
-                    sum,
-                    rule,
-                });
+                add_to(&mut self.sums4, key, packets, bytes, rule_id)
             }
             (src, dst) => {
                 let (src, src_v4) = v6_octets(src);
@@ -548,21 +536,21 @@ impl WindowAggregate {
                     self.spill();
                 }
                 let rule_id = self.rules.intern(rule);
-                let (whole, sum) = add_to(&mut self.sums6, key, packets, bytes, rule_id);
-                if !whole {
-                    mark(&mut self.skipped, eni);
-                }
-                self.leaders.note(&Added {
-                    eni,
-                    direction,
-                    action,
-                    tuple: t,
-                    delta: (packets, bytes),
-                    sum,
-                    rule,
-                });
+                add_to(&mut self.sums6, key, packets, bytes, rule_id)
             }
+        };
+        if !whole {
+            mark(&mut self.skipped, eni);
         }
+        self.leaders.note(&Added {
+            eni,
+            direction,
+            action,
+            tuple: t,
+            delta: (packets, bytes),
+            sum,
+            rule,
+        });
     }
 
     pub(crate) fn mark_skipped(&mut self, eni: EniIndex) {
