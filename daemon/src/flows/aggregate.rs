@@ -550,6 +550,7 @@ impl WindowAggregate {
             delta: (packets, bytes),
             sum,
             rule,
+            sums_restarted: self.spills > 0,
         });
     }
 

@@ -104,7 +104,10 @@ impl Board {
     /// A record's sum is now `sum` after adding `delta` (packets, bytes).
     fn offer(&mut self, r: &Added<'_>) {
         let v = self.value(r.sum.0, r.sum.1);
-        if self.entries.len() == TOP_N && v <= self.floor {
+        let below_floor = self.entries.len() == TOP_N && v <= self.floor;
+        // A sum at or below the floor can only be a member's whose sum in
+        // the map restarted at an early emit; without one, skip the search.
+        if below_floor && !r.sums_restarted {
             return;
         }
         if let Some(e) = self
@@ -116,6 +119,8 @@ impl Board {
             // the map restarted, the member's total did not.
             e.packets = e.packets.saturating_add(r.delta.0);
             e.bytes = e.bytes.saturating_add(r.delta.1);
+        } else if below_floor {
+            return;
         } else {
             let leader = Leader {
                 eni: r.eni,
@@ -189,6 +194,9 @@ pub(crate) struct Added<'a> {
     /// The key's (packets, bytes) in the sums now.
     pub sum: (u64, u64),
     pub rule: Option<&'a Arc<str>>,
+    /// The window's sums were emitted early at least once, so `sum` may
+    /// have restarted below what a member of a list already holds.
+    pub sums_restarted: bool,
 }
 
 /// The open window's leaders and per-ENI totals.
@@ -305,6 +313,8 @@ mod tests {
     struct Sums {
         leaders: Leaders,
         sums: std::collections::HashMap<(usize, FlowTuple, bool), (u64, u64)>,
+        /// An early emit happened: the sums restarted from zero.
+        restarted: bool,
     }
 
     impl Sums {
@@ -326,6 +336,7 @@ mod tests {
                 delta: (packets, bytes),
                 sum,
                 rule: reject.then_some(&rule),
+                sums_restarted: self.restarted,
             });
         }
     }
@@ -335,6 +346,7 @@ mod tests {
         let mut s = Sums {
             leaders: Leaders::default(),
             sums: Default::default(),
+            restarted: false,
         };
         // 60 keys, each growing in several steps, interleaved so that keys
         // enter, leave and come back to the lists.
@@ -401,11 +413,44 @@ mod tests {
         assert_eq!(v.totals[0].1.packets_out, 0);
     }
 
+    /// After an early emit a key's sum in the map starts again from zero,
+    /// below the floor of a full list; a member still adds what it gets,
+    /// and a key that is no member does not push one out.
+    #[test]
+    fn a_member_whose_sum_restarted_at_an_early_emit_keeps_counting() {
+        let mut s = Sums {
+            leaders: Leaders::default(),
+            sums: Default::default(),
+            restarted: false,
+        };
+        for k in 0..TOP_N as u16 {
+            s.add(0, tuple(1, 1000 + k), false, 10, 1000);
+        }
+        let top = tuple(1, 1000);
+        s.add(0, top, false, 5, 500);
+        // The early emit: the sums restart, the lists keep their members.
+        s.sums.clear();
+        s.restarted = true;
+        s.add(0, top, false, 1, 100);
+        s.add(0, tuple(1, 3000), false, 1, 100);
+        let v = s.leaders.view();
+        assert_eq!(v.by_bytes.len(), TOP_N);
+        assert_eq!((v.by_bytes[0].tuple, v.by_bytes[0].bytes), (top, 1600));
+        assert_eq!((v.by_packets[0].tuple, v.by_packets[0].packets), (top, 16));
+        assert!(
+            v.by_bytes.iter().all(|l| l.tuple.dst_port != 3000),
+            "a key below the floor entered: {:?}",
+            v.by_bytes
+        );
+        assert_eq!(v.by_bytes.iter().map(|l| l.bytes).min(), Some(1000));
+    }
+
     #[test]
     fn a_reload_renumbers_and_drops_the_enis_that_are_gone() {
         let mut s = Sums {
             leaders: Leaders::default(),
             sums: Default::default(),
+            restarted: false,
         };
         s.add(0, tuple(1, 1), false, 1, 100);
         s.add(1, tuple(2, 2), false, 2, 200);
