@@ -1,5 +1,5 @@
 /*
- * flowlogd_sink.h — the flowlogd sink plugin ABI (major 1, minor 0).
+ * flowlogd_sink.h — the flowlogd sink plugin ABI (major 1, minor 1).
  *
  * A sink plugin is a shared object that exports one function:
  *
@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 #define FLOWLOGD_SINK_ABI_MAJOR 1
-#define FLOWLOGD_SINK_ABI_MINOR 0
+#define FLOWLOGD_SINK_ABI_MINOR 1
 
 typedef struct flowlogd_str {
     const char *ptr;
@@ -91,7 +91,25 @@ typedef struct flowlogd_record {
     uint8_t action;     /* FLOWLOGD_ACTION_* */
     /* --- minor 0 extras --- */
     flowlogd_str rule;  /* firewall rule of a REJECT record; len 0 if none */
+    /* --- minor 1 extras (appended: a minor 0 plugin never reads them) --- */
+    flowlogd_addr pkt_srcaddr; /* source on the other side of NAT (= srcaddr
+                                  without NAT); FLOWLOGD_ADDR_NONE if unknown */
+    flowlogd_addr pkt_dstaddr; /* destination on the other side of NAT */
+    uint8_t tcp_flags;  /* FLOWLOGD_TCP_FLAG_*, OR-ed over the window */
+    uint8_t present;    /* FLOWLOGD_HAS_*: which fields below / tcp_flags hold a value */
+    int64_t flow_start; /* Unix seconds: the flow's first moment inside the window */
+    int64_t flow_end;   /* Unix seconds: the flow's last moment inside the window */
 } flowlogd_record;
+
+#define FLOWLOGD_HAS_FLOW_START 1u
+#define FLOWLOGD_HAS_FLOW_END 2u
+#define FLOWLOGD_HAS_TCP_FLAGS 4u
+
+/* tcp_flags bits, as AWS VPC flow logs encode them. */
+#define FLOWLOGD_TCP_FLAG_FIN 1u
+#define FLOWLOGD_TCP_FLAG_SYN 2u
+#define FLOWLOGD_TCP_FLAG_RST 4u
+#define FLOWLOGD_TCP_FLAG_SYN_ACK 18u /* SYN and ACK in one packet */
 
 /* Filled in by the plugin on failure; both strings NUL-terminated. */
 typedef struct flowlogd_error {
@@ -177,7 +195,13 @@ _Static_assert(offsetof(flowlogd_record, start) == 152, "record layout");
 _Static_assert(offsetof(flowlogd_record, log_status) == 168, "record layout");
 _Static_assert(offsetof(flowlogd_record, action) == 169, "record layout");
 _Static_assert(offsetof(flowlogd_record, rule) == 176, "record layout");
-_Static_assert(sizeof(flowlogd_record) == 192, "record layout");
+_Static_assert(offsetof(flowlogd_record, pkt_srcaddr) == 192, "record layout");
+_Static_assert(offsetof(flowlogd_record, pkt_dstaddr) == 209, "record layout");
+_Static_assert(offsetof(flowlogd_record, tcp_flags) == 226, "record layout");
+_Static_assert(offsetof(flowlogd_record, present) == 227, "record layout");
+_Static_assert(offsetof(flowlogd_record, flow_start) == 232, "record layout");
+_Static_assert(offsetof(flowlogd_record, flow_end) == 240, "record layout");
+_Static_assert(sizeof(flowlogd_record) == 248, "record layout");
 _Static_assert(sizeof(flowlogd_error) == 576, "error layout");
 _Static_assert(sizeof(flowlogd_option) == 56, "option layout");
 _Static_assert(sizeof(flowlogd_host) == 56, "host layout");

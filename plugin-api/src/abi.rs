@@ -17,7 +17,7 @@ use std::ffi::{c_char, c_int, c_void};
 /// Incremented on any incompatible change; the host refuses other majors.
 pub const ABI_MAJOR: u16 = 1;
 /// Incremented when fields are appended; older minors still load.
-pub const ABI_MINOR: u16 = 0;
+pub const ABI_MINOR: u16 = 1;
 /// The symbol every plugin exports (`flowlogd_sink_descriptor`).
 pub const DESCRIPTOR_SYMBOL: &[u8] = b"flowlogd_sink_descriptor\0";
 
@@ -106,7 +106,34 @@ pub struct FfiRecord {
     pub action: u8,
     /// Optional: the firewall rule that dropped REJECT traffic; empty if none.
     pub rule: FfiStr,
+    // --- minor 1: appended, so a minor-0 plugin reads only what is above.
+    /// The packet's source address on the other side of NAT (equal to
+    /// `srcaddr` without NAT); `ADDR_NONE` if unknown.
+    pub pkt_srcaddr: FfiAddr,
+    /// The packet's destination address on the other side of NAT.
+    pub pkt_dstaddr: FfiAddr,
+    /// TCP flags seen in the window in this direction, AWS encoding
+    /// (`TCP_FLAG_*`, OR-ed); meaningful when `present` has `HAS_TCP_FLAGS`.
+    pub tcp_flags: u8,
+    /// `HAS_*` bits: which of `flow_start`, `flow_end`, `tcp_flags` hold a value.
+    pub present: u8,
+    /// Unix seconds: when, within the window, the flow began to exist.
+    pub flow_start: i64,
+    /// Unix seconds: when, within the window, the flow last existed.
+    pub flow_end: i64,
 }
+
+/// `present` bits of a minor-1 record.
+pub const HAS_FLOW_START: u8 = 1;
+pub const HAS_FLOW_END: u8 = 2;
+pub const HAS_TCP_FLAGS: u8 = 4;
+
+/// `tcp_flags` bits, as AWS VPC flow logs encode them.
+pub const TCP_FLAG_FIN: u8 = 1;
+pub const TCP_FLAG_SYN: u8 = 2;
+pub const TCP_FLAG_RST: u8 = 4;
+/// SYN and ACK in one packet (18 = SYN 2 + ACK 16); a plain ACK is not recorded.
+pub const TCP_FLAG_SYN_ACK: u8 = 18;
 
 /// `flowlogd_error`: a caller-owned buffer a plugin fills in on failure.
 /// Both strings are NUL-terminated and truncated to fit.
@@ -273,9 +300,6 @@ unsafe impl Sync for FfiDescriptor {}
 /// The type of the exported `flowlogd_sink_descriptor` function.
 pub type DescriptorFn = unsafe extern "C" fn() -> *const FfiDescriptor;
 
-// Layout checks against the C header (x86_64 / aarch64, LP64). The C header
-// carries the same numbers as _Static_asserts, so a change on either side
-// fails a build.
 // Layout checks against the C header (LP64: x86_64, aarch64). The header
 // carries the same numbers as _Static_asserts, so a change on one side
 // alone fails a build.
@@ -294,7 +318,13 @@ const _: () = {
     assert!(offset_of!(FfiRecord, log_status) == 168);
     assert!(offset_of!(FfiRecord, action) == 169);
     assert!(offset_of!(FfiRecord, rule) == 176);
-    assert!(size_of::<FfiRecord>() == 192);
+    assert!(offset_of!(FfiRecord, pkt_srcaddr) == 192);
+    assert!(offset_of!(FfiRecord, pkt_dstaddr) == 209);
+    assert!(offset_of!(FfiRecord, tcp_flags) == 226);
+    assert!(offset_of!(FfiRecord, present) == 227);
+    assert!(offset_of!(FfiRecord, flow_start) == 232);
+    assert!(offset_of!(FfiRecord, flow_end) == 240);
+    assert!(size_of::<FfiRecord>() == 248);
     assert!(size_of::<FfiError>() == 576);
     assert!(size_of::<FfiOption>() == 56);
     assert!(size_of::<FfiHost>() == 56);

@@ -381,6 +381,7 @@ pub fn parse_json(line: &str) -> Result<FlowRecord, ParseRecordError> {
                 "REJECT" => Action::Reject,
                 _ => return Err(err("action", "\"ACCEPT\" or \"REJECT\"")),
             },
+            extras: Default::default(),
         })
     } else {
         None
@@ -427,6 +428,7 @@ mod tests {
                 packets: 10,
                 bytes: 1500,
                 action: Action::Accept,
+                extras: Default::default(),
             }),
             start: 1_700_000_000,
             end: 1_700_000_600,

@@ -11,6 +11,7 @@ pub mod record;
 pub mod sink;
 
 pub use record::{
-    Action, Direction, EniIds, FlowFields, FlowRecord, LogStatus, RecordView, RECORD_VERSION,
+    Action, Direction, EniIds, FlowExtras, FlowFields, FlowRecord, LogStatus, RecordView,
+    RECORD_VERSION,
 };
 pub use sink::{ErrorKind, FlushFlags, Host, HostLog, Options, Sink, SinkError};

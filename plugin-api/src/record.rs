@@ -67,6 +67,24 @@ impl Action {
     }
 }
 
+/// Fields beyond the design's 18 (ABI minor 1), each `None` where its
+/// source did not give it. A sink writes them only when its field list
+/// names them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowExtras {
+    /// `pkt-srcaddr`: the packet's source on the other side of NAT (equal
+    /// to `srcaddr` without NAT).
+    pub pkt_srcaddr: Option<IpAddr>,
+    /// `pkt-dstaddr`: the packet's destination on the other side of NAT.
+    pub pkt_dstaddr: Option<IpAddr>,
+    /// `flow-start`: Unix seconds, the flow's first moment inside the window.
+    pub flow_start: Option<i64>,
+    /// `flow-end`: Unix seconds, the flow's last moment inside the window.
+    pub flow_end: Option<i64>,
+    /// `tcp-flags`: `TCP_FLAG_*` bits OR-ed over the window, when captured.
+    pub tcp_flags: Option<u8>,
+}
+
 /// The 5-tuple, direction and counters of an `OK` record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowFields {
@@ -79,6 +97,7 @@ pub struct FlowFields {
     pub packets: u64,
     pub bytes: u64,
     pub action: Action,
+    pub extras: FlowExtras,
 }
 
 /// One flow log record as the daemon produces it.
@@ -130,6 +149,12 @@ impl FlowRecord {
                 .as_deref()
                 .map(FfiStr::new)
                 .unwrap_or(FfiStr::EMPTY),
+            pkt_srcaddr: none,
+            pkt_dstaddr: none,
+            tcp_flags: 0,
+            present: 0,
+            flow_start: 0,
+            flow_end: 0,
         };
         if let Some(f) = &self.flow {
             r.srcaddr = addr_to_ffi(f.srcaddr);
@@ -147,6 +172,21 @@ impl FlowRecord {
                 Action::Accept => ACTION_ACCEPT,
                 Action::Reject => ACTION_REJECT,
             };
+            let x = &f.extras;
+            r.pkt_srcaddr = x.pkt_srcaddr.map_or(none, addr_to_ffi);
+            r.pkt_dstaddr = x.pkt_dstaddr.map_or(none, addr_to_ffi);
+            if let Some(t) = x.flow_start {
+                r.flow_start = t;
+                r.present |= HAS_FLOW_START;
+            }
+            if let Some(t) = x.flow_end {
+                r.flow_end = t;
+                r.present |= HAS_FLOW_END;
+            }
+            if let Some(flags) = x.tcp_flags {
+                r.tcp_flags = flags;
+                r.present |= HAS_TCP_FLAGS;
+            }
         }
         r
     }
@@ -252,7 +292,23 @@ impl<'a> RecordView<'a> {
             } else {
                 Action::Accept
             },
+            extras: self.extras(),
         })
+    }
+
+    /// The minor-1 fields. The host always passes records of its own
+    /// minor (>= 1 for a host that knows these fields), so reading them is
+    /// sound for a plugin built against minor 1 or later.
+    fn extras(&self) -> FlowExtras {
+        let r = self.raw;
+        let has = |bit: u8| r.present & bit != 0;
+        FlowExtras {
+            pkt_srcaddr: addr_from_ffi(&r.pkt_srcaddr),
+            pkt_dstaddr: addr_from_ffi(&r.pkt_dstaddr),
+            flow_start: has(HAS_FLOW_START).then_some(r.flow_start),
+            flow_end: has(HAS_FLOW_END).then_some(r.flow_end),
+            tcp_flags: has(HAS_TCP_FLAGS).then_some(r.tcp_flags),
+        }
     }
     pub fn rule(&self) -> Option<&'a str> {
         // SAFETY: see `new`.

@@ -146,6 +146,7 @@ fn records() -> Vec<FlowRecord> {
         packets: 3,
         bytes: 180,
         action,
+        extras: Default::default(),
     };
     let rec = |flow, log_status, rule: Option<&str>| FlowRecord {
         eni: Arc::clone(&eni),

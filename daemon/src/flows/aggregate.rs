@@ -970,6 +970,7 @@ impl WindowDrain {
                 packets: sum.packets(),
                 bytes: sum.bytes(),
                 action: rest.action(),
+                extras: Default::default(),
             };
             records.push(FlowRecord {
                 eni: Arc::clone(&self.enis[rest.eni.get()].ids),

@@ -237,6 +237,7 @@ fn rec(
         packets,
         bytes,
         action: Action::Accept,
+        extras: Default::default(),
     }
 }
 
@@ -1382,6 +1383,7 @@ fn expected(reg: &EniRegistry, adds: &[Add]) -> WindowRecords {
             packets,
             bytes,
             action,
+            extras: Default::default(),
         };
         record(eni, Some(flow), LogStatus::Ok)
     };

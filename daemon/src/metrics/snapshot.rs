@@ -289,6 +289,7 @@ path = "/tmp/out.log"
                 packets: 1,
                 bytes: 28,
                 action,
+                extras: Default::default(),
             }),
             start,
             end: start + 600,

@@ -778,6 +778,7 @@ mod tests {
                     packets: i,
                     bytes: i * 100,
                     action: Action::Accept,
+                    extras: Default::default(),
                 }),
                 start: 0,
                 end: 600,

@@ -266,6 +266,7 @@ mod tests {
                     packets: 1,
                     bytes: 60,
                     action: Action::Accept,
+                    extras: Default::default(),
                 }),
                 start: 1_700_000_400,
                 end: 1_700_001_000,

@@ -73,6 +73,7 @@ fn pool() -> Vec<FlowRecord> {
                     } else {
                         Action::Accept
                     },
+                    extras: Default::default(),
                 }),
                 start: 1_700_000_400,
                 end: 1_700_001_000,
