@@ -7,6 +7,18 @@
 //!   numbers, `null` for the flow fields that text writes as `-` (so a
 //!   SIEM's field types stay stable), ids as strings (an unknown id is `""`
 //!   in JSON and `-` in text), plus `rule` when a REJECT record carries one.
+//!
+//! Both come in two flavours: the fixed writers (`write_text`, `write_json`)
+//! for the design's 18 fields, and the `*_fields` writers (module `listed`)
+//! that follow a sink's [`FieldList`](crate::fields::FieldList) and fall
+//! back to the fixed ones for the default list.
+
+mod listed;
+
+pub use listed::{
+    field_value, push_text_value, to_json_fields, to_text_fields, write_json_fields,
+    write_text_fields, FieldValue,
+};
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
