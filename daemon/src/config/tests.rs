@@ -316,6 +316,13 @@ fn sink_fields_are_checked_by_the_daemon() {
         c.sinks[0].options["fields"].as_array().map(Vec::len),
         Some(3)
     );
+    use flowlogd_plugin_api::{Field, FieldList};
+    assert_eq!(
+        c.sinks[0].field_list().fields(),
+        [Field::Srcaddr, Field::TcpFlags, Field::Type]
+    );
+    let c = parse(Path::new("/etc/flowlogd.toml"), GOOD).unwrap();
+    assert_eq!(c.sinks[0].field_list(), FieldList::default());
     // An unknown name: its own line and column in a multi-line array.
     let src = format!("{GOOD}fields = [\n  \"srcaddr\",\n  'tcp_flags',\n]\n");
     assert_eq!(

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use flowlogd_plugin_api::EniIds;
+use flowlogd_plugin_api::fields::FIELDS_KEY;
+use flowlogd_plugin_api::{EniIds, FieldList};
 use toml::Spanned;
 
 use super::location::key_path_at;
@@ -195,6 +196,23 @@ pub struct SinkConfig {
     pub option_locations: BTreeMap<String, Location>,
     /// Where `[sinks.<name>]` is.
     pub location: Location,
+}
+
+impl SinkConfig {
+    /// The sink's field list: its `fields` option (checked when the config
+    /// was validated), or the default 18 fields. For the daemon's own
+    /// decisions (which sources a field needs); the plugin reads the same
+    /// option itself.
+    pub fn field_list(&self) -> FieldList {
+        let names: Option<Vec<&str>> = self
+            .options
+            .get(FIELDS_KEY)
+            .and_then(toml::Value::as_array)
+            .and_then(|a| a.iter().map(toml::Value::as_str).collect());
+        names
+            .and_then(|n| FieldList::parse(&n).ok())
+            .unwrap_or_default()
+    }
 }
 
 impl Config {
@@ -747,7 +765,7 @@ fn validate_sinks(cx: &Cx<'_>, raw: &RawSinks) -> Result<Vec<SinkConfig>, Config
                     }
                 }
             } else {
-                if k.get_ref() == flowlogd_plugin_api::fields::FIELDS_KEY {
+                if k.get_ref() == FIELDS_KEY {
                     if let Some((span, message)) = field_list_problem(cx.src, v) {
                         return Err(cx.err(span, format!("{key}.fields"), message));
                     }
