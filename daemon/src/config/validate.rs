@@ -198,23 +198,6 @@ pub struct SinkConfig {
     pub location: Location,
 }
 
-impl SinkConfig {
-    /// The sink's field list: its `fields` option (checked when the config
-    /// was validated), or the default 18 fields. For the daemon's own
-    /// decisions (which sources a field needs); the plugin reads the same
-    /// option itself.
-    pub fn field_list(&self) -> FieldList {
-        let names: Option<Vec<&str>> = self
-            .options
-            .get(FIELDS_KEY)
-            .and_then(toml::Value::as_array)
-            .and_then(|a| a.iter().map(toml::Value::as_str).collect());
-        names
-            .and_then(|n| FieldList::parse(&n).ok())
-            .unwrap_or_default()
-    }
-}
-
 impl Config {
     /// With `source = "ecs"`: whether interfaces without metadata are
     /// ignored (their records held while the service has not answered).
@@ -245,6 +228,23 @@ impl Config {
             }),
             message: message.to_owned(),
         }
+    }
+}
+
+impl SinkConfig {
+    /// The sink's field list: its `fields` option (checked when the config
+    /// was validated), or the default 18 fields. For the daemon's own
+    /// decisions (which sources a field needs); the plugin reads the same
+    /// option itself.
+    pub fn field_list(&self) -> FieldList {
+        let names: Option<Vec<&str>> = self
+            .options
+            .get(FIELDS_KEY)
+            .and_then(toml::Value::as_array)
+            .and_then(|a| a.iter().map(toml::Value::as_str).collect());
+        names
+            .and_then(|n| FieldList::parse(&n).ok())
+            .unwrap_or_default()
     }
 }
 
