@@ -368,3 +368,49 @@ fn windows_run_from_start_to_aligned_boundaries() {
         ]
     );
 }
+
+/// flow-start / flow-end are the connections' CTA_TIMESTAMP start and stop
+/// as the fixture carries them, clamped into each window; a connection
+/// alive at a close ends at the window's end; the drops span the times
+/// they were read. The replay starts a few seconds before the TCP
+/// connection began, so that its start falls inside the first window
+/// (the other tests start at an arbitrary time: their windows do not
+/// contain the capture's timestamps).
+#[test]
+fn flow_times_are_the_fixtures_conntrack_timestamps_clamped_to_each_window() {
+    let tcp = destroyed(40000);
+    let secs = |ns: u64| i64::try_from(ns / 1_000_000_000).unwrap();
+    let (start, stop) = (secs(tcp.start_ns.unwrap()), secs(tcp.stop_ns.unwrap()));
+    let started_at = start - 5;
+    let mut replay = Replay::start(CONFIG, started_at);
+    replay.run_fixture("replay.hex");
+    assert_eq!(replay.windows.len(), 2);
+    let span_of = |w: usize, protocol: u8, action: Action| -> Vec<(i64, i64)> {
+        replay.windows[w].per_instance[ALL]
+            .iter()
+            .filter_map(|r| r.flow)
+            .filter(|f| f.protocol == protocol && f.action == action)
+            .map(|f| (f.extras.flow_start.unwrap(), f.extras.flow_end.unwrap()))
+            .collect()
+    };
+    let (w1, w2) = (&replay.windows[0], &replay.windows[1]);
+    assert!(
+        w1.start < start && start < w1.end,
+        "{start} in {}..{}",
+        w1.start,
+        w1.end
+    );
+    // Window 1: begun inside it, alive at its close (both directions).
+    assert_eq!(
+        span_of(0, 6, Action::Accept),
+        [(start, w1.end), (start, w1.end)]
+    );
+    // Window 2: its DESTROY's stop, clamped into the window.
+    let end = stop.clamp(w2.start, w2.end);
+    assert_eq!(
+        span_of(1, 6, Action::Accept),
+        [(w2.start, end), (w2.start, end)]
+    );
+    // The drops were read while the replay's clock said `started_at`.
+    assert_eq!(span_of(0, 17, Action::Reject), [(started_at, started_at)]);
+}
