@@ -9,6 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use serde::de::DeserializeOwned;
 
 use crate::abi::*;
+use crate::fields::FieldList;
 use crate::record::RecordView;
 
 /// Whether the host should retry a failed call.
@@ -115,6 +116,23 @@ impl Options {
             .iter()
             .find(|e| e.0 == key)
             .map(|e| e.2.as_str())
+    }
+
+    /// The value of `key` as TOML (an array as `["a", "b"]`).
+    pub fn get_toml(&self, key: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|e| e.0 == key)
+            .map(|e| e.3.as_str())
+    }
+
+    /// The sink's field list (`fields = [...]`), the default 18 fields when
+    /// the option is absent: see [`FieldList::from_options`].
+    ///
+    /// # Errors
+    /// [`SinkError::config`] on `fields` when it is not a valid list.
+    pub fn field_list(&self) -> Result<FieldList, SinkError> {
+        FieldList::from_options(self)
     }
 
     /// Deserializes the options into `T` (use `#[serde(deny_unknown_fields)]`).
@@ -273,26 +291,44 @@ pub struct Host {
     pub sink_name: String,
     pub daemon_version: String,
     pub log: HostLog,
+    /// The host's ABI minor (`flowlogd_host.abi_minor`, 0 for a host that
+    /// predates the field): the record fields of that minor and older hold
+    /// values. A host of minor 0 passes records without the extras, so a
+    /// plugin should not read [`FlowExtras`](crate::FlowExtras) from it.
+    pub abi_minor: u16,
 }
 
 impl Host {
     /// # Safety
-    /// `h` must be null or point to a valid `FfiHost`.
+    /// `h` must be null or point to a valid `flowlogd_host` of any minor
+    /// (its `struct_size` says how much of [`FfiHost`] it holds).
     pub unsafe fn from_ffi(h: *const FfiHost) -> Host {
         if h.is_null() {
             return Host::standalone("sink");
         }
-        // SAFETY: guaranteed by the caller.
-        let h = unsafe { &*h };
-        Host {
-            // SAFETY: host strings are valid UTF-8 for the call.
-            sink_name: unsafe { h.sink_name.as_str() }.to_owned(),
-            // SAFETY: as above.
-            daemon_version: unsafe { h.daemon_version.as_str() }.to_owned(),
-            log: HostLog {
-                log: h.log,
-                ctx: h.log_ctx,
-            },
+        // Fields are read through the raw pointer, never as a `&FfiHost`:
+        // an older host's struct ends before `abi_minor`.
+        // SAFETY: guaranteed by the caller; `struct_size` is the first
+        // field of every version.
+        let struct_size = unsafe { (*h).struct_size } as usize;
+        let abi_minor = if struct_size >= std::mem::offset_of!(FfiHost, abi_minor) + 2 {
+            // SAFETY: the host's struct holds the field.
+            unsafe { (*h).abi_minor }
+        } else {
+            0
+        };
+        // SAFETY: the fields of minor 0, in every host's struct; host
+        // strings are valid UTF-8 for the call.
+        unsafe {
+            Host {
+                abi_minor,
+                sink_name: (*h).sink_name.as_str().to_owned(),
+                daemon_version: (*h).daemon_version.as_str().to_owned(),
+                log: HostLog {
+                    log: (*h).log,
+                    ctx: (*h).log_ctx,
+                },
+            }
         }
     }
 
@@ -302,6 +338,7 @@ impl Host {
             sink_name: sink_name.to_owned(),
             daemon_version: String::new(),
             log: HostLog::stderr(),
+            abi_minor: ABI_MINOR,
         }
     }
 }
@@ -534,4 +571,31 @@ macro_rules! export_sink {
             &FLOWLOGD_SINK_DESCRIPTOR
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host of minor 0 passes a `flowlogd_host` that ends before
+    /// `abi_minor`: the plugin reads 0 there, not the bytes after it.
+    #[test]
+    fn host_minor_comes_from_struct_size() {
+        let mut ffi = FfiHost {
+            struct_size: std::mem::size_of::<FfiHost>() as u32,
+            sink_name: FfiStr::new("s"),
+            daemon_version: FfiStr::new("v"),
+            log: None,
+            log_ctx: std::ptr::null_mut(),
+            abi_minor: 7,
+        };
+        // SAFETY: `ffi` is valid and its strings are 'static.
+        let host = unsafe { Host::from_ffi(&ffi) };
+        assert_eq!((host.abi_minor, host.sink_name.as_str()), (7, "s"));
+        ffi.struct_size = std::mem::offset_of!(FfiHost, abi_minor) as u32;
+        // SAFETY: as above (the struct is larger than it claims).
+        let host = unsafe { Host::from_ffi(&ffi) };
+        assert_eq!((host.abi_minor, host.daemon_version.as_str()), (0, "v"));
+        assert_eq!(Host::standalone("x").abi_minor, ABI_MINOR);
+    }
 }

@@ -826,7 +826,7 @@ fn check_config_accepts_a_syslog_sink_without_connecting() {
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     let expected = format!(
-        "  sl: plugin \"syslog\" -> {} (syslog 0.1.0, ABI 1.0), options OK",
+        "  sl: plugin \"syslog\" -> {} (syslog 0.1.0, ABI 1.1), options OK",
         plugins.join("syslog.so").display()
     );
     assert!(

@@ -11,6 +11,7 @@ use toml::Spanned;
 use super::location::key_path_at;
 use super::read::read_config;
 use super::schema::*;
+use super::sink_fields::field_list_problem;
 use super::{ConfigError, Location};
 use crate::http_url::HttpUrl;
 use crate::ids::{check_id, IdError};
@@ -746,6 +747,11 @@ fn validate_sinks(cx: &Cx<'_>, raw: &RawSinks) -> Result<Vec<SinkConfig>, Config
                     }
                 }
             } else {
+                if k.get_ref() == flowlogd_plugin_api::fields::FIELDS_KEY {
+                    if let Some((span, message)) = field_list_problem(cx.src, v) {
+                        return Err(cx.err(span, format!("{key}.fields"), message));
+                    }
+                }
                 options.insert(k.get_ref().clone(), v.get_ref().clone());
                 option_locations.insert(
                     k.get_ref().clone(),
