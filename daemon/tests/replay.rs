@@ -14,7 +14,7 @@
 mod harness;
 
 use flowlogd::model::{ConntrackEntry, ConntrackKind};
-use flowlogd::netlink::parsers::parse_conntrack_message;
+use flowlogd::netlink::parsers::{parse_conntrack_message, parse_nflog_packet, Messages};
 use flowlogd_plugin_api::{Action, Direction, FlowRecord, LogStatus};
 use harness::{fixtures, Replay};
 
@@ -372,7 +372,7 @@ fn windows_run_from_start_to_aligned_boundaries() {
 /// flow-start / flow-end are the connections' CTA_TIMESTAMP start and stop
 /// as the fixture carries them, clamped into each window; a connection
 /// alive at a close ends at the window's end; the drops span the times
-/// they were read. The replay starts a few seconds before the TCP
+/// the kernel received them. The replay starts a few seconds before the TCP
 /// connection began, so that its start falls inside the first window
 /// (the other tests start at an arbitrary time: their windows do not
 /// contain the capture's timestamps).
@@ -411,6 +411,25 @@ fn flow_times_are_the_fixtures_conntrack_timestamps_clamped_to_each_window() {
         span_of(1, 6, Action::Accept),
         [(w2.start, end), (w2.start, end)]
     );
-    // The drops were read while the replay's clock said `started_at`.
-    assert_eq!(span_of(0, 17, Action::Reject), [(started_at, started_at)]);
+    // The drops span the kernel's NFULA_TIMESTAMPs of the first and last
+    // (within a window of the replay's clock, so they are taken).
+    let logged = nflog_timestamps();
+    assert_eq!(logged.len(), 2, "the fixture logs two drops");
+    assert!(logged.iter().all(|t| (t - started_at).abs() < WINDOW_SECS));
+    let (first, last) = (*logged.iter().min().unwrap(), *logged.iter().max().unwrap());
+    assert_eq!(span_of(0, 17, Action::Reject), [(first, last)]);
+}
+
+/// The NFULA_TIMESTAMP seconds of the fixture's NFLOG packets.
+fn nflog_timestamps() -> Vec<i64> {
+    let text = std::fs::read_to_string(fixtures().join("replay.hex")).unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("nflog:packet "))
+        .map(|hex| {
+            let bytes = from_hex(hex);
+            let message = Messages::new(&bytes).next().unwrap().unwrap();
+            let (packet, _) = parse_nflog_packet(message.payload).unwrap();
+            packet.timestamp.expect("NFULA_TIMESTAMP")
+        })
+        .collect()
 }

@@ -560,6 +560,8 @@ impl<C: Clock> FlowTable<C> {
     /// `tcp_flags` (`TCP_FLAG_*`) are the dropped packets' own, OR-ed into
     /// the REJECT record (which shows them only while TCP flags capture is
     /// on, see [`FlowTable::set_tcp_flags_capture`]).
+    /// The record's span is the seconds the packets were read (see
+    /// [`FlowTable::add_reject_at`] for the kernel's own time).
     #[allow(clippy::too_many_arguments)] // One call site; a struct for it would be noise.
     pub fn add_reject(
         &mut self,
@@ -571,16 +573,36 @@ impl<C: Clock> FlowTable<C> {
         rule: Option<&Arc<str>>,
         tcp_flags: u8,
     ) {
-        // The time it was read: NFLOG's own timestamp is there only when
-        // something turned on packet timestamping, and a drop is read
-        // within the poll's latency of it.
+        self.add_reject_at(None, eni, direction, tuple, packets, bytes, rule, tcp_flags);
+    }
+
+    /// [`FlowTable::add_reject`] of packets the kernel received at `at`
+    /// (Unix seconds, NFULA_TIMESTAMP), if it said: the record spans the
+    /// seconds of its first and last drop. Without it, or with one more
+    /// than a window away from the clock (another clock base, or a clock
+    /// step), the time they were read is said: the loop reads a drop
+    /// within its poll's latency.
+    #[allow(clippy::too_many_arguments)] // As add_reject, and when.
+    pub fn add_reject_at(
+        &mut self,
+        at: Option<i64>,
+        eni: EniIndex,
+        direction: Direction,
+        tuple: FlowTuple,
+        packets: u64,
+        bytes: u64,
+        rule: Option<&Arc<str>>,
+        tcp_flags: u8,
+    ) {
         let now = self.clock.now_unix();
+        let skew = i64::from(self.window_secs);
+        let when = at.filter(|t| (t - now).abs() <= skew).unwrap_or(now);
         let extras = SumExtras {
             rule,
             tcp_flags,
             pkt: None,
-            first: Some(now),
-            last: Some(now),
+            first: Some(when),
+            last: Some(when),
         };
         self.agg.add_with(
             eni,

@@ -260,6 +260,35 @@ fn a_reject_record_spans_its_first_and_last_drop() {
 }
 
 #[test]
+fn a_reject_record_takes_the_kernels_timestamp_unless_it_is_off_by_a_window() {
+    let mut f = Fixture::new(1000);
+    let a = f.eni("eni-a");
+    let blocked = |dst_port| FlowTuple {
+        src: ip(R),
+        src_port: 6000,
+        dst: ip(A),
+        dst_port,
+        protocol: TCP,
+    };
+    f.clock.set(TEN + 300);
+    // Received two seconds before it was read: the kernel's time.
+    f.table
+        .add_reject_at(Some(TEN + 298), a, In, blocked(22), 1, 60, None, 0);
+    // More than a window away (another clock): the reading time.
+    f.table
+        .add_reject_at(Some(TEN + 300 - 601), a, In, blocked(23), 1, 60, None, 0);
+    f.table
+        .add_reject_at(Some(TEN + 300 + 601), a, In, blocked(24), 1, 60, None, 0);
+    f.table
+        .add_reject_at(None, a, In, blocked(25), 1, 60, None, 0);
+    let w = f.close();
+    assert_eq!(span(&one(&w, In, 22)), (TEN + 298, TEN + 298));
+    for port in [23, 24, 25] {
+        assert_eq!(span(&one(&w, In, port)), (TEN + 300, TEN + 300), "{port}");
+    }
+}
+
+#[test]
 fn early_emits_keep_pkt_and_times() {
     let mut f = Fixture::new(100_000);
     f.table = FlowTable::new(Rc::clone(&f.clock), W, 100_000)
