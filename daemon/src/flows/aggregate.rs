@@ -724,6 +724,38 @@ mod tests {
     }
 
     #[test]
+    fn the_default_bound_grows_the_ipv4_table_as_far_as_before_the_span() {
+        // The largest table a window's half of the default
+        // window_memory_bytes lets grow (it and its predecessor both
+        // allocated while it rehashes), for the slot before the span (32
+        // bytes) and now: the same 2^21 buckets, 1.8 million sums.
+        let limit = sums_limit_of_default();
+        let largest = |slot: usize| {
+            let mut buckets = 4;
+            while table_bytes(buckets, slot) + table_bytes(2 * buckets, slot) <= limit {
+                buckets *= 2;
+            }
+            buckets
+        };
+        let slot = std::mem::size_of::<(V4Key, RecordSum)>();
+        assert_eq!((largest(32), largest(slot)), (1 << 21, 1 << 21));
+        assert_eq!(buckets_of((1 << 21) * 7 / 8), 1 << 21);
+        // 66 MiB then, 74 MiB now.
+        assert_eq!(
+            (
+                table_bytes(1 << 21, 32) >> 20,
+                table_bytes(1 << 21, slot) >> 20
+            ),
+            (66, 74)
+        );
+    }
+
+    /// Half of the default `window_memory_bytes` (see `FlowTable`).
+    fn sums_limit_of_default() -> usize {
+        (crate::flows::DEFAULT_WINDOW_MEMORY_BYTES / 2) as usize
+    }
+
+    #[test]
     fn keys_give_back_the_tuple_with_its_address_families() {
         let eni = EniIndex::new(3).unwrap();
         let mut agg = WindowAggregate::default();
