@@ -1,5 +1,7 @@
-//! One capture window's records: sums per (ENI, direction, action, 5-tuple),
-//! the ENIs that lost data, and, when the window closes, a drain that turns
+//! One capture window's records: sums per (ENI, direction, action, 5-tuple;
+//! for NATed connections also the packet's addresses behind NAT), with the
+//! part of the window their traffic spans and its TCP flags, the ENIs that
+//! lost data, and, when the window closes, a drain that turns
 //! them into records of their ENIs chunk by chunk (the flow log instances
 //! they go to are `crate::instances`' to decide).
 
