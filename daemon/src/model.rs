@@ -168,6 +168,9 @@ pub struct LoggedPacket<'a> {
     pub indev: Option<IfIndex>,
     /// Interface it was leaving by (output, forward, postrouting hooks).
     pub outdev: Option<IfIndex>,
+    /// When it was received, Unix seconds (NFULA_TIMESTAMP: the kernel
+    /// adds it on the receive hooks when packets are being timestamped).
+    pub timestamp: Option<i64>,
     /// The packet from its network header, cut at the copy range.
     pub payload: &'a [u8],
 }

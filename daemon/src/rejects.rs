@@ -118,7 +118,8 @@ impl RejectCapture {
                 return;
             }
         };
-        table.add_reject(
+        table.add_reject_at(
+            p.timestamp,
             eni,
             direction,
             FlowTuple {
@@ -131,6 +132,7 @@ impl RejectCapture {
             1,
             headers.ip_len,
             rule,
+            0,
         );
     }
 }

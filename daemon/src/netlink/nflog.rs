@@ -26,6 +26,7 @@ use crate::model::{IfIndex, LoggedPacket};
 const NFNL_SUBSYS_ULOG: u16 = 4;
 const NFULNL_MSG_PACKET: u16 = 0;
 const NFGENMSG_LEN: usize = 4;
+const NFULA_TIMESTAMP: u16 = 3;
 const NFULA_IFINDEX_INDEV: u16 = 4;
 const NFULA_IFINDEX_OUTDEV: u16 = 5;
 const NFULA_PAYLOAD: u16 = 9;
@@ -219,6 +220,13 @@ fn be32(b: &[u8]) -> Option<u32> {
 }
 
 /// Parses one NFULNL_MSG_PACKET payload (after the netlink header): the
+/// struct nfulnl_msg_packet_timestamp: seconds and microseconds, each a
+/// big-endian 64-bit number; the seconds.
+fn timestamp_secs(b: &[u8]) -> Option<i64> {
+    let sec = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+    i64::try_from(sec).ok()
+}
+
 /// nfgenmsg, then the attributes. Returns the packet and its NFULA_SEQ.
 ///
 /// # Errors
@@ -232,6 +240,7 @@ pub fn parse_packet(payload: &[u8]) -> Result<(LoggedPacket<'_>, Option<u32>), N
     let mut packet = LoggedPacket {
         group,
         prefix: &[],
+        timestamp: None,
         indev: None,
         outdev: None,
         payload: &[],
@@ -250,6 +259,7 @@ pub fn parse_packet(payload: &[u8]) -> Result<(LoggedPacket<'_>, Option<u32>), N
             .get(NLA_HDRLEN..len)
             .ok_or(NflogParseError::Truncated)?;
         match kind {
+            NFULA_TIMESTAMP => packet.timestamp = timestamp_secs(value),
             NFULA_IFINDEX_INDEV => packet.indev = be32(value).map(IfIndex),
             NFULA_IFINDEX_OUTDEV => packet.outdev = be32(value).map(IfIndex),
             NFULA_PAYLOAD => {
