@@ -170,6 +170,20 @@ pub struct LoggedPacket<'a> {
     pub outdev: Option<IfIndex>,
     /// The packet from its network header, cut at the copy range.
     pub payload: &'a [u8],
+    /// The packet's connection, on groups bound to attach it (the
+    /// tcp-flags group); `None` elsewhere and for packets without one.
+    pub conntrack: Option<LoggedConntrack>,
+}
+
+/// The conntrack entry NFLOG attached to a logged packet (NFULA_CT and
+/// NFULA_CT_INFO): its tuples as the kernel keys them, which hold the
+/// addresses before NAT that the packet's own headers may no longer show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoggedConntrack {
+    pub orig: Tuple,
+    pub reply: Tuple,
+    /// The packet travels in the reply direction.
+    pub is_reply: bool,
 }
 
 // What the ECS metadata service said, as the metadata worker hands it to

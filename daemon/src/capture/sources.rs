@@ -72,7 +72,8 @@ impl Sources {
         // Tracking before the sysctls: the sysctl files exist only once
         // nf_conntrack is loaded, which the table (or the socket) does.
         let tracking_table = if config.daemon.install_tracking_table {
-            let t = TrackingTable::install().map_err(RunError::Tracking)?;
+            let t = TrackingTable::install_with_tcp_flags(config.tcp_flags_group())
+                .map_err(RunError::Tracking)?;
             if t.found_existing() {
                 log::info!(
                     "nftables table inet flowlogd (a `ct state` rule, no verdicts) was in place, left by the previous \
@@ -136,6 +137,7 @@ impl Sources {
         } else {
             let socket = NflogSocket::open(&NflogConfig {
                 groups: config.daemon.nflog_groups.clone(),
+                tcp_flags_group: None,
                 copy_range: NFLOG_COPY_RANGE,
                 receive_buffer_bytes: config.daemon.nflog_rcvbuf_bytes as usize,
             })

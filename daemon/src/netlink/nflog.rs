@@ -18,9 +18,12 @@ use netlink_packet_netfilter::nflog::{config_request, ConfigCmd, ConfigFlags, Co
 use netlink_packet_netfilter::NetfilterProtoFamily;
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
+use netlink_packet_core::{NlaBuffer, NlasIterator};
+
+use super::ct_parse;
 use super::socket::{Messages, NetlinkSocket, Received, SocketOptions};
 use super::stats::DrainStats;
-use crate::model::{IfIndex, LoggedPacket};
+use crate::model::{IfIndex, LoggedConntrack, LoggedPacket};
 
 // include/uapi/linux/netfilter/nfnetlink.h, nfnetlink_log.h
 const NFNL_SUBSYS_ULOG: u16 = 4;
@@ -31,6 +34,17 @@ const NFULA_IFINDEX_OUTDEV: u16 = 5;
 const NFULA_PAYLOAD: u16 = 9;
 const NFULA_PREFIX: u16 = 10;
 const NFULA_SEQ: u16 = 12;
+const NFULA_CT: u16 = 18;
+const NFULA_CT_INFO: u16 = 19;
+// include/uapi/linux/netfilter/nfnetlink_conntrack.h, inside NFULA_CT
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+// include/uapi/linux/netfilter/nf_conntrack_common.h, enum ip_conntrack_info:
+// IP_CT_IS_REPLY (3) is added to ESTABLISHED (0) and RELATED (1) for a
+// packet in the reply direction; IP_CT_NUMBER (5) and above (UNTRACKED, 7)
+// are not directions.
+const IP_CT_IS_REPLY: u32 = 3;
+const IP_CT_NUMBER: u32 = 5;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 const NLA_HDRLEN: usize = 4;
 
@@ -42,6 +56,11 @@ const DRAIN_BUDGET: usize = 4096;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NflogConfig {
     pub groups: Vec<u16>,
+    /// The group of the daemon's tcp-flags rules, bound with the packet's
+    /// conntrack entry attached (NFULNL_CFG_F_CONNTRACK: each message
+    /// carries the tuples, which costs the kernel a few hundred bytes per
+    /// message, so the drop groups go without).
+    pub tcp_flags_group: Option<u16>,
     /// Bytes of each packet copied: enough for IPv6 with extension headers
     /// and the transport ports; the record's size comes from the IP header.
     pub copy_range: u32,
@@ -56,6 +75,9 @@ pub enum NflogParseError {
     Truncated,
     /// No NFULA_PAYLOAD attribute.
     NoPayload,
+    /// NFULA_CT without both tuples, or a malformed one; or NFULA_CT_INFO
+    /// that is not a direction.
+    Conntrack,
 }
 
 /// What the kernel's NFLOG sequence numbers say about loss.
@@ -95,14 +117,18 @@ impl NflogSocket {
             next_seq: HashMap::new(),
             loss: NflogLoss::default(),
         };
-        for (i, &group) in config.groups.iter().enumerate() {
+        let groups = config.groups.iter().map(|&g| (g, ConfigFlags::SEQ));
+        let tcp_flags = config
+            .tcp_flags_group
+            .map(|g| (g, ConfigFlags::SEQ | ConfigFlags::CONNTRACK));
+        for (i, (group, flags)) in groups.chain(tcp_flags).enumerate() {
             let mut request = config_request(
                 NetfilterProtoFamily::Unspec,
                 group,
                 vec![
                     ConfigCmd::Bind.into(),
                     ConfigMode::new_packet(config.copy_range).into(),
-                    ConfigFlags::SEQ.into(),
+                    flags.into(),
                     // Batch up to 64 KiB per datagram, flushed every 10 ms,
                     // so the loop reads many packets per system call.
                     ConfigNla::NlBufSiz(64 * 1024),
@@ -235,8 +261,10 @@ pub fn parse_packet(payload: &[u8]) -> Result<(LoggedPacket<'_>, Option<u32>), N
         indev: None,
         outdev: None,
         payload: &[],
+        conntrack: None,
     };
     let mut seq = None;
+    let mut ct_info = None;
     let mut has_payload = false;
     let mut rest = &payload[NFGENMSG_LEN..];
     while !rest.is_empty() {
@@ -260,6 +288,8 @@ pub fn parse_packet(payload: &[u8]) -> Result<(LoggedPacket<'_>, Option<u32>), N
                 packet.prefix = value.split(|b| *b == 0).next().unwrap_or(&[]);
             }
             NFULA_SEQ => seq = be32(value),
+            NFULA_CT => packet.conntrack = Some(conntrack_tuples(value)?),
+            NFULA_CT_INFO => ct_info = Some(be32(value).ok_or(NflogParseError::Conntrack)?),
             _ => {}
         }
         let advance = (len + 3) & !3;
@@ -268,5 +298,37 @@ pub fn parse_packet(payload: &[u8]) -> Result<(LoggedPacket<'_>, Option<u32>), N
     if !has_payload {
         return Err(NflogParseError::NoPayload);
     }
+    if let Some(ct) = &mut packet.conntrack {
+        // The kernel puts NFULA_CT_INFO right after NFULA_CT, always.
+        match ct_info {
+            Some(info) if info < IP_CT_NUMBER => ct.is_reply = info >= IP_CT_IS_REPLY,
+            _ => return Err(NflogParseError::Conntrack),
+        }
+    }
     Ok((packet, seq))
+}
+
+/// NFULA_CT: the ctnetlink attributes of the packet's connection, of which
+/// the two tuples are read (`is_reply` is set from NFULA_CT_INFO after).
+fn conntrack_tuples(nested: &[u8]) -> Result<LoggedConntrack, NflogParseError> {
+    let (mut orig, mut reply) = (None, None);
+    for nla in NlasIterator::new(nested) {
+        let nla: NlaBuffer<&[u8]> = nla.map_err(|_| NflogParseError::Conntrack)?;
+        let slot = match nla.kind() {
+            CTA_TUPLE_ORIG => &mut orig,
+            CTA_TUPLE_REPLY => &mut reply,
+            _ => continue,
+        };
+        let tuple = ct_parse::tuple(nla.value(), "invalid NFULA_CT tuple")
+            .map_err(|_| NflogParseError::Conntrack)?;
+        *slot = Some(tuple);
+    }
+    match (orig, reply) {
+        (Some(orig), Some(reply)) => Ok(LoggedConntrack {
+            orig,
+            reply,
+            is_reply: false,
+        }),
+        _ => Err(NflogParseError::Conntrack),
+    }
 }
