@@ -7,6 +7,18 @@
 //!   numbers, `null` for the flow fields that text writes as `-` (so a
 //!   SIEM's field types stay stable), ids as strings (an unknown id is `""`
 //!   in JSON and `-` in text), plus `rule` when a REJECT record carries one.
+//!
+//! Both come in two flavours: the fixed writers (`write_text`, `write_json`)
+//! for the design's 18 fields, and the `*_fields` writers (module `listed`)
+//! that follow a sink's [`FieldList`](crate::fields::FieldList) and fall
+//! back to the fixed ones for the default list.
+
+mod listed;
+
+pub use listed::{
+    field_value, push_text_value, to_json_fields, to_text_fields, write_json_fields,
+    write_text_fields, FieldValue,
+};
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -167,6 +179,48 @@ pub fn to_json(r: &RecordView<'_>) -> String {
 /// nothing here goes through `core::fmt` on the common path (see
 /// `push_int`, `push_addr`).
 pub fn write_json(out: &mut String, r: &RecordView<'_>) {
+    write_json_members(out, r, r.flow().as_ref());
+    out.push('}');
+}
+
+/// Appends the JSON object of `r` with every field it carries: the design's
+/// 18 and `rule` as [`write_json`] writes them, then each extra that has a
+/// value (`pkt-srcaddr`, `pkt-dstaddr`, `flow-start`, `flow-end`,
+/// `tcp-flags`), without a line ending. The daemon's own lossless form
+/// (the spool stores it): [`parse_json`] reads every field back, and reads
+/// lines without the extras (older spools, `to_json`) with them `None`.
+pub fn write_json_full(out: &mut String, r: &RecordView<'_>) {
+    let flow = r.flow();
+    write_json_members(out, r, flow.as_ref());
+    if let Some(x) = flow.as_ref().map(|f| f.extras) {
+        if let Some(a) = x.pkt_srcaddr {
+            out.push_str(",\"pkt-srcaddr\":\"");
+            push_addr(out, a);
+            out.push('"');
+        }
+        if let Some(a) = x.pkt_dstaddr {
+            out.push_str(",\"pkt-dstaddr\":\"");
+            push_addr(out, a);
+            out.push('"');
+        }
+        if let Some(t) = x.flow_start {
+            out.push_str(",\"flow-start\":");
+            push_int(out, t);
+        }
+        if let Some(t) = x.flow_end {
+            out.push_str(",\"flow-end\":");
+            push_int(out, t);
+        }
+        if let Some(flags) = x.tcp_flags {
+            out.push_str(",\"tcp-flags\":");
+            push_int(out, flags);
+        }
+    }
+    out.push('}');
+}
+
+/// [`write_json`] without the closing brace; `flow` is `r.flow()`.
+fn write_json_members(out: &mut String, r: &RecordView<'_>, flow: Option<&FlowFields>) {
     out.push_str("{\"version\":");
     push_int(out, r.version());
     out.push_str(",\"vswitch-id\":");
@@ -179,8 +233,7 @@ pub fn write_json(out: &mut String, r: &RecordView<'_>) {
     push_json_string(out, r.account_id());
     out.push_str(",\"eni-id\":");
     push_json_string(out, r.eni_id());
-    let flow = r.flow();
-    match &flow {
+    match flow {
         Some(f) => {
             // Addresses need no escaping: digits, `.`, `:` and hex only.
             out.push_str(",\"srcaddr\":\"");
@@ -212,7 +265,7 @@ pub fn write_json(out: &mut String, r: &RecordView<'_>) {
     out.push_str(",\"log-status\":\"");
     out.push_str(r.log_status().as_str());
     out.push_str("\",\"action\":");
-    match &flow {
+    match flow {
         Some(f) => {
             out.push('"');
             out.push_str(f.action.as_str());
@@ -224,7 +277,6 @@ pub fn write_json(out: &mut String, r: &RecordView<'_>) {
         out.push_str(",\"rule\":");
         push_json_string(out, rule);
     }
-    out.push('}');
 }
 
 /// `n` in decimal, as `Display` writes it, without `core::fmt`'s
@@ -322,7 +374,8 @@ impl std::fmt::Display for ParseRecordError {
 
 impl std::error::Error for ParseRecordError {}
 
-/// Parses a JSON line as written by [`to_json`] back into a record.
+/// Parses a JSON line as written by [`to_json`] or [`write_json_full`]
+/// back into a record (extras absent or `null`: `None`).
 ///
 /// # Errors
 /// A message naming the missing or malformed field.
@@ -381,7 +434,7 @@ pub fn parse_json(line: &str) -> Result<FlowRecord, ParseRecordError> {
                 "REJECT" => Action::Reject,
                 _ => return Err(err("action", "\"ACCEPT\" or \"REJECT\"")),
             },
-            extras: Default::default(),
+            extras: parse_extras(obj)?,
         })
     } else {
         None
@@ -400,6 +453,39 @@ pub fn parse_json(line: &str) -> Result<FlowRecord, ParseRecordError> {
         end: get_i64("end")?,
         log_status,
         rule: (!rule.is_empty()).then(|| Arc::from(rule.as_str())),
+    })
+}
+
+/// The extras [`write_json_full`] writes; each absent or `null` is `None`.
+fn parse_extras(obj: &Map<String, Value>) -> Result<FlowExtras, ParseRecordError> {
+    let err = |k: &str, what: &str| ParseRecordError(format!("field `{k}`: expected {what}"));
+    let present = |k: &str| obj.get(k).filter(|v| !v.is_null());
+    let addr = |k: &str| -> Result<Option<IpAddr>, ParseRecordError> {
+        present(k)
+            .map(|v| {
+                v.as_str()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| err(k, "an IP address"))
+            })
+            .transpose()
+    };
+    let time = |k: &str| -> Result<Option<i64>, ParseRecordError> {
+        present(k)
+            .map(|v| v.as_i64().ok_or_else(|| err(k, "an integer")))
+            .transpose()
+    };
+    Ok(FlowExtras {
+        pkt_srcaddr: addr("pkt-srcaddr")?,
+        pkt_dstaddr: addr("pkt-dstaddr")?,
+        flow_start: time("flow-start")?,
+        flow_end: time("flow-end")?,
+        tcp_flags: present("tcp-flags")
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|n| u8::try_from(n).ok())
+                    .ok_or_else(|| err("tcp-flags", "0..=255"))
+            })
+            .transpose()?,
     })
 }
 
@@ -497,6 +583,67 @@ mod tests {
         let parsed: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(parsed, to_json_value(&v), "{line}");
         assert_eq!(parse_json(&line).unwrap(), r);
+    }
+
+    #[test]
+    fn full_json_round_trips_the_extras_and_old_lines_read_without() {
+        let mut r = sample();
+        r.rule = Some(Arc::from("sg-1:deny"));
+        r.flow.as_mut().unwrap().extras = FlowExtras {
+            pkt_srcaddr: Some("192.0.2.7".parse().unwrap()),
+            pkt_dstaddr: Some("2001:db8::7".parse().unwrap()),
+            flow_start: Some(1_700_000_001),
+            flow_end: Some(1_700_000_002),
+            tcp_flags: Some(19),
+        };
+        let ffi = r.to_ffi();
+        // SAFETY: `r` outlives the view.
+        let v = unsafe { RecordView::new(&ffi) };
+        let mut full = String::new();
+        write_json_full(&mut full, &v);
+        assert_eq!(
+            full,
+            format!(
+                "{},\"pkt-srcaddr\":\"192.0.2.7\",\"pkt-dstaddr\":\"2001:db8::7\",\
+                 \"flow-start\":1700000001,\"flow-end\":1700000002,\"tcp-flags\":19}}",
+                to_json(&v).trim_end_matches('}')
+            )
+        );
+        assert_eq!(parse_json(&full).unwrap(), r);
+        // Partly known extras: only those with a value are written.
+        let mut partial = r.clone();
+        partial.flow.as_mut().unwrap().extras = FlowExtras {
+            tcp_flags: Some(2),
+            ..Default::default()
+        };
+        let ffi = partial.to_ffi();
+        // SAFETY: `partial` outlives the view.
+        let v = unsafe { RecordView::new(&ffi) };
+        let mut line = String::new();
+        write_json_full(&mut line, &v);
+        assert!(
+            line.ends_with(",\"rule\":\"sg-1:deny\",\"tcp-flags\":2}"),
+            "{line}"
+        );
+        assert_eq!(parse_json(&line).unwrap(), partial);
+        // A line as an older spool holds it: the extras are None.
+        let old = to_json(&v);
+        let back = parse_json(&old).unwrap();
+        assert_eq!(back.flow.unwrap().extras, FlowExtras::default());
+        // Without extras the full form is the plain one.
+        let plain = sample();
+        let ffi = plain.to_ffi();
+        // SAFETY: `plain` outlives the view.
+        let v = unsafe { RecordView::new(&ffi) };
+        let mut line = String::new();
+        write_json_full(&mut line, &v);
+        assert_eq!(line, to_json(&v));
+        assert_eq!(
+            parse_json(r#"{"log-status":"OK","srcaddr":"10.0.0.1","srcport":1,"dstaddr":"10.0.0.2","dstport":2,"protocol":6,"direction":"in","packets":1,"bytes":1,"action":"ACCEPT","start":0,"end":1,"tcp-flags":300}"#)
+                .unwrap_err()
+                .0,
+            "field `tcp-flags`: expected 0..=255"
+        );
     }
 
     #[test]

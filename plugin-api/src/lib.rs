@@ -6,10 +6,12 @@
 //! plugins implement [`Sink`] and call [`export_sink!`].
 
 pub mod abi;
+pub mod fields;
 pub mod format;
 pub mod record;
 pub mod sink;
 
+pub use fields::{Field, FieldList, FieldListError};
 pub use record::{
     Action, Direction, EniIds, FlowExtras, FlowFields, FlowRecord, LogStatus, RecordView,
     RECORD_VERSION,

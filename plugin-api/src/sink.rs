@@ -9,6 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use serde::de::DeserializeOwned;
 
 use crate::abi::*;
+use crate::fields::FieldList;
 use crate::record::RecordView;
 
 /// Whether the host should retry a failed call.
@@ -115,6 +116,23 @@ impl Options {
             .iter()
             .find(|e| e.0 == key)
             .map(|e| e.2.as_str())
+    }
+
+    /// The value of `key` as TOML (an array as `["a", "b"]`).
+    pub fn get_toml(&self, key: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|e| e.0 == key)
+            .map(|e| e.3.as_str())
+    }
+
+    /// The sink's field list (`fields = [...]`), the default 18 fields when
+    /// the option is absent: see [`FieldList::from_options`].
+    ///
+    /// # Errors
+    /// [`SinkError::config`] on `fields` when it is not a valid list.
+    pub fn field_list(&self) -> Result<FieldList, SinkError> {
+        FieldList::from_options(self)
     }
 
     /// Deserializes the options into `T` (use `#[serde(deny_unknown_fields)]`).

@@ -17,8 +17,10 @@
 //!
 //! A frame is one batch: a 16-byte header (magic `FLS1`, payload length,
 //! record count, CRC-32 of count and payload, little-endian) and the records
-//! as JSON lines, the format sinks already write, so a spool can be read
-//! with `tail -c +17` in an emergency. A crash mid-write leaves a torn
+//! as JSON lines, the format sinks already write (plus the extras a record
+//! carries: `format::write_json_full`), so a spool can be read with
+//! `tail -c +17` in an emergency. Lines without extras (spools of older
+//! versions) read with the extras unknown. A crash mid-write leaves a torn
 //! frame at a segment's end: opening the spool checks every frame and cuts
 //! the segment at the first that does not check out, so garbage is never
 //! replayed.
@@ -608,7 +610,9 @@ fn encode_frame(records: &[FlowRecord]) -> Vec<u8> {
         // SAFETY: `ffi` borrows `r`'s strings, which are UTF-8 and outlive
         // this call.
         let view = unsafe { RecordView::new(&ffi) };
-        format::write_json(&mut payload, &view);
+        // The full form, not a sink's field list: a record that waited
+        // here reaches its sink with every field it was made with.
+        format::write_json_full(&mut payload, &view);
         payload.push('\n');
     }
     let count = u32::try_from(records.len()).expect("a batch holds fewer than 2^32 records");
@@ -838,6 +842,43 @@ mod tests {
         assert!(seg_files(&dir).is_empty(), "a delivered segment is removed");
         assert!(!dir.join(ACK_FILE).exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A record that waited in the spool comes back with the extras it was
+    /// made with; a segment of an older version (no extras in its lines)
+    /// still reads, with them unknown.
+    #[test]
+    fn records_keep_their_extras_across_the_spool() {
+        let dir = tmp("extras");
+        let mut rs = records(0, 3);
+        rs[1].flow.as_mut().unwrap().extras = flowlogd_plugin_api::FlowExtras {
+            pkt_srcaddr: Some("192.0.2.1".parse().unwrap()),
+            pkt_dstaddr: Some("198.51.100.2".parse().unwrap()),
+            flow_start: Some(17),
+            flow_end: Some(42),
+            tcp_flags: Some(19),
+        };
+        rs[2].flow.as_mut().unwrap().extras.flow_end = Some(599);
+        {
+            let (mut s, _) = Spool::open(&dir, 1 << 30).unwrap();
+            s.append(&rs).unwrap();
+            s.sync().unwrap();
+        }
+        let (mut s, report) = Spool::open(&dir, 1 << 30).unwrap();
+        assert_eq!(report.records, 3);
+        let mut lost = 0;
+        let b = s.oldest(&mut lost).unwrap().unwrap();
+        assert_eq!(b.records, rs);
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // An older daemon's frame: the plain 18-field JSON lines.
+        let old = "{\"version\":1,\"vswitch-id\":\"vsw-1\",\"vm-id\":\"i-1\",\"vpc-id\":\"vpc-1\",\
+                   \"account-id\":\"1\",\"eni-id\":\"eni-1\",\"srcaddr\":\"10.0.0.1\",\"srcport\":1000,\
+                   \"dstaddr\":\"10.0.0.2\",\"dstport\":80,\"protocol\":6,\"direction\":\"out\",\
+                   \"packets\":0,\"bytes\":0,\"start\":0,\"end\":600,\"log-status\":\"OK\",\
+                   \"action\":\"ACCEPT\"}\n";
+        assert_eq!(decode_records(old.as_bytes(), &dir), records(0, 1));
     }
 
     #[test]

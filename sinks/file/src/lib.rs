@@ -10,6 +10,7 @@
 //! rotate_bytes = 104857600              # 0 = never rotate; else >= 4096
 //! rotate_keep = 5                       # flow.log.1 .. flow.log.5
 //! file_mode = "0640"
+//! fields = ["srcaddr", "dstaddr", "bytes"]  # optional; default: the 18 fields
 //! ```
 //!
 //! A file removed, moved away or replaced behind the sink's back (`rm -rf`
@@ -22,7 +23,9 @@ mod file_identity;
 mod options;
 mod rotating_file;
 
-use flowlogd_plugin_api::{format, FlushFlags, Host, Options, RecordView, Sink, SinkError};
+use flowlogd_plugin_api::{
+    format, FieldList, FlushFlags, Host, Options, RecordView, Sink, SinkError,
+};
 
 pub use options::{FileConfig, FileOptions, Format, MAX_ROTATE_KEEP, MIN_ROTATE_BYTES};
 use rotating_file::RotatingFile;
@@ -30,6 +33,7 @@ use rotating_file::RotatingFile;
 /// The file sink: one line per record, `\n`-terminated.
 pub struct FileSink {
     format: Format,
+    fields: FieldList,
     file: RotatingFile,
     /// The current batch's lines, kept between batches to reuse the memory.
     lines: String,
@@ -45,6 +49,7 @@ impl Sink for FileSink {
             .map_err(|e| SinkError::config("path", e.to_string()))?;
         Ok(FileSink {
             format: config.format,
+            fields: config.fields,
             file,
             lines: String::new(),
         })
@@ -64,8 +69,8 @@ impl Sink for FileSink {
         self.lines.clear();
         for r in records {
             match self.format {
-                Format::Text => format::write_text(&mut self.lines, r),
-                Format::Json => format::write_json(&mut self.lines, r),
+                Format::Text => format::write_text_fields(&mut self.lines, r, &self.fields),
+                Format::Json => format::write_json_fields(&mut self.lines, r, &self.fields),
             }
             self.lines.push('\n');
         }

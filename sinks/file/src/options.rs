@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use flowlogd_plugin_api::{Options, SinkError};
+use flowlogd_plugin_api::{FieldList, Options, SinkError};
 use serde::Deserialize;
 
 /// Below this, rotation would happen every few records: almost certainly a
@@ -42,14 +42,17 @@ pub struct FileOptions {
     pub rotate_keep: u32,
     #[serde(default = "default_file_mode")]
     pub file_mode: String,
+    /// The fields of each line, in order; absent: the design's 18.
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
 }
 
 /// How each record becomes a line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    /// The design's 18 fields, space separated (`format::write_text`).
+    /// The listed fields, space separated (`format::write_text_fields`).
     Text,
-    /// One JSON object per line (`format::to_json`).
+    /// One JSON object per line (`format::write_json_fields`).
     Json,
 }
 
@@ -62,6 +65,7 @@ pub struct FileConfig {
     pub rotate_bytes: u64,
     pub rotate_keep: u32,
     pub file_mode: u32,
+    pub fields: FieldList,
 }
 
 impl FileConfig {
@@ -115,12 +119,19 @@ impl FileConfig {
                 ),
             )
         })?;
+        let fields = match &raw.fields {
+            Some(names) => {
+                FieldList::parse(names).map_err(|e| SinkError::config("fields", e.to_string()))?
+            }
+            None => FieldList::default(),
+        };
         Ok(FileConfig {
             path,
             format,
             rotate_bytes: raw.rotate_bytes,
             rotate_keep: raw.rotate_keep,
             file_mode,
+            fields,
         })
     }
 }

@@ -499,6 +499,7 @@ mod tests {
                     rotate_bytes: 0,
                     rotate_keep: 1,
                     file_mode: 0o640,
+                    fields: Default::default(),
                 },
                 HostLog::stderr(),
             )

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use flowlogd_plugin_api::abi::{FfiHost, FfiRecord, FfiStr, LOG_WARN};
 use flowlogd_plugin_api::{
-    Action, Direction, EniIds, ErrorKind, FlowFields, FlowRecord, FlushFlags, Host, LogStatus,
-    Options, RecordView, Sink, SinkError,
+    Action, Direction, EniIds, ErrorKind, FlowExtras, FlowFields, FlowRecord, FlushFlags, Host,
+    LogStatus, Options, RecordView, Sink, SinkError,
 };
 use flowlogd_sink_file::FileSink;
 
@@ -384,7 +384,7 @@ fn config_errors_name_the_key() {
     assert_config_error(
         "path = \"/tmp/flow.log\"\ncolour = \"red\"",
         "colour",
-        "unknown field `colour`, expected one of `path`, `format`, `rotate_bytes`, `rotate_keep`, `file_mode`",
+        "unknown field `colour`, expected one of `path`, `format`, `rotate_bytes`, `rotate_keep`, `file_mode`, `fields`",
     );
     assert_config_error(
         "path = \"/tmp/flow.log\"\nformat = \"xml\"",
@@ -417,6 +417,100 @@ fn config_errors_name_the_key() {
         "file_mode",
         r#"expected an octal permission mode like "0640" (at most "0777"), got "rw-r-----""#,
     );
+    assert_config_error(
+        "path = \"/tmp/flow.log\"\nfields = [\"srcaddr\", \"src-port\"]",
+        "fields",
+        "unknown field \"src-port\"; known fields: version, vswitch-id, vm-id, vpc-id, \
+         account-id, eni-id, srcaddr, srcport, dstaddr, dstport, protocol, direction, packets, \
+         bytes, start, end, log-status, action, pkt-srcaddr, pkt-dstaddr, flow-start, flow-end, \
+         tcp-flags, type, rule",
+    );
+    assert_config_error(
+        "path = \"/tmp/flow.log\"\nfields = []",
+        "fields",
+        "expected at least one field name, got an empty list (leave `fields` out for the \
+         default 18 fields)",
+    );
+    assert_config_error(
+        "path = \"/tmp/flow.log\"\nfields = [\"bytes\", \"bytes\"]",
+        "fields",
+        "field \"bytes\" is listed twice",
+    );
+    assert_config_error(
+        "path = \"/tmp/flow.log\"\nfields = \"bytes\"",
+        "fields",
+        "invalid type: string \"bytes\", expected a sequence",
+    );
+}
+
+/// The golden records, the first with the minor-1 extras filled in.
+fn golden_records_with_extras() -> Vec<FlowRecord> {
+    let mut records = golden_records();
+    records[0].flow.as_mut().unwrap().extras = FlowExtras {
+        pkt_srcaddr: Some("100.64.0.7".parse().unwrap()),
+        pkt_dstaddr: Some("203.0.113.5".parse().unwrap()),
+        flow_start: Some(1_700_000_412),
+        flow_end: Some(1_700_000_414),
+        tcp_flags: Some(19),
+    };
+    records
+}
+
+const LISTED: &str = r#"fields = ["type", "srcaddr", "pkt-srcaddr", "pkt-dstaddr", "flow-start", "flow-end", "tcp-flags", "bytes", "log-status", "eni-id", "rule"]"#;
+
+#[test]
+fn text_writes_the_listed_fields_in_order() {
+    let dir = TempDir::new("fields-text");
+    let path = dir.join("flow.log");
+    let mut sink = open_at(&path, LISTED);
+    write(&mut sink, &golden_records_with_extras());
+    drop(sink);
+    assert_eq!(
+        read(&path),
+        "IPv4 192.168.0.10 100.64.0.7 203.0.113.5 1700000412 1700000414 19 3456 OK eni-bp1a2b3c4d -\n\
+         IPv6 2001:db8:0:1::10 - - - - - 258 OK eni-bp1a2b3c4d flowlogd-sg:drop-snmp\n\
+         - - - - - - - - NODATA eni-bp1n1o2p -\n\
+         - - - - - - - - SKIPDATA eni-bp1a2b3c4d -\n"
+    );
+}
+
+#[test]
+fn json_writes_the_listed_keys_in_order() {
+    let dir = TempDir::new("fields-json");
+    let path = dir.join("flow.jsonl");
+    let mut sink = open_at(&path, &format!("format = \"json\"\n{LISTED}"));
+    write(&mut sink, &golden_records_with_extras());
+    drop(sink);
+    assert_eq!(
+        read(&path),
+        r#"{"type":"IPv4","srcaddr":"192.168.0.10","pkt-srcaddr":"100.64.0.7","pkt-dstaddr":"203.0.113.5","flow-start":1700000412,"flow-end":1700000414,"tcp-flags":19,"bytes":3456,"log-status":"OK","eni-id":"eni-bp1a2b3c4d","rule":null}
+{"type":"IPv6","srcaddr":"2001:db8:0:1::10","pkt-srcaddr":null,"pkt-dstaddr":null,"flow-start":null,"flow-end":null,"tcp-flags":null,"bytes":258,"log-status":"OK","eni-id":"eni-bp1a2b3c4d","rule":"flowlogd-sg:drop-snmp"}
+{"type":null,"srcaddr":null,"pkt-srcaddr":null,"pkt-dstaddr":null,"flow-start":null,"flow-end":null,"tcp-flags":null,"bytes":null,"log-status":"NODATA","eni-id":"eni-bp1n1o2p","rule":null}
+{"type":null,"srcaddr":null,"pkt-srcaddr":null,"pkt-dstaddr":null,"flow-start":null,"flow-end":null,"tcp-flags":null,"bytes":null,"log-status":"SKIPDATA","eni-id":"eni-bp1a2b3c4d","rule":null}
+"#
+    );
+}
+
+/// The default list, written out, is the default: the same bytes as no
+/// `fields` at all (with JSON's `rule` only where a record has one).
+#[test]
+fn the_18_fields_listed_are_the_golden_output() {
+    let names: Vec<String> = flowlogd_plugin_api::format::FIELD_NAMES
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect();
+    let listed = format!("fields = [{}]", names.join(", "));
+    for (format, golden) in [
+        ("text", include_str!("golden/records.txt")),
+        ("json", include_str!("golden/records.jsonl")),
+    ] {
+        let dir = TempDir::new("fields-default");
+        let path = dir.join("flow.log");
+        let mut sink = open_at(&path, &format!("format = \"{format}\"\n{listed}"));
+        write(&mut sink, &golden_records_with_extras());
+        drop(sink);
+        assert_eq!(read(&path), golden, "{format}");
+    }
 }
 
 #[test]

@@ -1,4 +1,7 @@
-//! How long `format::write_json` and `format::write_text` take per record.
+//! How long `format::write_json` and `format::write_text` take per record,
+//! and the field-list writers the sinks call (`write_*_fields`): with the
+//! default list (which must cost what the fixed writers cost) and with a
+//! list of 11 fields that includes the minor-1 extras.
 //! A measurement, not a test: it prints numbers and asserts nothing.
 //!
 //! ```sh
@@ -17,7 +20,7 @@ use std::time::Instant;
 use flowlogd_plugin_api::abi::FfiRecord;
 use flowlogd_plugin_api::format;
 use flowlogd_plugin_api::{
-    Action, Direction, EniIds, FlowFields, FlowRecord, LogStatus, RecordView,
+    Action, Direction, EniIds, FieldList, FlowFields, FlowRecord, LogStatus, RecordView,
 };
 
 const POOL: usize = 1 << 16;
@@ -25,8 +28,24 @@ const RECORDS: usize = 1_000_000;
 const BATCH: usize = 512;
 const ROUNDS: usize = 5;
 
-/// `format::write_json` or `format::write_text`.
-type Writer = fn(&mut String, &RecordView<'_>);
+/// A record writer, given the field list (which the fixed writers ignore).
+type Writer = fn(&mut String, &RecordView<'_>, &FieldList);
+
+/// A custom list: some of the 18, and the extras (all `-` here, as in
+/// records nothing fills yet).
+const LISTED: [&str; 11] = [
+    "type",
+    "srcaddr",
+    "pkt-srcaddr",
+    "dstaddr",
+    "pkt-dstaddr",
+    "flow-start",
+    "flow-end",
+    "tcp-flags",
+    "bytes",
+    "log-status",
+    "rule",
+];
 
 /// Deterministic, varied fields: a cheap xorshift so addresses, ports and
 /// counters have realistic digit counts without a `rand` dependency.
@@ -84,14 +103,14 @@ fn pool() -> Vec<FlowRecord> {
         .collect()
 }
 
-fn ns_per_record(views: &[RecordView<'_>], write: Writer) -> f64 {
+fn ns_per_record(views: &[RecordView<'_>], write: Writer, fields: &FieldList) -> f64 {
     let mut out = String::with_capacity(BATCH * 400);
     let started = Instant::now();
     let mut done = 0;
     while done < RECORDS {
         out.clear();
         for i in done..(done + BATCH).min(RECORDS) {
-            write(&mut out, &views[i % views.len()]);
+            write(&mut out, &views[i % views.len()], fields);
             out.push('\n');
         }
         black_box(&out);
@@ -108,13 +127,40 @@ fn main() {
     let ffi: Vec<FfiRecord> = records.iter().map(FlowRecord::to_ffi).collect();
     // SAFETY: `records` owns the strings `ffi` points to and outlives the views.
     let views: Vec<RecordView<'_>> = ffi.iter().map(|r| unsafe { RecordView::new(r) }).collect();
-    let formats: [(&str, Writer); 2] = [("json", format::write_json), ("text", format::write_text)];
-    for (name, write) in formats {
-        ns_per_record(&views, write); // warm up
-        let mut ns: Vec<f64> = (0..ROUNDS).map(|_| ns_per_record(&views, write)).collect();
+    let default = FieldList::default();
+    let listed = FieldList::parse(&LISTED).expect("the bench's list is valid");
+    let rows: [(&str, Writer, &FieldList); 6] = [
+        ("write_json", |o, r, _| format::write_json(o, r), &default),
+        ("write_text", |o, r, _| format::write_text(o, r), &default),
+        (
+            "write_json_fields (default)",
+            format::write_json_fields,
+            &default,
+        ),
+        (
+            "write_text_fields (default)",
+            format::write_text_fields,
+            &default,
+        ),
+        (
+            "write_json_fields (11 listed)",
+            format::write_json_fields,
+            &listed,
+        ),
+        (
+            "write_text_fields (11 listed)",
+            format::write_text_fields,
+            &listed,
+        ),
+    ];
+    for (name, write, fields) in rows {
+        ns_per_record(&views, write, fields); // warm up
+        let mut ns: Vec<f64> = (0..ROUNDS)
+            .map(|_| ns_per_record(&views, write, fields))
+            .collect();
         ns.sort_by(f64::total_cmp);
         println!(
-            "write_{name}: best {:.1} ns/record, median {:.1} ns/record ({RECORDS} IPv4 records x {ROUNDS} rounds)",
+            "{name}: best {:.1} ns/record, median {:.1} ns/record ({RECORDS} IPv4 records x {ROUNDS} rounds)",
             ns[0],
             ns[ROUNDS / 2]
         );
