@@ -131,6 +131,7 @@ impl RejectCapture {
             1,
             headers.ip_len,
             rule,
+            0,
         );
     }
 }

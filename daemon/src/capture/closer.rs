@@ -345,6 +345,17 @@ impl WindowCloser {
         let Some(drain) = c.table.finish_close(&c.registry) else {
             return;
         };
+        let (flags_unmatched, flags_dropped) = drain.tcp_flags_unused();
+        if flags_unmatched > 0 {
+            log::debug!(
+                "tcp flags: {flags_unmatched} tuples' flags found no ACCEPT record in the window"
+            );
+        }
+        if flags_dropped > 0 {
+            log::warn!(
+                "tcp flags: {flags_dropped} packets' flags dropped at the window's memory bound"
+            );
+        }
         let drain = InstanceDrain::new(drain, &c.config.flow_logs, &c.registry);
         let (held, held_dropped) = (drain.held, drain.held_dropped);
         if held > 0 {

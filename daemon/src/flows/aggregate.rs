@@ -8,12 +8,17 @@ use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use flowlogd_plugin_api::{Action, Direction, EniIds, FlowFields, FlowRecord, LogStatus};
+use flowlogd_plugin_api::{
+    Action, Direction, EniIds, FlowExtras, FlowFields, FlowRecord, LogStatus,
+};
 
 use super::leaders::{Added, Leaders, LeadersView};
 use super::window::CaptureWindow;
 use crate::eni::{EniIndex, EniRegistry};
-use crate::model::has_ports;
+use crate::model::{has_ports, ipproto};
+use tcp_flags::PendingTcpFlags;
+
+mod tcp_flags;
 
 /// Most records held back for ENIs waiting for their metadata (a service
 /// that stays down must not grow the daemon without bound): a window's
@@ -190,6 +195,58 @@ fn v6_octets(a: IpAddr) -> ([u8; 16], bool) {
     }
 }
 
+/// A record's key in the table its addresses go to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AnyKey {
+    V4(V4Key),
+    V6(V6Key),
+}
+
+/// The key of the record of `t` (ports already zeroed where the protocol
+/// has none) seen on `eni`.
+fn record_key(eni: EniIndex, direction: Direction, action: Action, t: FlowTuple) -> AnyKey {
+    let mut rest = KeyRest {
+        src_port: t.src_port,
+        dst_port: t.dst_port,
+        eni,
+        protocol: t.protocol,
+        flags: 0,
+    };
+    if direction == Direction::Out {
+        rest.flags |= FLAG_OUT;
+    }
+    if action == Action::Reject {
+        rest.flags |= FLAG_REJECT;
+    }
+    match (t.src, t.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => AnyKey::V4(V4Key {
+            src: src.octets(),
+            dst: dst.octets(),
+            rest,
+        }),
+        (src, dst) => {
+            let (src, src_v4) = v6_octets(src);
+            let (dst, dst_v4) = v6_octets(dst);
+            if src_v4 {
+                rest.flags |= FLAG_SRC_V4;
+            }
+            if dst_v4 {
+                rest.flags |= FLAG_DST_V4;
+            }
+            AnyKey::V6(V6Key { src, dst, rest })
+        }
+    }
+}
+
+/// What one addition to a sum carries besides its counts.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SumExtras<'a> {
+    /// The rule that dropped REJECT traffic.
+    pub(crate) rule: Option<&'a Arc<str>>,
+    /// `TCP_FLAG_*` bits of the packets added (REJECT: the dropped packet's).
+    pub(crate) tcp_flags: u8,
+}
+
 /// A record's packets (40 bits) and bytes (56 bits) in 12 bytes of
 /// 4-byte alignment: with a 16-byte IPv4 key and the rule's index the
 /// map's slot is 32 bytes, not 48 with two `u64`s and an `Arc`. The
@@ -224,9 +281,14 @@ impl PackedCounts {
 }
 
 /// The firewall rule of a REJECT record, as an index into the window's
-/// [`Rules`]; 0 for none.
+/// [`Rules`]; 0 for none. At most [`MAX_RULE_ID`]: it shares a word with
+/// the TCP flags in [`RecordSum`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct RuleId(u32);
+
+/// 24 bits: sixteen million distinct rules in one window. Rules past it
+/// are not named (their records carry no rule) rather than named wrong.
+const MAX_RULE_ID: u32 = (1 << 24) - 1;
 
 /// The rules that a window's REJECT records name. A record holds a
 /// 4-byte [`RuleId`] instead of an `Option<Arc<str>>` (16 bytes).
@@ -252,9 +314,10 @@ impl Rules {
         }
         let id = match self.ids.get(rule) {
             Some(&id) => id,
+            None if self.names.len() >= MAX_RULE_ID as usize => return RuleId(0),
             None => {
                 self.names.push(Arc::clone(rule));
-                let id = RuleId(u32::try_from(self.names.len()).unwrap_or(u32::MAX));
+                let id = RuleId(self.names.len() as u32);
                 self.ids.insert(Arc::clone(rule), id);
                 id
             }
@@ -269,9 +332,13 @@ impl Rules {
     }
 }
 
+/// One record's sum. The rule's id and the TCP flags share a word
+/// (`rule_id << 8 | flags`): REJECT records name a rule, TCP records carry
+/// flags, and a separate byte would grow the slot by 4 bytes of padding.
+#[derive(Clone, Copy, Debug, Default)]
 struct RecordSum {
     counts: PackedCounts,
-    rule: RuleId,
+    rule_and_flags: u32,
 }
 
 impl RecordSum {
@@ -283,32 +350,43 @@ impl RecordSum {
         self.counts.get().1
     }
 
+    fn rule(&self) -> RuleId {
+        RuleId(self.rule_and_flags >> 8)
+    }
+
+    /// `TCP_FLAG_*` bits OR-ed over what was added.
+    fn tcp_flags(&self) -> u8 {
+        self.rule_and_flags as u8
+    }
+
+    fn or_tcp_flags(&mut self, flags: u8) {
+        self.rule_and_flags |= u32::from(flags);
+    }
+
     /// `false` if a sum reached its bound (see [`PackedCounts`]).
-    fn add(&mut self, packets: u64, bytes: u64, rule: RuleId) -> bool {
-        if self.rule == RuleId(0) {
-            self.rule = rule;
+    fn add(&mut self, packets: u64, bytes: u64, rule: RuleId, tcp_flags: u8) -> bool {
+        if self.rule() == RuleId(0) {
+            self.rule_and_flags |= rule.0 << 8;
         }
+        self.or_tcp_flags(tcp_flags);
         self.counts.add(packets, bytes)
     }
 }
 
 type Sums<K> = HashMap<K, RecordSum, SumHasher>;
 
-/// Adds to the sum of `key`; `false` if it reached its bound. Also
-/// returns the key's (packets, bytes) now.
+/// Adds (packets, bytes) and TCP flags to the sum of `key`; `false` if
+/// it reached its bound. Also returns the key's (packets, bytes) now.
 #[must_use]
 fn add_to<K: RecordKey>(
     sums: &mut Sums<K>,
     key: K,
-    packets: u64,
-    bytes: u64,
+    (packets, bytes): (u64, u64),
     rule: RuleId,
+    tcp_flags: u8,
 ) -> (bool, (u64, u64)) {
-    let sum = sums.entry(key).or_insert(RecordSum {
-        counts: PackedCounts::default(),
-        rule: RuleId(0),
-    });
-    let whole = sum.add(packets, bytes, rule);
+    let sum = sums.entry(key).or_default();
+    let whole = sum.add(packets, bytes, rule, tcp_flags);
     (whole, sum.counts.get())
 }
 
@@ -344,6 +422,12 @@ pub(crate) struct WindowAggregate {
     traffic: Vec<u8>,
     /// For `flowlogd top`: the largest sums and per-ENI totals so far.
     leaders: Leaders,
+    /// Records carry TCP flags (`tcpflags` capture is on).
+    tcp_flags_on: bool,
+    /// Flags of accepted packets waiting for their records' sums.
+    pending_flags: PendingTcpFlags,
+    /// Flags of accepted packets not kept: the window's memory bound.
+    tcp_flags_dropped: u64,
 }
 
 const TRAFFIC_ACCEPT: u8 = 1;
@@ -416,7 +500,53 @@ impl WindowAggregate {
             spills: 0,
             traffic: Vec::new(),
             leaders: Leaders::default(),
+            tcp_flags_on: false,
+            pending_flags: PendingTcpFlags::default(),
+            tcp_flags_dropped: 0,
         }
+    }
+
+    /// Whether records carry TCP flags: with capture off their
+    /// `tcp_flags` is `None` (unknown), with it on `Some` (0 for records
+    /// that saw none, and for protocols other than TCP).
+    pub(crate) fn set_tcp_flags_capture(&mut self, on: bool) {
+        self.tcp_flags_on = on;
+    }
+
+    /// TCP flags (`TCP_FLAG_*`) of an accepted packet seen on `eni` in
+    /// `direction` as `tuple`: they go to the ACCEPT record of that key
+    /// when it is emitted. Ignored while capture is off and for other
+    /// protocols than TCP. At the memory bound the sums are emitted early
+    /// to make room; if that is not enough the flags are dropped and
+    /// counted.
+    pub(crate) fn add_tcp_flags(
+        &mut self,
+        eni: EniIndex,
+        direction: Direction,
+        tuple: FlowTuple,
+        flags: u8,
+    ) {
+        if !self.tcp_flags_on || tuple.protocol != ipproto::TCP || flags == 0 {
+            return;
+        }
+        let key = record_key(eni, direction, Action::Accept, tuple.for_record());
+        if self.flags_would_outgrow(&key) {
+            self.spill();
+            if self.flags_would_outgrow(&key) {
+                self.tcp_flags_dropped += 1;
+                return;
+            }
+        }
+        self.pending_flags.add(key, flags);
+    }
+
+    /// Whether a new key of pending flags would take the window past `limit`.
+    fn flags_would_outgrow(&self, key: &AnyKey) -> bool {
+        let Some(growing) = self.pending_flags.bytes_growing_for(key) else {
+            return false;
+        };
+        let rest = self.footprint_bytes() - self.pending_flags.bytes();
+        rest.saturating_add(growing) > self.limit
     }
 
     /// A copy of the largest sums so far and the per-ENI totals.
@@ -430,12 +560,13 @@ impl WindowAggregate {
     }
 
     /// Heap bytes of the sums now: their tables by capacity (not by how
-    /// many sums they hold), the rules and the per-ENI marks.
+    /// many sums they hold), the rules, the pending TCP flags and the
+    /// per-ENI marks.
     pub(crate) fn footprint_bytes(&self) -> usize {
         map_bytes(&self.sums4) + map_bytes(&self.sums6) + self.besides_sums_bytes()
     }
 
-    /// Heap bytes of the rules and the per-ENI marks.
+    /// Heap bytes of the rules, the pending TCP flags and the per-ENI marks.
     fn besides_sums_bytes(&self) -> usize {
         let r = &self.rules;
         // Each name is an `Arc<str>`: two counters and the text.
@@ -445,6 +576,7 @@ impl WindowAggregate {
             + names
             + self.skipped.capacity()
             + self.traffic.capacity()
+            + self.pending_flags.bytes()
     }
 
     /// Whether adding a new key to `map` would take the sums past
@@ -466,6 +598,8 @@ impl WindowAggregate {
             // Nothing to give back: the bound is below one table's minimum.
             return;
         }
+        self.pending_flags
+            .apply_to(&mut self.sums4, &mut self.sums6);
         self.spilled.push(SpilledSums {
             sums4: std::mem::take(&mut self.sums4),
             sums6: std::mem::take(&mut self.sums6),
@@ -487,56 +621,50 @@ impl WindowAggregate {
         direction: Direction,
         action: Action,
         tuple: FlowTuple,
-        (packets, bytes): (u64, u64),
+        counts: (u64, u64),
         rule: Option<&Arc<str>>,
+    ) {
+        let extras = SumExtras {
+            rule,
+            ..SumExtras::default()
+        };
+        self.add_with(eni, direction, action, tuple, counts, extras);
+    }
+
+    /// [`WindowAggregate::add`] with what the record carries besides its
+    /// counts.
+    pub(crate) fn add_with(
+        &mut self,
+        eni: EniIndex,
+        direction: Direction,
+        action: Action,
+        tuple: FlowTuple,
+        (packets, bytes): (u64, u64),
+        extras: SumExtras<'_>,
     ) {
         if packets == 0 {
             return;
         }
         let t = tuple.for_record();
-        let mut rest = KeyRest {
-            src_port: t.src_port,
-            dst_port: t.dst_port,
-            eni,
-            protocol: t.protocol,
-            flags: 0,
-        };
-        if direction == Direction::Out {
-            rest.flags |= FLAG_OUT;
-        }
-        if action == Action::Reject {
-            rest.flags |= FLAG_REJECT;
-        }
         note_traffic(&mut self.traffic, eni, action);
-        let (whole, sum) = match (t.src, t.dst) {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => {
-                let key = V4Key {
-                    src: src.octets(),
-                    dst: dst.octets(),
-                    rest,
-                };
+        let rule = extras.rule;
+        let (whole, sum) = match record_key(eni, direction, action, t) {
+            AnyKey::V4(key) => {
                 if self.would_outgrow(&self.sums4, &key) {
                     self.spill();
                 }
                 // Interned after a spill: the spilled sums took the rules.
                 let rule_id = self.rules.intern(rule);
-                add_to(&mut self.sums4, key, packets, bytes, rule_id)
+                let flags = extras.tcp_flags;
+                add_to(&mut self.sums4, key, (packets, bytes), rule_id, flags)
             }
-            (src, dst) => {
-                let (src, src_v4) = v6_octets(src);
-                let (dst, dst_v4) = v6_octets(dst);
-                if src_v4 {
-                    rest.flags |= FLAG_SRC_V4;
-                }
-                if dst_v4 {
-                    rest.flags |= FLAG_DST_V4;
-                }
-                let key = V6Key { src, dst, rest };
+            AnyKey::V6(key) => {
                 if self.would_outgrow(&self.sums6, &key) {
                     self.spill();
                 }
                 let rule_id = self.rules.intern(rule);
-                add_to(&mut self.sums6, key, packets, bytes, rule_id)
+                let flags = extras.tcp_flags;
+                add_to(&mut self.sums6, key, (packets, bytes), rule_id, flags)
             }
         };
         if !whole {
@@ -585,6 +713,8 @@ impl WindowAggregate {
         }
         self.spilled.extend(other.spilled);
         self.spills += other.spills;
+        self.pending_flags.absorb(other.pending_flags);
+        self.tcp_flags_dropped += other.tcp_flags_dropped;
     }
 
     /// A reload renumbered the ENIs: ENI `i` is now `to[i]`, or gone.
@@ -592,6 +722,7 @@ impl WindowAggregate {
     pub(crate) fn renumber_enis(&mut self, to: &[Option<EniIndex>]) -> usize {
         let map = |eni: EniIndex| to.get(eni.get()).copied().flatten();
         self.leaders.renumber(map);
+        self.pending_flags.renumber(map);
         let mut dropped = 0;
         let skipped = std::mem::take(&mut self.skipped);
         for (i, &lost) in skipped.iter().enumerate() {
@@ -633,6 +764,12 @@ impl WindowAggregate {
         for part in std::mem::take(&mut self.spilled) {
             self.merge_sums(part.sums4, part.sums6, &part.rules);
         }
+        // Flags that find no ACCEPT record now never will: the packets'
+        // connection was not attributed (or lost) in this window.
+        self.pending_flags
+            .apply_to(&mut self.sums4, &mut self.sums6);
+        let tcp_flags_unmatched = self.pending_flags.take_count() as u64;
+        let tcp_flags_dropped = std::mem::take(&mut self.tcp_flags_dropped);
         let mut sums4 = std::mem::take(&mut self.sums4);
         let mut sums6 = std::mem::take(&mut self.sums6);
         let rules = std::mem::take(&mut self.rules);
@@ -661,6 +798,9 @@ impl WindowAggregate {
         drain.held = held_count - held_dropped;
         drain.held_dropped = held_dropped;
         drain.early_spills = early_spills;
+        drain.tcp_flags_on = self.tcp_flags_on;
+        drain.tcp_flags_unmatched = tcp_flags_unmatched;
+        drain.tcp_flags_dropped = tcp_flags_dropped;
         drain
     }
 
@@ -698,6 +838,7 @@ impl WindowAggregate {
         drain.held_dropped = held_dropped;
         drain.with_statuses = false;
         drain.early_spills = self.spills - self.spilled.len() as u64;
+        drain.tcp_flags_on = self.tcp_flags_on;
         Some(drain)
     }
 
@@ -794,13 +935,7 @@ fn take_held<K: RecordKey>(sums: &mut Sums<K>, held: &[bool]) -> Vec<(K, RecordS
         if !held.get(k.rest().eni.get()).copied().unwrap_or(false) {
             return true;
         }
-        out.push((
-            *k,
-            RecordSum {
-                counts: s.counts,
-                rule: s.rule,
-            },
-        ));
+        out.push((*k, *s));
         false
     });
     out
@@ -816,8 +951,8 @@ fn merge_into<K: RecordKey>(
     from: &Rules,
 ) {
     for (k, s) in records {
-        let rule = rules.intern(from.get(s.rule).as_ref());
-        if !add_to(sums, k, s.packets(), s.bytes(), rule).0 {
+        let rule = rules.intern(from.get(s.rule()).as_ref());
+        if !add_to(sums, k, s.counts.get(), rule, s.tcp_flags()).0 {
             mark(skipped, k.rest().eni);
         }
     }
@@ -838,7 +973,7 @@ fn renumber_into<K: RecordKey + WithEni>(
             continue;
         };
         let k = k.with_eni(eni);
-        if !add_to(sums, k, s.packets(), s.bytes(), s.rule).0 {
+        if !add_to(sums, k, s.counts.get(), s.rule(), s.tcp_flags()).0 {
             mark(skipped, eni);
         }
     }
@@ -913,6 +1048,13 @@ pub struct WindowDrain {
     /// For a close: how many times the window's sums were emitted early at
     /// the memory bound. For such an early emit: which one it is (1, 2, ...).
     pub(crate) early_spills: u64,
+    /// Records carry TCP flags (see [`WindowAggregate::set_tcp_flags_capture`]).
+    tcp_flags_on: bool,
+    /// For a close: keys of accepted packets whose TCP flags found no
+    /// ACCEPT record in the window.
+    tcp_flags_unmatched: u64,
+    /// For a close: packets whose TCP flags were dropped at the memory bound.
+    tcp_flags_dropped: u64,
 }
 
 impl WindowDrain {
@@ -935,7 +1077,16 @@ impl WindowDrain {
             enis,
             with_statuses: true,
             early_spills: 0,
+            tcp_flags_on: false,
+            tcp_flags_unmatched: 0,
+            tcp_flags_dropped: 0,
         }
+    }
+
+    /// For a close: (keys whose TCP flags found no ACCEPT record, packets
+    /// whose flags were dropped at the memory bound).
+    pub fn tcp_flags_unused(&self) -> (u64, u64) {
+        (self.tcp_flags_unmatched, self.tcp_flags_dropped)
     }
 
     /// The window the records are of.
@@ -970,7 +1121,16 @@ impl WindowDrain {
                 packets: sum.packets(),
                 bytes: sum.bytes(),
                 action: rest.action(),
-                extras: Default::default(),
+                extras: FlowExtras {
+                    tcp_flags: self.tcp_flags_on.then(|| {
+                        if t.protocol == ipproto::TCP {
+                            sum.tcp_flags()
+                        } else {
+                            0
+                        }
+                    }),
+                    ..FlowExtras::default()
+                },
             };
             records.push(FlowRecord {
                 eni: Arc::clone(&self.enis[rest.eni.get()].ids),
@@ -978,7 +1138,7 @@ impl WindowDrain {
                 start: self.window.start,
                 end: self.window.end,
                 log_status: LogStatus::Ok,
-                rule: self.rules.get(sum.rule),
+                rule: self.rules.get(sum.rule()),
             });
             enis.push(rest.eni);
         }
@@ -1151,7 +1311,7 @@ mod tests {
         assert_eq!(agg.len(), 8);
         for s in agg.sums4.values() {
             assert_eq!((s.packets(), s.bytes()), (3, 300));
-            assert_eq!(agg.rules.get(s.rule).as_deref(), Some("drop"));
+            assert_eq!(agg.rules.get(s.rule()).as_deref(), Some("drop"));
         }
     }
     #[test]
@@ -1187,11 +1347,11 @@ mod tests {
         // Each part names its rules, and the sums left name theirs.
         for part in &agg.spilled {
             for s in part.sums4.values() {
-                assert_eq!(part.rules.get(s.rule).as_deref(), Some("sg-1:dns"));
+                assert_eq!(part.rules.get(s.rule()).as_deref(), Some("sg-1:dns"));
             }
         }
         for s in agg.sums4.values() {
-            assert_eq!(agg.rules.get(s.rule).as_deref(), Some("sg-1:dns"));
+            assert_eq!(agg.rules.get(s.rule()).as_deref(), Some("sg-1:dns"));
         }
     }
 
@@ -1240,7 +1400,7 @@ mod tests {
                 .iter()
                 .find(|(k, _)| k.rest.dst_port == port)
                 .unwrap();
-            agg.rules.get(s.rule)
+            agg.rules.get(s.rule())
         };
         assert_eq!(rule_of(&next, 22).as_deref(), Some("sg-1:ssh"));
         assert_eq!(rule_of(&next, 23).as_deref(), Some("sg-1:telnet"));

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use flowlogd_plugin_api::{Action, Direction};
 
-use super::aggregate::{FlowTuple, WindowAggregate, WindowDrain};
+use super::aggregate::{FlowTuple, SumExtras, WindowAggregate, WindowDrain};
 use super::leaders::LeadersView;
 use super::window::{CaptureWindow, Clock};
 use crate::eni::{EniIndex, EniRegistry};
@@ -207,6 +207,8 @@ pub struct FlowTable<C: Clock> {
     /// [`FlowTable::finish_close`]: the dump in between harvests into it.
     closing: Option<ClosingWindow>,
     stats: FlowStats,
+    /// Records carry TCP flags ([`FlowTable::set_tcp_flags_capture`]).
+    tcp_flags_on: bool,
 }
 
 /// The windows' memory bound until [`FlowTable::with_window_memory_bytes`]
@@ -262,6 +264,7 @@ impl<C: Clock> FlowTable<C> {
             closing: None,
             stats: FlowStats::default(),
             sums_limit: sums_limit(DEFAULT_WINDOW_MEMORY_BYTES),
+            tcp_flags_on: false,
         }
     }
 
@@ -273,8 +276,15 @@ impl<C: Clock> FlowTable<C> {
     /// ([`FlowTable::take_spill`]) and they start empty again.
     pub fn with_window_memory_bytes(mut self, bytes: u64) -> FlowTable<C> {
         self.sums_limit = sums_limit(bytes);
-        self.agg = WindowAggregate::with_limit(self.sums_limit);
+        self.agg = self.new_aggregate();
         self
+    }
+
+    /// Empty sums for a window, with this table's bound and settings.
+    fn new_aggregate(&self) -> WindowAggregate {
+        let mut agg = WindowAggregate::with_limit(self.sums_limit);
+        agg.set_tcp_flags_capture(self.tcp_flags_on);
+        agg
     }
 
     /// Heap bytes of the open window's sums.
@@ -546,7 +556,11 @@ impl<C: Clock> FlowTable<C> {
         }
     }
 
-    /// Packets a firewall rule dropped (from NFLOG), as seen on `eni`.
+    /// Packets a firewall rule dropped (from NFLOG), as seen on `eni`;
+    /// `tcp_flags` (`TCP_FLAG_*`) are the dropped packets' own, OR-ed into
+    /// the REJECT record (which shows them only while TCP flags capture is
+    /// on, see [`FlowTable::set_tcp_flags_capture`]).
+    #[allow(clippy::too_many_arguments)] // One call site; a struct for it would be noise.
     pub fn add_reject(
         &mut self,
         eni: EniIndex,
@@ -555,15 +569,45 @@ impl<C: Clock> FlowTable<C> {
         packets: u64,
         bytes: u64,
         rule: Option<&Arc<str>>,
+        tcp_flags: u8,
     ) {
-        self.agg.add(
+        let extras = SumExtras { rule, tcp_flags };
+        self.agg.add_with(
             eni,
             direction,
             Action::Reject,
             tuple,
             (packets, bytes),
-            rule,
+            extras,
         );
+    }
+
+    /// TCP flags (`TCP_FLAG_*`, AWS encoding) of an ACCEPTED packet seen
+    /// on `eni` in `direction` as `tuple` (its addresses as that ENI's
+    /// wire shows them, as in the records). They are kept beside the open
+    /// window's sums and OR-ed into the ACCEPT record(s) of that key when
+    /// the window's records are emitted (at its close, or early at the
+    /// memory bound). Flags whose key has no ACCEPT record by the close are
+    /// counted ([`WindowDrain::tcp_flags_unused`]), not turned into
+    /// records. Their memory counts in the window's bound. Ignored while
+    /// TCP flags capture is off and for protocols other than TCP.
+    pub fn add_tcp_flags(
+        &mut self,
+        eni: EniIndex,
+        direction: Direction,
+        tuple: FlowTuple,
+        flags: u8,
+    ) {
+        self.agg.add_tcp_flags(eni, direction, tuple, flags);
+    }
+
+    /// Turns TCP flags capture on or off (off by default). Off, records
+    /// carry `tcp_flags: None`; on, TCP records carry `Some(bits)` (0 if
+    /// none were seen) and the others `Some(0)`. Applies to the open
+    /// window and the ones after it.
+    pub fn set_tcp_flags_capture(&mut self, on: bool) {
+        self.tcp_flags_on = on;
+        self.agg.set_tcp_flags_capture(on);
     }
 
     /// Closes the open window at `end` and returns its records; the next
@@ -596,7 +640,8 @@ impl<C: Clock> FlowTable<C> {
             self.closing.is_none(),
             "begin_close while a close is pending"
         );
-        let agg = std::mem::replace(&mut self.agg, WindowAggregate::with_limit(self.sums_limit));
+        let fresh = self.new_aggregate();
+        let agg = std::mem::replace(&mut self.agg, fresh);
         if let Some(pending) = self.closing.replace(ClosingWindow { window, agg }) {
             // Not expected (the loop finishes a close before it begins the
             // next); should it happen, keep its sums in the window closing

@@ -18,6 +18,8 @@ use crate::flows::{
 use crate::model::{ConntrackEntry, ConntrackKind, IfIndex, MacAddr, RouteEvent};
 use crate::test_builders::{addr, conn, eni, flow_log, link, loopback, EntryExt, MAC_B};
 
+mod tcp_flags;
+
 /// What the loop does with a closed window (or an early emit): the flow
 /// table's drain, routed to the instances of `flow_logs` by their scopes
 /// over `reg` now.
@@ -658,8 +660,8 @@ fn traffic_filters_route_records_to_instances() {
         dst_port: 23,
         protocol: TCP,
     };
-    f.table.add_reject(a, In, blocked, 1, 60, Some(&rule));
-    f.table.add_reject(a, In, blocked, 2, 120, None);
+    f.table.add_reject(a, In, blocked, 1, 60, Some(&rule), 0);
+    f.table.add_reject(a, In, blocked, 2, 120, None, 0);
     let w = f.close();
 
     let actions = |instance| {
