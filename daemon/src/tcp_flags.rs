@@ -24,7 +24,7 @@
 use flowlogd_plugin_api::Direction;
 
 use crate::eni::{EniIndex, EniRegistry};
-use crate::flows::FlowTuple;
+use crate::flows::{Clock, FlowTable, FlowTuple, LossScope};
 use crate::model::{LoggedPacket, Tuple};
 use crate::packet;
 
@@ -53,14 +53,48 @@ pub struct TcpFlagsSighting {
 }
 
 /// Turns the tcp-flags group's packets into flags of records.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TcpFlagsCapture {
+    /// The NFLOG group the rules log to; packets of other groups are drops.
+    group: u16,
     stats: TcpFlagsStats,
 }
 
 impl TcpFlagsCapture {
+    pub fn new(group: u16) -> TcpFlagsCapture {
+        TcpFlagsCapture {
+            group,
+            stats: TcpFlagsStats::default(),
+        }
+    }
+
+    /// Whether `group` is the tcp-flags group.
+    pub fn reads(&self, group: u16) -> bool {
+        group == self.group
+    }
+
     pub fn stats(&self) -> TcpFlagsStats {
         self.stats
+    }
+
+    /// One packet of the group: its flags are ORed into the open window's
+    /// record of its connection on its ENI. Headers that cannot be read
+    /// lost flags of some ENI's record, which one is unknown: every ENI's
+    /// window is marked SKIPDATA.
+    pub fn on_packet<C: Clock>(
+        &mut self,
+        registry: &EniRegistry,
+        table: &mut FlowTable<C>,
+        p: &LoggedPacket<'_>,
+    ) {
+        match self.sighting(registry, p) {
+            Ok(Some(s)) => table.add_tcp_flags(s.eni, s.direction, s.tuple, s.flags),
+            Ok(None) => {}
+            Err(()) => {
+                log::debug!("nflog: unreadable tcp-flags packet in group {}", self.group);
+                table.mark_lost(LossScope::All);
+            }
+        }
     }
 
     /// The record `p`'s flags go to, or `None` (counted by reason). A
@@ -204,7 +238,7 @@ mod tests {
             reply: tuple("10.9.0.2", 80, "198.51.100.7", 40000),
             is_reply: false,
         };
-        let mut c = TcpFlagsCapture::default();
+        let mut c = TcpFlagsCapture::new(65000);
         // The SYN in forward (after DNAT: to 10.9.0.2:80).
         let syn = segment([198, 51, 100, 7], 40000, [10, 9, 0, 2], 80, 0x02);
         let s = c.sighting(&r, &logged(&syn, true, Some(ct))).unwrap();
@@ -249,7 +283,7 @@ mod tests {
             reply: tuple("203.0.113.9", 443, "192.0.2.1", 61000),
             is_reply: false,
         };
-        let mut c = TcpFlagsCapture::default();
+        let mut c = TcpFlagsCapture::new(65000);
         let fin = segment([192, 0, 2, 1], 61000, [203, 0, 113, 9], 443, 0x11);
         let s = c
             .sighting(&r, &logged(&fin, false, Some(ct)))
@@ -298,7 +332,7 @@ mod tests {
             reply: tuple("192.0.2.1", 22, "198.51.100.7", 40000),
             is_reply: false,
         };
-        let mut c = TcpFlagsCapture::default();
+        let mut c = TcpFlagsCapture::new(65000);
         let syn = segment([198, 51, 100, 7], 40000, [192, 0, 2, 1], 22, 0x02);
         assert_eq!(c.sighting(&r, &logged(&syn, true, None)), Ok(None));
         let ack = segment([198, 51, 100, 7], 40000, [192, 0, 2, 1], 22, 0x10);
