@@ -4,22 +4,33 @@
 //!
 //! Conntrack keeps no header flags, so this is their only exact source.
 //! The rules see a packet once its fate is decided: arriving, in the input
-//! and forward hooks after the filter (its addresses are after DNAT then);
-//! leaving, in postrouting after SNAT. The group attaches the packet's
-//! conntrack entry, and the flags go to the record of the ENI and tuple
-//! that the connection's counters go to (`flows::table`'s attribution):
+//! and forward hooks after the filter (its addresses are after NAT then);
+//! leaving, in postrouting after SNAT (its addresses are the wire's). The
+//! flags go to the record of the ENI and tuple that the connection's
+//! counters go to (`flows::table`'s attribution).
 //!
-//! | packet                  | ENI (owns)  | tuple                  |
-//! |-------------------------|-------------|------------------------|
-//! | arriving, original dir. | `orig.dst`  | `orig` (before DNAT)   |
-//! | leaving, reply dir.     | `orig.dst`  | `orig` reversed        |
-//! | leaving, original dir.  | `reply.dst` | `reply` reversed       |
+//! Where the kernel attaches the packet's conntrack entry to the message
+//! (CONFIG_NETFILTER_NETLINK_GLUE_CT), the tuples give the record whatever
+//! NAT did:
+//!
+//! | packet                  | ENI (owns)  | tuple                    |
+//! |-------------------------|-------------|--------------------------|
+//! | arriving, original dir. | `orig.dst`  | `orig` (before DNAT)     |
+//! | leaving, reply dir.     | `orig.dst`  | `orig` reversed          |
+//! | leaving, original dir.  | `reply.dst` | `reply` reversed         |
 //! | arriving, reply dir.    | `reply.dst` | `reply` (before un-SNAT) |
 //!
-//! The tuples are the ENI wire's whatever NAT did: the original tuple is
-//! what arrived, the reply tuple what the answer arrives as, and each
-//! reversed is what leaves after NAT. So the flags land on exactly the
-//! record whose packets they were seen on.
+//! (the original tuple is what arrived, the reply tuple what the answer
+//! arrives as, and each reversed is what leaves after NAT).
+//!
+//! Where it cannot, the packet's headers are the record's tuple: always
+//! right for a leaving packet (after all NAT), and for an arriving one of
+//! a connection without NAT; the ENI is the one owning the local end (the
+//! destination arriving, the source leaving), as for the counters. An
+//! arriving packet of a NAT'd connection (the rules prefix it
+//! [`NAT_PREFIX`]) shows addresses the wire never carried: its flags
+//! cannot be placed, and the window of the ENI it arrived on is marked
+//! SKIPDATA rather than show a record without them.
 
 use flowlogd_plugin_api::Direction;
 
@@ -28,17 +39,23 @@ use crate::flows::{Clock, FlowTable, FlowTuple, LossScope};
 use crate::model::{LoggedPacket, Tuple};
 use crate::packet;
 
+/// The log prefix of the rule that copies arriving packets of NAT'd
+/// connections (`tracking` writes it into the rule).
+pub const NAT_PREFIX: &str = "flowlogd:nat";
+
 /// What became of the packets read from the tcp-flags group.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpFlagsStats {
     /// Packets read from the group.
     pub packets: u64,
-    /// The connection's local addresses are no ENI's.
+    /// The connection's local end is no ENI's (traffic of other
+    /// interfaces, e.g. containers behind the VM).
     pub not_on_an_eni: u64,
-    /// No conntrack entry attached (the rules copy only packets of a
-    /// connection; this counts what a changed rule would let through).
-    pub no_conntrack: u64,
-    /// The copied headers could not be read, or hold no SYN, FIN or RST.
+    /// Arriving on a NAT'd connection without the conntrack entry attached:
+    /// the wire's tuple is unknown; the ENI's window is marked SKIPDATA.
+    pub nat_unplaced: u64,
+    /// The copied headers could not be read, or hold no SYN, FIN or RST;
+    /// every ENI's window is marked SKIPDATA.
     pub bad_headers: u64,
 }
 
@@ -50,6 +67,17 @@ pub struct TcpFlagsSighting {
     pub tuple: FlowTuple,
     /// In the field's encoding ([`packet::aws_tcp_flags`]), never 0.
     pub flags: u8,
+}
+
+/// What one packet of the group comes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpFlagsOutcome {
+    /// Flags for this record.
+    Flags(TcpFlagsSighting),
+    /// Not an ENI's: nothing to do (counted).
+    Ignored,
+    /// Flags some record should have had are lost: mark these windows.
+    Lost(LossScope),
 }
 
 /// Turns the tcp-flags group's packets into flags of records.
@@ -78,75 +106,87 @@ impl TcpFlagsCapture {
     }
 
     /// One packet of the group: its flags are ORed into the open window's
-    /// record of its connection on its ENI. Headers that cannot be read
-    /// lost flags of some ENI's record, which one is unknown: every ENI's
-    /// window is marked SKIPDATA.
+    /// record of its connection on its ENI, or the window is marked.
     pub fn on_packet<C: Clock>(
         &mut self,
         registry: &EniRegistry,
         table: &mut FlowTable<C>,
         p: &LoggedPacket<'_>,
     ) {
-        match self.sighting(registry, p) {
-            Ok(Some(s)) => table.add_tcp_flags(s.eni, s.direction, s.tuple, s.flags),
-            Ok(None) => {}
-            Err(()) => {
-                log::debug!("nflog: unreadable tcp-flags packet in group {}", self.group);
-                table.mark_lost(LossScope::All);
-            }
+        match self.outcome(registry, p) {
+            TcpFlagsOutcome::Flags(s) => table.add_tcp_flags(s.eni, s.direction, s.tuple, s.flags),
+            TcpFlagsOutcome::Ignored => {}
+            TcpFlagsOutcome::Lost(scope) => table.mark_lost(scope),
         }
     }
 
-    /// The record `p`'s flags go to, or `None` (counted by reason). A
-    /// packet whose headers cannot be read returns `Err`: its flags are
-    /// lost, and the caller marks the window.
-    ///
-    /// # Errors
-    /// `Err(())` for headers that do not parse or carry no control flag.
-    #[allow(clippy::result_unit_err)]
-    pub fn sighting(
-        &mut self,
-        registry: &EniRegistry,
-        p: &LoggedPacket<'_>,
-    ) -> Result<Option<TcpFlagsSighting>, ()> {
+    /// What `p` comes to (counted by reason).
+    pub fn outcome(&mut self, registry: &EniRegistry, p: &LoggedPacket<'_>) -> TcpFlagsOutcome {
         self.stats.packets += 1;
-        let flags = match packet::parse(p.payload).map(|h| h.tcp_flags.map(packet::aws_tcp_flags)) {
-            Ok(Some(flags)) if flags != 0 => flags,
-            _ => {
-                self.stats.bad_headers += 1;
-                return Err(());
-            }
+        let headers = match packet::parse(p.payload) {
+            Ok(h) => h,
+            Err(_) => return self.bad_headers(),
         };
-        let Some(ct) = p.conntrack else {
-            self.stats.no_conntrack += 1;
-            return Ok(None);
+        let flags = match headers.tcp_flags.map(packet::aws_tcp_flags) {
+            Some(flags) if flags != 0 => flags,
+            _ => return self.bad_headers(),
         };
         // Arriving: the rules in input and forward (indev set); leaving:
         // the one in postrouting (outdev only).
         let arriving = match (p.indev, p.outdev) {
             (Some(_), _) => true,
             (None, Some(_)) => false,
-            (None, None) => {
-                self.stats.not_on_an_eni += 1;
-                return Ok(None);
+            (None, None) => return self.not_on_an_eni(),
+        };
+        let (owner, tuple, direction) = match p.conntrack {
+            Some(ct) => match (arriving, ct.is_reply) {
+                (true, false) => (ct.orig.dst, wire(&ct.orig, false), Direction::In),
+                (false, true) => (ct.orig.dst, wire(&ct.orig, true), Direction::Out),
+                (false, false) => (ct.reply.dst, wire(&ct.reply, true), Direction::Out),
+                (true, true) => (ct.reply.dst, wire(&ct.reply, false), Direction::In),
+            },
+            None if arriving && p.prefix == NAT_PREFIX.as_bytes() => {
+                self.stats.nat_unplaced += 1;
+                return match p.indev.and_then(|i| registry.by_ifindex(i)) {
+                    Some(eni) => TcpFlagsOutcome::Lost(LossScope::Eni(eni)),
+                    None => TcpFlagsOutcome::Ignored,
+                };
+            }
+            None => {
+                let tuple = FlowTuple {
+                    src: headers.src,
+                    src_port: headers.src_port,
+                    dst: headers.dst,
+                    dst_port: headers.dst_port,
+                    protocol: headers.protocol,
+                };
+                if arriving {
+                    (headers.dst, tuple, Direction::In)
+                } else {
+                    (headers.src, tuple, Direction::Out)
+                }
             }
         };
-        let (owner, tuple, direction) = match (arriving, ct.is_reply) {
-            (true, false) => (ct.orig.dst, wire(&ct.orig, false), Direction::In),
-            (false, true) => (ct.orig.dst, wire(&ct.orig, true), Direction::Out),
-            (false, false) => (ct.reply.dst, wire(&ct.reply, true), Direction::Out),
-            (true, true) => (ct.reply.dst, wire(&ct.reply, false), Direction::In),
-        };
-        let Some(eni) = registry.owner_of(owner) else {
-            self.stats.not_on_an_eni += 1;
-            return Ok(None);
-        };
-        Ok(Some(TcpFlagsSighting {
-            eni,
-            direction,
-            tuple,
-            flags,
-        }))
+        match registry.owner_of(owner) {
+            Some(eni) => TcpFlagsOutcome::Flags(TcpFlagsSighting {
+                eni,
+                direction,
+                tuple,
+                flags,
+            }),
+            None => self.not_on_an_eni(),
+        }
+    }
+
+    fn bad_headers(&mut self) -> TcpFlagsOutcome {
+        self.stats.bad_headers += 1;
+        log::debug!("nflog: unreadable tcp-flags packet in group {}", self.group);
+        TcpFlagsOutcome::Lost(LossScope::All)
+    }
+
+    fn not_on_an_eni(&mut self) -> TcpFlagsOutcome {
+        self.stats.not_on_an_eni += 1;
+        TcpFlagsOutcome::Ignored
     }
 }
 
@@ -210,6 +250,14 @@ mod tests {
         p
     }
 
+    #[track_caller]
+    fn flags_of(o: TcpFlagsOutcome) -> TcpFlagsSighting {
+        match o {
+            TcpFlagsOutcome::Flags(s) => s,
+            other => panic!("no flags: {other:?}"),
+        }
+    }
+
     fn logged<'a>(
         payload: &'a [u8],
         arriving: bool,
@@ -241,10 +289,10 @@ mod tests {
         let mut c = TcpFlagsCapture::new(65000);
         // The SYN in forward (after DNAT: to 10.9.0.2:80).
         let syn = segment([198, 51, 100, 7], 40000, [10, 9, 0, 2], 80, 0x02);
-        let s = c.sighting(&r, &logged(&syn, true, Some(ct))).unwrap();
+        let s = c.outcome(&r, &logged(&syn, true, Some(ct)));
         assert_eq!(
             s,
-            Some(TcpFlagsSighting {
+            TcpFlagsOutcome::Flags(TcpFlagsSighting {
                 eni: eni_a,
                 direction: Direction::In,
                 tuple: flow("198.51.100.7", 40000, "192.0.2.1", 8080),
@@ -257,12 +305,10 @@ mod tests {
             is_reply: true,
             ..ct
         };
-        let s = c
-            .sighting(&r, &logged(&syn_ack, false, Some(reply)))
-            .unwrap();
+        let s = c.outcome(&r, &logged(&syn_ack, false, Some(reply)));
         assert_eq!(
             s,
-            Some(TcpFlagsSighting {
+            TcpFlagsOutcome::Flags(TcpFlagsSighting {
                 eni: eni_a,
                 direction: Direction::Out,
                 tuple: flow("192.0.2.1", 8080, "198.51.100.7", 40000),
@@ -285,10 +331,7 @@ mod tests {
         };
         let mut c = TcpFlagsCapture::new(65000);
         let fin = segment([192, 0, 2, 1], 61000, [203, 0, 113, 9], 443, 0x11);
-        let s = c
-            .sighting(&r, &logged(&fin, false, Some(ct)))
-            .unwrap()
-            .unwrap();
+        let s = flags_of(c.outcome(&r, &logged(&fin, false, Some(ct))));
         assert_eq!(
             (s.eni, s.direction, s.tuple, s.flags),
             (
@@ -304,10 +347,7 @@ mod tests {
             is_reply: true,
             ..ct
         };
-        let s = c
-            .sighting(&r, &logged(&rst, true, Some(reply)))
-            .unwrap()
-            .unwrap();
+        let s = flags_of(c.outcome(&r, &logged(&rst, true, Some(reply))));
         assert_eq!(
             (s.eni, s.direction, s.tuple, s.flags),
             (
@@ -320,8 +360,57 @@ mod tests {
         // The SYN arriving from the container (forward, original
         // direction): its destination is no ENI's, so not this ENI's wire.
         let syn = segment([10, 9, 0, 2], 5555, [203, 0, 113, 9], 443, 0x02);
-        assert_eq!(c.sighting(&r, &logged(&syn, true, Some(ct))), Ok(None));
+        assert_eq!(
+            c.outcome(&r, &logged(&syn, true, Some(ct))),
+            TcpFlagsOutcome::Ignored
+        );
         assert_eq!(c.stats().not_on_an_eni, 1);
+    }
+
+    /// Without the conntrack entry attached (a kernel without
+    /// CONFIG_NETFILTER_NETLINK_GLUE_CT): the headers are the tuple, the
+    /// local end's owner the ENI; a NAT'd connection's arriving packet
+    /// marks the ENI it arrived on.
+    #[test]
+    fn without_conntrack_the_headers_place_the_flags() {
+        let r = registry();
+        let eni_a = r.owner_of("192.0.2.1".parse().unwrap()).unwrap();
+        let mut c = TcpFlagsCapture::new(65000);
+        let syn = segment([198, 51, 100, 7], 40000, [192, 0, 2, 1], 22, 0x02);
+        let s = flags_of(c.outcome(&r, &logged(&syn, true, None)));
+        assert_eq!(
+            (s.eni, s.direction, s.tuple, s.flags),
+            (
+                eni_a,
+                Direction::In,
+                flow("198.51.100.7", 40000, "192.0.2.1", 22),
+                2
+            )
+        );
+        let fin = segment([192, 0, 2, 1], 22, [198, 51, 100, 7], 40000, 0x11);
+        let s = flags_of(c.outcome(&r, &logged(&fin, false, None)));
+        assert_eq!(
+            (s.eni, s.direction, s.tuple, s.flags),
+            (
+                eni_a,
+                Direction::Out,
+                flow("192.0.2.1", 22, "198.51.100.7", 40000),
+                1
+            )
+        );
+        // DNAT'd to a container: its address is not the wire's.
+        let dnat = segment([198, 51, 100, 7], 40001, [10, 9, 0, 2], 80, 0x02);
+        let mut p = logged(&dnat, true, None);
+        p.prefix = NAT_PREFIX.as_bytes();
+        assert_eq!(
+            c.outcome(&r, &p),
+            TcpFlagsOutcome::Lost(LossScope::Eni(eni_a))
+        );
+        // Leaving, the headers are after NAT: the prefix does not matter.
+        let mut p = logged(&fin, false, None);
+        p.prefix = NAT_PREFIX.as_bytes();
+        assert!(matches!(c.outcome(&r, &p), TcpFlagsOutcome::Flags(_)));
+        assert_eq!((c.stats().packets, c.stats().nat_unplaced), (4, 1));
     }
 
     #[test]
@@ -333,17 +422,21 @@ mod tests {
             is_reply: false,
         };
         let mut c = TcpFlagsCapture::new(65000);
-        let syn = segment([198, 51, 100, 7], 40000, [192, 0, 2, 1], 22, 0x02);
-        assert_eq!(c.sighting(&r, &logged(&syn, true, None)), Ok(None));
+        let lost = TcpFlagsOutcome::Lost(LossScope::All);
         let ack = segment([198, 51, 100, 7], 40000, [192, 0, 2, 1], 22, 0x10);
-        assert_eq!(c.sighting(&r, &logged(&ack, true, Some(ct))), Err(()));
-        assert_eq!(c.sighting(&r, &logged(&syn[..30], true, Some(ct))), Err(()));
+        assert_eq!(c.outcome(&r, &logged(&ack, true, Some(ct))), lost);
+        let syn = segment([198, 51, 100, 7], 40000, [192, 0, 2, 1], 22, 0x02);
+        assert_eq!(c.outcome(&r, &logged(&syn[..30], true, Some(ct))), lost);
+        // Neither device: not from the rules' hooks.
+        let mut p = logged(&syn, true, Some(ct));
+        p.indev = None;
+        assert_eq!(c.outcome(&r, &p), TcpFlagsOutcome::Ignored);
         assert_eq!(
             c.stats(),
             TcpFlagsStats {
                 packets: 3,
-                not_on_an_eni: 0,
-                no_conntrack: 1,
+                not_on_an_eni: 1,
+                nat_unplaced: 0,
                 bad_headers: 2,
             }
         );

@@ -100,7 +100,7 @@ impl MetricsPublisher {
         let tcp_flags = flags.map(|f| TcpFlagsCounters {
             packets: f.packets,
             not_on_an_eni: f.not_on_an_eni,
-            no_conntrack: f.no_conntrack,
+            nat_unplaced: f.nat_unplaced,
             bad_headers: f.bad_headers,
         });
         let window = c.table.window();

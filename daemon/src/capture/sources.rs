@@ -173,6 +173,14 @@ fn open_nflog(config: &Config) -> Result<Option<NflogSocket>, RunError> {
             "tcp-flags: a sink's field list names it, so TCP SYN, FIN and RST packets are logged to NFLOG group \
              {group} by table inet flowlogd's tcp_flags_* chains (one copy of the headers per control packet)"
         );
+        if !socket.tcp_flags_conntrack() {
+            log::warn!(
+                "tcp-flags: this kernel cannot attach conntrack entries to NFLOG messages \
+                 (CONFIG_NETFILTER_NETLINK_GLUE_CT): flags are placed by the packets' headers, exact except for \
+                 packets arriving on NAT'd connections, whose flags cannot be placed; windows with those are \
+                 marked SKIPDATA for their ENI"
+            );
+        }
     }
     Ok(Some(socket))
 }

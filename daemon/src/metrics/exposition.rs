@@ -124,11 +124,11 @@ pub fn render(snapshot: &Snapshot, sinks: &[SinkMetrics]) -> String {
         w.family(
             "flowlogd_tcp_flags_ignored_packets_total",
             "counter",
-            "tcp-flags packets whose flags went to no record, by reason.",
+            "tcp-flags packets whose flags went to no record, by reason (nat_unplaced and bad_headers mark windows SKIPDATA).",
         );
         for (reason, v) in [
             ("not_on_an_eni", f.not_on_an_eni),
-            ("no_conntrack", f.no_conntrack),
+            ("nat_unplaced", f.nat_unplaced),
             ("bad_headers", f.bad_headers),
         ] {
             w.sample(
@@ -440,7 +440,7 @@ mod tests {
             }),
             tcp_flags: Some(TcpFlagsCounters {
                 packets: 9,
-                no_conntrack: 2,
+                nat_unplaced: 2,
                 ..TcpFlagsCounters::default()
             }),
             output,
@@ -465,7 +465,7 @@ mod tests {
             "flowlogd_nflog_packets_total 5",
             "flowlogd_nflog_ignored_packets_total{reason=\"foreign_prefix\"} 1",
             "flowlogd_tcp_flags_packets_total 9",
-            "flowlogd_tcp_flags_ignored_packets_total{reason=\"no_conntrack\"} 2",
+            "flowlogd_tcp_flags_ignored_packets_total{reason=\"nat_unplaced\"} 2",
             "flowlogd_windows_closed_total 1",
             "flowlogd_window_close_duration_seconds_bucket{le=\"0.025\"} 0",
             "flowlogd_window_close_duration_seconds_bucket{le=\"0.05\"} 1",

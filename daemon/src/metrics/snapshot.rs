@@ -95,7 +95,7 @@ pub struct TcpFlagsCounters {
     /// Control packets read from the group.
     pub packets: u64,
     pub not_on_an_eni: u64,
-    pub no_conntrack: u64,
+    pub nat_unplaced: u64,
     pub bad_headers: u64,
 }
 

@@ -93,11 +93,15 @@ pub struct NflogSocket {
     /// Per group, the next NFULA_SEQ expected.
     next_seq: HashMap<u16, u32>,
     loss: NflogLoss,
+    /// The tcp-flags group's messages carry the packet's conntrack entry.
+    tcp_flags_conntrack: bool,
 }
 
 impl NflogSocket {
     /// Opens the socket and binds every group in packet-copy mode with
-    /// per-instance sequence numbers (so gaps show loss).
+    /// per-instance sequence numbers (so gaps show loss); the tcp-flags
+    /// group also with the packet's conntrack entry attached, if the kernel
+    /// can ([`NflogSocket::tcp_flags_conntrack`]).
     ///
     /// # Errors
     /// The socket error, or the kernel's answer to a bind (EBUSY: another
@@ -116,38 +120,71 @@ impl NflogSocket {
             socket,
             next_seq: HashMap::new(),
             loss: NflogLoss::default(),
+            tcp_flags_conntrack: false,
         };
-        let groups = config.groups.iter().map(|&g| (g, ConfigFlags::SEQ));
-        let tcp_flags = config
-            .tcp_flags_group
-            .map(|g| (g, ConfigFlags::SEQ | ConfigFlags::CONNTRACK));
-        for (i, (group, flags)) in groups.chain(tcp_flags).enumerate() {
-            let mut request = config_request(
-                NetfilterProtoFamily::Unspec,
-                group,
-                vec![
-                    ConfigCmd::Bind.into(),
-                    ConfigMode::new_packet(config.copy_range).into(),
-                    flags.into(),
-                    // Batch up to 64 KiB per datagram, flushed every 10 ms,
-                    // so the loop reads many packets per system call.
-                    ConfigNla::NlBufSiz(64 * 1024),
-                    ConfigNla::QThresh(256),
-                    netlink_packet_netfilter::nflog::Timeout::new(1).into(),
-                ],
-            );
-            request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-            request.header.sequence_number = 1 + i as u32;
-            request.finalize();
-            let mut buf = vec![0; request.buffer_len()];
-            request.serialize(&mut buf);
-            this.socket.send(&buf)?;
-            this.wait_ack(1 + i as u32).map_err(|e| {
-                io::Error::new(e.kind(), format!("binding NFLOG group {group}: {e}"))
-            })?;
+        let mut seq = 0;
+        for &group in &config.groups {
+            seq += 1;
+            this.bind(group, ConfigFlags::SEQ, config.copy_range, seq)
+                .map_err(in_binding(group))?;
+        }
+        if let Some(group) = config.tcp_flags_group {
+            seq += 1;
+            let with_ct = ConfigFlags::SEQ | ConfigFlags::CONNTRACK;
+            match this.bind(group, with_ct, config.copy_range, seq) {
+                Ok(()) => this.tcp_flags_conntrack = true,
+                // A kernel without CONFIG_NETFILTER_NETLINK_GLUE_CT refuses
+                // the flag (before binding anything): the group goes
+                // without, and the packets' headers must do.
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    seq += 1;
+                    this.bind(group, ConfigFlags::SEQ, config.copy_range, seq)
+                        .map_err(in_binding(group))?;
+                }
+                Err(e) => return Err(in_binding(group)(e)),
+            }
         }
         this.socket.set_non_blocking(true)?;
         Ok(this)
+    }
+
+    /// Binds `group` in packet-copy mode with `flags`; request number `seq`.
+    /// The kernel's error is returned as it is (its errno kept); callers
+    /// say which group with [`in_binding`].
+    fn bind(
+        &mut self,
+        group: u16,
+        flags: ConfigFlags,
+        copy_range: u32,
+        seq: u32,
+    ) -> io::Result<()> {
+        let mut request = config_request(
+            NetfilterProtoFamily::Unspec,
+            group,
+            vec![
+                ConfigCmd::Bind.into(),
+                ConfigMode::new_packet(copy_range).into(),
+                flags.into(),
+                // Batch up to 64 KiB per datagram, flushed every 10 ms,
+                // so the loop reads many packets per system call.
+                ConfigNla::NlBufSiz(64 * 1024),
+                ConfigNla::QThresh(256),
+                netlink_packet_netfilter::nflog::Timeout::new(1).into(),
+            ],
+        );
+        request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        request.header.sequence_number = seq;
+        request.finalize();
+        let mut buf = vec![0; request.buffer_len()];
+        request.serialize(&mut buf);
+        self.socket.send(&buf)?;
+        self.wait_ack(seq)
+    }
+
+    /// Whether the tcp-flags group was bound with the packets' conntrack
+    /// entries attached (false: the kernel cannot, or no such group).
+    pub fn tcp_flags_conntrack(&self) -> bool {
+        self.tcp_flags_conntrack
     }
 
     fn wait_ack(&mut self, seq: u32) -> io::Result<()> {
@@ -237,6 +274,11 @@ impl AsRawFd for NflogSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.socket.as_raw_fd()
     }
+}
+
+/// The error of binding `group`, saying so.
+fn in_binding(group: u16) -> impl Fn(io::Error) -> io::Error {
+    move |e| io::Error::new(e.kind(), format!("binding NFLOG group {group}: {e}"))
 }
 
 fn be32(b: &[u8]) -> Option<u32> {
