@@ -374,3 +374,120 @@ fn conntrack_tuples(nested: &[u8]) -> Result<LoggedConntrack, NflogParseError> {
         _ => Err(NflogParseError::Conntrack),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ipproto::TCP;
+
+    // Nested attributes as the kernel writes them: nla_nest_start sets
+    // NLA_F_NESTED (1 << 15) in the type.
+    const NESTED: u16 = 1 << 15;
+
+    /// One attribute: header, value, padding to 4 bytes.
+    fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
+        let len = (NLA_HDRLEN + value.len()) as u16;
+        let mut out = len.to_ne_bytes().to_vec();
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(value);
+        out.resize((out.len() + 3) & !3, 0);
+        out
+    }
+
+    /// CTA_TUPLE_* of a TCP IPv4 tuple (ctnetlink_dump_tuples).
+    fn tuple(kind: u16, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+        let ip = [nla(1, &src), nla(2, &dst)].concat(); // CTA_IP_V4_SRC/DST
+        let proto = [
+            nla(1, &[TCP]),               // CTA_PROTO_NUM
+            nla(2, &sport.to_be_bytes()), // CTA_PROTO_SRC_PORT
+            nla(3, &dport.to_be_bytes()), // CTA_PROTO_DST_PORT
+        ]
+        .concat();
+        nla(
+            kind | NESTED,
+            &[nla(1 | NESTED, &ip), nla(2 | NESTED, &proto)].concat(),
+        )
+    }
+
+    /// An NFLOG packet message of group 65000 arriving on ifindex 2, with
+    /// NFULA_CT (the two tuples of a DNAT'd connection and CTA_STATUS, as
+    /// ctnetlink_glue_build writes them) and NFULA_CT_INFO `ctinfo`. Built
+    /// by hand: the kernel this was written on is built without
+    /// CONFIG_NETFILTER_NETLINK_GLUE_CT, so it sends no NFULA_CT to capture.
+    fn message_with_conntrack(ctinfo: Option<u32>) -> Vec<u8> {
+        let mut m = vec![2, 0, 0xfd, 0xe8]; // AF_INET, version 0, group 65000
+        m.extend(nla(NFULA_IFINDEX_INDEV, &2u32.to_be_bytes()));
+        m.extend(nla(NFULA_PAYLOAD, &[0x45; 40]));
+        let ct = [
+            tuple(
+                CTA_TUPLE_ORIG,
+                [198, 51, 100, 7],
+                40000,
+                [192, 0, 2, 1],
+                8080,
+            ),
+            tuple(CTA_TUPLE_REPLY, [10, 9, 0, 2], 80, [198, 51, 100, 7], 40000),
+            nla(3, &0x1a8u32.to_be_bytes()), // CTA_STATUS
+        ]
+        .concat();
+        m.extend(nla(NFULA_CT | NESTED, &ct));
+        if let Some(info) = ctinfo {
+            m.extend(nla(NFULA_CT_INFO, &info.to_be_bytes()));
+        }
+        m
+    }
+
+    #[test]
+    fn attached_conntrack_gives_both_tuples_and_the_direction() {
+        let m = message_with_conntrack(Some(2)); // IP_CT_NEW
+        let (p, _) = parse_packet(&m).unwrap();
+        assert_eq!((p.group, p.indev), (65000, Some(IfIndex(2))));
+        let ct = p.conntrack.expect("NFULA_CT");
+        assert_eq!(
+            (
+                ct.orig.src.to_string(),
+                ct.orig.dst_port,
+                ct.reply.src.to_string(),
+                ct.reply.src_port
+            ),
+            ("198.51.100.7".into(), 8080, "10.9.0.2".into(), 80)
+        );
+        assert_eq!((ct.orig.protocol, ct.is_reply), (TCP, false));
+        // IP_CT_ESTABLISHED_REPLY (3) and IP_CT_RELATED_REPLY (4) are replies.
+        for (info, is_reply) in [(0, false), (1, false), (3, true), (4, true)] {
+            let m = message_with_conntrack(Some(info));
+            let (p, _) = parse_packet(&m).unwrap();
+            assert_eq!(p.conntrack.unwrap().is_reply, is_reply, "ctinfo {info}");
+        }
+    }
+
+    #[test]
+    fn conntrack_without_its_info_or_a_tuple_is_refused() {
+        assert_eq!(
+            parse_packet(&message_with_conntrack(None)).err(),
+            Some(NflogParseError::Conntrack)
+        );
+        // IP_CT_UNTRACKED (7) is no direction.
+        assert_eq!(
+            parse_packet(&message_with_conntrack(Some(7))).err(),
+            Some(NflogParseError::Conntrack)
+        );
+        // Only the original tuple.
+        let mut m = vec![2, 0, 0xfd, 0xe8];
+        m.extend(nla(NFULA_PAYLOAD, &[0x45; 40]));
+        let orig = tuple(
+            CTA_TUPLE_ORIG,
+            [198, 51, 100, 7],
+            40000,
+            [192, 0, 2, 1],
+            8080,
+        );
+        m.extend(nla(NFULA_CT | NESTED, &orig));
+        m.extend(nla(NFULA_CT_INFO, &0u32.to_be_bytes()));
+        assert_eq!(parse_packet(&m).err(), Some(NflogParseError::Conntrack));
+        // Without NFULA_CT (the drop groups, a kernel without the glue).
+        let mut m = vec![2, 0, 0, 100];
+        m.extend(nla(NFULA_PAYLOAD, &[0x45; 40]));
+        assert_eq!(parse_packet(&m).unwrap().0.conntrack, None);
+    }
+}
