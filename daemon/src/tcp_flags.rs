@@ -36,7 +36,7 @@ use flowlogd_plugin_api::Direction;
 
 use crate::eni::{EniIndex, EniRegistry};
 use crate::flows::{Clock, FlowTable, FlowTuple, LossScope};
-use crate::model::{LoggedPacket, Tuple};
+use crate::model::{LoggedPacket, PacketHook, Tuple};
 use crate::packet;
 
 /// The log prefix of the rule that copies arriving packets of NAT'd
@@ -131,12 +131,13 @@ impl TcpFlagsCapture {
             Some(flags) if flags != 0 => flags,
             _ => return self.bad_headers(),
         };
-        // Arriving: the rules in input and forward (indev set); leaving:
-        // the one in postrouting (outdev only).
-        let arriving = match (p.indev, p.outdev) {
-            (Some(_), _) => true,
-            (None, Some(_)) => false,
-            (None, None) => return self.not_on_an_eni(),
+        // Arriving: the rules in input and forward; leaving: the one in
+        // postrouting (where a forwarded packet has an input device too).
+        let arriving = match p.hook {
+            Some(PacketHook::LocalIn | PacketHook::Forward) => true,
+            Some(PacketHook::PostRouting) => false,
+            // Not one of the rules' hooks: another rule logging here.
+            _ => return self.not_on_an_eni(),
         };
         let (owner, tuple, direction) = match p.conntrack {
             Some(ct) => match (arriving, ct.is_reply) {
@@ -146,10 +147,13 @@ impl TcpFlagsCapture {
                 (true, true) => (ct.reply.dst, wire(&ct.reply, false), Direction::In),
             },
             None if arriving && p.prefix == NAT_PREFIX.as_bytes() => {
-                self.stats.nat_unplaced += 1;
+                // Which record is unknown, but whose wire it was on is not.
                 return match p.indev.and_then(|i| registry.by_ifindex(i)) {
-                    Some(eni) => TcpFlagsOutcome::Lost(LossScope::Eni(eni)),
-                    None => TcpFlagsOutcome::Ignored,
+                    Some(eni) => {
+                        self.stats.nat_unplaced += 1;
+                        TcpFlagsOutcome::Lost(LossScope::Eni(eni))
+                    }
+                    None => self.not_on_an_eni(),
                 };
             }
             None => {
@@ -269,6 +273,11 @@ mod tests {
             prefix: &[],
             indev: if arriving { dev } else { None },
             outdev: if arriving { None } else { dev },
+            hook: Some(if arriving {
+                PacketHook::LocalIn
+            } else {
+                PacketHook::PostRouting
+            }),
             payload,
             conntrack: ct,
         }
@@ -406,11 +415,28 @@ mod tests {
             c.outcome(&r, &p),
             TcpFlagsOutcome::Lost(LossScope::Eni(eni_a))
         );
+        // Forwarded, in postrouting: the input device is there too, and the
+        // packet is leaving all the same.
+        let mut p = logged(&fin, false, None);
+        p.indev = Some(IfIndex(9));
+        assert_eq!(flags_of(c.outcome(&r, &p)).direction, Direction::Out);
         // Leaving, the headers are after NAT: the prefix does not matter.
         let mut p = logged(&fin, false, None);
         p.prefix = NAT_PREFIX.as_bytes();
         assert!(matches!(c.outcome(&r, &p), TcpFlagsOutcome::Flags(_)));
-        assert_eq!((c.stats().packets, c.stats().nat_unplaced), (4, 1));
+        // Arriving NAT'd on an interface that is no ENI's: not ours.
+        let mut p = logged(&dnat, true, None);
+        p.prefix = NAT_PREFIX.as_bytes();
+        p.indev = Some(IfIndex(9));
+        assert_eq!(c.outcome(&r, &p), TcpFlagsOutcome::Ignored);
+        assert_eq!(
+            (
+                c.stats().packets,
+                c.stats().nat_unplaced,
+                c.stats().not_on_an_eni
+            ),
+            (6, 1, 1)
+        );
     }
 
     #[test]
@@ -427,9 +453,9 @@ mod tests {
         assert_eq!(c.outcome(&r, &logged(&ack, true, Some(ct))), lost);
         let syn = segment([198, 51, 100, 7], 40000, [192, 0, 2, 1], 22, 0x02);
         assert_eq!(c.outcome(&r, &logged(&syn[..30], true, Some(ct))), lost);
-        // Neither device: not from the rules' hooks.
+        // Not from the rules' hooks.
         let mut p = logged(&syn, true, Some(ct));
-        p.indev = None;
+        p.hook = Some(PacketHook::PreRouting);
         assert_eq!(c.outcome(&r, &p), TcpFlagsOutcome::Ignored);
         assert_eq!(
             c.stats(),

@@ -69,6 +69,20 @@ fn nft_packets(ns: &Netns, table: &str, needle: &str, rules: usize) -> u64 {
     counts.iter().sum()
 }
 
+/// The value of `sample` once it equals `want` (the loop publishes its
+/// counters every 500 ms), or after 5 s whatever it is then.
+#[track_caller]
+fn metric_when(ns: &Netns, sample: &str, want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = metric(ns, sample);
+        if v == want || std::time::Instant::now() >= deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `GET http://127.0.0.1:9750/metrics` in `ns`; the value of `sample`.
 #[track_caller]
 fn metric(ns: &Netns, sample: &str) -> u64 {
@@ -209,8 +223,8 @@ fn flags_of_closes_refusals_and_drops() {
     std::thread::sleep(Duration::from_millis(300));
 
     // Everything is quiet now: the kernel's counters and the daemon's.
-    let read = metric(&s.a, "flowlogd_tcp_flags_packets_total");
     let logged = nft_packets(&s.a, "flowlogd", "group 65000 snaplen 128", 3);
+    let read = metric_when(&s.a, "flowlogd_tcp_flags_packets_total", logged);
     assert_eq!(read, logged, "control packets read vs logged by the rules");
     for reason in ["not_on_an_eni", "nat_unplaced", "bad_headers"] {
         let sample = format!("flowlogd_tcp_flags_ignored_packets_total{{reason=\"{reason}\"}}");
@@ -338,4 +352,94 @@ fn a_connection_over_three_windows_has_its_flags_in_each() {
     // Every one of those records counted packets: the flags are on the
     // records of the windows the packets were counted in.
     assert!(seen.values().all(|v| v.1 > 0), "{seen:?}");
+}
+
+/// A port forward on the VM (DNAT of 8080 to a namespace behind it). The
+/// SYN-ACK and FIN leaving the ENI are placed by their headers (after
+/// un-DNAT, the wire's); the SYN and FIN arriving show the inner address
+/// at the hooks after the filter. Where the kernel attaches conntrack
+/// entries they are placed by its original tuple; where it cannot (as
+/// here, the test says which), they mark the ENI's window SKIPDATA.
+#[test]
+fn a_port_forward_is_placed_or_marked() {
+    if !require_root("a_port_forward_is_placed_or_marked") {
+        return;
+    }
+    let s = Scenario::builder("fl21tn")
+        .veth("veth-a", "veth-b", 43)
+        .peer("fl21tnc", "veth-c", "veth-r", 44)
+        .build();
+    let c = &s.peers[0];
+    let (a4, b4, c4) = (
+        s.ea.v4.to_string(),
+        s.eb.v4.to_string(),
+        c.remote.v4.to_string(),
+    );
+    c.ns.exec_ok(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        &c.local.v4.to_string(),
+    ]);
+    s.a.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    load_rules(
+        &s.a,
+        &format!(
+            "table ip fl21tnat {{\n\tchain pre {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+             \t\ttcp dport 8080 dnat to {c4}:80\n\t}}\n}}\n"
+        ),
+    );
+    let cfg = config(&s, 600);
+    let mut daemon = DaemonProcess::start(&s.a, &cfg, &s.path("daemon.log"));
+    let glue = !daemon.log().contains("CONFIG_NETFILTER_NETLINK_GLUE_CT");
+
+    let mut server = LineProcess::traffic(&c.ns, TRAFFIC, &["tcp-server", &format!("{c4}:80")]);
+    server.expect_line("listening", Duration::from_secs(10));
+    let mut client = LineProcess::traffic(&s.b, TRAFFIC, &["tcp-client", &format!("{a4}:8080")]);
+    let port = client.expect_number("connected ", Duration::from_secs(10)) as u16;
+    client.send_line("xfer 100 100");
+    client.expect_line("ok", Duration::from_secs(10));
+    client.send_line("close");
+    client.expect_line("closed", Duration::from_secs(10));
+    server.expect_line("done", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let logged = nft_packets(&s.a, "flowlogd", "group 65000 snaplen 128", 3);
+    let read = metric_when(&s.a, "flowlogd_tcp_flags_packets_total", logged);
+    assert_eq!(read, logged, "control packets read vs logged by the rules");
+    let nat_logged = nft_packets(&s.a, "flowlogd", "flowlogd:nat", 1);
+    // SYN and FIN from b on veth-a, SYN-ACK and FIN from c on veth-c.
+    assert_eq!(nat_logged, 4, "NAT'd arriving packets");
+    let unplaced = metric(
+        &s.a,
+        "flowlogd_tcp_flags_ignored_packets_total{reason=\"nat_unplaced\"}",
+    );
+    daemon.stop();
+
+    let records = read_json_records(&s.path("flags.jsonl"));
+    let flags = flags_by_key(&records);
+    let skipdata = records
+        .iter()
+        .filter(|r| r["log-status"] == "SKIPDATA")
+        .count();
+    // Leaving: SYN-ACK and FIN, from the ENI's address and port (un-DNAT).
+    assert_eq!(
+        flags.get(&key("ACCEPT", "out", &a4, 8080, &b4, port)),
+        Some(&(18 | 1)),
+        "{records:#?}"
+    );
+    let arriving = flags.get(&key("ACCEPT", "in", &b4, port, &a4, 8080));
+    if glue {
+        assert_eq!((arriving, unplaced, skipdata), (Some(&(2 | 1)), 0, 0));
+    } else {
+        // The record is there with what could be placed (nothing), and the
+        // window says it is incomplete.
+        assert_eq!(
+            (arriving, unplaced, skipdata),
+            (Some(&0), 2, 1),
+            "{records:#?}"
+        );
+    }
 }

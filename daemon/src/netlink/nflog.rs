@@ -23,11 +23,19 @@ use netlink_packet_core::{NlaBuffer, NlasIterator};
 use super::ct_parse;
 use super::socket::{Messages, NetlinkSocket, Received, SocketOptions};
 use super::stats::DrainStats;
-use crate::model::{IfIndex, LoggedConntrack, LoggedPacket};
+use crate::model::{IfIndex, LoggedConntrack, LoggedPacket, PacketHook};
 
 // include/uapi/linux/netfilter/nfnetlink.h, nfnetlink_log.h
 const NFNL_SUBSYS_ULOG: u16 = 4;
 const NFULNL_MSG_PACKET: u16 = 0;
+// struct nfulnl_msg_packet_hdr { __be16 hw_protocol; __u8 hook; __u8 _pad; }
+const NFULA_PACKET_HDR: u16 = 1;
+// include/uapi/linux/netfilter.h, enum nf_inet_hooks
+const NF_INET_PRE_ROUTING: u8 = 0;
+const NF_INET_LOCAL_IN: u8 = 1;
+const NF_INET_FORWARD: u8 = 2;
+const NF_INET_LOCAL_OUT: u8 = 3;
+const NF_INET_POST_ROUTING: u8 = 4;
 const NFGENMSG_LEN: usize = 4;
 const NFULA_IFINDEX_INDEV: u16 = 4;
 const NFULA_IFINDEX_OUTDEV: u16 = 5;
@@ -276,6 +284,18 @@ impl AsRawFd for NflogSocket {
     }
 }
 
+/// The netfilter hook number as a [`PacketHook`].
+fn hook(number: u8) -> Option<PacketHook> {
+    Some(match number {
+        NF_INET_PRE_ROUTING => PacketHook::PreRouting,
+        NF_INET_LOCAL_IN => PacketHook::LocalIn,
+        NF_INET_FORWARD => PacketHook::Forward,
+        NF_INET_LOCAL_OUT => PacketHook::LocalOut,
+        NF_INET_POST_ROUTING => PacketHook::PostRouting,
+        _ => return None,
+    })
+}
+
 /// The error of binding `group`, saying so.
 fn in_binding(group: u16) -> impl Fn(io::Error) -> io::Error {
     move |e| io::Error::new(e.kind(), format!("binding NFLOG group {group}: {e}"))
@@ -302,6 +322,7 @@ pub fn parse_packet(payload: &[u8]) -> Result<(LoggedPacket<'_>, Option<u32>), N
         prefix: &[],
         indev: None,
         outdev: None,
+        hook: None,
         payload: &[],
         conntrack: None,
     };
@@ -320,6 +341,7 @@ pub fn parse_packet(payload: &[u8]) -> Result<(LoggedPacket<'_>, Option<u32>), N
             .get(NLA_HDRLEN..len)
             .ok_or(NflogParseError::Truncated)?;
         match kind {
+            NFULA_PACKET_HDR => packet.hook = value.get(2).and_then(|&h| hook(h)),
             NFULA_IFINDEX_INDEV => packet.indev = be32(value).map(IfIndex),
             NFULA_IFINDEX_OUTDEV => packet.outdev = be32(value).map(IfIndex),
             NFULA_PAYLOAD => {
@@ -416,6 +438,7 @@ mod tests {
     /// CONFIG_NETFILTER_NETLINK_GLUE_CT, so it sends no NFULA_CT to capture.
     fn message_with_conntrack(ctinfo: Option<u32>) -> Vec<u8> {
         let mut m = vec![2, 0, 0xfd, 0xe8]; // AF_INET, version 0, group 65000
+        m.extend(nla(NFULA_PACKET_HDR, &[0x08, 0x00, NF_INET_FORWARD, 0]));
         m.extend(nla(NFULA_IFINDEX_INDEV, &2u32.to_be_bytes()));
         m.extend(nla(NFULA_PAYLOAD, &[0x45; 40]));
         let ct = [
@@ -441,7 +464,10 @@ mod tests {
     fn attached_conntrack_gives_both_tuples_and_the_direction() {
         let m = message_with_conntrack(Some(2)); // IP_CT_NEW
         let (p, _) = parse_packet(&m).unwrap();
-        assert_eq!((p.group, p.indev), (65000, Some(IfIndex(2))));
+        assert_eq!(
+            (p.group, p.indev, p.hook),
+            (65000, Some(IfIndex(2)), Some(PacketHook::Forward))
+        );
         let ct = p.conntrack.expect("NFULA_CT");
         assert_eq!(
             (
