@@ -5,6 +5,8 @@
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
+use flowlogd_plugin_api::fields::FIELDS_KEY;
+
 use crate::config::{Config, ConfigError, SinkConfig};
 use crate::sinks::{
     check_options, resolve_plugin, Dispatcher, PluginLibrary, SinkSpec, SinkStats, SpoolSettings,
@@ -131,7 +133,41 @@ pub fn load_sink_library(
             &format!("plugin = \"{}\": {e}", sink.plugin),
         )
     })?;
-    PluginLibrary::load(&path).map_err(|e| sink_error(config, sink, None, &e.to_string()))
+    let library =
+        PluginLibrary::load(&path).map_err(|e| sink_error(config, sink, None, &e.to_string()))?;
+    refuse_fields_for_abi_1_0(config, sink, &library)?;
+    Ok(library)
+}
+
+/// A plugin built against ABI 1.0 predates field lists: it would get
+/// `fields` as an option it does not know (and may refuse at open, or
+/// ignore), and it cannot read the fields a list may name.
+///
+/// # Errors
+/// A [`ConfigError`] at the sink's `fields` key saying so.
+fn refuse_fields_for_abi_1_0(
+    config: &Config,
+    sink: &SinkConfig,
+    library: &PluginLibrary,
+) -> Result<(), ConfigError> {
+    if library.abi_minor >= 1 || !sink.options.contains_key(FIELDS_KEY) {
+        return Ok(());
+    }
+    Err(sink_error(
+        config,
+        sink,
+        Some(FIELDS_KEY),
+        &format!(
+            "plugin \"{}\" ({}) speaks ABI {}.{}, which has no field lists; remove `fields` \
+             (the plugin writes what it was built to write) or rebuild the plugin against \
+             ABI {}.1 or later",
+            library.name,
+            library.path.display(),
+            flowlogd_plugin_api::abi::ABI_MAJOR,
+            library.abi_minor,
+            flowlogd_plugin_api::abi::ABI_MAJOR,
+        ),
+    ))
 }
 
 /// For `check-config`: loads each plugin and runs its option check.

@@ -7,6 +7,17 @@
  *
  * The daemon looks it up by name (no load-time constructors), checks
  * abi_major == FLOWLOGD_SINK_ABI_MAJOR and refuses the plugin otherwise.
+ * It also refuses a plugin whose abi_minor is newer than its own (such a
+ * plugin would read record fields past the end of what the daemon fills);
+ * an older minor loads and reads the prefix of each record it knows.
+ *
+ * Minor versions:
+ *  - 1.0: the 18 fields of the flow log record, and `rule`.
+ *  - 1.1: record extras pkt_srcaddr, pkt_dstaddr, tcp_flags, present,
+ *    flow_start, flow_end; flowlogd_host.abi_minor. A sink may be given a
+ *    `fields` option (FLOWLOGD_OPTION_OTHER, a TOML array of field names,
+ *    already checked by the daemon: see README "Field lists"); the daemon
+ *    never passes `fields` to a 1.0 plugin (configuring it is an error).
  *
  * Compatibility rules:
  *  - structs start with their version or size; fields are only appended;
@@ -144,7 +155,21 @@ typedef struct flowlogd_host {
     flowlogd_str daemon_version;
     void (*log)(void *log_ctx, int level, const char *msg, size_t len);
     void *log_ctx;
+    /* --- minor 1: read only if struct_size > offsetof(flowlogd_host,
+     * abi_minor); a host without it fills the fields of minor 0 only. --- */
+    uint16_t abi_minor; /* the host's FLOWLOGD_SINK_ABI_MINOR: the record
+                           fields of that minor and older hold values */
 } flowlogd_host;
+
+/* The host's ABI minor (0 for a host whose flowlogd_host predates the
+ * field): a plugin built against a newer minor reads only the record
+ * fields this says the host fills. */
+static inline uint16_t flowlogd_host_abi_minor(const flowlogd_host *host) {
+    if (host == NULL || host->struct_size < offsetof(flowlogd_host, abi_minor) + sizeof(uint16_t)) {
+        return 0;
+    }
+    return host->abi_minor;
+}
 
 #define FLOWLOGD_OK 0
 #define FLOWLOGD_RETRY 1
@@ -204,7 +229,8 @@ _Static_assert(offsetof(flowlogd_record, flow_end) == 240, "record layout");
 _Static_assert(sizeof(flowlogd_record) == 248, "record layout");
 _Static_assert(sizeof(flowlogd_error) == 576, "error layout");
 _Static_assert(sizeof(flowlogd_option) == 56, "option layout");
-_Static_assert(sizeof(flowlogd_host) == 56, "host layout");
+_Static_assert(offsetof(flowlogd_host, abi_minor) == 56, "host layout");
+_Static_assert(sizeof(flowlogd_host) == 64, "host layout");
 _Static_assert(sizeof(flowlogd_sink_descriptor_t) == 64, "descriptor layout");
 #endif
 

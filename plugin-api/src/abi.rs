@@ -10,7 +10,15 @@
 //!   only when `struct_size` says the plugin has it;
 //! - records are passed as an array of *pointers*, so appending a field to
 //!   `flowlogd_record` does not change how an older plugin indexes a batch;
-//! - a major version change means "incompatible": the host refuses the plugin.
+//! - a major version change means "incompatible": the host refuses the plugin;
+//! - a plugin of a newer minor than the host's is refused too (it would read
+//!   record fields past what the host fills); an older minor loads, and a
+//!   1.0 plugin is never handed the `fields` option (the host refuses that
+//!   config with a located error).
+//!
+//! Minor 1 appended, to `flowlogd_record`: `pkt_srcaddr`, `pkt_dstaddr`,
+//! `tcp_flags`, `present`, `flow_start`, `flow_end`; to `flowlogd_host`:
+//! `abi_minor`.
 
 use std::ffi::{c_char, c_int, c_void};
 
@@ -235,6 +243,10 @@ pub struct FfiHost {
     pub log:
         Option<unsafe extern "C" fn(ctx: *mut c_void, level: c_int, msg: *const u8, len: usize)>,
     pub log_ctx: *mut c_void,
+    // --- minor 1: read only when `struct_size` covers it (`Host::from_ffi`).
+    /// The host's [`ABI_MINOR`]: the record fields of that minor and older
+    /// hold values. A host whose struct ends before this field is minor 0.
+    pub abi_minor: u16,
 }
 
 /// Return codes of `open`, `write` and `flush`.
@@ -327,6 +339,7 @@ const _: () = {
     assert!(size_of::<FfiRecord>() == 248);
     assert!(size_of::<FfiError>() == 576);
     assert!(size_of::<FfiOption>() == 56);
-    assert!(size_of::<FfiHost>() == 56);
+    assert!(offset_of!(FfiHost, abi_minor) == 56);
+    assert!(size_of::<FfiHost>() == 64);
     assert!(size_of::<FfiDescriptor>() == 64);
 };

@@ -231,6 +231,19 @@ impl FieldList {
         FieldList::parse(&names).map_err(|e| SinkError::config(FIELDS_KEY, e.0))
     }
 
+    /// The list from a sink's `fields` option as its own options struct
+    /// deserialized it (`Option<Vec<String>>`, `None` when absent: the
+    /// default list), for sinks that read every option with serde.
+    ///
+    /// # Errors
+    /// [`SinkError::config`] on `fields` (see [`FieldList::parse`]).
+    pub fn from_option(names: Option<&[String]>) -> Result<FieldList, SinkError> {
+        match names {
+            Some(names) => FieldList::parse(names).map_err(|e| SinkError::config(FIELDS_KEY, e.0)),
+            None => Ok(FieldList::default()),
+        }
+    }
+
     /// The fields in output order.
     pub fn fields(&self) -> &[Field] {
         &self.fields

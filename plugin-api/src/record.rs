@@ -223,14 +223,37 @@ fn addr_from_ffi(a: &FfiAddr) -> Option<IpAddr> {
 #[derive(Clone, Copy)]
 pub struct RecordView<'a> {
     raw: &'a FfiRecord,
+    /// Whether the record has the minor-1 fields (its host is of minor 1
+    /// or later); without them [`FlowFields::extras`] are all `None`.
+    has_extras: bool,
 }
 
 impl<'a> RecordView<'a> {
+    /// A view of a record of this crate's ABI minor.
+    ///
     /// # Safety
     /// `raw`'s strings must be valid UTF-8 living for `'a` (the host
     /// guarantees this for the duration of a `write` call).
     pub unsafe fn new(raw: &'a FfiRecord) -> RecordView<'a> {
-        RecordView { raw }
+        RecordView {
+            raw,
+            has_extras: true,
+        }
+    }
+
+    /// A view of a record from a host of ABI minor `host_abi_minor`
+    /// ([`Host::abi_minor`](crate::Host)): a host of minor 0 passes the 1.0
+    /// record, which ends at `rule`, and the view then reads nothing past
+    /// it (the extras are `None`).
+    ///
+    /// # Safety
+    /// As for [`RecordView::new`]; the fields of the host's minor must be
+    /// readable.
+    pub unsafe fn from_host(raw: &'a FfiRecord, host_abi_minor: u16) -> RecordView<'a> {
+        RecordView {
+            raw,
+            has_extras: host_abi_minor >= 1,
+        }
     }
 
     pub fn version(&self) -> u32 {
@@ -296,10 +319,12 @@ impl<'a> RecordView<'a> {
         })
     }
 
-    /// The minor-1 fields. The host always passes records of its own
-    /// minor (>= 1 for a host that knows these fields), so reading them is
-    /// sound for a plugin built against minor 1 or later.
+    /// The minor-1 fields, when the record has them (see `from_host`);
+    /// all `None` for a record from a host of minor 0.
     fn extras(&self) -> FlowExtras {
+        if !self.has_extras {
+            return FlowExtras::default();
+        }
         let r = self.raw;
         let has = |bit: u8| r.present & bit != 0;
         FlowExtras {

@@ -291,26 +291,44 @@ pub struct Host {
     pub sink_name: String,
     pub daemon_version: String,
     pub log: HostLog,
+    /// The host's ABI minor (`flowlogd_host.abi_minor`, 0 for a host that
+    /// predates the field): the record fields of that minor and older hold
+    /// values. A host of minor 0 passes records without the extras, so a
+    /// plugin should not read [`FlowExtras`](crate::FlowExtras) from it.
+    pub abi_minor: u16,
 }
 
 impl Host {
     /// # Safety
-    /// `h` must be null or point to a valid `FfiHost`.
+    /// `h` must be null or point to a valid `flowlogd_host` of any minor
+    /// (its `struct_size` says how much of [`FfiHost`] it holds).
     pub unsafe fn from_ffi(h: *const FfiHost) -> Host {
         if h.is_null() {
             return Host::standalone("sink");
         }
-        // SAFETY: guaranteed by the caller.
-        let h = unsafe { &*h };
-        Host {
-            // SAFETY: host strings are valid UTF-8 for the call.
-            sink_name: unsafe { h.sink_name.as_str() }.to_owned(),
-            // SAFETY: as above.
-            daemon_version: unsafe { h.daemon_version.as_str() }.to_owned(),
-            log: HostLog {
-                log: h.log,
-                ctx: h.log_ctx,
-            },
+        // Fields are read through the raw pointer, never as a `&FfiHost`:
+        // an older host's struct ends before `abi_minor`.
+        // SAFETY: guaranteed by the caller; `struct_size` is the first
+        // field of every version.
+        let struct_size = unsafe { (*h).struct_size } as usize;
+        let abi_minor = if struct_size >= std::mem::offset_of!(FfiHost, abi_minor) + 2 {
+            // SAFETY: the host's struct holds the field.
+            unsafe { (*h).abi_minor }
+        } else {
+            0
+        };
+        // SAFETY: the fields of minor 0, in every host's struct; host
+        // strings are valid UTF-8 for the call.
+        unsafe {
+            Host {
+                abi_minor,
+                sink_name: (*h).sink_name.as_str().to_owned(),
+                daemon_version: (*h).daemon_version.as_str().to_owned(),
+                log: HostLog {
+                    log: (*h).log,
+                    ctx: (*h).log_ctx,
+                },
+            }
         }
     }
 
@@ -320,6 +338,7 @@ impl Host {
             sink_name: sink_name.to_owned(),
             daemon_version: String::new(),
             log: HostLog::stderr(),
+            abi_minor: ABI_MINOR,
         }
     }
 }
@@ -398,6 +417,14 @@ fn report_panic(err: *mut FfiError, what: &str, p: Box<dyn std::any::Any + Send>
     report(err, &e)
 }
 
+/// What `export_sink!`'s `open` hands the host as the instance: the sink
+/// and the host's ABI minor, which says whether its records carry the
+/// minor-1 extras (a host of minor 0 passes the shorter 1.0 record).
+struct Instance<T> {
+    sink: T,
+    host_abi_minor: u16,
+}
+
 /// Generated `open` for `T` (used by `export_sink!`).
 ///
 /// # Safety
@@ -415,11 +442,14 @@ pub unsafe extern "C" fn ffi_open<T: Sink>(
         let host = unsafe { Host::from_ffi(host) };
         // SAFETY: as above.
         let options = unsafe { Options::from_ffi(options, option_count) };
-        T::open(&host, &options)
+        T::open(&host, &options).map(|sink| Instance {
+            sink,
+            host_abi_minor: host.abi_minor,
+        })
     }));
     match result {
         Ok(Ok(sink)) => {
-            let boxed: Box<T> = Box::new(sink);
+            let boxed: Box<Instance<T>> = Box::new(sink);
             // SAFETY: `instance` is a valid out-pointer from the host.
             unsafe { *instance = Box::into_raw(boxed).cast() };
             STATUS_OK
@@ -466,20 +496,23 @@ pub unsafe extern "C" fn ffi_write<T: Sink>(
     err: *mut FfiError,
 ) -> c_int {
     let result = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `instance` is our Box<T>, used by one thread at a time.
-        let sink = unsafe { &mut *instance.cast::<T>() };
+        // SAFETY: `instance` is our Box<Instance<T>>, used by one thread
+        // at a time.
+        let instance = unsafe { &mut *instance.cast::<Instance<T>>() };
         let ptrs = if count == 0 || records.is_null() {
             &[][..]
         } else {
             // SAFETY: the host passes `count` valid record pointers.
             unsafe { std::slice::from_raw_parts(records, count) }
         };
-        // SAFETY: each record and its strings live for the call.
+        // SAFETY: each record and its strings live for the call; a host
+        // of minor 0 passes 1.0 records, whose extras the views then
+        // never read.
         let views: Vec<RecordView<'_>> = ptrs
             .iter()
-            .map(|p| unsafe { RecordView::new(&**p) })
+            .map(|p| unsafe { RecordView::from_host(&**p, instance.host_abi_minor) })
             .collect();
-        sink.write(&views)
+        instance.sink.write(&views)
     }));
     match result {
         Ok(Ok(())) => STATUS_OK,
@@ -499,9 +532,10 @@ pub unsafe extern "C" fn ffi_flush<T: Sink>(
     err: *mut FfiError,
 ) -> c_int {
     let result = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `instance` is our Box<T>, used by one thread at a time.
-        let sink = unsafe { &mut *instance.cast::<T>() };
-        sink.flush(FlushFlags::from_bits(flags))
+        // SAFETY: `instance` is our Box<Instance<T>>, used by one thread
+        // at a time.
+        let instance = unsafe { &mut *instance.cast::<Instance<T>>() };
+        instance.sink.flush(FlushFlags::from_bits(flags))
     }));
     match result {
         Ok(Ok(())) => STATUS_OK,
@@ -519,8 +553,8 @@ pub unsafe extern "C" fn ffi_close<T: Sink>(instance: *mut c_void) {
     // A panic in Drop is swallowed: there is nobody left to report it to
     // but the host's stderr, and unwinding into C is undefined behaviour.
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `instance` is our Box<T>, closed exactly once.
-        drop(unsafe { Box::from_raw(instance.cast::<T>()) });
+        // SAFETY: `instance` is our Box<Instance<T>>, closed exactly once.
+        drop(unsafe { Box::from_raw(instance.cast::<Instance<T>>()) });
     }));
 }
 
@@ -552,4 +586,121 @@ macro_rules! export_sink {
             &FLOWLOGD_SINK_DESCRIPTOR
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host of minor 0 passes a `flowlogd_host` that ends before
+    /// `abi_minor`: the plugin reads 0 there, not the bytes after it.
+    #[test]
+    fn host_minor_comes_from_struct_size() {
+        let mut ffi = FfiHost {
+            struct_size: std::mem::size_of::<FfiHost>() as u32,
+            sink_name: FfiStr::new("s"),
+            daemon_version: FfiStr::new("v"),
+            log: None,
+            log_ctx: std::ptr::null_mut(),
+            abi_minor: 7,
+        };
+        // SAFETY: `ffi` is valid and its strings are 'static.
+        let host = unsafe { Host::from_ffi(&ffi) };
+        assert_eq!((host.abi_minor, host.sink_name.as_str()), (7, "s"));
+        ffi.struct_size = std::mem::offset_of!(FfiHost, abi_minor) as u32;
+        // SAFETY: as above (the struct is larger than it claims).
+        let host = unsafe { Host::from_ffi(&ffi) };
+        assert_eq!((host.abi_minor, host.daemon_version.as_str()), (0, "v"));
+        assert_eq!(Host::standalone("x").abi_minor, ABI_MINOR);
+    }
+
+    /// The extras each write saw, by the sink below.
+    static SEEN: std::sync::Mutex<Vec<crate::FlowExtras>> = std::sync::Mutex::new(Vec::new());
+
+    struct Probe;
+
+    impl Sink for Probe {
+        fn open(_: &Host, _: &Options) -> Result<Self, SinkError> {
+            Ok(Probe)
+        }
+        fn write(&mut self, records: &[RecordView<'_>]) -> Result<(), SinkError> {
+            let mut seen = SEEN.lock().unwrap();
+            seen.extend(records.iter().map(|r| r.flow().unwrap().extras));
+            Ok(())
+        }
+        fn flush(&mut self, _: FlushFlags) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    /// A Rust plugin opened by a host of minor 0 (whose `flowlogd_host`
+    /// ends before `abi_minor`, and whose records end at `rule`) reads no
+    /// extras; opened by a host of minor 1 it reads them.
+    #[test]
+    fn extras_are_read_only_from_a_host_that_passes_them() {
+        let mut record = crate::FlowRecord {
+            eni: Default::default(),
+            flow: Some(crate::FlowFields {
+                srcaddr: "10.0.0.1".parse().unwrap(),
+                srcport: 1,
+                dstaddr: "10.0.0.2".parse().unwrap(),
+                dstport: 2,
+                protocol: 6,
+                direction: crate::Direction::In,
+                packets: 1,
+                bytes: 60,
+                action: crate::Action::Accept,
+                extras: Default::default(),
+            }),
+            start: 0,
+            end: 600,
+            log_status: crate::LogStatus::Ok,
+            rule: None,
+        };
+        let extras = crate::FlowExtras {
+            tcp_flags: Some(2),
+            flow_start: Some(5),
+            ..Default::default()
+        };
+        record.flow.as_mut().unwrap().extras = extras;
+        let ffi = record.to_ffi();
+        let ptrs = [&ffi as *const FfiRecord];
+        for (struct_size, expected) in [
+            (
+                std::mem::offset_of!(FfiHost, abi_minor),
+                crate::FlowExtras::default(),
+            ),
+            (std::mem::size_of::<FfiHost>(), extras),
+        ] {
+            let host = FfiHost {
+                struct_size: struct_size as u32,
+                sink_name: FfiStr::new("probe"),
+                daemon_version: FfiStr::new("t"),
+                log: None,
+                log_ctx: std::ptr::null_mut(),
+                abi_minor: ABI_MINOR,
+            };
+            let mut instance = std::ptr::null_mut();
+            let mut err = FfiError::new();
+            SEEN.lock().unwrap().clear();
+            // SAFETY: valid arguments, as a host passes them; the record
+            // and its strings outlive the calls.
+            unsafe {
+                assert_eq!(
+                    ffi_open::<Probe>(&host, std::ptr::null(), 0, &mut instance, &mut err),
+                    STATUS_OK
+                );
+                assert_eq!(
+                    ffi_write::<Probe>(instance, ptrs.as_ptr(), 1, &mut err),
+                    STATUS_OK
+                );
+                ffi_close::<Probe>(instance);
+            }
+            assert_eq!(
+                *SEEN.lock().unwrap(),
+                [expected],
+                "struct_size {struct_size}"
+            );
+        }
+    }
 }

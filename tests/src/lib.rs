@@ -157,13 +157,30 @@ pub fn plugin_dir(tmp: &TempDir) -> PathBuf {
 /// Compiles a C plugin against the project's header.
 #[track_caller]
 pub fn build_c_plugin(source: &Path, out: &Path, extra_flags: &[&str]) {
-    let include = workspace_root().join("plugin-api/include");
+    build_c_plugin_against(
+        &workspace_root().join("plugin-api/include"),
+        source,
+        out,
+        extra_flags,
+    );
+}
+
+/// The directory holding the ABI 1.0 header (`flowlogd_sink.h` as it was
+/// before minor 1): plugins built against it stand for those already out
+/// there.
+pub fn abi_1_0_include() -> PathBuf {
+    workspace_root().join("tests/fixtures/abi-1.0")
+}
+
+/// Compiles a C plugin against the `flowlogd_sink.h` in `include`.
+#[track_caller]
+pub fn build_c_plugin_against(include: &Path, source: &Path, out: &Path, extra_flags: &[&str]) {
     let status = Command::new("cc")
         .args([
             "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared",
         ])
         .arg("-I")
-        .arg(&include)
+        .arg(include)
         .args(extra_flags)
         .arg("-o")
         .arg(out)

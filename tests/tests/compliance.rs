@@ -3,7 +3,9 @@
 //! descriptor of this ABI major with every function set; accept a valid
 //! config in `check` and `open`; refuse an invalid one with a message and
 //! the offending key, in `check` and in `open`; write a batch of every kind
-//! of record; flush at a window end and for a reopen; close.
+//! of record; flush at a window end and for a reopen; close. A plugin built
+//! from the ABI 1.0 header (tests/fixtures/abi-1.0) goes through the same
+//! steps, and must read the 18 fields of records a 1.1 plugin reads.
 
 use std::ffi::{c_int, c_void, CStr};
 use std::path::{Path, PathBuf};
@@ -11,7 +13,9 @@ use std::sync::Arc;
 
 use flowlogd_plugin_api::abi::*;
 use flowlogd_plugin_api::sink::FfiOptions;
-use flowlogd_plugin_api::{Action, Direction, EniIds, FlowFields, FlowRecord, LogStatus};
+use flowlogd_plugin_api::{
+    format, Action, Direction, EniIds, FlowExtras, FlowFields, FlowRecord, LogStatus, RecordView,
+};
 use flowlogd_tests::*;
 
 /// A plugin under test: its file, a valid and an invalid option set, and
@@ -38,6 +42,13 @@ fn cases(tmp: &TempDir) -> Vec<Case> {
     build_c_plugin(
         &workspace_root().join("examples/sink-c/csv_sink.c"),
         &c_plugin,
+        &[],
+    );
+    let c_plugin_1_0 = tmp.join("csv-abi-1.0.so");
+    build_c_plugin_against(
+        &abi_1_0_include(),
+        &workspace_root().join("examples/sink-c/csv_sink.c"),
+        &c_plugin_1_0,
         &[],
     );
     let secret = tmp.join("secret");
@@ -108,6 +119,18 @@ fn cases(tmp: &TempDir) -> Vec<Case> {
             bad_key: "colour",
             write_may_retry: false,
         },
+        // The same C source built against the ABI 1.0 header.
+        Case {
+            name: "csv",
+            file: c_plugin_1_0,
+            valid: table(&format!("path = \"{}\"", out("flows-1.0.csv"))),
+            invalid: table(&format!(
+                "path = \"{}\"\ncolour = \"blue\"",
+                out("flows-1.0.csv")
+            )),
+            bad_key: "colour",
+            write_may_retry: false,
+        },
     ]
 }
 
@@ -123,6 +146,7 @@ fn host() -> FfiHost {
         daemon_version: FfiStr::new("test"),
         log: None,
         log_ctx: std::ptr::null_mut(),
+        abi_minor: ABI_MINOR,
     }
 }
 
@@ -306,5 +330,103 @@ fn every_built_sink_complies_with_the_abi() {
         // SAFETY: closed exactly once, before the library is dropped.
         unsafe { close(instance) };
         drop(lib);
+    }
+}
+
+/// Loads the plugin at `file`, opens it with `options`, writes `records`,
+/// flushes at a window end and closes it: the daemon's calls, straight
+/// through the C ABI. Returns the descriptor's ABI minor.
+fn run_plugin(file: &Path, options: &toml::Table, records: &[FlowRecord]) -> u16 {
+    // SAFETY: loading a plugin the test built, as the daemon does.
+    let lib = unsafe { libloading::Library::new(file) }.unwrap();
+    let d = descriptor(&lib, file);
+    assert_eq!(d.abi_major, ABI_MAJOR, "{}", file.display());
+    let minor = d.abi_minor;
+    let opts = FfiOptions::from_table(options);
+    let host = host();
+    let mut instance: *mut c_void = std::ptr::null_mut();
+    let mut err = FfiError::new();
+    // SAFETY: valid pointers for the call, as the header documents.
+    let status =
+        unsafe { d.open.unwrap()(&host, opts.as_ptr(), opts.len(), &mut instance, &mut err) };
+    assert_eq!(status, STATUS_OK, "{}: {}", file.display(), err.message());
+    let ffi: Vec<FfiRecord> = records.iter().map(FlowRecord::to_ffi).collect();
+    let ptrs: Vec<*const FfiRecord> = ffi.iter().map(|r| r as *const FfiRecord).collect();
+    // SAFETY: the instance is open; the records live for the call.
+    let status = unsafe { d.write.unwrap()(instance, ptrs.as_ptr(), ptrs.len(), &mut err) };
+    assert_eq!(status, STATUS_OK, "{}: {}", file.display(), err.message());
+    // SAFETY: the instance is open.
+    let status = unsafe { d.flush.unwrap()(instance, FLUSH_WINDOW_END, &mut err) };
+    assert_eq!(status, STATUS_OK, "{}: {}", file.display(), err.message());
+    // SAFETY: closed exactly once, before the library is dropped.
+    unsafe { d.close.unwrap()(instance) };
+    drop(lib);
+    minor
+}
+
+/// Records of every kind whose flows carry every minor-1 extra: what a
+/// host of minor 1 hands every plugin, whatever minor it was built for.
+fn records_with_extras() -> Vec<FlowRecord> {
+    let mut recs = records();
+    for (i, r) in recs.iter_mut().enumerate() {
+        if let Some(f) = r.flow.as_mut() {
+            f.extras = FlowExtras {
+                pkt_srcaddr: Some(format!("192.0.2.{i}").parse().unwrap()),
+                pkt_dstaddr: Some("2001:db8::77".parse().unwrap()),
+                flow_start: Some(1_700_000_401 + i as i64),
+                flow_end: Some(1_700_000_500),
+                tcp_flags: Some(TCP_FLAG_SYN | TCP_FLAG_FIN),
+            };
+        }
+    }
+    recs
+}
+
+/// A plugin built from the ABI 1.0 header loads, and reads exactly the 18
+/// fields of the records a 1.1 build of the same source reads: the host's
+/// records (extras filled, 248 bytes) start with the 1.0 record (192
+/// bytes), so the older plugin sees the same values and nothing else. The
+/// values are checked against the host's own text form of each record.
+#[test]
+fn an_abi_1_0_plugin_reads_the_18_fields_a_1_1_plugin_reads() {
+    let tmp = TempDir::new("compliance-abi-1-0");
+    let source = workspace_root().join("examples/sink-c/csv_sink.c");
+    let (so_1_0, so_1_1) = (tmp.join("csv-1.0.so"), tmp.join("csv-1.1.so"));
+    build_c_plugin_against(&abi_1_0_include(), &source, &so_1_0, &[]);
+    build_c_plugin(&source, &so_1_1, &[]);
+    let recs = records_with_extras();
+    assert!(recs
+        .iter()
+        .filter_map(|r| r.flow)
+        .all(|f| f.extras.tcp_flags.is_some()));
+
+    let mut outputs = Vec::new();
+    for (so, expected_minor) in [(&so_1_0, 0), (&so_1_1, ABI_MINOR)] {
+        let out = tmp.join(&format!("minor-{expected_minor}.csv"));
+        let options = table(&format!("path = \"{}\"", out.display()));
+        assert_eq!(
+            run_plugin(so, &options, &recs),
+            expected_minor,
+            "{}",
+            so.display()
+        );
+        outputs.push(std::fs::read_to_string(&out).unwrap());
+    }
+    assert_eq!(
+        outputs[0], outputs[1],
+        "1.0 and 1.1 builds read different fields"
+    );
+
+    let mut lines = outputs[0].lines();
+    assert_eq!(lines.next(), Some(format::FIELD_NAMES.join(",").as_str()));
+    let lines: Vec<&str> = lines.collect();
+    assert_eq!(lines.len(), recs.len(), "{}", outputs[0]);
+    for (line, r) in lines.iter().zip(&recs) {
+        let ffi = r.to_ffi();
+        // SAFETY: `r` owns the strings `ffi` points to.
+        let text = format::to_text(&unsafe { RecordView::new(&ffi) });
+        let fields: Vec<&str> = line.split(',').collect();
+        assert_eq!(fields.len(), 18, "{line}");
+        assert_eq!(fields, text.split(' ').collect::<Vec<_>>(), "{line}");
     }
 }

@@ -116,7 +116,7 @@ fn check_config_prints_the_summary() {
         format!("{}: OK", cfg.display()),
         "  eni-bp1a2b3c4d (interface eth0): vswitch vsw-bp1e5f6g, vpc vpc-bp1h7i8j, vm i-bp1k9l0m, account 1234567890123456; captured by: vpc".to_owned(),
         "  vpc: vpc vpc-bp1h7i8j, traffic all, sinks local".to_owned(),
-        format!("  local: plugin \"file\" -> {} (file 0.1.0, ABI 1.0), options OK", plugins.join("file.so").display()),
+        format!("  local: plugin \"file\" -> {} (file 0.1.0, ABI 1.1), options OK", plugins.join("file.so").display()),
     ] {
         assert!(out.contains(&expected), "missing {expected:?} in\n{}", text(&o));
     }
@@ -195,7 +195,7 @@ fn shipped_sample_config_checks_against_built_plugins() {
     assert_eq!(
         section("sinks:"),
         [format!(
-            "  local: plugin \"file\" -> {} (file 0.1.0, ABI 1.0), options OK",
+            "  local: plugin \"file\" -> {} (file 0.1.0, ABI 1.1), options OK",
             plugins.join("file.so").display()
         )]
     );

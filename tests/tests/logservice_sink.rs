@@ -307,6 +307,79 @@ fn every_record_arrives_once_signed_with_all_fields() {
     }
 }
 
+/// With `fields`, each log holds exactly the listed keys, each with its
+/// text-form value (`-` for none): the extras a record carries (read by
+/// `replay` from its input), `type` from the source address, `rule` where
+/// the record has one.
+#[test]
+fn a_field_list_gives_each_log_exactly_its_keys() {
+    let tmp = TempDir::new("sls-fields");
+    let endpoint = SdkEndpoint::start(&tmp, "fields", EndpointArgs::default());
+    const LIST: [&str; 7] = [
+        "eni-id",
+        "type",
+        "srcaddr",
+        "pkt-srcaddr",
+        "bytes",
+        "tcp-flags",
+        "rule",
+    ];
+    let quoted: Vec<String> = LIST.iter().map(|n| format!("\"{n}\"")).collect();
+    let cfg = write_config(
+        &tmp,
+        &sink_options(
+            &tmp,
+            &endpoint,
+            &format!("fields = [{}]\n", quoted.join(", ")),
+        ),
+    );
+    let mut records = varied_records();
+    records[0]["pkt-srcaddr"] = json!("192.0.2.44");
+    records[0]["tcp-flags"] = json!(19);
+    let input = tmp.join("records.jsonl");
+    write_json_lines(&input, &records);
+    let o = replay(&cfg, &input);
+    assert!(
+        o.status.success(),
+        "{}\n--- endpoint\n{}",
+        text(&o),
+        endpoint.stderr_text()
+    );
+    let token = |v: Option<&Value>| match v {
+        None | Some(Value::Null) => "-".to_owned(),
+        Some(Value::String(s)) if s.is_empty() => "-".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    let expected: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            let mut m = Map::new();
+            for field in LIST {
+                let v = match field {
+                    "type" => match r["srcaddr"].as_str() {
+                        None => "-".to_owned(),
+                        Some(a) if a.contains(':') => "IPv6".to_owned(),
+                        Some(_) => "IPv4".to_owned(),
+                    },
+                    _ => token(r.get(field)),
+                };
+                m.insert(field.to_owned(), Value::String(v));
+            }
+            Value::Object(m)
+        })
+        .collect();
+    assert_eq!(expected[0]["tcp-flags"], "19");
+    assert_eq!(expected[101]["rule"], "sg-web:deny-ssh");
+    assert_eq!(expected[100]["type"], "-");
+    let contents: Vec<Value> = endpoint
+        .logs()
+        .iter()
+        .map(|l| l["contents"].clone())
+        .collect();
+    expect_records(&contents, &expected);
+}
+
 #[test]
 fn an_sts_token_and_a_secret_from_the_environment_are_signed() {
     let tmp = TempDir::new("sls-sts");

@@ -36,11 +36,15 @@ fn assert_check_config_refuses(cfg: &std::path::Path, why: &str) {
     );
 }
 
-#[test]
-fn c_example_plugin_loads_and_writes_csv() {
-    let tmp = TempDir::new("c-example");
+/// Builds the C example against the header in `include`, checks that
+/// `flowlogd plugins` lists it as ABI `1.<minor>`, and replays records
+/// (with the minor-1 extras, which the daemon reads and passes on) into it:
+/// it writes the 18 fields of each.
+fn c_example_loads_and_writes_csv(label: &str, include: &std::path::Path, minor: u16) {
+    let tmp = TempDir::new(label);
     let plugins = plugin_dir(&tmp);
-    build_c_plugin(
+    build_c_plugin_against(
+        include,
         &workspace_root().join("examples/sink-c/csv_sink.c"),
         &plugins.join("csv.so"),
         &[],
@@ -58,12 +62,17 @@ fn c_example_plugin_loads_and_writes_csv() {
     let listed = flowlogd(&["plugins", "--config", cfg.to_str().unwrap()]);
     assert!(listed.status.success(), "{}", text(&listed));
     assert!(
-        String::from_utf8_lossy(&listed.stdout).contains("  csv 0.1.0 (ABI 1.0)"),
+        String::from_utf8_lossy(&listed.stdout).contains(&format!("  csv 0.1.0 (ABI 1.{minor})")),
         "{}",
         text(&listed)
     );
 
-    let records = sample_records("eni-1", "vpc-1", 3);
+    let mut records = sample_records("eni-1", "vpc-1", 3);
+    for r in &mut records {
+        r["pkt-srcaddr"] = "192.0.2.9".into();
+        r["flow-start"] = 1_700_000_401.into();
+        r["tcp-flags"] = 19.into();
+    }
     let input = tmp.join("records.jsonl");
     write_json_lines(&input, &records);
     let o = flowlogd(&[
@@ -85,6 +94,99 @@ fn c_example_plugin_loads_and_writes_csv() {
         String::from_utf8_lossy(&o.stderr).contains("sink csv: csv sink opened"),
         "{}",
         text(&o)
+    );
+}
+
+#[test]
+fn c_example_plugin_loads_and_writes_csv() {
+    c_example_loads_and_writes_csv(
+        "c-example",
+        &workspace_root().join("plugin-api/include"),
+        flowlogd_plugin_api::abi::ABI_MINOR,
+    );
+}
+
+/// A plugin built against ABI 1.0 (the old header) keeps loading and gets
+/// the 18 fields, from a daemon whose records carry the 1.1 extras.
+#[test]
+fn an_abi_1_0_plugin_still_loads_and_writes_the_18_fields() {
+    c_example_loads_and_writes_csv("c-example-1-0", &abi_1_0_include(), 0);
+}
+
+/// A 1.0 plugin would get `fields` as an option it does not know: the
+/// daemon refuses that config at the key, in check-config and at start.
+#[test]
+fn fields_for_an_abi_1_0_plugin_is_a_located_error() {
+    let tmp = TempDir::new("c-example-1-0-fields");
+    let plugins = plugin_dir(&tmp);
+    let so = plugins.join("csv.so");
+    build_c_plugin_against(
+        &abi_1_0_include(),
+        &workspace_root().join("examples/sink-c/csv_sink.c"),
+        &so,
+        &[],
+    );
+    let cfg = example_config(
+        &tmp,
+        &plugins,
+        &format!(
+            "[sinks.csv]\nplugin = \"csv\"\npath = \"{}\"\nfields = [\"srcaddr\", \"bytes\"]\n",
+            tmp.join("flows.csv").display()
+        ),
+        &["csv"],
+    );
+    let expected = format!(
+        "{}:{}:1: sinks.csv.fields: plugin \"csv\" ({}) speaks ABI 1.0, which has no field \
+         lists; remove `fields` (the plugin writes what it was built to write) or rebuild the \
+         plugin against ABI 1.1 or later",
+        cfg.display(),
+        line_starting_with(&cfg, "fields"),
+        so.display()
+    );
+    let o = flowlogd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim(),
+        format!("flowlogd: {expected}")
+    );
+    // `replay` starts the sinks as `run` does, through the same check.
+    let input = tmp.join("records.jsonl");
+    write_json_lines(&input, &sample_records("eni-1", "vpc-1", 1));
+    let o = flowlogd(&[
+        "replay",
+        "--config",
+        cfg.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&expected),
+        "{}",
+        text(&o)
+    );
+    assert!(!tmp.join("flows.csv").exists(), "the 1.0 plugin was opened");
+}
+
+#[test]
+fn a_newer_abi_minor_is_refused() {
+    let tmp = TempDir::new("newer-minor");
+    let plugins = plugin_dir(&tmp);
+    build_c_plugin(
+        &workspace_root().join("tests/fixtures/newer_minor_sink.c"),
+        &plugins.join("newer.so"),
+        &[],
+    );
+    let cfg = example_config(&tmp, &plugins, "[sinks.x]\nplugin = \"newer\"\n", &["x"]);
+    let minor = flowlogd_plugin_api::abi::ABI_MINOR;
+    assert_check_config_refuses(
+        &cfg,
+        &format!(
+            "sinks.x: {}: refused: plugin ABI version 1.{} is newer than this flowlogd's ABI \
+             1.{minor}: it would read record fields this flowlogd does not pass; upgrade \
+             flowlogd or rebuild the plugin",
+            plugins.join("newer.so").display(),
+            minor + 1
+        ),
     );
 }
 
@@ -171,7 +273,14 @@ fn wrong_abi_major_is_refused() {
     // lists the good ones.
     let o = flowlogd(&["plugins", "--config", cfg.to_str().unwrap()]);
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("  file 0.1.0 (ABI 1.0)"), "{}", text(&o));
+    assert!(
+        out.contains(&format!(
+            "  file 0.1.0 (ABI 1.{})",
+            flowlogd_plugin_api::abi::ABI_MINOR
+        )),
+        "{}",
+        text(&o)
+    );
     assert!(out.contains("refused:\n"), "{}", text(&o));
     assert!(
         out.contains("bad-abi.so: refused: plugin ABI version 99.0"),

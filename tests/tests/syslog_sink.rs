@@ -633,6 +633,71 @@ fn every_record_arrives_once_in_order_over_tcp() {
     );
 }
 
+/// With `fields`, the message bodies rsyslog receives are the listed
+/// fields: text space separated with `-` for none, JSON with the listed
+/// keys in order and `null`.
+#[test]
+fn message_bodies_follow_the_field_list() {
+    let tmp = TempDir::new("syslog-fields");
+    let r = Rsyslog::start(tmp.path());
+    let case = |name, message| SinkCase {
+        name,
+        transport: "tcp",
+        format: "rfc5424",
+        message,
+        facility: "local5",
+        severity: None,
+        hostname: Some("vm-fields"),
+    };
+    let cases = [case("ft", "text"), case("fj", "json")];
+    let list = "fields = [\"eni-id\", \"type\", \"srcport\", \"tcp-flags\", \"rule\"]";
+    let mut config = DaemonConfig::new(&plugin_dir(&tmp))
+        .eni("eni-1", "eth0", "vpc-1")
+        .flow_log(FlowLog::eni("all", "eni-1").sinks(&["ft", "fj"]));
+    for c in &cases {
+        config = config.toml(&format!("{}\n{list}\n\n", c.toml(&r).trim_end()));
+    }
+    let cfg = config.write(&tmp.join("flowlogd.toml"));
+    let mut records = records(0, 10);
+    records[0]["tcp-flags"] = json!(3);
+    let input = tmp.join("records.jsonl");
+    write_json_lines(&input, &records);
+    let (status, stderr) = finish_replay(spawn_replay(&cfg, &input), Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{stderr}");
+    r.wait_for(&["ft", "fj"], records.len());
+
+    let bodies = |app| -> Vec<String> {
+        r.received(app)
+            .iter()
+            .map(|m| m["msg"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let port = |i: usize| records[i]["srcport"].to_string();
+    let text = bodies("ft");
+    assert_eq!(text.len(), records.len(), "{}", r.diagnostics());
+    assert_eq!(text[0], format!("eni-1 IPv4 {} 3 -", port(0)));
+    assert_eq!(text[1], format!("eni-1 IPv4 {} - -", port(1)));
+    assert_eq!(text[3], "eni-1 - - - -", "NODATA");
+    assert_eq!(text[7], "eni-1 IPv6 40022 - sg-test:deny-ssh", "REJECT");
+    let json = bodies("fj");
+    assert_eq!(json.len(), records.len(), "{}", r.diagnostics());
+    assert_eq!(
+        json[0],
+        format!(
+            "{{\"eni-id\":\"eni-1\",\"type\":\"IPv4\",\"srcport\":{},\"tcp-flags\":3,\"rule\":null}}",
+            port(0)
+        )
+    );
+    assert_eq!(
+        json[3],
+        "{\"eni-id\":\"eni-1\",\"type\":null,\"srcport\":null,\"tcp-flags\":null,\"rule\":null}"
+    );
+    assert_eq!(
+        json[7],
+        "{\"eni-id\":\"eni-1\",\"type\":\"IPv6\",\"srcport\":40022,\"tcp-flags\":null,\"rule\":\"sg-test:deny-ssh\"}"
+    );
+}
+
 #[test]
 fn restarting_rsyslog_mid_stream_loses_nothing() {
     let tmp = TempDir::new("syslog-restart");
@@ -826,7 +891,7 @@ fn check_config_accepts_a_syslog_sink_without_connecting() {
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     let expected = format!(
-        "  sl: plugin \"syslog\" -> {} (syslog 0.1.0, ABI 1.0), options OK",
+        "  sl: plugin \"syslog\" -> {} (syslog 0.1.0, ABI 1.1), options OK",
         plugins.join("syslog.so").display()
     );
     assert!(

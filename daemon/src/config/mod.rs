@@ -5,6 +5,7 @@ mod error;
 mod location;
 mod read;
 mod schema;
+mod sink_fields;
 mod validate;
 
 pub use error::ConfigError;

@@ -307,6 +307,55 @@ fn plugin_errors_point_at_the_option() {
     );
 }
 
+#[test]
+fn sink_fields_are_checked_by_the_daemon() {
+    // Valid lists pass through to the plugin as an ordinary option.
+    let src = format!("{GOOD}fields = [\"srcaddr\", \"tcp-flags\", \"type\"]\n");
+    let c = parse(Path::new("/etc/flowlogd.toml"), &src).unwrap();
+    assert_eq!(
+        c.sinks[0].options["fields"].as_array().map(Vec::len),
+        Some(3)
+    );
+    use flowlogd_plugin_api::{Field, FieldList};
+    assert_eq!(
+        c.sinks[0].field_list().fields(),
+        [Field::Srcaddr, Field::TcpFlags, Field::Type]
+    );
+    let c = parse(Path::new("/etc/flowlogd.toml"), GOOD).unwrap();
+    assert_eq!(c.sinks[0].field_list(), FieldList::default());
+    // An unknown name: its own line and column in a multi-line array.
+    let src = format!("{GOOD}fields = [\n  \"srcaddr\",\n  'tcp_flags',\n]\n");
+    assert_eq!(
+        error_of(&src),
+        "/etc/flowlogd.toml:27:3: sinks.local.fields: unknown field \"tcp_flags\"; known fields: \
+         version, vswitch-id, vm-id, vpc-id, account-id, eni-id, srcaddr, srcport, dstaddr, \
+         dstport, protocol, direction, packets, bytes, start, end, log-status, action, \
+         pkt-srcaddr, pkt-dstaddr, flow-start, flow-end, tcp-flags, type, rule"
+    );
+    // A duplicate: at its second occurrence.
+    let src = format!("{GOOD}fields = [\"bytes\", \"srcaddr\", \"bytes\"]\n");
+    assert_eq!(
+        error_of(&src),
+        "/etc/flowlogd.toml:25:31: sinks.local.fields: field \"bytes\" is listed twice"
+    );
+    let src = format!("{GOOD}fields = []\n");
+    assert_eq!(
+        error_of(&src),
+        "/etc/flowlogd.toml:25:10: sinks.local.fields: expected at least one field name, got an \
+         empty list (leave `fields` out for the default 18 fields)"
+    );
+    let src = format!("{GOOD}fields = \"srcaddr bytes\"\n");
+    assert_eq!(
+        error_of(&src),
+        "/etc/flowlogd.toml:25:10: sinks.local.fields: expected an array of field names"
+    );
+    let src = format!("{GOOD}fields = [\"srcaddr\", 7]\n");
+    assert_eq!(
+        error_of(&src),
+        "/etc/flowlogd.toml:25:10: sinks.local.fields: expected field names (strings), got 7"
+    );
+}
+
 /// GOOD with a `[metadata]` table at its end (its keys on line 27 on).
 fn with_metadata(table: &str) -> String {
     format!("{GOOD}\n[metadata]\n{table}")
@@ -858,7 +907,7 @@ fn tcp_flags_group_follows_the_field_lists() {
     assert_eq!(other.tcp_flags_group(), Some(7));
     let without = GOOD.replace(
         "format = \"text\"",
-        "format = \"text\"\nfields = [\"srcaddr\", \"tcp\"]",
+        "format = \"text\"\nfields = [\"srcaddr\", \"dstaddr\"]",
     );
     assert_eq!(parse(path, &without).unwrap().tcp_flags_group(), None);
 }

@@ -5,12 +5,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use flowlogd_plugin_api::EniIds;
+use flowlogd_plugin_api::fields::FIELDS_KEY;
+use flowlogd_plugin_api::{EniIds, Field, FieldList};
 use toml::Spanned;
 
 use super::location::key_path_at;
 use super::read::read_config;
 use super::schema::*;
+use super::sink_fields::field_list_problem;
 use super::{ConfigError, Location};
 use crate::http_url::HttpUrl;
 use crate::ids::{check_id, IdError};
@@ -200,14 +202,26 @@ pub struct SinkConfig {
     pub location: Location,
 }
 
-/// The field that needs the daemon's own NFLOG rules.
-pub const TCP_FLAGS_FIELD: &str = "tcp-flags";
-
 impl SinkConfig {
-    /// Whether this sink's field list names `tcp-flags`.
+    /// The sink's field list: its `fields` option (checked when the config
+    /// was validated), or the default 18 fields. For the daemon's own
+    /// decisions (which sources a field needs); the plugin reads the same
+    /// option itself.
+    pub fn field_list(&self) -> FieldList {
+        let names: Option<Vec<&str>> = self
+            .options
+            .get(FIELDS_KEY)
+            .and_then(toml::Value::as_array)
+            .and_then(|a| a.iter().map(toml::Value::as_str).collect());
+        names
+            .and_then(|n| FieldList::parse(&n).ok())
+            .unwrap_or_default()
+    }
+
+    /// Whether this sink's field list names `tcp-flags` (which needs the
+    /// daemon's own NFLOG rules).
     pub fn wants_tcp_flags(&self) -> bool {
-        matches!(self.options.get("fields"), Some(toml::Value::Array(fields))
-            if fields.iter().any(|f| f.as_str() == Some(TCP_FLAGS_FIELD)))
+        self.field_list().fields().contains(&Field::TcpFlags)
     }
 }
 
@@ -828,6 +842,11 @@ fn validate_sinks(cx: &Cx<'_>, raw: &RawSinks) -> Result<Vec<SinkConfig>, Config
                     }
                 }
             } else {
+                if k.get_ref() == FIELDS_KEY {
+                    if let Some((span, message)) = field_list_problem(cx.src, v) {
+                        return Err(cx.err(span, format!("{key}.fields"), message));
+                    }
+                }
                 options.insert(k.get_ref().clone(), v.get_ref().clone());
                 option_locations.insert(
                     k.get_ref().clone(),

@@ -83,6 +83,7 @@ impl FfiArgs {
             daemon_version: FfiStr::new(self.host_ctx.daemon_version),
             log: Some(host_log),
             log_ctx: &*self.host_ctx as *const HostContext as *mut c_void,
+            abi_minor: ABI_MINOR,
         }
     }
 }

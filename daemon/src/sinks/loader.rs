@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use flowlogd_plugin_api::abi::{DescriptorFn, FfiDescriptor, ABI_MAJOR, DESCRIPTOR_SYMBOL};
+use flowlogd_plugin_api::abi::{
+    DescriptorFn, FfiDescriptor, ABI_MAJOR, ABI_MINOR, DESCRIPTOR_SYMBOL,
+};
 
 use super::trusted_path::{open_trusted, ComponentKind, TrustedFile, UnsafeReason};
 
@@ -43,6 +45,12 @@ pub enum LoadError {
     AbiMismatch {
         path: PathBuf,
         found_major: u16,
+        found_minor: u16,
+    },
+    /// Same major, but a minor this daemon does not know: the plugin would
+    /// read record fields past the end of the records it is handed.
+    AbiNewer {
+        path: PathBuf,
         found_minor: u16,
     },
     BadDescriptor {
@@ -81,6 +89,14 @@ impl fmt::Display for LoadError {
                 f,
                 "{}: refused: plugin ABI version {found_major}.{found_minor}, this flowlogd speaks ABI {ABI_MAJOR}.x; \
                  rebuild the plugin against this version's flowlogd_sink.h / flowlogd-plugin-api",
+                path.display()
+            ),
+            LoadError::AbiNewer { path, found_minor } => write!(
+                f,
+                "{}: refused: plugin ABI version {ABI_MAJOR}.{found_minor} is newer than this flowlogd's \
+                 ABI {ABI_MAJOR}.{ABI_MINOR}: it would read record fields this flowlogd does not pass; \
+                 upgrade flowlogd or rebuild the plugin against this version's flowlogd_sink.h / \
+                 flowlogd-plugin-api",
                 path.display()
             ),
             LoadError::BadDescriptor { path, reason } => {
@@ -253,6 +269,14 @@ impl PluginLibrary {
             return Err(LoadError::AbiMismatch {
                 path: path.to_owned(),
                 found_major: major,
+                found_minor: minor,
+            });
+        }
+        // Older minors load: their records are a prefix of ours (fields are
+        // only appended). A newer one expects fields we do not fill.
+        if minor > ABI_MINOR {
+            return Err(LoadError::AbiNewer {
+                path: path.to_owned(),
                 found_minor: minor,
             });
         }

@@ -119,12 +119,7 @@ impl FileConfig {
                 ),
             )
         })?;
-        let fields = match &raw.fields {
-            Some(names) => {
-                FieldList::parse(names).map_err(|e| SinkError::config("fields", e.to_string()))?
-            }
-            None => FieldList::default(),
-        };
+        let fields = FieldList::from_option(raw.fields.as_deref())?;
         Ok(FileConfig {
             path,
             format,

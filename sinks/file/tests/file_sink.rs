@@ -585,6 +585,7 @@ fn open_logged(path: &Path, extra: &str, log: &CapturedLog) -> FileSink {
         daemon_version: FfiStr::new("test"),
         log: Some(capture),
         log_ctx: log as *const CapturedLog as *mut c_void,
+        abi_minor: flowlogd_plugin_api::abi::ABI_MINOR,
     };
     // SAFETY: `ffi` is valid and its strings are 'static.
     let host = unsafe { Host::from_ffi(&ffi) };

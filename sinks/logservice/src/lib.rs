@@ -142,6 +142,7 @@ impl Sink for LogServiceSink {
                 topic: config.topic,
                 source,
                 tags: vec![("flowlogd_version".to_owned(), version.to_owned())],
+                fields: config.fields,
             },
             max_batch_records: config.max_batch_records,
             max_batch_bytes: config.max_batch_bytes,

@@ -3,12 +3,15 @@
 //! values (Log Service stores every value as a string). A value is the
 //! record's text-form token, so `-` stands wherever the text form writes
 //! `-` (the flow fields of NODATA / SKIPDATA records, unknown ids), and
-//! `rule` is there only when the record carries one.
+//! `rule` is there only when the record carries one. With a field list
+//! (`fields = [...]`) the contents are the listed fields, in order, each
+//! with its text-form token (`-` where it has no value).
 
 use std::ops::Range;
 
 use aliyun_log_sdk_protobuf::{Log, LogGroup};
-use flowlogd_plugin_api::{format::FIELD_NAMES, RecordView};
+use flowlogd_plugin_api::format::{self, FIELD_NAMES};
+use flowlogd_plugin_api::{FieldList, RecordView};
 
 /// The parts of a `LogGroup` shared by all its logs.
 #[derive(Clone, Debug)]
@@ -16,6 +19,8 @@ pub struct GroupMeta {
     pub topic: String,
     pub source: String,
     pub tags: Vec<(String, String)>,
+    /// The keys of each log.
+    pub fields: FieldList,
 }
 
 impl GroupMeta {
@@ -67,7 +72,7 @@ pub fn split(
     let mut first = 0;
     let mut bytes = base;
     for (i, r) in records.iter().enumerate() {
-        let log = log_of(r);
+        let log = log_of(r, &meta.fields);
         let len = field_len(log_len(&log));
         if !logs.is_empty() && (logs.len() == max_records || bytes + len > max_bytes) {
             requests.push(Request {
@@ -97,8 +102,26 @@ fn id_or_dash(s: &str) -> String {
     }
 }
 
+/// The contents of `r` with `fields`: the listed ones in order, or for the
+/// default list the design's 18 and then `rule` when the record has one.
+pub fn contents(r: &RecordView<'_>, fields: &FieldList) -> Vec<(&'static str, String)> {
+    if fields.is_default() {
+        return default_contents(r);
+    }
+    let flow = r.flow();
+    fields
+        .fields()
+        .iter()
+        .map(|&field| {
+            let mut value = String::new();
+            format::push_text_value(&mut value, format::field_value(r, flow.as_ref(), field));
+            (field.name(), value)
+        })
+        .collect()
+}
+
 /// The contents of `r`, in the design's field order, then `rule`.
-pub fn contents(r: &RecordView<'_>) -> Vec<(&'static str, String)> {
+fn default_contents(r: &RecordView<'_>) -> Vec<(&'static str, String)> {
     let f = r.flow();
     let dash = || "-".to_owned();
     let values: [String; 18] = [
@@ -130,11 +153,11 @@ pub fn contents(r: &RecordView<'_>) -> Vec<(&'static str, String)> {
 
 /// The `Log` of `r`. Its time is the window's start: the record describes
 /// the window, and Log Service indexes and keeps logs by this time.
-pub fn log_of(r: &RecordView<'_>) -> Log {
+pub fn log_of(r: &RecordView<'_>, fields: &FieldList) -> Log {
     // `time` is a uint32 on the wire; a start outside it is not a real
     // capture window, and 0 makes that visible rather than wrapping.
     let mut log = Log::from_unixtime(u32::try_from(r.start()).unwrap_or(0));
-    for (k, v) in contents(r) {
+    for (k, v) in contents(r, fields) {
         log.add_content_kv(k, v);
     }
     log
@@ -183,6 +206,7 @@ mod tests {
             topic: "flowlog".into(),
             source: "192.0.2.10".into(),
             tags: vec![("flowlogd_version".into(), "0.1.0".into())],
+            fields: FieldList::default(),
         }
     }
 
@@ -210,6 +234,37 @@ mod tests {
     }
 
     #[test]
+    fn a_field_list_gives_the_keys_of_the_log() {
+        let fields = FieldList::parse(&["eni-id", "type", "bytes", "tcp-flags", "rule"]).unwrap();
+        let mut recs = records(2);
+        recs[1].flow.as_mut().unwrap().extras.tcp_flags = Some(19);
+        let c = with_views(&recs, |v| {
+            v.iter()
+                .map(|r| {
+                    let kv: Vec<String> = contents(r, &fields)
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    kv.join(" ")
+                })
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(
+            c,
+            [
+                "eni-id=eni-1 type=IPv4 bytes=0 tcp-flags=- rule=-",
+                "eni-id=eni-1 type=IPv4 bytes=1500 tcp-flags=19 rule=-"
+            ]
+        );
+        // The sizes used to split agree with what the listed logs encode to.
+        let mut meta = meta();
+        meta.fields = fields;
+        let requests = with_views(&recs, |v| split(v, &meta, 10, 1 << 20));
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].group.logs()[1].contents().len(), 5);
+    }
+
+    #[test]
     fn nodata_with_rule_has_dashes_and_the_rule() {
         let r = parse_json(
             r#"{"version":1,"vswitch-id":"","vm-id":"i-1","vpc-id":"vpc-1","account-id":"123","eni-id":"eni-1",
@@ -218,7 +273,7 @@ mod tests {
             "rule":"sg-1:deny"}"#,
         )
         .unwrap();
-        let c = with_views(&[r], |v| contents(&v[0]));
+        let c = with_views(&[r], |v| contents(&v[0], &FieldList::default()));
         let text: Vec<String> = c.iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(
             text.join(" "),

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use flowlogd_plugin_api::{Options, SinkError};
+use flowlogd_plugin_api::{FieldList, Options, SinkError};
 use serde::Deserialize;
 
 /// PutLogs takes at most 4096 logs per request.
@@ -68,6 +68,9 @@ pub struct LogServiceOptions {
     pub max_batch_bytes: u64,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u32,
+    /// The keys of each log, in order; absent: the design's 18.
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
 }
 
 /// Where the AccessKey secret (or the STS token) comes from.
@@ -202,6 +205,8 @@ pub struct LogServiceConfig {
     pub max_batch_records: usize,
     pub max_batch_bytes: usize,
     pub timeout: Duration,
+    /// The keys of each log.
+    pub fields: FieldList,
 }
 
 impl LogServiceConfig {
@@ -302,6 +307,7 @@ impl LogServiceConfig {
                 format!("expected 1 to {MAX_TIMEOUT_SECS}, got {}", raw.timeout_secs),
             ));
         }
+        let fields = FieldList::from_option(raw.fields.as_deref())?;
         Ok(LogServiceConfig {
             endpoint,
             project,
@@ -314,6 +320,7 @@ impl LogServiceConfig {
             max_batch_records: raw.max_batch_records as usize,
             max_batch_bytes: raw.max_batch_bytes as usize,
             timeout: Duration::from_secs(raw.timeout_secs.into()),
+            fields,
         })
     }
 }

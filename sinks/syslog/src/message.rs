@@ -1,7 +1,7 @@
 //! One syslog message per record: the header from the `syslog` crate's
 //! formatters, the record's text or JSON form as the message.
 
-use flowlogd_plugin_api::{format, RecordView};
+use flowlogd_plugin_api::{format, FieldList, RecordView};
 use std::collections::BTreeMap;
 
 use syslog::{Formatter3164, Formatter5424, LogFormat, Severity};
@@ -13,6 +13,7 @@ pub struct MessageBuilder {
     header: Header,
     severity: u8,
     body: MessageFormat,
+    fields: FieldList,
 }
 
 enum Header {
@@ -43,6 +44,7 @@ impl MessageBuilder {
             header,
             severity: config.severity,
             body: config.message,
+            fields: config.fields.clone(),
         }
     }
 
@@ -50,8 +52,8 @@ impl MessageBuilder {
     /// the header's timestamp changes from one attempt to the next.
     pub fn body(&self, r: &RecordView<'_>) -> String {
         match self.body {
-            MessageFormat::Text => format::to_text(r),
-            MessageFormat::Json => format::to_json(r),
+            MessageFormat::Text => format::to_text_fields(r, &self.fields),
+            MessageFormat::Json => format::to_json_fields(r, &self.fields),
         }
     }
 
@@ -117,6 +119,44 @@ mod tests {
         // "<134>Mmm dd hh:mm:ss " is 21 bytes, then the tag.
         assert_eq!(&m[20..21], " ", "{m}");
         assert_eq!(m[21..], format!("flowlogd[{pid}]: hello world"));
+    }
+
+    #[test]
+    fn bodies_follow_the_field_list() {
+        use flowlogd_plugin_api::{Action, Direction, EniIds, FlowFields, FlowRecord, LogStatus};
+        let r = FlowRecord {
+            eni: std::sync::Arc::new(EniIds {
+                eni_id: "eni-1".into(),
+                ..Default::default()
+            }),
+            flow: Some(FlowFields {
+                srcaddr: "10.0.0.1".parse().unwrap(),
+                srcport: 1,
+                dstaddr: "10.0.0.2".parse().unwrap(),
+                dstport: 2,
+                protocol: 6,
+                direction: Direction::In,
+                packets: 3,
+                bytes: 4,
+                action: Action::Accept,
+                extras: Default::default(),
+            }),
+            start: 0,
+            end: 600,
+            log_status: LogStatus::Ok,
+            rule: None,
+        };
+        let ffi = r.to_ffi();
+        // SAFETY: `r` outlives the view.
+        let v = unsafe { RecordView::new(&ffi) };
+        let listed = "fields = [\"eni-id\", \"type\", \"bytes\", \"tcp-flags\"]";
+        assert_eq!(builder(listed, None).body(&v), "eni-1 IPv4 4 -");
+        assert_eq!(
+            builder(&format!("message = \"json\"\n{listed}"), None).body(&v),
+            r#"{"eni-id":"eni-1","type":"IPv4","bytes":4,"tcp-flags":null}"#
+        );
+        // No list: the 18 fields, as always.
+        assert_eq!(builder("", None).body(&v), format::to_text(&v));
     }
 
     #[test]

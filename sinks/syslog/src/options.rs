@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use flowlogd_plugin_api::{Options, SinkError};
+use flowlogd_plugin_api::{FieldList, Options, SinkError};
 use serde::Deserialize;
 use syslog::Facility;
 
@@ -77,6 +77,9 @@ pub struct SyslogOptions {
     pub hostname: Option<String>,
     #[serde(default = "default_message")]
     pub message: String,
+    /// The fields of each message body, in order; absent: the design's 18.
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
 }
 
 /// Where messages go.
@@ -132,9 +135,9 @@ pub enum SyslogFormat {
 /// How a record becomes the message's MSG part.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessageFormat {
-    /// The design's 18 fields, space separated (`format::write_text`).
+    /// The listed fields, space separated (`format::to_text_fields`).
     Text,
-    /// One JSON object (`format::to_json`).
+    /// One JSON object with the listed keys (`format::to_json_fields`).
     Json,
 }
 
@@ -151,6 +154,8 @@ pub struct SyslogConfig {
     /// no hostname at all: see [`SyslogConfig::from_options`]).
     pub hostname: Option<String>,
     pub message: MessageFormat,
+    /// The fields of each message body.
+    pub fields: FieldList,
 }
 
 impl SyslogConfig {
@@ -274,6 +279,7 @@ impl SyslogConfig {
                 ))
             }
         };
+        let fields = FieldList::from_option(raw.fields.as_deref())?;
         Ok(SyslogConfig {
             transport,
             format,
@@ -282,6 +288,7 @@ impl SyslogConfig {
             app_name: raw.app_name,
             hostname: raw.hostname,
             message,
+            fields,
         })
     }
 

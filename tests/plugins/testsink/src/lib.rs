@@ -2,13 +2,14 @@
 //! `path`, and can misbehave on demand so the tests can check the daemon's
 //! side of the contract: a slow sink does not block others, RETRY is
 //! retried, REJECTED and panics are counted and reported, a sink that is
-//! down for a while gets its records from the spool.
+//! down for a while gets its records from the spool. It honours `fields`
+//! as a custom Rust plugin would, with `Options::field_list`.
 
 use std::io::Write;
 use std::time::Duration;
 
 use flowlogd_plugin_api::{
-    format, FlushFlags, Host, HostLog, Options, RecordView, Sink, SinkError,
+    format, FieldList, FlushFlags, Host, HostLog, Options, RecordView, Sink, SinkError,
 };
 use serde::Deserialize;
 
@@ -32,16 +33,23 @@ struct TestOptions {
     /// down for as long as a test says.
     #[serde(default)]
     down_while_exists: Option<String>,
+    /// Declared so `deny_unknown_fields` lets it through; read with
+    /// `Options::field_list`.
+    #[serde(default)]
+    #[allow(dead_code)]
+    fields: Option<serde::de::IgnoredAny>,
 }
 
 struct TestSink {
     options: TestOptions,
+    fields: FieldList,
     failures_left: u32,
     log: HostLog,
 }
 
 impl Sink for TestSink {
     fn open(host: &Host, options: &Options) -> Result<Self, SinkError> {
+        let fields = options.field_list()?;
         let options: TestOptions = options.deserialize()?;
         if !options.path.starts_with('/') {
             return Err(SinkError::config("path", "expected an absolute path"));
@@ -49,11 +57,13 @@ impl Sink for TestSink {
         Ok(TestSink {
             failures_left: options.fail_first_writes,
             options,
+            fields,
             log: host.log,
         })
     }
 
     fn check(_host: &Host, options: &Options) -> Result<(), SinkError> {
+        options.field_list()?;
         options.deserialize::<TestOptions>().map(|_| ())
     }
 
@@ -81,7 +91,7 @@ impl Sink for TestSink {
         std::thread::sleep(Duration::from_millis(self.options.delay_ms));
         let mut out = String::new();
         for r in records {
-            out.push_str(&format::to_json(r));
+            format::write_json_fields(&mut out, r, &self.fields);
             out.push('\n');
         }
         let mut f = std::fs::OpenOptions::new()
