@@ -170,6 +170,9 @@ pub struct LoggedPacket<'a> {
     pub outdev: Option<IfIndex>,
     /// The hook that logged it (NFULA_PACKET_HDR); `None` if absent.
     pub hook: Option<PacketHook>,
+    /// When it was received, Unix seconds (NFULA_TIMESTAMP: the kernel
+    /// adds it on the receive hooks when packets are being timestamped).
+    pub timestamp: Option<i64>,
     /// The packet from its network header, cut at the copy range.
     pub payload: &'a [u8],
     /// The packet's connection, on groups bound to attach it (the

@@ -118,7 +118,8 @@ impl RejectCapture {
                 return;
             }
         };
-        table.add_reject(
+        table.add_reject_at(
+            p.timestamp,
             eni,
             direction,
             FlowTuple {

@@ -271,6 +271,7 @@ mod tests {
         LoggedPacket {
             group: 65000,
             prefix: &[],
+            timestamp: None,
             indev: if arriving { dev } else { None },
             outdev: if arriving { None } else { dev },
             hook: Some(if arriving {

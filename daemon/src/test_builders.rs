@@ -111,6 +111,11 @@ pub(crate) trait EntryExt {
     fn counted(self, orig: (u64, u64), reply: (u64, u64)) -> Self;
     /// CTA_TIMESTAMP start.
     fn started(self, ns: u64) -> Self;
+    /// CTA_TIMESTAMP stop (DESTROY events carry it).
+    fn stopped(self, ns: u64) -> Self;
+    /// The reply tuple of a NATed connection: replies come from `src` and
+    /// go to `dst`.
+    fn replied(self, src: &str, src_port: u16, dst: &str, dst_port: u16) -> Self;
 }
 
 impl EntryExt for ConntrackEntry {
@@ -133,6 +138,22 @@ impl EntryExt for ConntrackEntry {
 
     fn started(mut self, ns: u64) -> Self {
         self.start_ns = Some(ns);
+        self
+    }
+
+    fn stopped(mut self, ns: u64) -> Self {
+        self.stop_ns = Some(ns);
+        self
+    }
+
+    fn replied(mut self, src: &str, src_port: u16, dst: &str, dst_port: u16) -> Self {
+        self.reply = Tuple {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            src_port,
+            dst_port,
+            protocol: self.orig.protocol,
+        };
         self
     }
 }

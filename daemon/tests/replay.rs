@@ -14,7 +14,7 @@
 mod harness;
 
 use flowlogd::model::{ConntrackEntry, ConntrackKind};
-use flowlogd::netlink::parsers::parse_conntrack_message;
+use flowlogd::netlink::parsers::{parse_conntrack_message, parse_nflog_packet, Messages};
 use flowlogd_plugin_api::{Action, Direction, FlowRecord, LogStatus};
 use harness::{fixtures, Replay};
 
@@ -367,4 +367,69 @@ fn windows_run_from_start_to_aligned_boundaries() {
             (first_end, first_end + WINDOW_SECS)
         ]
     );
+}
+
+/// flow-start / flow-end are the connections' CTA_TIMESTAMP start and stop
+/// as the fixture carries them, clamped into each window; a connection
+/// alive at a close ends at the window's end; the drops span the times
+/// the kernel received them. The replay starts a few seconds before the TCP
+/// connection began, so that its start falls inside the first window
+/// (the other tests start at an arbitrary time: their windows do not
+/// contain the capture's timestamps).
+#[test]
+fn flow_times_are_the_fixtures_conntrack_timestamps_clamped_to_each_window() {
+    let tcp = destroyed(40000);
+    let secs = |ns: u64| i64::try_from(ns / 1_000_000_000).unwrap();
+    let (start, stop) = (secs(tcp.start_ns.unwrap()), secs(tcp.stop_ns.unwrap()));
+    let started_at = start - 5;
+    let mut replay = Replay::start(CONFIG, started_at);
+    replay.run_fixture("replay.hex");
+    assert_eq!(replay.windows.len(), 2);
+    let span_of = |w: usize, protocol: u8, action: Action| -> Vec<(i64, i64)> {
+        replay.windows[w].per_instance[ALL]
+            .iter()
+            .filter_map(|r| r.flow)
+            .filter(|f| f.protocol == protocol && f.action == action)
+            .map(|f| (f.extras.flow_start.unwrap(), f.extras.flow_end.unwrap()))
+            .collect()
+    };
+    let (w1, w2) = (&replay.windows[0], &replay.windows[1]);
+    assert!(
+        w1.start < start && start < w1.end,
+        "{start} in {}..{}",
+        w1.start,
+        w1.end
+    );
+    // Window 1: begun inside it, alive at its close (both directions).
+    assert_eq!(
+        span_of(0, 6, Action::Accept),
+        [(start, w1.end), (start, w1.end)]
+    );
+    // Window 2: its DESTROY's stop, clamped into the window.
+    let end = stop.clamp(w2.start, w2.end);
+    assert_eq!(
+        span_of(1, 6, Action::Accept),
+        [(w2.start, end), (w2.start, end)]
+    );
+    // The drops span the kernel's NFULA_TIMESTAMPs of the first and last
+    // (within a window of the replay's clock, so they are taken).
+    let logged = nflog_timestamps();
+    assert_eq!(logged.len(), 2, "the fixture logs two drops");
+    assert!(logged.iter().all(|t| (t - started_at).abs() < WINDOW_SECS));
+    let (first, last) = (*logged.iter().min().unwrap(), *logged.iter().max().unwrap());
+    assert_eq!(span_of(0, 17, Action::Reject), [(first, last)]);
+}
+
+/// The NFULA_TIMESTAMP seconds of the fixture's NFLOG packets.
+fn nflog_timestamps() -> Vec<i64> {
+    let text = std::fs::read_to_string(fixtures().join("replay.hex")).unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("nflog:packet "))
+        .map(|hex| {
+            let bytes = from_hex(hex);
+            let message = Messages::new(&bytes).next().unwrap().unwrap();
+            let (packet, _) = parse_nflog_packet(message.payload).unwrap();
+            packet.timestamp.expect("NFULA_TIMESTAMP")
+        })
+        .collect()
 }

@@ -260,7 +260,7 @@ impl<C: Clock> FlowTable<C> {
             in_dump: false,
             epoch: 0,
             last_complete_epoch: None,
-            agg: WindowAggregate::with_limit(sums_limit(DEFAULT_WINDOW_MEMORY_BYTES)),
+            agg: WindowAggregate::with_limit(sums_limit(DEFAULT_WINDOW_MEMORY_BYTES), window.start),
             closing: None,
             stats: FlowStats::default(),
             sums_limit: sums_limit(DEFAULT_WINDOW_MEMORY_BYTES),
@@ -280,9 +280,9 @@ impl<C: Clock> FlowTable<C> {
         self
     }
 
-    /// Empty sums for a window, with this table's bound and settings.
+    /// Empty sums for the open window, with this table's bound and settings.
     fn new_aggregate(&self) -> WindowAggregate {
-        let mut agg = WindowAggregate::with_limit(self.sums_limit);
+        let mut agg = WindowAggregate::with_limit(self.sums_limit, self.window.start);
         agg.set_tcp_flags_capture(self.tcp_flags_on);
         agg
     }
@@ -560,6 +560,8 @@ impl<C: Clock> FlowTable<C> {
     /// `tcp_flags` (`TCP_FLAG_*`) are the dropped packets' own, OR-ed into
     /// the REJECT record (which shows them only while TCP flags capture is
     /// on, see [`FlowTable::set_tcp_flags_capture`]).
+    /// The record's span is the seconds the packets were read (see
+    /// [`FlowTable::add_reject_at`] for the kernel's own time).
     #[allow(clippy::too_many_arguments)] // One call site; a struct for it would be noise.
     pub fn add_reject(
         &mut self,
@@ -571,7 +573,37 @@ impl<C: Clock> FlowTable<C> {
         rule: Option<&Arc<str>>,
         tcp_flags: u8,
     ) {
-        let extras = SumExtras { rule, tcp_flags };
+        self.add_reject_at(None, eni, direction, tuple, packets, bytes, rule, tcp_flags);
+    }
+
+    /// [`FlowTable::add_reject`] of packets the kernel received at `at`
+    /// (Unix seconds, NFULA_TIMESTAMP), if it said: the record spans the
+    /// seconds of its first and last drop. Without it, or with one more
+    /// than a window away from the clock (another clock base, or a clock
+    /// step), the time they were read is said: the loop reads a drop
+    /// within its poll's latency.
+    #[allow(clippy::too_many_arguments)] // As add_reject, and when.
+    pub fn add_reject_at(
+        &mut self,
+        at: Option<i64>,
+        eni: EniIndex,
+        direction: Direction,
+        tuple: FlowTuple,
+        packets: u64,
+        bytes: u64,
+        rule: Option<&Arc<str>>,
+        tcp_flags: u8,
+    ) {
+        let now = self.clock.now_unix();
+        let skew = i64::from(self.window_secs);
+        let when = at.filter(|t| (t - now).abs() <= skew).unwrap_or(now);
+        let extras = SumExtras {
+            rule,
+            tcp_flags,
+            pkt: None,
+            first: Some(when),
+            last: Some(when),
+        };
         self.agg.add_with(
             eni,
             direction,
@@ -640,6 +672,7 @@ impl<C: Clock> FlowTable<C> {
             self.closing.is_none(),
             "begin_close while a close is pending"
         );
+        self.window = CaptureWindow::after(end, self.clock.now_unix(), self.window_secs);
         let fresh = self.new_aggregate();
         let agg = std::mem::replace(&mut self.agg, fresh);
         if let Some(pending) = self.closing.replace(ClosingWindow { window, agg }) {
@@ -652,7 +685,6 @@ impl<C: Clock> FlowTable<C> {
                 .agg
                 .absorb(pending.agg);
         }
-        self.window = CaptureWindow::after(end, self.clock.now_unix(), self.window_secs);
         window
     }
 
@@ -824,7 +856,11 @@ fn delta(f: &FlowEntry, current: &Attributed) -> Option<Attributed> {
 
 /// Adds a connection's new packets to the window, for each ENI it belongs
 /// to, with the tuples as that ENI's wire shows them: what arrives is seen
-/// before NAT, what leaves after it.
+/// before NAT, what leaves after it. Each record also gets the packet's
+/// addresses on the other side of NAT (from the other tuple: equal to its
+/// own without NAT) and the connection's span from its conntrack
+/// timestamps (unknown without nf_conntrack_timestamp: the window's
+/// bounds are said; no stop yet: it goes on past the harvest).
 fn harvest(agg: &mut WindowAggregate, enis: Attribution, e: &ConntrackEntry, d: Attributed) {
     let (o, r) = (&e.orig, &e.reply);
     let tuple = |src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16| FlowTuple {
@@ -834,34 +870,44 @@ fn harvest(agg: &mut WindowAggregate, enis: Attribution, e: &ConntrackEntry, d: 
         dst_port,
         protocol: o.protocol,
     };
+    let secs = |ns: u64| i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX);
+    let extras = |pkt_src: IpAddr, pkt_dst: IpAddr| SumExtras {
+        pkt: Some((pkt_src, pkt_dst)),
+        first: e.start_ns.map(secs),
+        last: e.stop_ns.map(secs),
+        ..SumExtras::default()
+    };
+    let mut add = |eni, direction, t, counts, x| {
+        agg.add_with(eni, direction, Action::Accept, t, counts, x);
+    };
     if let Some(eni) = enis.outbound {
-        // Leaves as the reply tuple reversed (after SNAT); replies arrive
-        // as the reply tuple.
+        // Leaves as the reply tuple reversed (after SNAT), was sent as the
+        // original tuple; replies arrive as the reply tuple and are
+        // delivered as the original tuple reversed.
         let out = tuple(r.dst, r.dst_port, r.src, r.src_port);
         let back = tuple(r.src, r.src_port, r.dst, r.dst_port);
-        agg.add(eni, Direction::Out, Action::Accept, out, (d[0], d[1]), None);
-        agg.add(eni, Direction::In, Action::Accept, back, (d[2], d[3]), None);
+        add(eni, Direction::Out, out, (d[0], d[1]), extras(o.src, o.dst));
+        add(eni, Direction::In, back, (d[2], d[3]), extras(o.dst, o.src));
     }
     if let Some(eni) = enis.inbound {
-        // Arrives as the original tuple (before DNAT); replies leave as
-        // the original tuple reversed (after un-DNAT).
+        // Arrives as the original tuple (before DNAT), is delivered as the
+        // reply tuple reversed; replies leave as the original tuple
+        // reversed (after un-DNAT), were sent as the reply tuple.
         let arrive = tuple(o.src, o.src_port, o.dst, o.dst_port);
         let back = tuple(o.dst, o.dst_port, o.src, o.src_port);
-        agg.add(
+        add(
             eni,
             Direction::In,
-            Action::Accept,
             arrive,
             (d[0], d[1]),
-            None,
+            extras(r.dst, r.src),
         );
-        agg.add(
+        add(
             eni,
             Direction::Out,
-            Action::Accept,
             back,
             (d[2], d[3]),
-            None,
+            extras(r.src, r.dst),
         );
     }
 }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use flowlogd_plugin_api::{Action, Direction, FlowFields, FlowRecord, LogStatus};
+use flowlogd_plugin_api::{Action, Direction, FlowExtras, FlowFields, FlowRecord, LogStatus};
 
 use super::*;
 use crate::config::{EniMatch, FlowLogConfig, ResourceType, TrafficFilter};
@@ -18,6 +18,7 @@ use crate::flows::{
 use crate::model::{ConntrackEntry, ConntrackKind, IfIndex, MacAddr, RouteEvent};
 use crate::test_builders::{addr, conn, eni, flow_log, link, loopback, EntryExt, MAC_B};
 
+mod extras;
 mod tcp_flags;
 
 /// What the loop does with a closed window (or an early emit): the flow
@@ -199,13 +200,31 @@ fn eni_statuses(w: &WindowRecords, instance: usize) -> Vec<(&str, LogStatus)> {
         .collect()
 }
 
-/// The OK records of one ENI in one instance.
+/// The OK records of one ENI in one instance, without the fields beyond
+/// the 18 (`FlowExtras`: the tests in `tests/extras.rs` and
+/// `tests/tcp_flags.rs` check those).
 fn flows_of(w: &WindowRecords, instance: usize, eni_id: &str) -> Vec<FlowFields> {
+    flows_with_extras_of(w, instance, eni_id)
+        .into_iter()
+        .map(bare)
+        .collect()
+}
+
+/// The OK records of one ENI in one instance as they are.
+fn flows_with_extras_of(w: &WindowRecords, instance: usize, eni_id: &str) -> Vec<FlowFields> {
     records(w, instance)
         .iter()
         .filter(|r| r.eni.eni_id == eni_id && r.log_status == LogStatus::Ok)
         .map(|r| r.flow.unwrap())
         .collect()
+}
+
+/// `f` without its fields beyond the 18.
+fn bare(f: FlowFields) -> FlowFields {
+    FlowFields {
+        extras: Default::default(),
+        ..f
+    }
 }
 
 /// The NODATA / SKIPDATA records of one ENI in one instance.
@@ -1385,7 +1404,14 @@ fn expected(reg: &EniRegistry, adds: &[Add]) -> WindowRecords {
             packets,
             bytes,
             action,
-            extras: Default::default(),
+            // Not NATed, no times given: the window's bounds.
+            extras: FlowExtras {
+                pkt_srcaddr: Some(t.src),
+                pkt_dstaddr: Some(t.dst),
+                flow_start: Some(WINDOW.start),
+                flow_end: Some(WINDOW.end),
+                tcp_flags: None,
+            },
         };
         record(eni, Some(flow), LogStatus::Ok)
     };
@@ -1990,7 +2016,7 @@ fn flow_key(eni: &str, flow: FlowFields) -> FlowKey {
     let bare = FlowFields {
         packets: 0,
         bytes: 0,
-        ..flow
+        ..bare(flow)
     };
     (eni.to_string(), format!("{bare:?}"))
 }

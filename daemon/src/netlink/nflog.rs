@@ -37,6 +37,7 @@ const NF_INET_FORWARD: u8 = 2;
 const NF_INET_LOCAL_OUT: u8 = 3;
 const NF_INET_POST_ROUTING: u8 = 4;
 const NFGENMSG_LEN: usize = 4;
+const NFULA_TIMESTAMP: u16 = 3;
 const NFULA_IFINDEX_INDEV: u16 = 4;
 const NFULA_IFINDEX_OUTDEV: u16 = 5;
 const NFULA_PAYLOAD: u16 = 9;
@@ -307,6 +308,13 @@ fn be32(b: &[u8]) -> Option<u32> {
 }
 
 /// Parses one NFULNL_MSG_PACKET payload (after the netlink header): the
+/// struct nfulnl_msg_packet_timestamp: seconds and microseconds, each a
+/// big-endian 64-bit number; the seconds.
+fn timestamp_secs(b: &[u8]) -> Option<i64> {
+    let sec = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+    i64::try_from(sec).ok()
+}
+
 /// nfgenmsg, then the attributes. Returns the packet and its NFULA_SEQ.
 ///
 /// # Errors
@@ -320,6 +328,7 @@ pub fn parse_packet(payload: &[u8]) -> Result<(LoggedPacket<'_>, Option<u32>), N
     let mut packet = LoggedPacket {
         group,
         prefix: &[],
+        timestamp: None,
         indev: None,
         outdev: None,
         hook: None,
@@ -342,6 +351,7 @@ pub fn parse_packet(payload: &[u8]) -> Result<(LoggedPacket<'_>, Option<u32>), N
             .ok_or(NflogParseError::Truncated)?;
         match kind {
             NFULA_PACKET_HDR => packet.hook = value.get(2).and_then(|&h| hook(h)),
+            NFULA_TIMESTAMP => packet.timestamp = timestamp_secs(value),
             NFULA_IFINDEX_INDEV => packet.indev = be32(value).map(IfIndex),
             NFULA_IFINDEX_OUTDEV => packet.outdev = be32(value).map(IfIndex),
             NFULA_PAYLOAD => {

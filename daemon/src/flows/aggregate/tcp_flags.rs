@@ -8,7 +8,9 @@
 
 use std::collections::HashMap;
 
-use super::{map_bytes, map_bytes_growing, AnyKey, SumHasher, Sums, V4Key, V6Key};
+use super::keys::{AnyKey, RecordKey, V4Key, V6Key};
+use super::tables::{SumTables, Sums};
+use super::{map_bytes, map_bytes_growing, SumHasher};
 use crate::eni::EniIndex;
 
 /// Flags waiting for their ACCEPT sums, per record key.
@@ -51,24 +53,53 @@ impl PendingTcpFlags {
         self.v4.len() + self.v6.len()
     }
 
-    /// ORs the flags into the sums of their keys and forgets the flags
-    /// that found one: those sums are about to be emitted, and flags seen
-    /// later go with the record the connection's later counters make.
-    pub(super) fn apply_to(&mut self, sums4: &mut Sums<V4Key>, sums6: &mut Sums<V6Key>) {
-        self.v4.retain(|k, flags| match sums4.get_mut(k) {
+    /// ORs the flags into the sums of their keys (the plain record and any
+    /// NATed ones of the same ENI-side key) and forgets the flags that
+    /// found one: those sums are about to be emitted, and flags seen later
+    /// go with the record the connection's later counters make.
+    pub(super) fn apply_to(&mut self, sums: &mut SumTables) {
+        if self.len() == 0 {
+            return;
+        }
+        let mut used = Vec::new();
+        self.apply_to_nat(&mut sums.nat4, &mut used);
+        self.apply_to_nat(&mut sums.nat6, &mut used);
+        self.v4.retain(|k, flags| match sums.v4.get_mut(k) {
             Some(sum) => {
                 sum.or_tcp_flags(*flags);
                 false
             }
             None => true,
         });
-        self.v6.retain(|k, flags| match sums6.get_mut(k) {
+        self.v6.retain(|k, flags| match sums.v6.get_mut(k) {
             Some(sum) => {
                 sum.or_tcp_flags(*flags);
                 false
             }
             None => true,
         });
+        for key in used {
+            match key {
+                AnyKey::V4(k) => self.v4.remove(&k),
+                AnyKey::V6(k) => self.v6.remove(&k),
+            };
+        }
+    }
+
+    /// ORs flags into NATed sums by their plain key, noting the keys used
+    /// (not removed yet: several NATed records may share one).
+    fn apply_to_nat<K: RecordKey>(&self, nat: &mut Sums<K>, used: &mut Vec<AnyKey>) {
+        for (k, sum) in nat.iter_mut() {
+            let plain = k.plain();
+            let flags = match &plain {
+                AnyKey::V4(p) => self.v4.get(p),
+                AnyKey::V6(p) => self.v6.get(p),
+            };
+            if let Some(&flags) = flags {
+                sum.or_tcp_flags(flags);
+                used.push(plain);
+            }
+        }
     }
 
     /// Empties it; returns how many keys it held.

@@ -20,7 +20,7 @@ fn tcp(src: &str, src_port: u16, dst: &str, dst_port: u16) -> FlowTuple {
 /// The `tcp_flags` of eni-a's OK record of `action` in `direction` whose
 /// port on eni-a's side is `a_port`, in instance ALL.
 fn flags_of(w: &WindowRecords, action: Action, direction: Direction, a_port: u16) -> Option<u8> {
-    let found: Vec<Option<u8>> = flows_of(w, ALL, "eni-a")
+    let found: Vec<Option<u8>> = flows_with_extras_of(w, ALL, "eni-a")
         .into_iter()
         .filter(|f| f.action == action && f.direction == direction)
         .filter(|f| {
@@ -206,4 +206,38 @@ fn flags_past_the_memory_bound_are_dropped_and_counted() {
     assert!(unmatched > 100, "{unmatched} kept");
     assert!(dropped > 0, "none dropped: the bound did not count them");
     assert_eq!(unmatched + dropped, 2000);
+}
+
+#[test]
+fn flags_go_to_every_accept_record_of_their_key_natted_or_not() {
+    let mut f = Fixture::new(1000);
+    f.table.set_tcp_flags_capture(true);
+    let a = f.eni("eni-a");
+    // Leaving eni-a as A:61000 -> R:443: once masqueraded from a
+    // container, once from the host itself.
+    f.table
+        .add_tcp_flags(a, Out, tcp(A, 61000, R, 443), TCP_FLAG_SYN);
+    for (id, inside) in [(1, "172.17.0.2"), (2, A)] {
+        f.event(
+            conn(id, TCP, inside, 40000, R, 443)
+                .replied(R, 443, A, 61000)
+                .kind(Destroy)
+                .counted((2, 120), (1, 60)),
+        );
+    }
+    let deadline = f.table.next_deadline();
+    f.clock.set(deadline);
+    let d = f.table.close_window(&f.reg, deadline);
+    assert_eq!(d.tcp_flags_unused(), (0, 0));
+    let w = f.route(d).collect_all();
+    let out: Vec<(Option<IpAddr>, Option<u8>)> = flows_with_extras_of(&w, ALL, "eni-a")
+        .into_iter()
+        .filter(|f| f.direction == Out)
+        .map(|f| (f.extras.pkt_srcaddr, f.extras.tcp_flags))
+        .collect();
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(
+        out.iter().all(|&(_, flags)| flags == Some(TCP_FLAG_SYN)),
+        "{out:?}"
+    );
 }
