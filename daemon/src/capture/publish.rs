@@ -88,7 +88,10 @@ impl MetricsPublisher {
             let r = rejects.stats();
             NflogCounters {
                 // The socket's packets, less the tcp-flags group's.
-                packets: s.nflog.entries - flags.map_or(0, |f| f.packets),
+                packets: s
+                    .nflog
+                    .entries
+                    .saturating_sub(flags.map_or(0, |f| f.packets)),
                 overruns: s.nflog.overruns,
                 sequence_gaps: s.nflog_sequence_gaps,
                 malformed: s.nflog.parse_errors,
