@@ -203,21 +203,6 @@ pub struct SinkConfig {
 }
 
 impl SinkConfig {
-    /// The sink's field list: its `fields` option (checked when the config
-    /// was validated), or the default 18 fields. For the daemon's own
-    /// decisions (which sources a field needs); the plugin reads the same
-    /// option itself.
-    pub fn field_list(&self) -> FieldList {
-        let names: Option<Vec<&str>> = self
-            .options
-            .get(FIELDS_KEY)
-            .and_then(toml::Value::as_array)
-            .and_then(|a| a.iter().map(toml::Value::as_str).collect());
-        names
-            .and_then(|n| FieldList::parse(&n).ok())
-            .unwrap_or_default()
-    }
-
     /// Whether this sink's field list names `tcp-flags` (which needs the
     /// daemon's own NFLOG rules).
     pub fn wants_tcp_flags(&self) -> bool {
@@ -266,6 +251,23 @@ impl Config {
             }),
             message: message.to_owned(),
         }
+    }
+}
+
+impl SinkConfig {
+    /// The sink's field list: its `fields` option (checked when the config
+    /// was validated), or the default 18 fields. For the daemon's own
+    /// decisions (which sources a field needs); the plugin reads the same
+    /// option itself.
+    pub fn field_list(&self) -> FieldList {
+        let names: Option<Vec<&str>> = self
+            .options
+            .get(FIELDS_KEY)
+            .and_then(toml::Value::as_array)
+            .and_then(|a| a.iter().map(toml::Value::as_str).collect());
+        names
+            .and_then(|n| FieldList::parse(&n).ok())
+            .unwrap_or_default()
     }
 }
 
