@@ -6,6 +6,7 @@
 //! kernel's counters on its own tcp_flags_* rules.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use flowlogd_tests::netns::{DaemonProcess, LineProcess, Netns};
@@ -442,4 +443,69 @@ fn a_port_forward_is_placed_or_marked() {
             "{records:#?}"
         );
     }
+}
+
+/// `check-config` (no root needed) says when a field list turns tcp-flags
+/// capture on and on which group, says nothing of it otherwise, and refuses
+/// it without the daemon's table, at the sink's `fields` line.
+#[test]
+fn check_config_tells_of_tcp_flags_and_refuses_it_without_the_table() {
+    let tmp = TempDir::new("fl21t-check");
+    let plugins = plugin_dir(&tmp);
+    let write = |name: &str, daemon: &str, fields: &str| {
+        let path = tmp.join(name);
+        let text = DaemonConfig::new(&plugins)
+            .daemon_key(daemon)
+            .eni("eni-1", "eth0", "vpc-1")
+            .flow_log(FlowLog::vpc("all", "vpc-1").sinks(&["local"]))
+            .toml(&format!(
+                "[sinks.local]\nplugin = \"file\"\npath = \"{}\"\nformat = \"json\"\n{fields}\n",
+                tmp.join("flow.jsonl").display()
+            ))
+            .write(&path);
+        text.to_str().unwrap().to_owned()
+    };
+    let line = "tcp-flags: a sink's field list names it";
+    let on = write(
+        "on.toml",
+        "tcp_flags_nflog_group = 321",
+        r#"fields = ["srcaddr", "tcp-flags"]"#,
+    );
+    let o = flowlogd(&["check-config", "--config", &on]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "{line}: table inet flowlogd will copy TCP SYN, FIN and RST headers to NFLOG group 321"
+        )),
+        "{}",
+        text(&o)
+    );
+    let off = write("off.toml", "", r#"fields = ["srcaddr", "dstaddr"]"#);
+    let o = flowlogd(&["check-config", "--config", &off]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains(line),
+        "{}",
+        text(&o)
+    );
+
+    let refused = write(
+        "refused.toml",
+        "install_tracking_table = false",
+        r#"fields = ["tcp-flags"]"#,
+    );
+    let o = flowlogd(&["check-config", "--config", &refused]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let at = line_starting_with(Path::new(&refused), "fields = ");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim_end(),
+        format!(
+            "flowlogd: {refused}:{at}:1: sinks.local.fields: tcp-flags needs the daemon's nftables table inet \
+             flowlogd, where it logs TCP control packets, but daemon.install_tracking_table = false; set it to \
+             true or leave tcp-flags out"
+        ),
+        "{}",
+        text(&o)
+    );
 }
