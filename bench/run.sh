@@ -39,7 +39,13 @@ usage: bash bench/run.sh [options]
                          of --op-rate new flows/s, all flows live, then start again),
                          reload (SIGHUP 3 s after the traffic), flood (--flood-secs of
                          distinct flows at --op-rate with window_memory_bytes scaled
-                         down as the window is) [ct ct-scrape nflog stop reload flood]
+                         down as the window is); tcp and tcp-flags (TCP connect/close
+                         flows at --tcp-steps, flowlogd only: without and with a field
+                         list naming tcp-flags, so the rules copy every SYN, FIN and
+                         RST to the daemon; the pair is the CPU cost of tcp-flags per
+                         million connections) [ct ct-scrape nflog stop reload flood tcp tcp-flags]
+  --tcp-steps "R ..."    TCP connections per second of the tcp and tcp-flags kinds
+                         [2000 5000]
   --op-rate R            new UDP flows per second of stop, reload, flood [100000]
   --op-secs S            seconds of traffic before the stop or reload [10]
   --flood-secs S         seconds of the flood, of the 600 s default window: the
@@ -73,11 +79,12 @@ EOF
 SMOKE=0
 STEPS="10000 50000 100000 max"
 STEP_SECS=10
-KINDS="ct ct-scrape nflog stop reload flood"
+KINDS="ct ct-scrape nflog stop reload flood tcp tcp-flags"
 OP_RATE=100000
 OP_SECS=10
 FLOOD_SECS=60
 PPF=1
+TCP_STEPS="2000 5000"
 LONG_SECS=60
 LONG_FLOWS=25000
 LONG_DROPS=25000
@@ -105,6 +112,7 @@ while (($#)); do
         --op-secs) OP_SECS="$2"; shift ;;
         --flood-secs) FLOOD_SECS="$2"; shift ;;
         --packets-per-flow) PPF="$2"; shift ;;
+        --tcp-steps) TCP_STEPS="$2"; shift ;;
         --long-secs) LONG_SECS="$2"; shift ;;
         --long-flows) LONG_FLOWS="$2"; shift ;;
         --long-drops) LONG_DROPS="$2"; shift ;;
@@ -366,9 +374,16 @@ settle() {
 # The shipped defaults, but for what the bench namespace needs: the
 # listeners share one ct table, and a max step keeps two million entries.
 # FLOWLOGD_EXTRA adds [daemon] keys for one run (the flood's scaled bound).
+# FLOWLOGD_TCP_FLAGS=1 gives the sink the 18 fields and tcp-flags, which
+# needs the daemon's own table (its tcp-flags rules live there).
 FLOWLOGD_EXTRA=""
+FLOWLOGD_TCP_FLAGS=0
 write_flowlogd_config() {  # dir window
-    local dir=$1 window=$2
+    local dir=$1 window=$2 tracking="install_tracking_table = false" fields=""
+    if ((FLOWLOGD_TCP_FLAGS)); then
+        tracking="install_tracking_table = true"
+        fields='fields = ["version", "vswitch-id", "vm-id", "vpc-id", "account-id", "eni-id", "srcaddr", "srcport", "dstaddr", "dstport", "protocol", "direction", "packets", "bytes", "start", "end", "log-status", "action", "tcp-flags"]'
+    fi
     mkdir -p "$dir/plugins" "$dir/state"
     cp "$BIN/libflowlogd_sink_file.so" "$dir/plugins/file.so"
     chmod 0644 "$dir/plugins/file.so"
@@ -379,8 +394,9 @@ plugin_dir = "$dir/plugins"
 state_dir = "$dir/state"
 nflog_groups = [$NFLOG_GROUP]
 log_level = "info"
-# The benchmark's own table references ct (the same for every listener).
-install_tracking_table = false
+# The benchmark's own table references ct (the same for every listener);
+# with tcp-flags the daemon's table is needed too.
+$tracking
 max_flows = 10000000
 $FLOWLOGD_EXTRA
 
@@ -404,6 +420,7 @@ plugin = "file"
 path = "$dir/flowlogd.jsonl"
 format = "json"
 rotate_bytes = 0
+$fields
 EOF
 }
 
@@ -708,8 +725,8 @@ else
                 # Metrics are flowlogd's: the other listeners' rows would
                 # repeat ct's.
                 ct-scrape) flows=$step drops=0 op=scrape ;;
-                stop | reload | flood) continue ;;
-                *) die "unknown kind $kind (ct, ct-scrape, nflog, stop, reload, flood)" ;;
+                stop | reload | flood | tcp | tcp-flags) continue ;;
+                *) die "unknown kind $kind (ct, ct-scrape, nflog, stop, reload, flood, tcp, tcp-flags)" ;;
             esac
             label="$kind $step"
             [[ $step == max && -z $op ]] && run_one "$label" "$kind" none "$STEP_SECS" "$flows" "$drops" 0 "$PPF" 3600 30
@@ -725,6 +742,18 @@ else
                 for l in $LISTENERS; do
                     run_one "$kind under load ($OP_RATE/s, ${OP_SECS} s)" ct "$l" "$OP_SECS" "$OP_RATE" 0 0 "$PPF" 600 30 "$kind"
                 done
+                ;;
+            tcp | tcp-flags)
+                # flowlogd alone: ulogd2 has no tcp-flags to compare.
+                [[ " $LISTENERS " == *" flowlogd "* ]] || continue
+                [[ $kind == tcp-flags ]] && FLOWLOGD_TCP_FLAGS=1
+                for step in $TCP_STEPS; do
+                    run_one "$kind $step conn/s" tcp flowlogd "$STEP_SECS" 0 0 "$step" "$PPF" 3600 30
+                done
+                FLOWLOGD_TCP_FLAGS=0
+                # Its table stays after a stop (as it should on a VM): the
+                # runs after this one must not pay for its rules.
+                in_vm nft delete table inet flowlogd 2>/dev/null || true
                 ;;
             flood)
                 # A full default window (600 s) scaled down to FLOOD_SECS:

@@ -31,6 +31,7 @@ pub mod signals;
 pub mod sinks;
 pub mod startup;
 pub mod state_file;
+pub mod tcp_flags;
 #[cfg(test)]
 pub(crate) mod test_builders;
 pub mod tracking;

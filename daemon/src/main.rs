@@ -265,6 +265,12 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         "capture window: {} s, aligned to the wall clock; max_flows {}; nflog groups {:?}",
         d.capture_window_secs, d.max_flows, d.nflog_groups
     );
+    if let Some(group) = config.tcp_flags_group() {
+        println!(
+            "tcp-flags: a sink's field list names it: table inet flowlogd will copy TCP SYN, FIN and RST \
+             headers to NFLOG group {group}"
+        );
+    }
     println!("{state_dir_line}");
     print_enis(&config);
     println!("flow logs:");

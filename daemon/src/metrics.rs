@@ -23,5 +23,5 @@ pub(crate) use server::read_bounded;
 pub use server::{MetricsServer, MAX_REQUEST_BYTES, REQUEST_TIMEOUT};
 pub use snapshot::{
     EniSkips, FlowLogRecords, Histogram, LoopCounters, NflogCounters, Snapshot, SnapshotCell,
-    WindowOutput, CLOSE_SECONDS_BUCKETS, PUBLISH_INTERVAL,
+    TcpFlagsCounters, WindowOutput, CLOSE_SECONDS_BUCKETS, PUBLISH_INTERVAL,
 };

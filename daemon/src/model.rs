@@ -168,11 +168,38 @@ pub struct LoggedPacket<'a> {
     pub indev: Option<IfIndex>,
     /// Interface it was leaving by (output, forward, postrouting hooks).
     pub outdev: Option<IfIndex>,
+    /// The hook that logged it (NFULA_PACKET_HDR); `None` if absent.
+    pub hook: Option<PacketHook>,
     /// When it was received, Unix seconds (NFULA_TIMESTAMP: the kernel
     /// adds it on the receive hooks when packets are being timestamped).
     pub timestamp: Option<i64>,
     /// The packet from its network header, cut at the copy range.
     pub payload: &'a [u8],
+    /// The packet's connection, on groups bound to attach it (the
+    /// tcp-flags group); `None` elsewhere and for packets without one.
+    pub conntrack: Option<LoggedConntrack>,
+}
+
+/// Where in the IP stack a packet was logged. The devices alone do not say:
+/// a forwarded packet has its input device also in postrouting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketHook {
+    PreRouting,
+    LocalIn,
+    Forward,
+    LocalOut,
+    PostRouting,
+}
+
+/// The conntrack entry NFLOG attached to a logged packet (NFULA_CT and
+/// NFULA_CT_INFO): its tuples as the kernel keys them, which hold the
+/// addresses before NAT that the packet's own headers may no longer show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoggedConntrack {
+    pub orig: Tuple,
+    pub reply: Tuple,
+    /// The packet travels in the reply direction.
+    pub is_reply: bool,
 }
 
 // What the ECS metadata service said, as the metadata worker hands it to

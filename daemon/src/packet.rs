@@ -19,6 +19,37 @@ pub struct PacketHeaders {
     /// The packet's IP-layer length from its header (total length / payload
     /// length + 40), not the captured length, which the copy range cuts.
     pub ip_len: u64,
+    /// The TCP header's flags byte (CWR ECE URG ACK PSH RST SYN FIN), for a
+    /// TCP first fragment copied far enough; see [`aws_tcp_flags`].
+    pub tcp_flags: Option<u8>,
+}
+
+// The TCP header's flags byte (RFC 9293), at offset 13.
+const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// The flags of one TCP packet as the `tcp-flags` field encodes them (as
+/// AWS VPC flow logs do): FIN 1, SYN 2, RST 4, and SYN-ACK 18 (SYN with the
+/// ACK bit, 2 + 16) so that the answer to a SYN is told from the SYN. ACK
+/// alone and the other bits are not recorded: every packet but the first
+/// carries ACK. A window's value is the OR over its packets.
+pub fn aws_tcp_flags(raw: u8) -> u8 {
+    let syn_ack = if raw & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+        TCP_ACK
+    } else {
+        0
+    };
+    raw & (TCP_FIN | TCP_SYN | TCP_RST) | syn_ack
+}
+
+/// The flags byte of the TCP header at `at`, if `b` reaches it.
+fn tcp_flags_at(b: &[u8], at: usize, protocol: u8, first_fragment: bool) -> Option<u8> {
+    (protocol == crate::model::ipproto::TCP && first_fragment)
+        .then(|| b.get(at + TCP_FLAGS_OFFSET).copied())
+        .flatten()
 }
 
 /// Why a payload could not be read.
@@ -107,6 +138,7 @@ fn parse_ipv4(b: &[u8]) -> Result<PacketHeaders, PacketError> {
         dst_port,
         protocol,
         ip_len: u64::from(total_len),
+        tcp_flags: tcp_flags_at(b, ihl, protocol, fragment_offset == 0),
     })
 }
 
@@ -153,6 +185,7 @@ fn parse_ipv6(b: &[u8]) -> Result<PacketHeaders, PacketError> {
         dst_port,
         protocol: next,
         ip_len: 40 + u64::from(payload_len),
+        tcp_flags: tcp_flags_at(b, at, next, first_fragment),
     })
 }
 
@@ -182,7 +215,64 @@ mod tests {
         ];
         p.extend_from_slice(&[0x9c, 0x40, 0x00, 0x16]);
         p.extend_from_slice(&[0; 36]);
+        // Data offset 10 words, flags SYN.
+        p[20 + 12] = 0xa0;
+        p[20 + 13] = 0x02;
         p
+    }
+
+    #[test]
+    fn tcp_flags_in_the_aws_encoding() {
+        // (raw flags byte, encoded): FIN 1, SYN 2, RST 4, SYN-ACK 18; ACK,
+        // PSH, URG, ECE and CWR are left out.
+        for (raw, aws) in [
+            (0x02, 2),  // SYN
+            (0x12, 18), // SYN-ACK
+            (0xc2, 2),  // SYN with ECE and CWR (ECN setup)
+            (0x11, 1),  // FIN-ACK
+            (0x19, 1),  // FIN-PSH-ACK
+            (0x04, 4),  // RST
+            (0x14, 4),  // RST-ACK
+            (0x10, 0),  // ACK
+            (0x18, 0),  // PSH-ACK (data)
+            (0x13, 19), // SYN-ACK-FIN (a test of the OR, not a real packet)
+        ] {
+            assert_eq!(aws_tcp_flags(raw), aws, "{raw:#04x}");
+        }
+    }
+
+    #[test]
+    fn tcp_flags_are_read_from_the_tcp_header() {
+        let mut p = tcp_syn_v4();
+        assert_eq!(parse(&p).unwrap().tcp_flags, Some(0x02));
+        p[20 + 13] = 0x11;
+        assert_eq!(parse(&p).unwrap().tcp_flags, Some(0x11));
+        // Cut before the flags byte: the tuple is known, the flags are not.
+        assert_eq!(parse(&p[..20 + 13]).unwrap().tcp_flags, None);
+        assert_eq!(parse(&p[..20 + 14]).unwrap().tcp_flags, Some(0x11));
+        // Not TCP, or not the first fragment: no TCP header to read.
+        let mut udp = p.clone();
+        udp[9] = UDP;
+        assert_eq!(parse(&udp).unwrap().tcp_flags, None);
+        let mut fragment = p.clone();
+        fragment[7] = 0x10;
+        assert_eq!(parse(&fragment).unwrap().tcp_flags, None);
+    }
+
+    #[test]
+    fn ipv6_tcp_flags_after_an_extension_header() {
+        let mut p = vec![0x60, 0, 0, 0, 0x00, 0x1c, HOPOPTS, 64];
+        p.extend_from_slice(&"fd00::1".parse::<Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(&"fd00::2".parse::<Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(&[crate::model::ipproto::TCP, 0, 0, 0, 0, 0, 0, 0]);
+        let mut tcp = [0u8; 20];
+        tcp[..4].copy_from_slice(&[0x00, 0x50, 0x9c, 0x40]);
+        tcp[12] = 0x50;
+        tcp[13] = 0x14;
+        p.extend_from_slice(&tcp);
+        let h = parse(&p).unwrap();
+        assert_eq!((h.src_port, h.dst_port, h.protocol), (80, 40000, 6));
+        assert_eq!(h.tcp_flags.map(aws_tcp_flags), Some(4));
     }
 
     #[test]

@@ -132,7 +132,10 @@ impl RejectCapture {
             1,
             headers.ip_len,
             rule,
-            0,
+            // The dropped packet's own flags: exact, and free (the copy
+            // holds its TCP header); records show them only while
+            // tcp-flags is captured.
+            headers.tcp_flags.map_or(0, packet::aws_tcp_flags),
         );
     }
 }

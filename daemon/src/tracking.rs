@@ -35,7 +35,7 @@ const TABLE_NAME: &str = "flowlogd";
 /// Where the `nft` binary is looked for before PATH.
 const NFT_DIRS: [&str; 2] = ["/usr/sbin", "/sbin"];
 
-/// The daemon's table. Its only job is to reference `ct`, which makes the
+/// The daemon's table. Its first job is to reference `ct`, which makes the
 /// namespace register the conntrack hooks for IPv4 and IPv6 (the table is
 /// `inet`). The rules have no verdict and the chains accept by policy, so
 /// no packet's fate changes. Priority -150 (mangle) runs after conntrack
@@ -53,8 +53,65 @@ table inet flowlogd {
 		type filter hook output priority -150; policy accept;
 		ct state new counter comment "flowlogd: enables connection tracking, no verdict"
 	}
-}
 "#;
+
+/// Its second job, only when some sink's field list names `tcp-flags`:
+/// copy the headers of TCP control packets (SYN, FIN or RST set; never a
+/// plain ACK or data segment) to the daemon's NFLOG group `{group}`, at the
+/// points where the packet's fate is decided:
+///
+/// - arriving: the input and forward hooks at priority 1000, after every
+///   standard priority (filter 0, DNAT -100, SNAT 100, conntrack helpers
+///   300), so a packet the firewall drops in those hooks is never seen
+///   here. Its addresses are after NAT then, not the ENI wire's: the
+///   daemon takes the wire's from the conntrack entry the group attaches
+///   (NFULNL_CFG_F_CONNTRACK) where the kernel can attach it
+///   (CONFIG_NETFILTER_NETLINK_GLUE_CT); where it cannot, packets of
+///   connections without NAT are exact from their headers, and those of
+///   NAT'd connections are told apart by the prefix `{nat_prefix}` (their
+///   flags cannot be placed: the window is marked, see `tcp_flags`).
+/// - leaving: postrouting at priority 1000, after SNAT (100), so the
+///   headers are what goes on the wire and the packet passed the output or
+///   forward filter.
+///
+/// Loopback is left out (it is no ENI's); only packets that belong to a
+/// connection (`ct state`) are copied, since only those have an ACCEPT
+/// record to add flags to. snaplen 128 copies the headers (IPv6 with
+/// extension headers included), not the data. Drops in a chain of priority
+/// above 1000 are not seen as drops: flowlogd's rules must come last. The
+/// arriving hooks jump to one chain so that a packet is matched once.
+const TCP_FLAGS_CHAINS: &str = r#"	chain tcp_flags_in {
+		type filter hook input priority 1000; policy accept;
+		meta iiftype != loopback tcp flags & (fin | syn | rst) != 0 ct state new,established,related jump tcp_flags_arriving
+	}
+	chain tcp_flags_forward {
+		type filter hook forward priority 1000; policy accept;
+		meta iiftype != loopback tcp flags & (fin | syn | rst) != 0 ct state new,established,related jump tcp_flags_arriving
+	}
+	chain tcp_flags_arriving {
+		ct status & (snat | dnat) == 0 counter log group {group} snaplen 128 return comment "flowlogd: tcp-flags, arriving, after the firewall"
+		counter log prefix "{nat_prefix}" group {group} snaplen 128 comment "flowlogd: tcp-flags, arriving on a NAT'd connection, after the firewall"
+	}
+	chain tcp_flags_out {
+		type filter hook postrouting priority 1000; policy accept;
+		meta oiftype != loopback tcp flags & (fin | syn | rst) != 0 ct state new,established,related counter log group {group} snaplen 128 comment "flowlogd: tcp-flags, leaving, after SNAT"
+	}
+"#;
+
+/// The table's text: the tracking chains, and the tcp-flags chains logging
+/// to `tcp_flags_group` if it is set.
+fn ruleset(tcp_flags_group: Option<u16>) -> String {
+    let mut text = RULESET.to_owned();
+    if let Some(group) = tcp_flags_group {
+        text.push_str(
+            &TCP_FLAGS_CHAINS
+                .replace("{group}", &group.to_string())
+                .replace("{nat_prefix}", crate::tcp_flags::NAT_PREFIX),
+        );
+    }
+    text.push_str("}\n");
+    text
+}
 
 /// Declaring the table first makes the delete succeed whether or not it
 /// exists.
@@ -262,9 +319,20 @@ impl TrackingTable {
     /// when it cannot run or rejects the ruleset (e.g. without
     /// CAP_NET_ADMIN).
     pub fn install() -> Result<Self, TrackingError> {
+        Self::install_with_tcp_flags(None)
+    }
+
+    /// [`TrackingTable::install`], with the tcp-flags chains logging to
+    /// `tcp_flags_group` if it is set (without, a table that had them loses
+    /// them).
+    ///
+    /// # Errors
+    ///
+    /// As [`TrackingTable::install`].
+    pub fn install_with_tcp_flags(tcp_flags_group: Option<u16>) -> Result<Self, TrackingError> {
         let nft = find_nft().ok_or(TrackingError::NftMissing)?;
         let found_existing = table_exists(&nft);
-        run_nft(&nft, RULESET, "install")?;
+        run_nft(&nft, &ruleset(tcp_flags_group), "install")?;
         Ok(TrackingTable { found_existing })
     }
 
@@ -352,6 +420,27 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn tcp_flags_chains_only_when_asked_for() {
+        let plain = ruleset(None);
+        assert!(!plain.contains("log group"), "{plain}");
+        assert!(plain.ends_with("\t}\n}\n"), "{plain}");
+        let flags = ruleset(Some(65000));
+        assert_eq!(flags.matches("group 65000 snaplen 128").count(), 3);
+        assert!(
+            flags.contains("log prefix \"flowlogd:nat\" group 65000"),
+            "{flags}"
+        );
+        for hook in [
+            "hook input priority 1000",
+            "hook forward priority 1000",
+            "hook postrouting priority 1000",
+        ] {
+            assert!(flags.contains(hook), "{hook}: {flags}");
+        }
+        assert!(flags.ends_with("\t}\n}\n"), "{flags}");
     }
 
     #[test]

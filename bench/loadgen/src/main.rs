@@ -255,14 +255,17 @@ fn run(a: &Args) -> Result<serde_json::Value, String> {
     } else {
         Sent::default()
     };
-    let elapsed = start
-        .elapsed()
-        .min(Duration::from_secs(a.secs))
-        .max(Duration::from_millis(1));
     let tcp = match client {
         Some(c) => c.join().map_err(|_| "the TCP client panicked")?,
         None => tcp::TcpTruth::default(),
     };
+    // After the TCP client too: a run of TCP flows alone sends no UDP, and
+    // its rate is over the client's time, not the instant the UDP sender
+    // took to find nothing to send.
+    let elapsed = start
+        .elapsed()
+        .min(Duration::from_secs(a.secs))
+        .max(Duration::from_millis(1));
     // Let the last packets and FINs go through the VM side before its
     // sockets close (a closed port would answer with ICMP).
     std::thread::sleep(Duration::from_millis(300));

@@ -19,6 +19,7 @@ use crate::notify::NotifySocket;
 use crate::rejects::RejectCapture;
 use crate::run_marker::{self, Judgement, RunMarker};
 use crate::sinks::Dispatcher;
+use crate::tcp_flags::TcpFlagsCapture;
 
 /// What a config builds for capture, before any socket is read.
 pub(super) struct ConfigState {
@@ -107,6 +108,7 @@ pub(super) fn start(
         route: sources.route,
         dispatcher,
         nflog: sources.nflog.map(|socket| (socket, state.rejects)),
+        tcp_flags: config.tcp_flags_group().map(TcpFlagsCapture::new),
         stats: LoopStats::default(),
         flags: LoopFlags::default(),
         waker: None,
@@ -117,6 +119,11 @@ pub(super) fn start(
         config_loaded_unix: SystemClock.now_unix(),
         config,
     };
+    // Records carry tcp-flags (0 when none were seen) only while the rules
+    // copy control packets to us; otherwise the field is unknown.
+    capture
+        .table
+        .set_tcp_flags_capture(capture.tcp_flags.is_some());
     // The first window begins now, not at its aligned start: the previous
     // run already emitted a window up to its stop, and this one must not
     // overlap it. It ends at the aligned boundary as usual.

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use super::closer::WindowCloser;
 use super::state::Capture;
 use crate::control::LoopView;
-use crate::metrics::{LoopCounters, NflogCounters, Snapshot, SnapshotCell, PUBLISH_INTERVAL};
+use crate::metrics::{
+    LoopCounters, NflogCounters, Snapshot, SnapshotCell, TcpFlagsCounters, PUBLISH_INTERVAL,
+};
+use crate::tcp_flags::TcpFlagsCapture;
 
 /// Publishes the loop's snapshots into the cell the metrics server and
 /// the control socket read.
@@ -80,10 +83,15 @@ impl MetricsPublisher {
             flow_table_bytes: c.table.table_bytes() as u64,
             window_sums_bytes: c.table.sums_bytes() as u64,
         };
+        let flags = c.tcp_flags.as_ref().map(TcpFlagsCapture::stats);
         let nflog = c.nflog.as_ref().map(|(_, rejects)| {
             let r = rejects.stats();
             NflogCounters {
-                packets: s.nflog.entries,
+                // The socket's packets, less the tcp-flags group's.
+                packets: s
+                    .nflog
+                    .entries
+                    .saturating_sub(flags.map_or(0, |f| f.packets)),
                 overruns: s.nflog.overruns,
                 sequence_gaps: s.nflog_sequence_gaps,
                 malformed: s.nflog.parse_errors,
@@ -91,6 +99,12 @@ impl MetricsPublisher {
                 not_on_an_eni: r.not_on_an_eni,
                 bad_headers: r.bad_headers,
             }
+        });
+        let tcp_flags = flags.map(|f| TcpFlagsCounters {
+            packets: f.packets,
+            not_on_an_eni: f.not_on_an_eni,
+            nat_unplaced: f.nat_unplaced,
+            bad_headers: f.bad_headers,
         });
         let window = c.table.window();
         let output = closer.output().clone();
@@ -101,6 +115,7 @@ impl MetricsPublisher {
                 .map_or(0.0, |d| d.as_secs_f64()),
             counters,
             nflog,
+            tcp_flags,
             output,
             window_start: window.start,
             window_end: window.end,

@@ -88,6 +88,14 @@ impl Capture {
         if new.metrics_listen != self.config.metrics_listen {
             log::warn!("reload: a change of metrics.listen takes effect at the next restart");
         }
+        // The rules and the bound group are set up at start with the
+        // sockets; records say tcp-flags is unknown while it is not captured.
+        if new.tcp_flags_group() != self.config.tcp_flags_group() {
+            log::warn!(
+                "reload: tcp-flags capture (a sink's field list naming tcp-flags, daemon.tcp_flags_nflog_group) \
+                 changes at the next restart"
+            );
+        }
         let (old, new) = (&self.config.daemon, &new.daemon);
         for (what, changed) in [
             ("daemon.nflog_groups", new.nflog_groups != old.nflog_groups),

@@ -72,7 +72,8 @@ impl Sources {
         // Tracking before the sysctls: the sysctl files exist only once
         // nf_conntrack is loaded, which the table (or the socket) does.
         let tracking_table = if config.daemon.install_tracking_table {
-            let t = TrackingTable::install().map_err(RunError::Tracking)?;
+            let t = TrackingTable::install_with_tcp_flags(config.tcp_flags_group())
+                .map_err(RunError::Tracking)?;
             if t.found_existing() {
                 log::info!(
                     "nftables table inet flowlogd (a `ct state` rule, no verdicts) was in place, left by the previous \
@@ -130,25 +131,7 @@ impl Sources {
             ConntrackDumper::open().map_err(io_err("cannot open the conntrack dump socket"))?;
         let route = RouteWatcher::open(ROUTE_RCVBUF_BYTES)
             .map_err(io_err("cannot open the rtnetlink socket"))?;
-        let nflog = if config.daemon.nflog_groups.is_empty() {
-            log::info!("no NFLOG groups configured (daemon.nflog_groups): no REJECT records");
-            None
-        } else {
-            let socket = NflogSocket::open(&NflogConfig {
-                groups: config.daemon.nflog_groups.clone(),
-                copy_range: NFLOG_COPY_RANGE,
-                receive_buffer_bytes: config.daemon.nflog_rcvbuf_bytes as usize,
-            })
-            .map_err(io_err("cannot bind the NFLOG groups"))?;
-            log::info!(
-                "NFLOG groups {:?} (drops logged with prefix flowlogd:<security-group>:<rule> become REJECT records{}), \
-                 receive buffer {} bytes",
-                config.daemon.nflog_groups,
-                if config.daemon.nflog_require_prefix { "; other prefixes are ignored and counted" } else { "" },
-                socket.receive_buffer_granted()
-            );
-            Some(socket)
-        };
+        let nflog = open_nflog(config)?;
         Ok(Sources {
             tracking_table,
             events,
@@ -157,6 +140,49 @@ impl Sources {
             nflog,
         })
     }
+}
+
+/// The NFLOG socket, bound to the drop groups and to the tcp-flags group
+/// if a sink's field list names tcp-flags; `None` with neither.
+fn open_nflog(config: &Config) -> Result<Option<NflogSocket>, RunError> {
+    let tcp_flags_group = config.tcp_flags_group();
+    if config.daemon.nflog_groups.is_empty() {
+        log::info!("no NFLOG groups configured (daemon.nflog_groups): no REJECT records");
+        if tcp_flags_group.is_none() {
+            return Ok(None);
+        }
+    }
+    let socket = NflogSocket::open(&NflogConfig {
+        groups: config.daemon.nflog_groups.clone(),
+        tcp_flags_group,
+        copy_range: NFLOG_COPY_RANGE,
+        receive_buffer_bytes: config.daemon.nflog_rcvbuf_bytes as usize,
+    })
+    .map_err(io_err("cannot bind the NFLOG groups"))?;
+    if !config.daemon.nflog_groups.is_empty() {
+        log::info!(
+            "NFLOG groups {:?} (drops logged with prefix flowlogd:<security-group>:<rule> become REJECT records{}), \
+             receive buffer {} bytes",
+            config.daemon.nflog_groups,
+            if config.daemon.nflog_require_prefix { "; other prefixes are ignored and counted" } else { "" },
+            socket.receive_buffer_granted()
+        );
+    }
+    if let Some(group) = tcp_flags_group {
+        log::info!(
+            "tcp-flags: a sink's field list names it, so TCP SYN, FIN and RST packets are logged to NFLOG group \
+             {group} by table inet flowlogd's tcp_flags_* chains (one copy of the headers per control packet)"
+        );
+        if !socket.tcp_flags_conntrack() {
+            log::warn!(
+                "tcp-flags: this kernel cannot attach conntrack entries to NFLOG messages \
+                 (CONFIG_NETFILTER_NETLINK_GLUE_CT): flags are placed by the packets' headers, exact except for \
+                 packets arriving on NAT'd connections, whose flags cannot be placed; windows with those are \
+                 marked SKIPDATA for their ENI"
+            );
+        }
+    }
+    Ok(Some(socket))
 }
 
 /// Registers the capture's sockets and `signals` with `poll`, and returns

@@ -19,6 +19,7 @@ use crate::rejects::RejectCapture;
 use crate::run_marker;
 use crate::sinks::Dispatcher;
 use crate::startup;
+use crate::tcp_flags::TcpFlagsCapture;
 use crate::tracking::TrackingTable;
 
 /// Counters of what the loop saw, logged at every window close.
@@ -74,8 +75,12 @@ pub(super) struct Capture {
     pub(super) dumper: ConntrackDumper,
     pub(super) route: RouteWatcher,
     pub(super) dispatcher: Dispatcher,
-    /// REJECT records from NFLOG, if groups are configured.
+    /// REJECT records from NFLOG, if groups are configured (the socket is
+    /// also there for tcp-flags alone).
     pub(super) nflog: Option<(NflogSocket, RejectCapture)>,
+    /// The tcp-flags group's packets, read on the same socket, if a sink's
+    /// field list names tcp-flags.
+    pub(super) tcp_flags: Option<TcpFlagsCapture>,
     pub(super) stats: LoopStats,
     /// What the handlers leave for the loop's next turn.
     pub(super) flags: LoopFlags,
@@ -176,15 +181,24 @@ impl Capture {
         };
         let (table, registry) = (&mut self.table, &self.registry);
         let mut spills = closer.spills(&self.config, &self.dispatcher);
+        let tcp_flags = &mut self.tcp_flags;
         let s = socket.drain(|packet| {
-            rejects.on_packet(registry, table, &packet);
+            // One socket, told apart by group: the tcp-flags group never
+            // holds drops (config refuses it in nflog_groups).
+            match tcp_flags {
+                Some(flags) if flags.reads(packet.group) => {
+                    flags.on_packet(registry, table, &packet)
+                }
+                _ => rejects.on_packet(registry, table, &packet),
+            }
             spills.send(table, registry);
         });
         let gaps = socket.take_loss().sequence_gaps;
         self.stats.nflog_sequence_gaps += gaps;
         if s.overruns > 0 || gaps > 0 {
-            // Dropped packets the kernel logged but could not hand us: which
-            // ENIs they were on is unknown, so every ENI's window is marked.
+            // Dropped packets (or tcp-flags copies) the kernel logged but
+            // could not hand us: which ENIs they were on is unknown, so
+            // every ENI's window is marked.
             log::error!(
                 "nflog: lost logged packets ({} overruns, {gaps} missing sequence numbers) with a {} byte receive \
                  buffer; marking this window SKIPDATA",

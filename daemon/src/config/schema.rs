@@ -122,6 +122,8 @@ pub struct RawDaemon {
     pub nflog_require_prefix: bool,
     #[serde(default = "spanned_nflog_rcvbuf")]
     pub nflog_rcvbuf_bytes: Spanned<i64>,
+    #[serde(default = "spanned_tcp_flags_nflog_group")]
+    pub tcp_flags_nflog_group: Spanned<i64>,
     /// The user to run as once start-up is done (started as root); unset:
     /// the user it was started as.
     #[serde(default)]
@@ -135,6 +137,16 @@ pub const fn default_nflog_rcvbuf_bytes() -> u64 {
 }
 fn spanned_nflog_rcvbuf() -> Spanned<i64> {
     Spanned::new(0..0, default_nflog_rcvbuf_bytes() as i64)
+}
+
+/// The NFLOG group of the daemon's own tcp-flags rules (used only when some
+/// sink's field list names `tcp-flags`). High, so that it is out of the way
+/// of the small numbers firewalls' drop rules usually log to.
+pub const fn default_tcp_flags_nflog_group() -> u16 {
+    65000
+}
+fn spanned_tcp_flags_nflog_group() -> Spanned<i64> {
+    Spanned::new(0..0, default_tcp_flags_nflog_group().into())
 }
 
 /// The conntrack event socket's receive buffer. DESTROY events arrive in
@@ -191,6 +203,7 @@ impl Default for RawDaemon {
             rcvbuf_max_bytes: spanned_rcvbuf_max(),
             nflog_require_prefix: true,
             nflog_rcvbuf_bytes: spanned_nflog_rcvbuf(),
+            tcp_flags_nflog_group: spanned_tcp_flags_nflog_group(),
             user: None,
         }
     }

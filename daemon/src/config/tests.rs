@@ -77,7 +77,7 @@ fn unknown_key() {
          `enable_conntrack_accounting`, `install_tracking_table`, `sink_queue_records`, `shutdown_timeout_secs`, \
          `spool_max_bytes`, `window_memory_bytes`, \
          `conntrack_rcvbuf_bytes`, `conntrack_reliable_events`, `rcvbuf_max_bytes`, \
-         `nflog_require_prefix`, `nflog_rcvbuf_bytes`, `user`"
+         `nflog_require_prefix`, `nflog_rcvbuf_bytes`, `tcp_flags_nflog_group`, `user`"
     );
 }
 
@@ -881,5 +881,68 @@ fn a_metrics_listen_that_is_no_address_is_refused_at_its_value() {
         error_of(&src).contains("metrics.port: unknown field `port`, expected `listen`"),
         "{}",
         error_of(&src)
+    );
+}
+
+/// GOOD with `fields` in the file sink's table naming tcp-flags, and
+/// `daemon_lines` added to `[daemon]`.
+fn with_tcp_flags(daemon_lines: &str) -> String {
+    GOOD.replace(
+        "capture_window_secs = 600",
+        &format!("capture_window_secs = 600\n{daemon_lines}"),
+    )
+    .replace(
+        "format = \"text\"",
+        "format = \"text\"\nfields = [\"srcaddr\", \"tcp-flags\"]",
+    )
+}
+
+#[test]
+fn tcp_flags_group_follows_the_field_lists() {
+    let path = Path::new("/etc/flowlogd.toml");
+    assert_eq!(parse(path, GOOD).unwrap().tcp_flags_group(), None);
+    let listed = parse(path, &with_tcp_flags("")).unwrap();
+    assert_eq!(listed.tcp_flags_group(), Some(65000));
+    let other = parse(path, &with_tcp_flags("tcp_flags_nflog_group = 7")).unwrap();
+    assert_eq!(other.tcp_flags_group(), Some(7));
+    let without = GOOD.replace(
+        "format = \"text\"",
+        "format = \"text\"\nfields = [\"srcaddr\", \"dstaddr\"]",
+    );
+    assert_eq!(parse(path, &without).unwrap().tcp_flags_group(), None);
+}
+
+#[test]
+fn tcp_flags_group_colliding_with_a_drop_group() {
+    assert_eq!(
+        error_of(&with_tcp_flags("nflog_groups = [100]\ntcp_flags_nflog_group = 100")),
+        "/etc/flowlogd.toml:5:25: daemon.tcp_flags_nflog_group: group 100 is also in daemon.nflog_groups: the \
+         tcp-flags rules (for sink local's field list) need a group of their own; choose another"
+    );
+    assert_eq!(
+        error_of(&with_tcp_flags("nflog_groups = [100, 65000]")),
+        "/etc/flowlogd.toml:4:22: daemon.nflog_groups: group 65000 is also in daemon.nflog_groups: the \
+         tcp-flags rules (for sink local's field list) need a group of their own; choose another \
+         (daemon.tcp_flags_nflog_group is 65000 by default)"
+    );
+    // Without tcp-flags in a field list the group is not bound: no conflict.
+    let unused = GOOD.replace(
+        "capture_window_secs = 600",
+        "capture_window_secs = 600\nnflog_groups = [65000]",
+    );
+    assert!(parse(Path::new("/etc/flowlogd.toml"), &unused).is_ok());
+    assert_eq!(
+        error_of(&with_tcp_flags("tcp_flags_nflog_group = 65536")),
+        "/etc/flowlogd.toml:4:25: daemon.tcp_flags_nflog_group: expected an integer in 0..=65535, got 65536"
+    );
+}
+
+#[test]
+fn tcp_flags_without_the_daemons_table() {
+    assert_eq!(
+        error_of(&with_tcp_flags("install_tracking_table = false")),
+        "/etc/flowlogd.toml:26:1: sinks.local.fields: tcp-flags needs the daemon's nftables table inet \
+         flowlogd, where it logs TCP control packets, but daemon.install_tracking_table = false; set it to \
+         true or leave tcp-flags out"
     );
 }

@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use flowlogd_plugin_api::fields::FIELDS_KEY;
-use flowlogd_plugin_api::{EniIds, FieldList};
+use flowlogd_plugin_api::{EniIds, Field, FieldList};
 use toml::Spanned;
 
 use super::location::key_path_at;
@@ -63,6 +63,10 @@ pub struct DaemonConfig {
     /// `flowlogd:<security-group>:<rule>`.
     pub nflog_require_prefix: bool,
     pub nflog_rcvbuf_bytes: u64,
+    /// The NFLOG group the daemon's tcp-flags rules log TCP control packets
+    /// to; bound only when some sink's field list names `tcp-flags`
+    /// ([`Config::tcp_flags_group`]).
+    pub tcp_flags_nflog_group: u16,
     /// Receive buffers grow (doubling) after an overrun, up to this.
     pub rcvbuf_max_bytes: u64,
     /// The user the daemon switches to after start-up, if one is set.
@@ -198,7 +202,26 @@ pub struct SinkConfig {
     pub location: Location,
 }
 
+impl SinkConfig {
+    /// Whether this sink's field list names `tcp-flags` (which needs the
+    /// daemon's own NFLOG rules).
+    pub fn wants_tcp_flags(&self) -> bool {
+        self.field_list().fields().contains(&Field::TcpFlags)
+    }
+}
+
 impl Config {
+    /// The NFLOG group of the daemon's tcp-flags rules, if some sink's
+    /// field list names `tcp-flags`: the capture follows from the field
+    /// lists (no switch of its own), since every control packet logged
+    /// costs a copy to userspace.
+    pub fn tcp_flags_group(&self) -> Option<u16> {
+        self.sinks
+            .iter()
+            .any(SinkConfig::wants_tcp_flags)
+            .then_some(self.daemon.tcp_flags_nflog_group)
+    }
+
     /// With `source = "ecs"`: whether interfaces without metadata are
     /// ignored (their records held while the service has not answered).
     pub fn metadata_unmapped_is_ignore(&self) -> bool {
@@ -395,6 +418,7 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let metrics_listen = validate_metrics_listen(cx, &raw.metrics.listen)?;
     let enis = validate_enis(cx, &raw.eni)?;
     let sinks = validate_sinks(cx, &raw.sinks)?;
+    check_tcp_flags_capture(cx, &raw.daemon, &daemon, &sinks)?;
     require_something_to_capture(cx, &raw, &metadata)?;
     let flow_logs = validate_flow_logs(
         cx,
@@ -413,6 +437,55 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         flow_logs,
         sinks,
     })
+}
+
+/// When a sink's field list names `tcp-flags`, the daemon logs TCP control
+/// packets to `daemon.tcp_flags_nflog_group` from rules in its own table:
+/// the group must not be one the firewall's drop rules log to (each packet
+/// would be read as a REJECT), and the table must be the daemon's to
+/// install.
+fn check_tcp_flags_capture(
+    cx: &Cx<'_>,
+    raw: &RawDaemon,
+    daemon: &DaemonConfig,
+    sinks: &[SinkConfig],
+) -> Result<(), ConfigError> {
+    let Some(sink) = sinks.iter().find(|s| s.wants_tcp_flags()) else {
+        return Ok(());
+    };
+    let group = daemon.tcp_flags_nflog_group;
+    if let Some(pos) = daemon.nflog_groups.iter().position(|g| *g == group) {
+        let key = "daemon.tcp_flags_nflog_group";
+        let written = raw.tcp_flags_nflog_group.span();
+        let message = format!(
+            "group {group} is also in daemon.nflog_groups: the tcp-flags rules (for sink {}'s field list) \
+             need a group of their own; choose another",
+            sink.name
+        );
+        return Err(if written == (0..0) {
+            cx.err(
+                raw.nflog_groups[pos].span(),
+                "daemon.nflog_groups",
+                format!("{message} (daemon.tcp_flags_nflog_group is {group} by default)"),
+            )
+        } else {
+            cx.err(written, key, message)
+        });
+    }
+    if !daemon.install_tracking_table {
+        let location = sink
+            .option_locations
+            .get("fields")
+            .copied()
+            .unwrap_or(sink.location);
+        return Err(cx.err_at(
+            location,
+            format!("sinks.{}.fields", sink.name),
+            "tcp-flags needs the daemon's nftables table inet flowlogd, where it logs TCP control packets, \
+             but daemon.install_tracking_table = false; set it to true or leave tcp-flags out",
+        ));
+    }
+    Ok(())
 }
 
 /// An empty or cut-short file parses (every table is optional to serde)
@@ -492,6 +565,11 @@ fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigErr
         "daemon.rcvbuf_max_bytes",
         4096..=(1 << 31),
     )? as u64;
+    let tcp_flags_nflog_group = cx.int_in(
+        &d.tcp_flags_nflog_group,
+        "daemon.tcp_flags_nflog_group",
+        0..=65535,
+    )? as u16;
     let mut nflog_groups = Vec::new();
     for g in &d.nflog_groups {
         let n = cx.int_in(g, "daemon.nflog_groups", 0..=65535)? as u16;
@@ -539,6 +617,7 @@ fn validate_daemon(cx: &Cx<'_>, d: &RawDaemon) -> Result<DaemonConfig, ConfigErr
         conntrack_reliable_events: d.conntrack_reliable_events,
         nflog_require_prefix: d.nflog_require_prefix,
         nflog_rcvbuf_bytes,
+        tcp_flags_nflog_group,
         rcvbuf_max_bytes,
         user,
     })

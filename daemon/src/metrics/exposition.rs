@@ -115,6 +115,30 @@ pub fn render(snapshot: &Snapshot, sinks: &[SinkMetrics]) -> String {
         }
     }
 
+    if let Some(f) = &snapshot.tcp_flags {
+        w.counter(
+            "flowlogd_tcp_flags_packets_total",
+            "TCP control packets (SYN, FIN, RST) read from the tcp-flags NFLOG group.",
+            f.packets,
+        );
+        w.family(
+            "flowlogd_tcp_flags_ignored_packets_total",
+            "counter",
+            "tcp-flags packets whose flags went to no record, by reason (nat_unplaced and bad_headers mark windows SKIPDATA).",
+        );
+        for (reason, v) in [
+            ("not_on_an_eni", f.not_on_an_eni),
+            ("nat_unplaced", f.nat_unplaced),
+            ("bad_headers", f.bad_headers),
+        ] {
+            w.sample(
+                "flowlogd_tcp_flags_ignored_packets_total",
+                &[("reason", reason)],
+                v,
+            );
+        }
+    }
+
     w.counter(
         "flowlogd_lost_connections_total",
         "Connections that vanished without a DESTROY event: their last counters were lost.",
@@ -376,7 +400,9 @@ fn escape_help(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::snapshot::{FlowLogRecords, LoopCounters, NflogCounters, WindowOutput};
+    use crate::metrics::snapshot::{
+        FlowLogRecords, LoopCounters, NflogCounters, TcpFlagsCounters, WindowOutput,
+    };
     use crate::sinks::SinkStats;
 
     #[test]
@@ -412,6 +438,11 @@ mod tests {
                 foreign_prefix: 1,
                 ..NflogCounters::default()
             }),
+            tcp_flags: Some(TcpFlagsCounters {
+                packets: 9,
+                nat_unplaced: 2,
+                ..TcpFlagsCounters::default()
+            }),
             output,
             window_start: 1_700_000_000,
             window_end: 1_700_000_600,
@@ -433,6 +464,8 @@ mod tests {
             "flowlogd_flow_table_entries 3",
             "flowlogd_nflog_packets_total 5",
             "flowlogd_nflog_ignored_packets_total{reason=\"foreign_prefix\"} 1",
+            "flowlogd_tcp_flags_packets_total 9",
+            "flowlogd_tcp_flags_ignored_packets_total{reason=\"nat_unplaced\"} 2",
             "flowlogd_windows_closed_total 1",
             "flowlogd_window_close_duration_seconds_bucket{le=\"0.025\"} 0",
             "flowlogd_window_close_duration_seconds_bucket{le=\"0.05\"} 1",

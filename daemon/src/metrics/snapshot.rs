@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub counters: LoopCounters,
     /// `None` without NFLOG groups.
     pub nflog: Option<NflogCounters>,
+    /// `None` unless a sink's field list names tcp-flags.
+    pub tcp_flags: Option<TcpFlagsCounters>,
     pub output: WindowOutput,
     /// The open window's bounds, Unix seconds.
     pub window_start: i64,
@@ -84,6 +86,16 @@ pub struct NflogCounters {
     pub malformed: u64,
     pub foreign_prefix: u64,
     pub not_on_an_eni: u64,
+    pub bad_headers: u64,
+}
+
+/// The tcp-flags group's counters (`tcp_flags::TcpFlagsStats`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TcpFlagsCounters {
+    /// Control packets read from the group.
+    pub packets: u64,
+    pub not_on_an_eni: u64,
+    pub nat_unplaced: u64,
     pub bad_headers: u64,
 }
 

@@ -231,8 +231,9 @@ struct TupleParts {
 }
 
 /// One CTA_TUPLE_ORIG/REPLY (its nested attributes); `context` names the
-/// attribute in errors about its own nested headers.
-fn tuple(nested: &[u8], context: &'static str) -> Result<Tuple, ParseError> {
+/// attribute in errors about its own nested headers. (NFLOG's NFULA_CT
+/// nests the same tuples: `nflog` reads them with this.)
+pub(super) fn tuple(nested: &[u8], context: &'static str) -> Result<Tuple, ParseError> {
     let mut parts = TupleParts::default();
     for nla in NlasIterator::new(nested) {
         let nla = nla.context(context)?;
