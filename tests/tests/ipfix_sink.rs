@@ -713,3 +713,148 @@ fn check_config_points_at_bad_ipfix_options() {
         );
     }
 }
+
+/// One replayed record of eni-1 as the file sink's JSON writes it.
+fn replay_record(window: i64, status: &str, flow: Option<(&str, &str, u64, &str, &str)>) -> Value {
+    let mut r = serde_json::json!({
+        "version": 1, "vswitch-id": "vsw-test", "vm-id": "i-test", "vpc-id": "vpc-1",
+        "account-id": "1234567890", "eni-id": "eni-1",
+        "srcaddr": null, "srcport": null, "dstaddr": null, "dstport": null, "protocol": null,
+        "direction": null, "packets": null, "bytes": null,
+        "start": window, "end": window + 600, "log-status": status, "action": null
+    });
+    if let Some((src, dst, packets, action, rule)) = flow {
+        let m = r.as_object_mut().unwrap();
+        m.insert("srcaddr".into(), src.into());
+        m.insert("dstaddr".into(), dst.into());
+        m.insert("srcport".into(), 40000.into());
+        m.insert("dstport".into(), 22.into());
+        m.insert("protocol".into(), 6.into());
+        m.insert("direction".into(), "in".into());
+        m.insert("packets".into(), packets.into());
+        m.insert("bytes".into(), (packets * 60).into());
+        m.insert("action".into(), action.into());
+        if !rule.is_empty() {
+            m.insert("rule".into(), rule.into());
+        }
+    }
+    r
+}
+
+/// NODATA and SKIPDATA records (which live traffic cannot make on demand),
+/// replayed beside OK records with and without a rule: pmacct shows each
+/// status by its log-status element and each rule; nfdump shows the status
+/// records as the 0-packet flows its README filter separates.
+#[test]
+fn status_records_and_rules_reach_both_collectors() {
+    if !require_root("status_records_and_rules_reach_both_collectors") {
+        return;
+    }
+    let ns = Netns::new(LABEL);
+    let tmp = TempDir::new("fl21i-status");
+    let mut nfcapd = Collector::nfcapd(&ns, tmp.path());
+    let mut nfacctd = Collector::nfacctd(&ns, tmp.path());
+    let w1 = 1_700_000_400;
+    let w2 = w1 + 600;
+    let records = vec![
+        replay_record(w1, "NODATA", None),
+        replay_record(w2, "SKIPDATA", None),
+        replay_record(
+            w2,
+            "OK",
+            Some((
+                "2001:db8::7",
+                "2001:db8::1",
+                3,
+                "REJECT",
+                "sg-test:deny-ssh",
+            )),
+        ),
+        replay_record(
+            w2,
+            "OK",
+            Some(("192.0.2.7", "192.0.2.1", 4, "REJECT", "sg-test:deny-ssh-v4")),
+        ),
+        replay_record(w2, "OK", Some(("192.0.2.8", "192.0.2.1", 5, "ACCEPT", ""))),
+    ];
+    let input = tmp.join("records.jsonl");
+    write_json_lines(&input, &records);
+    let cfg = DaemonConfig::new(&plugin_dir(&tmp))
+        .eni("eni-1", "eth0", "vpc-1")
+        .flow_log(FlowLog::eni("all", "eni-1").sinks(&["nf", "pm"]))
+        .toml(&ipfix_sink("nf", NFCAPD_PORT, ""))
+        .toml(&ipfix_sink("pm", NFACCTD_PORT, ""))
+        .write(&tmp.join("flowlogd.toml"));
+    let out = ns
+        .command(flowlogd_bin())
+        .args([
+            "replay",
+            "--config",
+            cfg.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ])
+        .output()
+        .expect("run flowlogd replay");
+    assert!(out.status.success(), "{}", text(&out));
+    std::thread::sleep(Duration::from_secs(2));
+    nfacctd.stop();
+    nfcapd.stop();
+
+    let (pm_flows, pm_statuses) = pmacct_view(&pmacct_entries(&tmp.join("pmacct.jsonl")));
+    assert_eq!(
+        pm_statuses,
+        vec![
+            (w1, w1 + 600, "NODATA".to_owned()),
+            (w2, w2 + 600, "SKIPDATA".to_owned())
+        ]
+    );
+    let seen: Vec<_> = pm_flows
+        .iter()
+        .map(|(f, dir, action, rule, eni)| {
+            (
+                f.src.as_str(),
+                f.packets,
+                f.bytes,
+                dir.as_str(),
+                action.as_str(),
+                rule.as_str(),
+                eni.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "192.0.2.7",
+                4,
+                240,
+                "in",
+                "REJECT",
+                "sg-test:deny-ssh-v4",
+                "eni-1"
+            ),
+            ("192.0.2.8", 5, 300, "in", "ACCEPT", "", "eni-1"),
+            (
+                "2001:db8::7",
+                3,
+                180,
+                "in",
+                "REJECT",
+                "sg-test:deny-ssh",
+                "eni-1"
+            ),
+        ]
+    );
+    let dir = tmp.join("nfcapd");
+    let statuses = nfdump(&dir, "packets = 0");
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|r| r.get("src4_addr").is_none() && r.get("src6_addr").is_none()),
+        "{statuses:?}"
+    );
+    let (flows, _) = nfdump_flows(&dir);
+    assert_eq!(flows.len(), 3, "{flows:?}");
+}
