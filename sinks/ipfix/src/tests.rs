@@ -198,3 +198,91 @@ fn tcp_a_collector_that_is_down_gets_a_retry_and_the_batch_later() {
     assert_eq!(got[0].sets, vec![(2, 5)]);
     assert_eq!(data_records(&got), 5);
 }
+
+/// IPv4 records whose packet counts are 0..n: each one recognisable.
+fn numbered(n: usize) -> Vec<FlowRecord> {
+    (0..n)
+        .map(|i| {
+            let mut r = flow_record("10.0.0.1", i as u16, "10.0.0.2", 53, Action::Accept, None);
+            r.flow.as_mut().unwrap().packets = i as u64;
+            r
+        })
+        .collect()
+}
+
+/// The packet counts of decoded IPv4 flow records, in order.
+fn packet_counts(messages: &[Decoded]) -> Vec<u64> {
+    messages
+        .iter()
+        .flat_map(|m| &m.records)
+        .map(|(t, r)| {
+            assert_eq!(*t, TEMPLATE_FLOW_V4);
+            u64::from_be_bytes(r[13..21].try_into().unwrap())
+        })
+        .collect()
+}
+
+/// Reads to EOF; returns the whole messages (a cut one at the end is
+/// dropped, as a collector does).
+fn read_to_end(peer: &mut TcpStream) -> Vec<Decoded> {
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut data = Vec::new();
+    peer.read_to_end(&mut data).expect("EOF within 10 s");
+    let mut out = Vec::new();
+    let mut at = 0;
+    while data.len() - at >= 4 {
+        let len = u16::from_be_bytes([data[at + 2], data[at + 3]]) as usize;
+        if data.len() - at < len {
+            break;
+        }
+        out.push(decode(&data[at..at + len]));
+        at += len;
+    }
+    out
+}
+
+#[test]
+fn tcp_a_write_that_fails_part_way_resumes_after_the_whole_messages_sent() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut s = sink(&format!(
+        "transport = \"tcp\"\ncollector = \"127.0.0.1:{port}\"\nenterprise_number = 32473"
+    ));
+    let mut first = accept(&listener);
+    // The collector does not read: the socket buffers fill and the send
+    // times out part way through the batch (26 MB: more than loopback TCP
+    // buffers hold, at most 4 MiB sending and 6 MiB receiving by default).
+    let batch = numbered(200_000);
+    let err = write(&mut s, &batch).unwrap_err();
+    assert_eq!(err.kind, flowlogd_plugin_api::ErrorKind::Retry, "{err:?}");
+    // The failed session is closed: the collector gets what was written.
+    let got_first = read_to_end(&mut first);
+    let sent_first = packet_counts(&got_first);
+    assert!(
+        !sent_first.is_empty() && sent_first.len() < batch.len(),
+        "{} records in whole messages before the failure",
+        sent_first.len()
+    );
+    assert!(
+        err.message
+            .contains(&format!("after {} of 200000 records", sent_first.len())),
+        "{}",
+        err.message
+    );
+    // The host's retry of the same batch: a new session, templates first,
+    // then exactly the records not sent in whole messages.
+    let collector = std::thread::spawn(move || {
+        let mut second = accept(&listener);
+        read_to_end(&mut second)
+    });
+    write(&mut s, &batch).unwrap();
+    drop(s);
+    let got_second = collector.join().unwrap();
+    assert_eq!(got_second[0].sets, vec![(2, 5)]);
+    assert_eq!(got_second[1].sequence, 0);
+    let mut all = sent_first;
+    all.extend(packet_counts(&got_second));
+    assert_eq!(all.len(), batch.len(), "each record once");
+    assert_eq!(all, (0..200_000).collect::<Vec<u64>>());
+}
