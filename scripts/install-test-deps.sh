@@ -2,11 +2,12 @@
 # Installs what flowlogd's tests need on a Debian machine (run as root):
 # the C compiler for the C example plugin, iproute2 for network namespaces,
 # nftables/iptables and conntrack-tools to set up and cross-check capture,
-# rsyslog as the real syslog consumer, and prometheus (with promtool) to
-# check and scrape the metrics endpoint.
+# rsyslog as the real syslog consumer, prometheus (with promtool) to
+# check and scrape the metrics endpoint, and nfdump (nfcapd) and pmacct
+# (nfacctd) as the real IPFIX collectors.
 set -euo pipefail
 
-packages=(gcc libc6-dev make iproute2 iputils-ping nftables iptables conntrack kmod procps rsyslog prometheus ulogd2 ulogd2-json lintian rpm debootstrap debian-archive-keyring systemd dpkg-dev binutils man-db)
+packages=(gcc libc6-dev make iproute2 iputils-ping nftables iptables conntrack kmod procps rsyslog prometheus ulogd2 ulogd2-json lintian rpm debootstrap debian-archive-keyring systemd dpkg-dev binutils man-db nfdump pmacct)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -135,7 +135,7 @@ impl Drop for TempDir {
 }
 
 /// A plugin directory holding copies of the workspace's plugins, named as
-/// installed (`file.so`, `testsink.so`, `window-stats.so`), mode 0644.
+/// installed (`file.so`, `testsink.so`, `window-stats.so`, `ipfix.so`, ...), mode 0644.
 pub fn plugin_dir(tmp: &TempDir) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let dir = tmp.join("plugins");
@@ -146,6 +146,7 @@ pub fn plugin_dir(tmp: &TempDir) -> PathBuf {
         ("flowlogd_testsink", "testsink"),
         ("flowlogd_sink_window_stats", "window-stats"),
         ("flowlogd_sink_logservice", "logservice"),
+        ("flowlogd_sink_ipfix", "ipfix"),
     ] {
         let dst = dir.join(format!("{name}.so"));
         std::fs::copy(cdylib(krate), &dst).unwrap();

@@ -70,6 +70,16 @@ fn cases(tmp: &TempDir) -> Vec<Case> {
             write_may_retry: true,
         },
         Case {
+            name: "ipfix",
+            file: cdylib("flowlogd_sink_ipfix"),
+            // Port 9 (discard) on loopback: nobody listens, so a send may
+            // be refused: RETRY is a valid answer.
+            valid: table("collector = \"127.0.0.1:9\"\nenterprise_number = 32473"),
+            invalid: table("collector = \"127.0.0.1:9\""),
+            bad_key: "enterprise_number",
+            write_may_retry: true,
+        },
+        Case {
             name: "logservice",
             file: cdylib("flowlogd_sink_logservice"),
             // Nothing listens on 127.0.0.1:9: writes answer RETRY.
