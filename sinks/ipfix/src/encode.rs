@@ -57,11 +57,19 @@ impl EncodedBatch {
 
     fn push_flow(&mut self, f: &FlowFields, r: &RecordView<'_>) -> u16 {
         let both_v4 = f.srcaddr.is_ipv4() && f.dstaddr.is_ipv4();
-        // postNAT elements only when both packet addresses are known and of
-        // the flow's family: an unknown NAT address is left out (another
-        // template), never guessed from the record's own addresses.
+        // postNAT elements only when both packet addresses are known, of
+        // the flow's family, and a translation happened (one differs from
+        // the record's own): a collector reads a postNAT element as "this
+        // was translated", so a flow without NAT goes without them, and an
+        // unknown NAT address is left out, never guessed.
         let nat = match (f.extras.pkt_srcaddr, f.extras.pkt_dstaddr) {
-            (Some(s), Some(d)) if s.is_ipv4() == both_v4 && d.is_ipv4() == both_v4 => Some((s, d)),
+            (Some(s), Some(d))
+                if s.is_ipv4() == both_v4
+                    && d.is_ipv4() == both_v4
+                    && (s != f.srcaddr || d != f.dstaddr) =>
+            {
+                Some((s, d))
+            }
             _ => None,
         };
         let out = &mut self.bytes;
@@ -207,10 +215,16 @@ mod tests {
         f.extras.pkt_dstaddr = Some("192.0.2.2".parse().unwrap());
         let mut half_nat = nat.clone();
         half_nat.flow.as_mut().unwrap().extras.pkt_dstaddr = None;
+        // What the daemon fills for a flow without NAT: its own addresses.
+        let mut untranslated = nat.clone();
+        let f = untranslated.flow.as_mut().unwrap();
+        f.extras.pkt_srcaddr = Some(f.srcaddr);
+        f.extras.pkt_dstaddr = Some(f.dstaddr);
         let records = [
             reject,
             nat,
             half_nat,
+            untranslated,
             status_record(LogStatus::NoData),
             status_record(LogStatus::SkipData),
         ];
@@ -226,6 +240,7 @@ mod tests {
                 TEMPLATE_FLOW_V6,
                 TEMPLATE_FLOW_V4_NAT,
                 TEMPLATE_FLOW_V4,
+                TEMPLATE_FLOW_V4,
                 TEMPLATE_STATUS,
                 TEMPLATE_STATUS
             ]
@@ -238,10 +253,12 @@ mod tests {
         assert_eq!(r[after_times + 1], DROPPED_ACL_DENY);
         assert!(r.ends_with(b"\x07sg:deny\x02OK"), "{r:?}");
         assert_eq!(&batch.record(1)[8..16], &[192, 0, 2, 1, 192, 0, 2, 2]);
-        assert!(batch.record(3).ends_with(b"\x00\x06NODATA"));
-        assert!(batch.record(4).ends_with(b"\x00\x08SKIPDATA"));
+        // Untranslated: no postNAT elements, the same bytes as without extras.
+        assert_eq!(batch.record(3), batch.record(2));
+        assert!(batch.record(4).ends_with(b"\x00\x06NODATA"));
+        assert!(batch.record(5).ends_with(b"\x00\x08SKIPDATA"));
         // Window bounds, then the seven strings with their length bytes.
-        assert_eq!(batch.record(3).len(), 16 + 6 + 6 + 6 + 4 + 4 + 1 + 7);
+        assert_eq!(batch.record(4).len(), 16 + 6 + 6 + 6 + 4 + 4 + 1 + 7);
     }
 
     #[test]
