@@ -55,6 +55,11 @@ pub struct IpfixOptions {
     pub template_refresh_secs: u32,
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: u32,
+    /// The daemon's per-sink field list. Accepted by serde only so that it
+    /// is refused below with a message that says why: IPFIX records are
+    /// described by the sink's fixed templates, not by a list of names.
+    #[serde(default)]
+    pub fields: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +107,13 @@ impl IpfixConfig {
     /// [`SinkError::config`] naming the offending key.
     pub fn from_options(options: &Options) -> Result<IpfixConfig, SinkError> {
         let raw: IpfixOptions = options.deserialize()?;
+        if raw.fields.is_some() {
+            return Err(SinkError::config(
+                "fields",
+                "the ipfix sink sends fixed templates of IANA and enterprise elements \
+                 (see its README), so a field list does not apply: remove `fields`",
+            ));
+        }
         let transport = match raw.transport.as_str() {
             "udp" => Transport::Udp,
             "tcp" => Transport::Tcp,
@@ -295,6 +307,9 @@ mod tests {
             "max_message_bytes"
         );
         assert_eq!(key_of(&with("colour = \"blue\"")), "colour");
+        let err = config(&with("fields = [\"srcaddr\"]")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("fields"));
+        assert!(err.message.contains("field list does not apply"), "{err:?}");
     }
 
     #[test]
