@@ -116,6 +116,8 @@ pub(crate) trait EntryExt {
     /// The reply tuple of a NATed connection: replies come from `src` and
     /// go to `dst`.
     fn replied(self, src: &str, src_port: u16, dst: &str, dst_port: u16) -> Self;
+    /// CTA_MARK.
+    fn marked(self, mark: u32) -> Self;
 }
 
 impl EntryExt for ConntrackEntry {
@@ -154,6 +156,11 @@ impl EntryExt for ConntrackEntry {
             dst_port,
             protocol: self.orig.protocol,
         };
+        self
+    }
+
+    fn marked(mut self, mark: u32) -> Self {
+        self.mark = mark;
         self
     }
 }

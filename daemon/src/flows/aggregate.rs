@@ -17,7 +17,7 @@ use crate::eni::{EniIndex, EniRegistry};
 use crate::model::{has_ports, ipproto};
 use keys::{record_key, sum_key, AnyKey, SumKey};
 use sum::{Addition, Span};
-use tables::{add_to, InTables, SumTables};
+use tables::{InTables, SumTables};
 use tcp_flags::PendingTcpFlags;
 
 pub use drain::{EniRecords, EniWindow, WindowDrain};
@@ -443,7 +443,7 @@ impl WindowAggregate {
         }
         // Interned after a spill: the spilled sums took the rules.
         let rule_id = self.rules.intern(rule);
-        add_to(K::table_mut(&mut self.sums), key, &add(rule_id))
+        self.sums.add(key, &add(rule_id))
     }
 
     pub(crate) fn mark_skipped(&mut self, eni: EniIndex) {
@@ -911,5 +911,40 @@ mod tests {
         let x2: Arc<str> = Arc::from("sg-1:ssh");
         assert_eq!(next.rules.intern(Some(&x2)), next.rules.intern(Some(&x)));
         assert_eq!(next.rules.names.len(), 2);
+    }
+
+    #[test]
+    fn sums_of_two_rules_on_one_key_stay_apart_when_merged_and_renumbered() {
+        let (a, b) = (EniIndex::new(0).unwrap(), EniIndex::new(1).unwrap());
+        let t = tuple("198.51.100.9", 40000, "10.0.0.5", 22, 6);
+        let (x, y): (Arc<str>, Arc<str>) = (Arc::from("sg-1:ssh"), Arc::from("sg-1:web"));
+        let by_rule = |agg: &WindowAggregate| {
+            let mut v: Vec<(u64, Option<Arc<str>>)> = (agg.sums.v4.values())
+                .chain(agg.sums.ruled.values())
+                .map(|s| (s.packets(), agg.rules.get(s.rule())))
+                .collect();
+            v.sort();
+            v
+        };
+        // Across windows: the other window's rule numbering differs.
+        let mut old = WindowAggregate::default();
+        old.add(a, Direction::In, Action::Accept, t, (1, 60), Some(&y));
+        old.add(a, Direction::In, Action::Accept, t, (2, 60), Some(&x));
+        let mut next = WindowAggregate::default();
+        next.add(a, Direction::In, Action::Accept, t, (4, 60), Some(&x));
+        next.add(a, Direction::In, Action::Accept, t, (8, 60), None);
+        next.absorb(old);
+        assert_eq!(next.len(), 2);
+        assert_eq!(
+            by_rule(&next),
+            [(1, Some(Arc::clone(&y))), (14, Some(Arc::clone(&x)))]
+        );
+        // Two ENIs become one (a reload): still apart by rule.
+        let mut two = WindowAggregate::default();
+        two.add(a, Direction::In, Action::Accept, t, (1, 60), Some(&x));
+        two.add(b, Direction::In, Action::Accept, t, (2, 60), Some(&y));
+        two.add(b, Direction::In, Action::Accept, t, (4, 60), Some(&x));
+        assert_eq!(two.renumber_enis(&[Some(a), Some(a)]), 0);
+        assert_eq!(by_rule(&two), [(2, Some(y)), (5, Some(x))]);
     }
 }

@@ -9,5 +9,5 @@ mod window;
 pub(crate) use aggregate::WindowAggregate;
 pub use aggregate::{EniRecords, EniWindow, FlowTuple, WindowDrain};
 pub use leaders::{EniTotals, Leader, LeadersView, TOP_N};
-pub use table::{FlowTable, HandoffEntry, LossScope, DEFAULT_WINDOW_MEMORY_BYTES};
+pub use table::{FlowTable, HandoffEntry, LossScope, RuleNames, DEFAULT_WINDOW_MEMORY_BYTES};
 pub use window::{CaptureWindow, Clock, FakeClock, SystemClock};

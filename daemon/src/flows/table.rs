@@ -209,6 +209,24 @@ pub struct FlowTable<C: Clock> {
     stats: FlowStats,
     /// Records carry TCP flags ([`FlowTable::set_tcp_flags_capture`]).
     tcp_flags_on: bool,
+    /// The security-group rule of each conntrack mark flowlogd sets
+    /// ([`FlowTable::set_rule_names`]): ACCEPT records name it.
+    rule_names: RuleNames,
+}
+
+/// Conntrack mark -> `sg-id:rule-id`, for the marks with [`MARK_FLAG`].
+pub type RuleNames = HashMap<u32, Arc<str>>;
+
+/// The bit every conntrack mark flowlogd sets has: other marks (the
+/// operator's own) are never looked up.
+const MARK_FLAG: u32 = 0x8000_0000;
+
+/// The rule a connection's mark names, if flowlogd set the mark.
+fn rule_of<'a>(names: &'a RuleNames, e: &ConntrackEntry) -> Option<&'a Arc<str>> {
+    if e.mark & MARK_FLAG == 0 {
+        return None;
+    }
+    names.get(&e.mark)
 }
 
 /// The windows' memory bound until [`FlowTable::with_window_memory_bytes`]
@@ -265,6 +283,7 @@ impl<C: Clock> FlowTable<C> {
             stats: FlowStats::default(),
             sums_limit: sums_limit(DEFAULT_WINDOW_MEMORY_BYTES),
             tcp_flags_on: false,
+            rule_names: RuleNames::default(),
         }
     }
 
@@ -285,6 +304,15 @@ impl<C: Clock> FlowTable<C> {
         let mut agg = WindowAggregate::with_limit(self.sums_limit, self.window.start);
         agg.set_tcp_flags_capture(self.tcp_flags_on);
         agg
+    }
+
+    /// The rule names of the security groups' conntrack marks: those of
+    /// the current config and of every earlier one still on a connection
+    /// (given again at each reload). A connection's ACCEPT records name the
+    /// rule its mark says from the next harvest on; a mark not given here
+    /// (or not flowlogd's) names none.
+    pub fn set_rule_names(&mut self, names: RuleNames) {
+        self.rule_names = names;
     }
 
     /// Heap bytes of the open window's sums.
@@ -739,7 +767,7 @@ impl<C: Clock> FlowTable<C> {
                 f.epoch = self.epoch;
                 f.enis.refresh(reg, e);
                 let agg = dump_target(&mut self.agg, &mut self.closing, self.in_dump);
-                harvest(agg, f.enis, e, delta);
+                harvest(agg, f.enis, e, delta, rule_of(&self.rule_names, e));
                 return;
             }
             let old = self.flows.remove(&key).map(|f| f.enis);
@@ -750,7 +778,7 @@ impl<C: Clock> FlowTable<C> {
         if let Some(enis) = self.attribute(reg, e) {
             if self.insert(key, enis, current) {
                 let agg = dump_target(&mut self.agg, &mut self.closing, self.in_dump);
-                harvest(agg, enis, e, current);
+                harvest(agg, enis, e, current, rule_of(&self.rule_names, e));
             }
         }
     }
@@ -773,14 +801,16 @@ impl<C: Clock> FlowTable<C> {
         if let Some(mut f) = known {
             if let Some(delta) = delta(&f, &current) {
                 f.enis.refresh(reg, e);
-                harvest(&mut self.agg, f.enis, e, delta);
+                let rule = rule_of(&self.rule_names, e);
+                harvest(&mut self.agg, f.enis, e, delta, rule);
                 return;
             }
             self.anomaly(Some(f.enis));
         }
         // Unknown: created and destroyed between two dumps.
         if let Some(enis) = self.attribute(reg, e) {
-            harvest(&mut self.agg, enis, e, current);
+            let rule = rule_of(&self.rule_names, e);
+            harvest(&mut self.agg, enis, e, current, rule);
         }
     }
 
@@ -860,8 +890,15 @@ fn delta(f: &FlowEntry, current: &Attributed) -> Option<Attributed> {
 /// addresses on the other side of NAT (from the other tuple: equal to its
 /// own without NAT) and the connection's span from its conntrack
 /// timestamps (unknown without nf_conntrack_timestamp: the window's
-/// bounds are said; no stop yet: it goes on past the harvest).
-fn harvest(agg: &mut WindowAggregate, enis: Attribution, e: &ConntrackEntry, d: Attributed) {
+/// bounds are said; no stop yet: it goes on past the harvest), and the
+/// security-group `rule` its conntrack mark names, if any.
+fn harvest(
+    agg: &mut WindowAggregate,
+    enis: Attribution,
+    e: &ConntrackEntry,
+    d: Attributed,
+    rule: Option<&Arc<str>>,
+) {
     let (o, r) = (&e.orig, &e.reply);
     let tuple = |src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16| FlowTuple {
         src,
@@ -875,6 +912,7 @@ fn harvest(agg: &mut WindowAggregate, enis: Attribution, e: &ConntrackEntry, d: 
         pkt: Some((pkt_src, pkt_dst)),
         first: e.start_ns.map(secs),
         last: e.stop_ns.map(secs),
+        rule,
         ..SumExtras::default()
     };
     let mut add = |eni, direction, t, counts, x| {

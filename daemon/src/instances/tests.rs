@@ -19,6 +19,7 @@ use crate::model::{ConntrackEntry, ConntrackKind, IfIndex, MacAddr, RouteEvent};
 use crate::test_builders::{addr, conn, eni, flow_log, link, loopback, EntryExt, MAC_B};
 
 mod extras;
+mod sg_rules;
 mod tcp_flags;
 
 /// What the loop does with a closed window (or an early emit): the flow

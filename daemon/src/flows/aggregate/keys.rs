@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use flowlogd_plugin_api::{Action, Direction};
 
-use super::FlowTuple;
+use super::{FlowTuple, RuleId};
 use crate::eni::EniIndex;
 
 pub(super) const FLAG_OUT: u8 = 1;
@@ -107,9 +107,17 @@ pub(super) trait RecordKey: Copy + Eq + Hash {
     }
     /// The key of the same record without NAT: the one TCP flags wait under.
     fn plain(&self) -> AnyKey;
+    /// The key of the record in the table it would go to by its tuple
+    /// alone: a sum moved between windows or ENIs goes back there, and
+    /// apart again only if its rule is taken.
+    fn origin(&self) -> SumKey;
 }
 
 impl RecordKey for V4Key {
+    fn origin(&self) -> SumKey {
+        SumKey::Plain(AnyKey::V4(*self))
+    }
+
     fn rest(&self) -> KeyRest {
         self.rest
     }
@@ -135,6 +143,10 @@ impl RecordKey for V4Key {
 }
 
 impl RecordKey for V6Key {
+    fn origin(&self) -> SumKey {
+        SumKey::Plain(AnyKey::V6(*self))
+    }
+
     fn rest(&self) -> KeyRest {
         self.rest
     }
@@ -245,6 +257,10 @@ impl Hash for Nat4Key {
 }
 
 impl RecordKey for Nat4Key {
+    fn origin(&self) -> SumKey {
+        SumKey::Nat4(*self)
+    }
+
     fn rest(&self) -> KeyRest {
         self.key.rest
     }
@@ -283,6 +299,10 @@ pub(super) struct Nat6Key {
 }
 
 impl RecordKey for Nat6Key {
+    fn origin(&self) -> SumKey {
+        SumKey::Nat6(*self)
+    }
+
     fn rest(&self) -> KeyRest {
         self.key.rest
     }
@@ -365,5 +385,78 @@ pub(super) fn sum_key(
                 pkt_v4,
             })
         }
+    }
+}
+
+/// The key of a record whose ENI-side tuple (and addresses behind NAT)
+/// another record of the window already holds under another rule: two
+/// connections, one after the other on the same ports, let through by
+/// different security-group rules (a reload in between). Kept apart, so
+/// each record's counts are its rule's, as NATed records are kept apart
+/// by their addresses. Rare, so the key is wide rather than packed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct RuledKey {
+    /// Direction and action only: the tuple holds the rest.
+    rest: KeyRest,
+    tuple: FlowTuple,
+    pkt: Option<(IpAddr, IpAddr)>,
+    pub(super) rule: RuleId,
+}
+
+impl RuledKey {
+    /// The record of `key` under `rule`.
+    pub(super) fn of<K: RecordKey>(key: &K, rule: RuleId) -> RuledKey {
+        let rest = key.rest();
+        RuledKey {
+            rest: KeyRest {
+                flags: rest.flags & (FLAG_OUT | FLAG_REJECT),
+                ..rest
+            },
+            tuple: key.tuple(),
+            pkt: key.pkt(),
+            rule,
+        }
+    }
+}
+
+impl Hash for RuledKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.rest.word());
+        self.tuple.hash(state);
+        self.pkt.hash(state);
+        state.write_u32(self.rule.0);
+    }
+}
+
+impl RecordKey for RuledKey {
+    fn rest(&self) -> KeyRest {
+        self.rest
+    }
+
+    fn tuple(&self) -> FlowTuple {
+        self.tuple
+    }
+
+    fn with_eni(mut self, eni: EniIndex) -> Self {
+        self.rest.eni = eni;
+        self
+    }
+
+    fn pkt(&self) -> Option<(IpAddr, IpAddr)> {
+        self.pkt
+    }
+
+    fn plain(&self) -> AnyKey {
+        record_key(
+            self.rest.eni,
+            self.rest.direction(),
+            self.rest.action(),
+            self.tuple,
+        )
+    }
+
+    fn origin(&self) -> SumKey {
+        let r = self.rest;
+        sum_key(r.eni, r.direction(), r.action(), self.tuple, self.pkt)
     }
 }

@@ -8,13 +8,18 @@
 //! tuple is the same but whose addresses behind NAT differ (or one NATed,
 //! one not) therefore give one record each in a window, not one record
 //! with wrong pkt-* addresses.
+//!
+//! Likewise a record whose key a sum of another rule already holds (two
+//! connections on the same ports let through or dropped by different
+//! rules in one window) goes to its own sum in `ruled`, keyed also by its
+//! rule: each record's counts are exactly its rule's.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::keys::{KeyRest, Nat4Key, Nat6Key, RecordKey, V4Key, V6Key};
+use super::keys::{AnyKey, KeyRest, Nat4Key, Nat6Key, RecordKey, RuledKey, SumKey, V4Key, V6Key};
 use super::sum::{Addition, RecordSum};
-use super::{map_bytes, mark, FlowTuple, Rules, SumHasher};
+use super::{map_bytes, mark, FlowTuple, RuleId, Rules, SumHasher};
 use crate::eni::EniIndex;
 
 pub(super) type Sums<K> = HashMap<K, RecordSum, SumHasher>;
@@ -25,6 +30,7 @@ pub(super) struct SumTables {
     pub(super) v6: Sums<V6Key>,
     pub(super) nat4: Sums<Nat4Key>,
     pub(super) nat6: Sums<Nat6Key>,
+    pub(super) ruled: Sums<RuledKey>,
 }
 
 /// A key's table in [`SumTables`].
@@ -50,6 +56,7 @@ in_tables!(V4Key, v4);
 in_tables!(V6Key, v6);
 in_tables!(Nat4Key, nat4);
 in_tables!(Nat6Key, nat6);
+in_tables!(RuledKey, ruled);
 
 /// One sum as the drain needs it: key, tuple, the packet's addresses
 /// behind NAT (`None`: the tuple's), sum.
@@ -59,8 +66,78 @@ pub(super) type SumItem = (KeyRest, FlowTuple, Option<(IpAddr, IpAddr)>, RecordS
 pub(super) type SumIter = Box<dyn ExactSizeIterator<Item = SumItem> + Send>;
 
 impl SumTables {
+    /// Adds `a` to the sum of `key`, or, if both name a rule and the rules
+    /// differ, to the sum of `key` under `a`'s rule in `ruled`; `false` if
+    /// it reached its bound. Also returns that sum's (packets, bytes) now.
+    /// Traffic without a rule joins the sum and takes its rule, as REJECT
+    /// records of NFLOG groups without a prefix always have.
+    #[must_use]
+    pub(super) fn add<K: InTables>(&mut self, key: K, a: &Addition) -> (bool, (u64, u64)) {
+        let unnamed = RuleId::default();
+        match K::table(self).get(&key) {
+            Some(sum) if a.rule != unnamed && sum.rule() != unnamed && sum.rule() != a.rule => {
+                add_to(&mut self.ruled, RuledKey::of(&key, a.rule), a)
+            }
+            _ => add_to(K::table_mut(self), key, a),
+        }
+    }
+
+    /// [`SumTables::add`] to the key's own table.
+    #[must_use]
+    pub(super) fn add_at_origin(&mut self, key: SumKey, a: &Addition) -> (bool, (u64, u64)) {
+        match key {
+            SumKey::Plain(AnyKey::V4(k)) => self.add(k, a),
+            SumKey::Plain(AnyKey::V6(k)) => self.add(k, a),
+            SumKey::Nat4(k) => self.add(k, a),
+            SumKey::Nat6(k) => self.add(k, a),
+        }
+    }
+
+    /// Adds `records`, whose rules are `from`'s and base `shift` seconds
+    /// later, into these sums, whose rules are `rules`.
+    fn merge_into<K: InTables>(
+        &mut self,
+        rules: &mut Rules,
+        skipped: &mut Vec<bool>,
+        records: Sums<K>,
+        (from, shift): (&Rules, i64),
+    ) {
+        for (k, s) in records {
+            let rule = rules.intern(from.get(s.rule()).as_ref());
+            if !self
+                .add_at_origin(k.origin(), &s.as_addition(rule, -shift))
+                .0
+            {
+                mark(skipped, k.rest().eni);
+            }
+        }
+    }
+
+    /// [`SumTables::renumber`] for one table.
+    fn renumber_in<K: InTables>(
+        &mut self,
+        skipped: &mut Vec<bool>,
+        map: impl Fn(EniIndex) -> Option<EniIndex>,
+    ) -> usize {
+        let mut dropped = 0;
+        for (k, s) in std::mem::take(K::table_mut(self)) {
+            let Some(eni) = map(k.rest().eni) else {
+                dropped += 1;
+                continue;
+            };
+            let k = k.with_eni(eni);
+            if !self
+                .add_at_origin(k.origin(), &s.as_addition(s.rule(), 0))
+                .0
+            {
+                mark(skipped, eni);
+            }
+        }
+        dropped
+    }
+
     pub(super) fn len(&self) -> usize {
-        self.v4.len() + self.v6.len() + self.nat4.len() + self.nat6.len()
+        self.v4.len() + self.v6.len() + self.nat4.len() + self.nat6.len() + self.ruled.len()
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -69,7 +146,11 @@ impl SumTables {
 
     /// Heap bytes of the tables (see `map_bytes`).
     pub(super) fn bytes(&self) -> usize {
-        map_bytes(&self.v4) + map_bytes(&self.v6) + map_bytes(&self.nat4) + map_bytes(&self.nat6)
+        map_bytes(&self.v4)
+            + map_bytes(&self.v6)
+            + map_bytes(&self.nat4)
+            + map_bytes(&self.nat6)
+            + map_bytes(&self.ruled)
     }
 
     /// Takes out the sums of the ENIs `held` says.
@@ -82,6 +163,7 @@ impl SumTables {
             v6: take_held(&mut self.v6, held),
             nat4: take_held(&mut self.nat4, held),
             nat6: take_held(&mut self.nat6, held),
+            ruled: take_held(&mut self.ruled, held),
         }
     }
 
@@ -95,10 +177,12 @@ impl SumTables {
         other: SumTables,
         (from, shift): (&Rules, i64),
     ) {
-        merge_into(&mut self.v4, rules, skipped, other.v4, (from, shift));
-        merge_into(&mut self.v6, rules, skipped, other.v6, (from, shift));
-        merge_into(&mut self.nat4, rules, skipped, other.nat4, (from, shift));
-        merge_into(&mut self.nat6, rules, skipped, other.nat6, (from, shift));
+        let from = (from, shift);
+        self.merge_into(rules, skipped, other.v4, from);
+        self.merge_into(rules, skipped, other.v6, from);
+        self.merge_into(rules, skipped, other.nat4, from);
+        self.merge_into(rules, skipped, other.nat6, from);
+        self.merge_into(rules, skipped, other.ruled, from);
     }
 
     /// The sums under their ENI's new index (`map`; two old ENIs may
@@ -108,10 +192,11 @@ impl SumTables {
         skipped: &mut Vec<bool>,
         map: impl Fn(EniIndex) -> Option<EniIndex> + Copy,
     ) -> usize {
-        renumber_in(&mut self.v4, skipped, map)
-            + renumber_in(&mut self.v6, skipped, map)
-            + renumber_in(&mut self.nat4, skipped, map)
-            + renumber_in(&mut self.nat6, skipped, map)
+        self.renumber_in::<V4Key>(skipped, map)
+            + self.renumber_in::<V6Key>(skipped, map)
+            + self.renumber_in::<Nat4Key>(skipped, map)
+            + self.renumber_in::<Nat6Key>(skipped, map)
+            + self.renumber_in::<RuledKey>(skipped, map)
     }
 
     /// ENIs of the sums, with repeats.
@@ -120,6 +205,7 @@ impl SumTables {
             .chain(self.v6.keys().map(|k| k.rest().eni))
             .chain(self.nat4.keys().map(|k| k.rest().eni))
             .chain(self.nat6.keys().map(|k| k.rest().eni))
+            .chain(self.ruled.keys().map(|k| k.rest().eni))
     }
 
     /// The tables to drain, empty ones left out.
@@ -129,6 +215,7 @@ impl SumTables {
             iter_of(self.v6),
             iter_of(self.nat4),
             iter_of(self.nat6),
+            iter_of(self.ruled),
         ]
         .into_iter()
         .flatten()
@@ -149,7 +236,7 @@ fn iter_of<K: InTables>(sums: Sums<K>) -> Option<SumIter> {
 /// Adds `a` to the sum of `key`; `false` if it reached its bound. Also
 /// returns the key's (packets, bytes) now.
 #[must_use]
-pub(super) fn add_to<K: RecordKey>(sums: &mut Sums<K>, key: K, a: &Addition) -> (bool, (u64, u64)) {
+fn add_to<K: RecordKey>(sums: &mut Sums<K>, key: K, a: &Addition) -> (bool, (u64, u64)) {
     let sum = sums.entry(key).or_default();
     let whole = sum.add(a);
     (whole, sum.counts.get())
@@ -166,41 +253,4 @@ fn take_held<K: RecordKey>(sums: &mut Sums<K>, held: &[bool]) -> Sums<K> {
         false
     });
     out
-}
-
-/// Adds `records`, whose rules are `from`'s and base `shift` seconds
-/// later, into `sums`, whose rules are `rules`.
-fn merge_into<K: RecordKey>(
-    sums: &mut Sums<K>,
-    rules: &mut Rules,
-    skipped: &mut Vec<bool>,
-    records: Sums<K>,
-    (from, shift): (&Rules, i64),
-) {
-    for (k, s) in records {
-        let rule = rules.intern(from.get(s.rule()).as_ref());
-        if !add_to(sums, k, &s.as_addition(rule, -shift)).0 {
-            mark(skipped, k.rest().eni);
-        }
-    }
-}
-
-/// [`SumTables::renumber`] for one table.
-fn renumber_in<K: RecordKey>(
-    sums: &mut Sums<K>,
-    skipped: &mut Vec<bool>,
-    map: impl Fn(EniIndex) -> Option<EniIndex>,
-) -> usize {
-    let mut dropped = 0;
-    for (k, s) in std::mem::take(sums) {
-        let Some(eni) = map(k.rest().eni) else {
-            dropped += 1;
-            continue;
-        };
-        let k = k.with_eni(eni);
-        if !add_to(sums, k, &s.as_addition(s.rule(), 0)).0 {
-            mark(skipped, eni);
-        }
-    }
-    dropped
 }

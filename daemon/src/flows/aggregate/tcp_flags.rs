@@ -54,7 +54,7 @@ impl PendingTcpFlags {
     }
 
     /// ORs the flags into the sums of their keys (the plain record and any
-    /// NATed ones of the same ENI-side key) and forgets the flags that
+    /// NATed or other-rule ones of the same ENI-side key) and forgets the flags that
     /// found one: those sums are about to be emitted, and flags seen later
     /// go with the record the connection's later counters make.
     pub(super) fn apply_to(&mut self, sums: &mut SumTables) {
@@ -64,6 +64,7 @@ impl PendingTcpFlags {
         let mut used = Vec::new();
         self.apply_to_nat(&mut sums.nat4, &mut used);
         self.apply_to_nat(&mut sums.nat6, &mut used);
+        self.apply_to_nat(&mut sums.ruled, &mut used);
         self.v4.retain(|k, flags| match sums.v4.get_mut(k) {
             Some(sum) => {
                 sum.or_tcp_flags(*flags);
