@@ -27,6 +27,7 @@ pub mod packet;
 pub mod privileges;
 pub mod rejects;
 pub mod run_marker;
+pub mod security_groups;
 pub mod signals;
 pub mod sinks;
 pub mod startup;
