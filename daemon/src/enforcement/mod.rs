@@ -15,11 +15,10 @@ pub use queue::{EnforcementQueue, QueueCounters};
 pub use table::{remove_table, table_present, SgTable, TableSettings, SG_TABLE};
 pub use verdict::{DrainResult, Enforcer, VerdictStats};
 
-/// The table's settings from `[enforcement]`. STAND-IN until the config
-/// of the `sgpolicy` branch is merged: queue 100, on_daemon_down accept.
-pub fn settings_of(_config: &crate::config::Config) -> TableSettings {
+/// The queue rule's settings from `[enforcement]`.
+pub fn settings_of(config: &crate::config::Config) -> TableSettings {
     TableSettings {
-        queue: 100,
-        bypass: true,
+        queue: config.enforcement.queue,
+        bypass: config.enforcement.on_daemon_down == crate::config::OnDaemonDown::Accept,
     }
 }
