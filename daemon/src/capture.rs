@@ -31,6 +31,7 @@ use crate::startup;
 
 mod build;
 mod closer;
+mod enforce;
 mod error;
 mod publish;
 mod reload;
@@ -45,7 +46,7 @@ use build::ConfigState;
 use closer::{WindowCloser, EMIT_RETRY};
 use error::io_err;
 use publish::MetricsPublisher;
-use sources::{Sources, CONNTRACK, DUMP, METADATA, NFLOG, ROUTE, SIGNALS};
+use sources::{Sources, CONNTRACK, DUMP, ENFORCEMENT, METADATA, NFLOG, ROUTE, SIGNALS};
 use state::Capture;
 
 /// While events are arriving, the loop lets them gather this long before
@@ -134,6 +135,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
         if std::mem::take(&mut capture.flags.drain_pending) {
             capture.drain_conntrack(&mut closer);
             capture.drain_nflog(&mut closer);
+            capture.drain_enforcement(&mut closer);
         }
         let mut dump_readable = closer.take_dump_pending();
         for event in poll_events.iter() {
@@ -143,6 +145,7 @@ pub fn run(config: Config) -> Result<u64, RunError> {
                 // its source until it would block.
                 CONNTRACK => capture.drain_conntrack(&mut closer),
                 NFLOG => capture.drain_nflog(&mut closer),
+                ENFORCEMENT => capture.drain_enforcement(&mut closer),
                 ROUTE => capture.drain_route(&mut closer),
                 METADATA => capture.drain_metadata(),
                 SIGNALS => terminate |= read_signals(&mut signals, &mut capture, &mut closer),

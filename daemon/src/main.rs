@@ -215,6 +215,22 @@ fn remove_tracking_table(path: &std::path::Path) -> ExitCode {
         }
         Err(e) => eprintln!("flowlogd: {e}; not checking whether a daemon is running"),
     }
+    // The security groups' table goes too: without a daemon reading its
+    // queue it would keep passing (bypass) or dropping new connections.
+    let sg = match flowlogd::enforcement::remove_table() {
+        Ok(true) => {
+            println!("removed nftables table inet flowlogd_sg (security groups) from this network namespace");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flowlogd: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    };
+    if sg != ExitCode::SUCCESS {
+        return sg;
+    }
     match tracking::remove_table() {
         Ok(true) => {
             println!("removed nftables table inet flowlogd from this network namespace");

@@ -22,6 +22,7 @@ pub use exposition::render;
 pub(crate) use server::read_bounded;
 pub use server::{MetricsServer, MAX_REQUEST_BYTES, REQUEST_TIMEOUT};
 pub use snapshot::{
-    EniSkips, FlowLogRecords, Histogram, LoopCounters, NflogCounters, Snapshot, SnapshotCell,
-    TcpFlagsCounters, WindowOutput, CLOSE_SECONDS_BUCKETS, PUBLISH_INTERVAL,
+    EnforcementCounters, EniSkips, FlowLogRecords, Histogram, LoopCounters, NflogCounters,
+    Snapshot, SnapshotCell, TcpFlagsCounters, WindowOutput, CLOSE_SECONDS_BUCKETS,
+    PUBLISH_INTERVAL,
 };

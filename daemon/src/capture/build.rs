@@ -109,6 +109,7 @@ pub(super) fn start(
         dispatcher,
         nflog: sources.nflog.map(|socket| (socket, state.rejects)),
         tcp_flags: config.tcp_flags_group().map(TcpFlagsCapture::new),
+        enforcement: sources.enforcement,
         stats: LoopStats::default(),
         flags: LoopFlags::default(),
         waker: None,
@@ -128,6 +129,7 @@ pub(super) fn start(
     // run already emitted a window up to its stop, and this one must not
     // overlap it. It ends at the aligned boundary as usual.
     capture.table.start_first_window_at(now);
+    capture.update_enforced_interfaces();
     capture.baseline(now)?;
     Ok(capture)
 }

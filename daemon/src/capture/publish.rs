@@ -11,7 +11,8 @@ use super::closer::WindowCloser;
 use super::state::Capture;
 use crate::control::LoopView;
 use crate::metrics::{
-    LoopCounters, NflogCounters, Snapshot, SnapshotCell, TcpFlagsCounters, PUBLISH_INTERVAL,
+    EnforcementCounters, LoopCounters, NflogCounters, Snapshot, SnapshotCell, TcpFlagsCounters,
+    PUBLISH_INTERVAL,
 };
 use crate::tcp_flags::TcpFlagsCapture;
 
@@ -106,6 +107,21 @@ impl MetricsPublisher {
             nat_unplaced: f.nat_unplaced,
             bad_headers: f.bad_headers,
         });
+        let enforcement = c.enforcement.as_ref().map(|e| {
+            let v = e.enforcer.stats();
+            let k = e.enforcer.queue_counters().unwrap_or_default();
+            EnforcementCounters {
+                packets: v.packets,
+                accepted: v.accepted,
+                dropped: v.dropped,
+                not_covered: v.not_covered,
+                unreadable: v.unreadable,
+                verdict_errors: v.verdict_errors,
+                queue_full: k.queue_dropped,
+                socket_full: k.user_dropped,
+                waiting: k.waiting,
+            }
+        });
         let window = c.table.window();
         let output = closer.output().clone();
         self.windows_closed = output.windows_closed;
@@ -116,6 +132,7 @@ impl MetricsPublisher {
             counters,
             nflog,
             tcp_flags,
+            enforcement,
             output,
             window_start: window.start,
             window_end: window.end,

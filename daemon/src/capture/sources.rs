@@ -11,6 +11,7 @@ use std::sync::Arc;
 use mio::unix::SourceFd;
 use mio::{Interest, Poll, Token, Waker};
 
+use super::enforce::Enforcement;
 use super::error::{io_err, RunError};
 use super::state::Capture;
 use crate::config::Config;
@@ -40,6 +41,8 @@ pub(super) const NFLOG: Token = Token(3);
 pub(super) const METADATA: Token = Token(4);
 /// The conntrack dump socket, read in slices while a dump runs.
 pub(super) const DUMP: Token = Token(5);
+/// The security groups' NFQUEUE.
+pub(super) const ENFORCEMENT: Token = Token(6);
 
 /// Bytes of each dropped packet NFLOG copies to us: an IPv6 header with a
 /// few extension headers and the transport ports fit; the record's size
@@ -60,6 +63,8 @@ pub(super) struct Sources {
     pub(super) route: RouteWatcher,
     /// NFLOG, if groups are configured.
     pub(super) nflog: Option<NflogSocket>,
+    /// The security groups' queue and table, if the config has groups.
+    pub(super) enforcement: Option<Enforcement>,
 }
 
 impl Sources {
@@ -132,12 +137,14 @@ impl Sources {
         let route = RouteWatcher::open(ROUTE_RCVBUF_BYTES)
             .map_err(io_err("cannot open the rtnetlink socket"))?;
         let nflog = open_nflog(config)?;
+        let enforcement = super::enforce::open(config)?;
         Ok(Sources {
             tracking_table,
             events,
             dumper,
             route,
             nflog,
+            enforcement,
         })
     }
 }
@@ -225,6 +232,15 @@ pub(super) fn register(
                 Interest::READABLE,
             )
             .map_err(io_err("cannot poll the NFLOG socket"))?;
+    }
+    if let Some(e) = &capture.enforcement {
+        registry
+            .register(
+                &mut SourceFd(&e.enforcer.as_raw_fd()),
+                ENFORCEMENT,
+                Interest::READABLE,
+            )
+            .map_err(io_err("cannot poll the NFQUEUE socket"))?;
     }
     // The baseline used the dump socket blocking; from here on the loop
     // reads it in slices. A socket replaced since is registered anew.

@@ -81,6 +81,8 @@ pub(super) struct Capture {
     /// The tcp-flags group's packets, read on the same socket, if a sink's
     /// field list names tcp-flags.
     pub(super) tcp_flags: Option<TcpFlagsCapture>,
+    /// The security groups' queue and table, if the config has groups.
+    pub(super) enforcement: Option<super::enforce::Enforcement>,
     pub(super) stats: LoopStats,
     /// What the handlers leave for the loop's next turn.
     pub(super) flags: LoopFlags,
@@ -257,6 +259,7 @@ impl Capture {
     /// their interface are closed, and new interfaces are looked up in the
     /// metadata service.
     pub(super) fn after_registry_change(&mut self) {
+        self.update_enforced_interfaces();
         for eni in self.registry.take_detached() {
             self.table.detach(eni);
         }
@@ -375,6 +378,7 @@ impl Capture {
                 handoff::path_in(state_dir).display()
             ),
         }
+        self.leave_enforcement();
         let lost = startup::stop_sinks(
             &mut self.dispatcher,
             Duration::from_secs(self.config.daemon.shutdown_timeout_secs.into()),

@@ -25,6 +25,12 @@ pub struct RawConfig {
     /// errors can be pointed at.
     #[serde(default)]
     pub sinks: RawSinks,
+    /// `[enforcement]`: how the security groups are enforced; only used
+    /// when a `[[security_group]]` exists.
+    #[serde(default)]
+    pub enforcement: Option<Spanned<RawEnforcement>>,
+    #[serde(default)]
+    pub security_group: Vec<Spanned<RawSecurityGroup>>,
 }
 
 /// `[sinks.<name>]` tables: name -> (key -> value), every part located.
@@ -294,4 +300,41 @@ pub struct RawFlowLog {
 
 fn default_traffic() -> Spanned<String> {
     Spanned::new(0..0, "all".into())
+}
+
+/// The NFQUEUE the security groups' first packets go to when
+/// `[enforcement] queue` is not set.
+pub const fn default_enforcement_queue() -> u16 {
+    100
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnforcement {
+    pub queue: Option<Spanned<i64>>,
+    pub on_daemon_down: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecurityGroup {
+    pub id: Spanned<String>,
+    /// A list of ENI ids or the string `"all"`: a `Value`, checked by hand,
+    /// since serde's untagged enums lose the spans errors point at.
+    pub enis: Spanned<toml::Value>,
+    #[serde(default)]
+    pub rule: Vec<Spanned<RawSgRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSgRule {
+    pub id: Spanned<String>,
+    pub direction: Spanned<String>,
+    pub policy: Spanned<String>,
+    pub priority: Spanned<i64>,
+    pub protocol: Spanned<String>,
+    pub port_range: Spanned<String>,
+    pub cidr: Spanned<String>,
+    pub description: Option<Spanned<String>>,
 }

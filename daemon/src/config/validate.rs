@@ -12,6 +12,7 @@ use toml::Spanned;
 use super::location::key_path_at;
 use super::read::read_config;
 use super::schema::*;
+use super::security_groups::{validate_security_groups, EnforcementConfig, SecurityGroupConfig};
 use super::sink_fields::field_list_problem;
 use super::{ConfigError, Location};
 use crate::http_url::HttpUrl;
@@ -32,6 +33,10 @@ pub struct Config {
     pub flow_logs: Vec<FlowLogConfig>,
     /// Sorted by name.
     pub sinks: Vec<SinkConfig>,
+    /// `[enforcement]` (its defaults when absent).
+    pub enforcement: EnforcementConfig,
+    /// `[[security_group]]` tables in file order; none: nothing enforced.
+    pub security_groups: Vec<SecurityGroupConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -291,13 +296,13 @@ pub fn parse(path: &Path, src: &str) -> Result<Config, ConfigError> {
     validate(&cx, raw)
 }
 
-struct Cx<'a> {
-    path: &'a Path,
-    src: &'a str,
+pub(super) struct Cx<'a> {
+    pub(super) path: &'a Path,
+    pub(super) src: &'a str,
 }
 
 impl Cx<'_> {
-    fn err(
+    pub(super) fn err(
         &self,
         span: Range<usize>,
         key: impl Into<String>,
@@ -332,7 +337,7 @@ impl Cx<'_> {
 
     /// `v` if it is an id or name that may go into records, log lines and
     /// file names (see [`crate::ids`]), otherwise an error at it.
-    fn id(&self, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+    pub(super) fn id(&self, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
         check_id(v.get_ref()).map_err(|why| {
             let message = match why {
                 IdError::Unprintable { .. } => format!("got \"{}\": {why}", v.get_ref()),
@@ -389,7 +394,7 @@ impl Cx<'_> {
         }
     }
 
-    fn int_in(
+    pub(super) fn int_in(
         &self,
         v: &Spanned<i64>,
         key: &str,
@@ -428,6 +433,7 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         &sinks,
         daemon.max_flow_logs,
     )?;
+    let (enforcement, security_groups) = validate_security_groups(cx, &raw, &enis, &metadata)?;
     Ok(Config {
         path: cx.path.to_owned(),
         daemon,
@@ -436,6 +442,8 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         enis,
         flow_logs,
         sinks,
+        enforcement,
+        security_groups,
     })
 }
 

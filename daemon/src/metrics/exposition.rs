@@ -5,7 +5,7 @@
 
 use std::fmt::{Display, Write as _};
 
-use super::snapshot::Snapshot;
+use super::snapshot::{EnforcementCounters, Snapshot};
 use crate::sinks::SinkMetrics;
 
 /// The metrics page for `snapshot`, with `sinks` read from its probes.
@@ -137,6 +137,10 @@ pub fn render(snapshot: &Snapshot, sinks: &[SinkMetrics]) -> String {
                 v,
             );
         }
+    }
+
+    if let Some(e) = &snapshot.enforcement {
+        write_enforcement(&mut w, e);
     }
 
     w.counter(
@@ -395,6 +399,54 @@ fn escape_label_value(v: &str) -> String {
 /// Help text: `\` and newline escaped.
 fn escape_help(v: &str) -> String {
     v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// The security groups' queue (issue #16).
+fn write_enforcement(w: &mut Writer, e: &EnforcementCounters) {
+    w.counter(
+        "flowlogd_sg_queue_packets_total",
+        "First packets of new connections read from the security groups' NFQUEUE.",
+        e.packets,
+    );
+    w.family(
+        "flowlogd_sg_verdicts_total",
+        "counter",
+        "Verdicts on queued packets, by action (accept: by a rule or the egress default; drop: REJECT records).",
+    );
+    for (action, v) in [("accept", e.accepted), ("drop", e.dropped)] {
+        w.sample("flowlogd_sg_verdicts_total", &[("action", action)], v);
+    }
+    w.family(
+        "flowlogd_sg_undecided_packets_total",
+        "counter",
+        "Queued packets answered without the policy, by reason (not_covered: accepted; unreadable: dropped).",
+    );
+    for (reason, v) in [("not_covered", e.not_covered), ("unreadable", e.unreadable)] {
+        w.sample(
+            "flowlogd_sg_undecided_packets_total",
+            &[("reason", reason)],
+            v,
+        );
+    }
+    w.counter(
+        "flowlogd_sg_verdict_errors_total",
+        "Verdicts the kernel did not take (the packet then waits out the queue).",
+        e.verdict_errors,
+    );
+    w.family(
+        "flowlogd_sg_queue_overruns_total",
+        "counter",
+        "Packets the kernel could not queue to the daemon (dropped, or passed with on_daemon_down = \"accept\"), by \
+         reason: queue_full (queue_dropped) and socket_full (user_dropped) of /proc/net/netfilter/nfnetlink_queue.",
+    );
+    for (reason, v) in [("queue_full", e.queue_full), ("socket_full", e.socket_full)] {
+        w.sample("flowlogd_sg_queue_overruns_total", &[("reason", reason)], v);
+    }
+    w.gauge(
+        "flowlogd_sg_queue_waiting",
+        "Packets waiting in the queue for a verdict at the last publish.",
+        e.waiting,
+    );
 }
 
 #[cfg(test)]

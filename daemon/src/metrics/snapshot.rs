@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub nflog: Option<NflogCounters>,
     /// `None` unless a sink's field list names tcp-flags.
     pub tcp_flags: Option<TcpFlagsCounters>,
+    /// The security groups' queue, when the config has groups.
+    pub enforcement: Option<EnforcementCounters>,
     pub output: WindowOutput,
     /// The open window's bounds, Unix seconds.
     pub window_start: i64,
@@ -97,6 +99,27 @@ pub struct TcpFlagsCounters {
     pub not_on_an_eni: u64,
     pub nat_unplaced: u64,
     pub bad_headers: u64,
+}
+
+/// The security groups' queue: the loop's verdicts and the kernel's
+/// counters of the queue (`/proc/net/netfilter/nfnetlink_queue`, read at
+/// each publish).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EnforcementCounters {
+    /// Packets read from the queue.
+    pub packets: u64,
+    pub accepted: u64,
+    pub dropped: u64,
+    /// Accepted without a decision: not on a covered ENI.
+    pub not_covered: u64,
+    /// Dropped without a decision: unreadable headers.
+    pub unreadable: u64,
+    pub verdict_errors: u64,
+    /// The kernel's: dropped (or passed, with bypass) as the queue was
+    /// full, and as our socket's buffer was full; waiting now.
+    pub queue_full: u64,
+    pub socket_full: u64,
+    pub waiting: u64,
 }
 
 /// What closed windows (and early emits) produced, counted by the loop as

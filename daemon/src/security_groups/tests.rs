@@ -1,0 +1,1 @@
+//! `decide` against the semantics of an Alibaba Cloud security group.
