@@ -35,6 +35,7 @@ mod enforce;
 mod error;
 mod publish;
 mod reload;
+mod rule_names;
 mod sink_swap;
 mod sources;
 mod state;

@@ -110,6 +110,7 @@ pub(super) fn start(
         nflog: sources.nflog.map(|socket| (socket, state.rejects)),
         tcp_flags: config.tcp_flags_group().map(TcpFlagsCapture::new),
         enforcement: sources.enforcement,
+        mark_names: crate::security_groups::MarkNames::default(),
         stats: LoopStats::default(),
         flags: LoopFlags::default(),
         waker: None,
@@ -130,6 +131,7 @@ pub(super) fn start(
     // overlap it. It ends at the aligned boundary as usual.
     capture.table.start_first_window_at(now);
     capture.update_enforced_interfaces();
+    capture.start_rule_names();
     capture.baseline(now)?;
     Ok(capture)
 }

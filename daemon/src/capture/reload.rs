@@ -57,6 +57,7 @@ impl Capture {
         self.config_loaded_unix = SystemClock.now_unix();
         self.restart_metadata_if_changed();
         self.reload_enforcement();
+        self.learn_rule_names();
         self.reload_dump(closer, &old_registry);
         self.reopen_outputs("SIGHUP");
         let followed = self.table.stats().entries;

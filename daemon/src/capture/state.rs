@@ -83,6 +83,9 @@ pub(super) struct Capture {
     pub(super) tcp_flags: Option<TcpFlagsCapture>,
     /// The security groups' queue and table, if the config has groups.
     pub(super) enforcement: Option<super::enforce::Enforcement>,
+    /// The rule names of the security groups' conntrack marks, of this
+    /// config and earlier ones (`rule_names`).
+    pub(super) mark_names: crate::security_groups::MarkNames,
     pub(super) stats: LoopStats,
     /// What the handlers leave for the loop's next turn.
     pub(super) flags: LoopFlags,

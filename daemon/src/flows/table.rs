@@ -17,6 +17,7 @@ use super::leaders::LeadersView;
 use super::window::{CaptureWindow, Clock};
 use crate::eni::{EniIndex, EniRegistry};
 use crate::model::{ConntrackEntry, ConntrackKind, Tuple};
+use crate::security_groups::MARK_FLAG;
 
 mod reload;
 
@@ -211,22 +212,20 @@ pub struct FlowTable<C: Clock> {
     tcp_flags_on: bool,
     /// The security-group rule of each conntrack mark flowlogd sets
     /// ([`FlowTable::set_rule_names`]): ACCEPT records name it.
-    rule_names: RuleNames,
+    rule_names: Option<RuleNames>,
 }
 
-/// Conntrack mark -> `sg-id:rule-id`, for the marks with [`MARK_FLAG`].
-pub type RuleNames = HashMap<u32, Arc<str>>;
+/// Conntrack mark -> `sg-id:rule-id` (the security groups'
+/// `MarkNames::name_of`), asked only for marks with [`MARK_FLAG`].
+pub type RuleNames = Box<dyn Fn(u32) -> Option<Arc<str>> + Send>;
 
-/// The bit every conntrack mark flowlogd sets has: other marks (the
-/// operator's own) are never looked up.
-const MARK_FLAG: u32 = 0x8000_0000;
-
-/// The rule a connection's mark names, if flowlogd set the mark.
-fn rule_of<'a>(names: &'a RuleNames, e: &ConntrackEntry) -> Option<&'a Arc<str>> {
+/// The rule a connection's mark names, if flowlogd set the mark: other
+/// marks (the operator's own) are never looked up.
+fn rule_of(names: Option<&RuleNames>, e: &ConntrackEntry) -> Option<Arc<str>> {
     if e.mark & MARK_FLAG == 0 {
         return None;
     }
-    names.get(&e.mark)
+    names?(e.mark)
 }
 
 /// The windows' memory bound until [`FlowTable::with_window_memory_bytes`]
@@ -283,7 +282,7 @@ impl<C: Clock> FlowTable<C> {
             stats: FlowStats::default(),
             sums_limit: sums_limit(DEFAULT_WINDOW_MEMORY_BYTES),
             tcp_flags_on: false,
-            rule_names: RuleNames::default(),
+            rule_names: None,
         }
     }
 
@@ -311,8 +310,8 @@ impl<C: Clock> FlowTable<C> {
     /// (given again at each reload). A connection's ACCEPT records name the
     /// rule its mark says from the next harvest on; a mark not given here
     /// (or not flowlogd's) names none.
-    pub fn set_rule_names(&mut self, names: RuleNames) {
-        self.rule_names = names;
+    pub fn set_rule_names(&mut self, names: impl Fn(u32) -> Option<Arc<str>> + Send + 'static) {
+        self.rule_names = Some(Box::new(names));
     }
 
     /// Heap bytes of the open window's sums.
@@ -766,8 +765,9 @@ impl<C: Clock> FlowTable<C> {
                 f.attributed = current;
                 f.epoch = self.epoch;
                 f.enis.refresh(reg, e);
+                let rule = rule_of(self.rule_names.as_ref(), e);
                 let agg = dump_target(&mut self.agg, &mut self.closing, self.in_dump);
-                harvest(agg, f.enis, e, delta, rule_of(&self.rule_names, e));
+                harvest(agg, f.enis, e, delta, rule.as_ref());
                 return;
             }
             let old = self.flows.remove(&key).map(|f| f.enis);
@@ -777,8 +777,9 @@ impl<C: Clock> FlowTable<C> {
         // everything it carries is new.
         if let Some(enis) = self.attribute(reg, e) {
             if self.insert(key, enis, current) {
+                let rule = rule_of(self.rule_names.as_ref(), e);
                 let agg = dump_target(&mut self.agg, &mut self.closing, self.in_dump);
-                harvest(agg, enis, e, current, rule_of(&self.rule_names, e));
+                harvest(agg, enis, e, current, rule.as_ref());
             }
         }
     }
@@ -801,16 +802,16 @@ impl<C: Clock> FlowTable<C> {
         if let Some(mut f) = known {
             if let Some(delta) = delta(&f, &current) {
                 f.enis.refresh(reg, e);
-                let rule = rule_of(&self.rule_names, e);
-                harvest(&mut self.agg, f.enis, e, delta, rule);
+                let rule = rule_of(self.rule_names.as_ref(), e);
+                harvest(&mut self.agg, f.enis, e, delta, rule.as_ref());
                 return;
             }
             self.anomaly(Some(f.enis));
         }
         // Unknown: created and destroyed between two dumps.
         if let Some(enis) = self.attribute(reg, e) {
-            let rule = rule_of(&self.rule_names, e);
-            harvest(&mut self.agg, enis, e, current, rule);
+            let rule = rule_of(self.rule_names.as_ref(), e);
+            harvest(&mut self.agg, enis, e, current, rule.as_ref());
         }
     }
 

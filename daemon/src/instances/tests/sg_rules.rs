@@ -1,16 +1,16 @@
 //! `rule` on ACCEPT records: the security-group rule a connection's
 //! conntrack mark names (the mark the daemon's accept verdict set).
 
-use super::*;
-use crate::flows::RuleNames;
+use std::collections::HashMap;
 
-/// The flag every mark flowlogd sets has (`security_groups::MARK_FLAG`).
-const FLAG: u32 = 0x8000_0000;
+use super::*;
+use crate::security_groups::MARK_FLAG as FLAG;
 const SSH: u32 = FLAG | 0x0000_1234;
 const WEB: u32 = FLAG | 0x0042_0000;
 const EGRESS_DEFAULT: u32 = FLAG | 0x0000_0002;
 
-fn names() -> RuleNames {
+/// The names a `MarkNames` would give.
+fn rule_names() -> HashMap<u32, Arc<str>> {
     [
         (SSH, "sg-web:allow-ssh"),
         (WEB, "sg-web:allow-web"),
@@ -51,7 +51,8 @@ fn named(s: &str) -> Option<String> {
 #[test]
 fn accept_records_name_the_rule_of_their_connections_mark() {
     let mut f = Fixture::new(1000);
-    f.table.set_rule_names(names());
+    let names = rule_names();
+    f.table.set_rule_names(move |m| names.get(&m).cloned());
     // Ingress ssh, accepted by allow-ssh: both directions of it say so.
     f.event(
         conn(1, TCP, R, 5000, A, 22)
@@ -104,7 +105,8 @@ fn accept_records_name_the_rule_of_their_connections_mark() {
 #[test]
 fn a_long_connection_keeps_its_rule_in_every_window_and_across_a_reload() {
     let mut f = Fixture::new(1000);
-    f.table.set_rule_names(names());
+    let names = rule_names();
+    f.table.set_rule_names(move |m| names.get(&m).cloned());
     let c = || conn(1, TCP, R, 5000, A, 22).marked(SSH);
     f.event(c().kind(New));
     f.dump(&[c().counted((2, 120), (2, 120))]);
@@ -119,9 +121,10 @@ fn a_long_connection_keeps_its_rule_in_every_window_and_across_a_reload() {
     // A reload removed allow-ssh; the names still know its mark (the
     // policy's MarkNames keeps earlier configs'), so the connection it let
     // in keeps its name.
-    let mut after_reload = names();
+    let mut after_reload = rule_names();
     after_reload.remove(&WEB);
-    f.table.set_rule_names(after_reload);
+    f.table
+        .set_rule_names(move |m| after_reload.get(&m).cloned());
     f.event(c().kind(Destroy).counted((5, 300), (4, 240)));
     let second = f.close();
     assert_eq!(
@@ -136,7 +139,8 @@ fn a_long_connection_keeps_its_rule_in_every_window_and_across_a_reload() {
 #[test]
 fn connections_on_one_tuple_under_two_rules_in_a_window_give_a_record_each() {
     let mut f = Fixture::new(1000);
-    f.table.set_rule_names(names());
+    let names = rule_names();
+    f.table.set_rule_names(move |m| names.get(&m).cloned());
     // The same client port twice in one window: first let in by
     // allow-ssh, then (after a reload) by allow-web. Each rule's record
     // counts only its connection.
@@ -174,7 +178,8 @@ fn connections_on_one_tuple_under_two_rules_in_a_window_give_a_record_each() {
 #[test]
 fn rejects_of_two_rules_on_one_tuple_are_apart_as_accepts_are() {
     let mut f = Fixture::new(1000);
-    f.table.set_rule_names(names());
+    let names = rule_names();
+    f.table.set_rule_names(move |m| names.get(&m).cloned());
     let a = f.eni("eni-a");
     f.event(
         conn(1, TCP, R, 5000, A, 22)
