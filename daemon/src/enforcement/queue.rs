@@ -34,11 +34,11 @@ impl EnforcementQueue {
     /// The queue cannot be opened or bound (another process has it, no
     /// CAP_NET_ADMIN).
     pub fn open(number: u16, fail_open: bool) -> io::Result<EnforcementQueue> {
-        let before = open_fds();
+        let before = netlink_fds();
         let mut queue = nfq::Queue::open()?;
-        let added: Vec<RawFd> = open_fds().difference(&before).copied().collect();
+        let added: Vec<RawFd> = netlink_fds().difference(&before).copied().collect();
         let fd = match added.as_slice() {
-            [fd] if is_netlink(*fd) => *fd,
+            [fd] => *fd,
             _ => {
                 return Err(io::Error::other(format!(
                     "cannot tell the NFQUEUE socket among the files it opened ({added:?})"
@@ -127,13 +127,16 @@ fn parse_counters(text: &str, number: u16) -> Option<QueueCounters> {
     })
 }
 
-fn open_fds() -> BTreeSet<RawFd> {
-    std::fs::read_dir("/proc/self/fd")
+/// This process's netlink sockets. Checked once the listing is done, so
+/// the listing's own descriptor (closed by then) is never one of them.
+fn netlink_fds() -> BTreeSet<RawFd> {
+    let listed: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
         .map(|dir| {
             dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    listed.into_iter().filter(|fd| is_netlink(*fd)).collect()
 }
 
 fn is_netlink(fd: RawFd) -> bool {

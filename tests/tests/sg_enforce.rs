@@ -1,0 +1,339 @@
+//! Security groups enforced through NFQUEUE (issue #16), end to end: the
+//! daemon in namespace `a` (ENI eni-a on its veth) is the security group
+//! of eni-a; `b` is a peer. Traffic is real TCP: a connection attempt
+//! that reaches the other side is answered (accepted by a listener or
+//! refused with a RST: the SYN passed either way), one that is dropped
+//! times out. The ground truth for dropped SYNs is an nft `counter` on
+//! the sending side's output.
+//!
+//! Namespaces are prefixed `fl21e`; every process is killed by its pid,
+//! every namespace deleted by its name, also when a test fails.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use flowlogd_tests::netns::{DaemonProcess, Netns};
+use flowlogd_tests::*;
+use serde_json::Value;
+
+/// The policy of every test: web (8080) in, telnet (2323) in dropped by a
+/// rule, smtp (2525) out dropped by a rule; anything else in falls to the
+/// default ingress drop, anything else out to the default egress accept.
+fn security_group(on_daemon_down: &str) -> String {
+    format!(
+        r#"
+[enforcement]
+queue = 100
+on_daemon_down = "{on_daemon_down}"
+
+[[security_group]]
+id = "sg-lab"
+enis = ["eni-a"]
+
+[[security_group.rule]]
+id = "allow-web"
+direction = "ingress"
+policy = "accept"
+priority = 1
+protocol = "tcp"
+port_range = "8080/8080"
+cidr = "0.0.0.0/0"
+
+[[security_group.rule]]
+id = "deny-telnet"
+direction = "ingress"
+policy = "drop"
+priority = 1
+protocol = "tcp"
+port_range = "2323/2323"
+cidr = "0.0.0.0/0"
+
+[[security_group.rule]]
+id = "deny-smtp-out"
+direction = "egress"
+policy = "drop"
+priority = 1
+protocol = "tcp"
+port_range = "2525/2525"
+cidr = "0.0.0.0/0"
+"#
+    )
+}
+
+/// Counts the SYNs a namespace sends, per destination port.
+const SYN_COUNTERS: &str = r#"table inet fl21e_count {
+	chain out {
+		type filter hook output priority 0; policy accept;
+		tcp flags syn tcp dport 2323 counter comment "syn-2323"
+		tcp flags syn tcp dport 9999 counter comment "syn-9999"
+		tcp flags syn tcp dport 2525 counter comment "syn-2525"
+	}
+}
+"#;
+
+struct Lab {
+    // Field order is drop order: the daemon before the namespaces.
+    daemon: Option<DaemonProcess>,
+    scenario: Scenario,
+}
+
+fn lab(label: &str, on_daemon_down: &str) -> Lab {
+    let scenario = Scenario::builder(label)
+        .veth("veth-a", "veth-b", 41)
+        .build();
+    for ns in [&scenario.a, &scenario.b] {
+        load_rules(ns, SYN_COUNTERS);
+    }
+    let config = scenario
+        .config()
+        .window_secs(600)
+        .eni("eni-a", "veth-a", "vpc-lab")
+        .flow_log(
+            FlowLog::vpc("all", "vpc-lab")
+                .traffic("all")
+                .sinks(&["all"]),
+        )
+        .json_sink("all", &scenario.path("all.jsonl"))
+        .toml(&security_group(on_daemon_down));
+    let cfg = scenario.write_config("flowlogd.toml", &config);
+    let daemon = scenario.start_daemon(&cfg, "daemon.log");
+    Lab {
+        daemon: Some(daemon),
+        scenario,
+    }
+}
+
+fn load_rules(ns: &Netns, rules: &str) {
+    let out = ns
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(rules.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("run nft");
+    assert!(out.status.success(), "nft -f failed:\n{}", text(&out));
+}
+
+/// Packets counted by the rule with `comment` in `ns`.
+#[track_caller]
+fn syn_count(ns: &Netns, comment: &str) -> u64 {
+    let ruleset = ns.exec_ok(&["nft", "list", "table", "inet", "fl21e_count"]);
+    let line = ruleset
+        .lines()
+        .find(|l| l.contains(&format!("comment \"{comment}\"")))
+        .unwrap_or_else(|| panic!("no rule {comment}:\n{ruleset}"));
+    line.split("counter packets ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {line}"))
+}
+
+/// One TCP connection attempt from `ns`: `true` if the SYN was answered
+/// (a connection, or a RST from a closed port) within `secs`, `false` if
+/// it timed out (dropped). Shorter than TCP's first retransmission (1 s),
+/// so one attempt is one SYN.
+fn reaches(ns: &Netns, addr: &str, port: u16, secs: f32) -> bool {
+    let out = ns.exec(&[
+        "timeout",
+        &format!("{secs}"),
+        "bash",
+        "-c",
+        &format!("exec 3<>/dev/tcp/{addr}/{port}"),
+    ]);
+    // timeout(1) exits 124 when it had to stop the attempt.
+    out.status.code() != Some(124)
+}
+
+/// Sums packets of OK records by (action, direction, rule).
+fn totals(records: &[Value]) -> BTreeMap<(String, String, String), u64> {
+    let mut t = BTreeMap::new();
+    for r in records.iter().filter(|r| r["log-status"] == "OK") {
+        let key = (
+            r["action"].as_str().unwrap().to_owned(),
+            r["direction"].as_str().unwrap().to_owned(),
+            r["rule"].as_str().unwrap_or("").to_owned(),
+        );
+        *t.entry(key).or_insert(0) += r["packets"].as_u64().unwrap();
+    }
+    t
+}
+
+fn key(action: &str, direction: &str, rule: &str) -> (String, String, String) {
+    (action.to_owned(), direction.to_owned(), rule.to_owned())
+}
+
+/// Accept by rule, drop by rule, default ingress drop, default egress
+/// accept, a drop by an egress rule, and the replies of accepted
+/// connections passing (the SYN-ACK or RST is never queued). Every drop
+/// is a REJECT record with its rule whose packets equal the SYNs the
+/// sender's kernel counted: retransmits and new attempts alike, each
+/// queued and counted again.
+#[test]
+fn rules_decide_new_connections_and_drops_are_exact_reject_records() {
+    if !require_root("rules_decide_new_connections_and_drops_are_exact_reject_records") {
+        return;
+    }
+    let mut lab = lab("fl21e-rules", "accept");
+    let s = &lab.scenario;
+    let (a4, b4) = (s.ea.v4.to_string(), s.eb.v4.to_string());
+    let log = || lab_log(&lab);
+    assert!(
+        reaches(&s.b, &a4, 8080, 2.0),
+        "allow-web: the SYN must pass\n{}",
+        log()
+    );
+    for _ in 0..3 {
+        assert!(
+            !reaches(&s.b, &a4, 2323, 0.5),
+            "deny-telnet must drop\n{}",
+            log()
+        );
+    }
+    for _ in 0..2 {
+        assert!(
+            !reaches(&s.b, &a4, 9999, 0.5),
+            "default ingress drop\n{}",
+            log()
+        );
+    }
+    assert!(
+        reaches(&s.a, &b4, 7000, 2.0),
+        "default egress accept\n{}",
+        log()
+    );
+    for _ in 0..2 {
+        assert!(
+            !reaches(&s.a, &b4, 2525, 0.5),
+            "deny-smtp-out must drop\n{}",
+            log()
+        );
+    }
+    // A retransmitted SYN is a packet the kernel queues again.
+    assert!(
+        !reaches(&s.b, &a4, 2323, 1.5),
+        "deny-telnet, with a retransmit"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let telnet = syn_count(&s.b, "syn-2323");
+    let other = syn_count(&s.b, "syn-9999");
+    let smtp = syn_count(&s.a, "syn-2525");
+    assert!(
+        telnet >= 5 && other >= 2 && smtp >= 2,
+        "{telnet} {other} {smtp}"
+    );
+    let tables = s.a.nft_tables();
+    let mut daemon = lab.daemon.take().unwrap();
+    daemon.stop();
+    let log = daemon.log();
+    let records = read_json_records(&lab.scenario.path("all.jsonl"));
+    let t = totals(&records);
+    assert_eq!(
+        t.get(&key("REJECT", "in", "sg-lab:deny-telnet")),
+        Some(&telnet),
+        "{t:?}\n{log}"
+    );
+    assert_eq!(
+        t.get(&key("REJECT", "in", "default")),
+        Some(&other),
+        "{t:?}\n{log}"
+    );
+    assert_eq!(
+        t.get(&key("REJECT", "out", "sg-lab:deny-smtp-out")),
+        Some(&smtp),
+        "{t:?}\n{log}"
+    );
+    // Nothing accepted was recorded as a drop.
+    let rejects: u64 = t
+        .iter()
+        .filter(|(k, _)| k.0 == "REJECT")
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(rejects, telnet + other + smtp, "{t:?}");
+    assert!(tables.iter().any(|t| t == "inet flowlogd_sg"), "{tables:?}");
+    // The table stays after a clean stop too, until removed.
+    assert!(lab
+        .scenario
+        .a
+        .nft_tables()
+        .iter()
+        .any(|t| t == "inet flowlogd_sg"));
+}
+
+fn lab_log(lab: &Lab) -> String {
+    lab.daemon
+        .as_ref()
+        .map(DaemonProcess::log)
+        .unwrap_or_default()
+}
+
+/// on_daemon_down = "accept": after a SIGKILL the table is still there,
+/// and new connections the policy would drop pass (queue bypass).
+#[test]
+fn killed_daemon_fails_open_with_on_daemon_down_accept() {
+    if !require_root("killed_daemon_fails_open_with_on_daemon_down_accept") {
+        return;
+    }
+    let mut lab = lab("fl21e-open", "accept");
+    let s = &lab.scenario;
+    let a4 = s.ea.v4.to_string();
+    assert!(
+        !reaches(&s.b, &a4, 9999, 0.5),
+        "default drop while running\n{}",
+        lab_log(&lab)
+    );
+    lab.daemon.as_mut().unwrap().crash();
+    let s = &lab.scenario;
+    assert!(
+        s.a.nft_tables().iter().any(|t| t == "inet flowlogd_sg"),
+        "the table stays after a kill"
+    );
+    assert!(
+        reaches(&s.b, &a4, 9999, 2.0),
+        "fail open: the SYN must pass without a daemon"
+    );
+    assert!(reaches(&s.b, &a4, 8080, 2.0));
+}
+
+/// on_daemon_down = "drop": after a SIGKILL the table is still there, and
+/// new connections are dropped, even those a rule accepts; established
+/// enforcement resumes with the next daemon.
+#[test]
+fn killed_daemon_fails_closed_with_on_daemon_down_drop() {
+    if !require_root("killed_daemon_fails_closed_with_on_daemon_down_drop") {
+        return;
+    }
+    let mut lab = lab("fl21e-closed", "drop");
+    let s = &lab.scenario;
+    let a4 = s.ea.v4.to_string();
+    assert!(
+        reaches(&s.b, &a4, 8080, 2.0),
+        "allow-web while running\n{}",
+        lab_log(&lab)
+    );
+    lab.daemon.as_mut().unwrap().crash();
+    let s = &lab.scenario;
+    assert!(
+        s.a.nft_tables().iter().any(|t| t == "inet flowlogd_sg"),
+        "the table stays after a kill"
+    );
+    assert!(
+        !reaches(&s.b, &a4, 8080, 1.0),
+        "fail closed: no new connection without a daemon"
+    );
+    // A new daemon takes the queue over: the rule applies again.
+    let cfg = s.path("flowlogd.toml");
+    lab.daemon = Some(s.start_daemon(&cfg, "daemon2.log"));
+    let s = &lab.scenario;
+    assert!(
+        reaches(&s.b, &a4, 8080, 2.0),
+        "allow-web after the restart\n{}",
+        lab_log(&lab)
+    );
+}
