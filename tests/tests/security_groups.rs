@@ -15,7 +15,7 @@
 //!   counters and the mark the verdict put on each connection.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -241,6 +241,11 @@ fn verdicts_follow_priority_cidr_port_edges_and_families_with_their_rules_on_rec
         .build();
     let (a4, b4) = (s.ea.addr(4), s.eb.addr(4));
     let (a6, b6) = (s.ea.addr(6), s.eb.addr(6));
+    // b's /64 (the veth subnet's number is in hex there).
+    let v6_net = format!(
+        "{}/64",
+        Ipv6Addr::from(u128::from(s.eb.v6) & !u128::from(u64::MAX))
+    );
     let rules = [
         // Priority order: the accept at 1 beats the drop at 5.
         rule(
@@ -326,7 +331,7 @@ fn verdicts_follow_priority_cidr_port_edges_and_families_with_their_rules_on_rec
             10,
             "tcp",
             "8030/8030",
-            "fd00:200:61::/64",
+            &v6_net,
         ),
         rule(
             "ping",
@@ -344,7 +349,7 @@ fn verdicts_follow_priority_cidr_port_edges_and_families_with_their_rules_on_rec
             10,
             "icmpv6",
             "-1/-1",
-            "fd00:200:61::2/128",
+            &format!("{b6}/128"),
         ),
         // Egress: 9001 dropped; anything else by the default accept.
         rule(
@@ -388,16 +393,39 @@ fn verdicts_follow_priority_cidr_port_edges_and_families_with_their_rules_on_rec
         (8030, a6, true),
         (8030, a4, false),
     ];
+    // Listeners where connections are to pass: a connection that
+    // completes and closes stays in conntrack (TIME_WAIT) for its counters
+    // to be read at the end; a refused one would be gone at once.
+    let mut servers: Vec<LineProcess> = ingress
+        .iter()
+        .filter(|i| i.2)
+        .map(|&(port, addr, _)| (&s.a, addr, port))
+        .chain([(&s.b, b4, 9000)])
+        .map(|(ns, addr, port)| {
+            let at = std::net::SocketAddr::new(addr, port).to_string();
+            let mut p = LineProcess::traffic(ns, TRAFFIC, &["tcp-server", &at]);
+            p.expect_line("listening", STEP);
+            p
+        })
+        .collect();
     let mut wire = Vec::new();
-    for (port, addr, _) in ingress {
-        wire.push((port, addr, tcp_passes(&s.b, addr, port)));
-    }
-    let egress_9000 = tcp_passes(&s.a, b4, 9000);
     let egress_9001 = tcp_passes(&s.a, b4, 9001);
+    for pass in [false, true] {
+        for (port, addr, expected) in ingress {
+            if expected == pass {
+                wire.push((port, addr, tcp_passes(&s.b, addr, port)));
+            }
+        }
+    }
+    wire.sort_by_key(|&(port, addr, _)| ingress.iter().position(|i| (i.0, i.1) == (port, addr)));
+    let egress_9000 = tcp_passes(&s.a, b4, 9000);
     let ping4 = ping_passes(&s.b, a4);
     let ping6 = ping_passes(&s.b, a6);
     // No ICMP rule for a's own pings: egress default accept.
     let ping_out = ping_passes(&s.a, b6);
+    for server in &mut servers {
+        server.expect_line("done", STEP);
+    }
     std::thread::sleep(Duration::from_millis(300));
     let (ct, _) = s.a.settled_conntrack();
     let counters: BTreeMap<String, (u64, u64)> = [
@@ -437,7 +465,7 @@ fn verdicts_follow_priority_cidr_port_edges_and_families_with_their_rules_on_rec
         (8030, sg("v6-8030")),
     ] {
         let conns = ct_of(&ct, 6, port);
-        assert_eq!(conns.len(), 1, "port {port}: {conns:?}");
+        assert_eq!(conns.len(), 1, "port {port}: {ct:?}");
         assert_ne!(ct_mark(conns[0]) & MARK_FLAG, 0, "{}", conns[0].line);
         let (op, ob, rp, rb) = ct_sum(&conns);
         // (8030 has REJECT records besides: its IPv4 attempt, below.)
