@@ -43,9 +43,17 @@ usage: bash bench/run.sh [options]
                          flows at --tcp-steps, flowlogd only: without and with a field
                          list naming tcp-flags, so the rules copy every SYN, FIN and
                          RST to the daemon; the pair is the CPU cost of tcp-flags per
-                         million connections) [ct ct-scrape nflog stop reload flood tcp tcp-flags]
+                         million connections); sg (flowlogd as the security group of the
+                         VM's ENI, issue #16: TCP connect/close flows at --sg-steps, each
+                         new connection's first packet queued to the daemon and verdicted;
+                         beside each, the same rule set written directly in nftables with
+                         no daemon: the cost to the packet path)
+                         [ct ct-scrape nflog stop reload flood tcp tcp-flags sg]
   --tcp-steps "R ..."    TCP connections per second of the tcp and tcp-flags kinds
                          [2000 5000]
+  --sg-steps "R ..."     TCP connections per second of the sg kind; `max` = as fast as
+                         the generator's one client connects (each connection waits for
+                         the last: the rate is the packet path's latency) [2000 5000 max]
   --op-rate R            new UDP flows per second of stop, reload, flood [100000]
   --op-secs S            seconds of traffic before the stop or reload [10]
   --flood-secs S         seconds of the flood, of the 600 s default window: the
@@ -79,12 +87,13 @@ EOF
 SMOKE=0
 STEPS="10000 50000 100000 max"
 STEP_SECS=10
-KINDS="ct ct-scrape nflog stop reload flood tcp tcp-flags"
+KINDS="ct ct-scrape nflog stop reload flood tcp tcp-flags sg"
 OP_RATE=100000
 OP_SECS=10
 FLOOD_SECS=60
 PPF=1
 TCP_STEPS="2000 5000"
+SG_STEPS="2000 5000 max"
 LONG_SECS=60
 LONG_FLOWS=25000
 LONG_DROPS=25000
@@ -113,6 +122,7 @@ while (($#)); do
         --flood-secs) FLOOD_SECS="$2"; shift ;;
         --packets-per-flow) PPF="$2"; shift ;;
         --tcp-steps) TCP_STEPS="$2"; shift ;;
+        --sg-steps) SG_STEPS="$2"; shift ;;
         --long-secs) LONG_SECS="$2"; shift ;;
         --long-flows) LONG_FLOWS="$2"; shift ;;
         --long-drops) LONG_DROPS="$2"; shift ;;
@@ -378,6 +388,10 @@ settle() {
 # needs the daemon's own table (its tcp-flags rules live there).
 FLOWLOGD_EXTRA=""
 FLOWLOGD_TCP_FLAGS=0
+# FLOWLOGD_SG=1: flowlogd is the security group of eni-bench (issue #16),
+# with the shipped [enforcement] defaults (queue 100, fail open).
+FLOWLOGD_SG=0
+SG_QUEUE=100
 write_flowlogd_config() {  # dir window
     local dir=$1 window=$2 tracking="install_tracking_table = false" fields=""
     if ((FLOWLOGD_TCP_FLAGS)); then
@@ -422,6 +436,70 @@ format = "json"
 rotate_bytes = 0
 $fields
 EOF
+    if ((FLOWLOGD_SG)); then sg_config >>"$dir/flowlogd.toml"; fi
+}
+
+# --- the sg kind -------------------------------------------------------------------------
+# One rule lets the generator's TCP connections in; everything else
+# arriving new meets the default ingress drop.
+sg_config() {
+    cat <<EOF
+
+[[security_group]]
+id = "sg-bench"
+enis = ["eni-bench"]
+
+[[security_group.rule]]
+id = "allow-tcp"
+direction = "ingress"
+policy = "accept"
+priority = 1
+protocol = "tcp"
+port_range = "$TCP_PORT/$TCP_PORT"
+cidr = "$GEN_ADDR/32"
+EOF
+}
+
+# The same rule set written directly in nftables, where the daemon's
+# table decides (prerouting, -160), the rule carried into the connection
+# as a conntrack mark as the daemon's verdict does: the kernel alone.
+sg_nft_ruleset() {
+    cat <<EOF
+table inet flbench_sg {
+    chain arriving {
+        type filter hook prerouting priority -160; policy accept;
+        iifname "flbv0" ct state new tcp dport $TCP_PORT ip saddr $GEN_ADDR ct mark set 0x80000002 accept
+        iifname "flbv0" ct state new drop
+    }
+}
+EOF
+}
+
+# The daemon's queue line (fields 6 and 7: queue_dropped, user_dropped;
+# 8: id_sequence, the packets queued), read while the daemon holds it.
+sg_queue_line() { in_vm awk -v q="$SG_QUEUE" '$1 == q' /proc/net/netfilter/nfnetlink_queue 2>/dev/null || true; }
+
+# One markdown row of an sg run from its scratch directory.
+sg_row() {  # step dir listener
+    python3 - "$1" "$2" "$3" <<'PY'
+import json, math, os, sys
+step, d, listener = sys.argv[1:4]
+t = json.load(open(d + "/truth.json"))
+tcp = t["tcp"]
+row = [step, "daemon (NFQUEUE)" if listener == "flowlogd" else "plain nft, no daemon",
+       f"{t['target']['tcp']:,}", f"{tcp['flows_per_sec']:,.0f}", str(tcp["failed"])]
+if listener == "flowlogd":
+    q = open(d + "/nfqueue.txt").read().split() if os.path.exists(d + "/nfqueue.txt") else []
+    queued = int(q[7]) if len(q) > 7 else 0
+    lost = str(int(q[5]) + int(q[6])) if len(q) > 7 else "?"
+    r = json.load(open(d + "/rusage.json"))
+    cpu = r["utime_secs"] + r["stime_secs"]
+    per_m = f"{cpu / queued * 1e6:.1f}" if queued else "-"
+    row += [f"{queued:,}", lost, f"{cpu:.2f}", per_m]
+else:
+    row += ["-", "-", "-", "-"]
+print("| " + " | ".join(row) + " |")
+PY
 }
 
 write_ulogd_config() {  # dir
@@ -656,6 +734,7 @@ run_one() {
     wait "$gen_pid" || { cat "$dir/loadgen.log" >&2; die "the generator failed"; }
     forget_pid "$gen_pid"
     in_vm nft -j list counters table inet flbench >"$dir/counters.json"
+    if ((FLOWLOGD_SG)) && [[ $listener == flowlogd ]]; then sg_queue_line >"$dir/nfqueue.txt"; fi
     if [[ $listener != none ]]; then
         case $op in
             stop)
@@ -725,7 +804,7 @@ else
                 # Metrics are flowlogd's: the other listeners' rows would
                 # repeat ct's.
                 ct-scrape) flows=$step drops=0 op=scrape ;;
-                stop | reload | flood | tcp | tcp-flags) continue ;;
+                stop | reload | flood | tcp | tcp-flags | sg) continue ;;
                 *) die "unknown kind $kind (ct, ct-scrape, nflog, stop, reload, flood, tcp, tcp-flags)" ;;
             esac
             label="$kind $step"
@@ -754,6 +833,24 @@ else
                 # Its table stays after a stop (as it should on a VM): the
                 # runs after this one must not pay for its rules.
                 in_vm nft delete table inet flowlogd 2>/dev/null || true
+                ;;
+            sg)
+                [[ " $LISTENERS " == *" flowlogd "* ]] || continue
+                SG_ROWS=$TMP/sg-rows.md
+                for step in $SG_STEPS; do
+                    rate=$step
+                    [[ $step == max ]] && rate=100000
+                    sg_nft_ruleset | in_vm nft -f -
+                    run_one "sg-nft $step conn/s" tcp none "$STEP_SECS" 0 0 "$rate" "$PPF" 3600 30
+                    in_vm nft delete table inet flbench_sg
+                    sg_row "$step" "$TMP/run-$RUN_N-none" none >>"$SG_ROWS"
+                    FLOWLOGD_SG=1
+                    run_one "sg $step conn/s" tcp flowlogd "$STEP_SECS" 0 0 "$rate" "$PPF" 3600 30
+                    FLOWLOGD_SG=0
+                    # The daemon leaves its table in place on exit (fail open), by design.
+                    in_vm "$BIN/flowlogd" remove-tracking-table --config "$TMP/run-$RUN_N-flowlogd/flowlogd.toml" >&2
+                    sg_row "$step" "$TMP/run-$RUN_N-flowlogd" flowlogd >>"$SG_ROWS"
+                done
                 ;;
             flood)
                 # A full default window (600 s) scaled down to FLOOD_SECS:
@@ -787,6 +884,16 @@ if ((SMOKE)); then
     "$BIN/bench-tally" report "$RESULTS" --smoke >>"$report" || status=$?
 else
     "$BIN/bench-tally" report "$RESULTS" >>"$report" || status=$?
+    if [[ -s ${SG_ROWS:-} ]]; then
+        {
+            echo
+            echo "Security groups (sg): new TCP connections verdicted by the daemon, against the same rule set in plain nftables"
+            echo
+            echo "| conn/s step | path | target conn/s | achieved conn/s | failed | verdicts (queued) | queue drops | daemon CPU s | CPU s per million verdicts |"
+            echo "|---|---|---|---|---|---|---|---|---|"
+            cat "$SG_ROWS"
+        } >>"$report"
+    fi
 fi
 cat "$report"
 [[ -n $OUT ]] && cp "$report" "$OUT"
