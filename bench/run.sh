@@ -54,6 +54,8 @@ usage: bash bench/run.sh [options]
   --sg-steps "R ..."     TCP connections per second of the sg kind; `max` = as fast as
                          the generator's one client connects (each connection waits for
                          the last: the rate is the packet path's latency) [2000 5000 max]
+  --sg-udp-steps "R ..." new UDP flows per second of the sg kind (raw socket, no flow
+                         waits for another: the verdicts' throughput) [10000 50000 100000 max]
   --op-rate R            new UDP flows per second of stop, reload, flood [100000]
   --op-secs S            seconds of traffic before the stop or reload [10]
   --flood-secs S         seconds of the flood, of the 600 s default window: the
@@ -94,6 +96,7 @@ FLOOD_SECS=60
 PPF=1
 TCP_STEPS="2000 5000"
 SG_STEPS="2000 5000 max"
+SG_UDP_STEPS="10000 50000 100000 max"
 LONG_SECS=60
 LONG_FLOWS=25000
 LONG_DROPS=25000
@@ -123,6 +126,7 @@ while (($#)); do
         --packets-per-flow) PPF="$2"; shift ;;
         --tcp-steps) TCP_STEPS="$2"; shift ;;
         --sg-steps) SG_STEPS="$2"; shift ;;
+        --sg-udp-steps) SG_UDP_STEPS="$2"; shift ;;
         --long-secs) LONG_SECS="$2"; shift ;;
         --long-flows) LONG_FLOWS="$2"; shift ;;
         --long-drops) LONG_DROPS="$2"; shift ;;
@@ -457,6 +461,15 @@ priority = 1
 protocol = "tcp"
 port_range = "$TCP_PORT/$TCP_PORT"
 cidr = "$GEN_ADDR/32"
+
+[[security_group.rule]]
+id = "allow-udp"
+direction = "ingress"
+policy = "accept"
+priority = 1
+protocol = "udp"
+port_range = "$UDP_PORT/$UDP_PORT"
+cidr = "$SRC_NET"
 EOF
 }
 
@@ -469,6 +482,7 @@ table inet flbench_sg {
     chain arriving {
         type filter hook prerouting priority -160; policy accept;
         iifname "flbv0" ct state new tcp dport $TCP_PORT ip saddr $GEN_ADDR ct mark set 0x80000002 accept
+        iifname "flbv0" ct state new udp dport $UDP_PORT ip saddr $SRC_NET ct mark set 0x80000004 accept
         iifname "flbv0" ct state new drop
     }
 }
@@ -480,14 +494,16 @@ EOF
 sg_queue_line() { in_vm awk -v q="$SG_QUEUE" '$1 == q' /proc/net/netfilter/nfnetlink_queue 2>/dev/null || true; }
 
 # One markdown row of an sg run from its scratch directory.
-sg_row() {  # step dir listener
-    python3 - "$1" "$2" "$3" <<'PY'
-import json, math, os, sys
-step, d, listener = sys.argv[1:4]
+sg_row() {  # step dir listener proto
+    python3 - "$1" "$2" "$3" "$4" <<'PY'
+import json, os, sys
+step, d, listener, proto = sys.argv[1:5]
 t = json.load(open(d + "/truth.json"))
-tcp = t["tcp"]
-row = [step, "daemon (NFQUEUE)" if listener == "flowlogd" else "plain nft, no daemon",
-       f"{t['target']['tcp']:,}", f"{tcp['flows_per_sec']:,.0f}", str(tcp["failed"])]
+got = t[proto]
+target = t["target"]["tcp" if proto == "tcp" else "flows"]
+row = [f"{proto} {step}", "daemon (NFQUEUE)" if listener == "flowlogd" else "plain nft, no daemon",
+       f"{target:,}" if isinstance(target, int) else str(target),
+       f"{got['flows_per_sec']:,.0f}", str(got.get("failed", "-"))]
 if listener == "flowlogd":
     q = open(d + "/nfqueue.txt").read().split() if os.path.exists(d + "/nfqueue.txt") else []
     queued = int(q[7]) if len(q) > 7 else 0
@@ -495,9 +511,10 @@ if listener == "flowlogd":
     r = json.load(open(d + "/rusage.json"))
     cpu = r["utime_secs"] + r["stime_secs"]
     per_m = f"{cpu / queued * 1e6:.1f}" if queued else "-"
-    row += [f"{queued:,}", lost, f"{cpu:.2f}", per_m]
+    ruled, accepts = (int(n) for n in open(d + "/ruled.txt").read().split())
+    row += [f"{queued:,}", f"{ruled:,}", f"{accepts - ruled:,}", lost, f"{cpu:.2f}", per_m]
 else:
-    row += ["-", "-", "-", "-"]
+    row += ["-", "-", "-", "-", "-", "-"]
 print("| " + " | ".join(row) + " |")
 PY
 }
@@ -780,6 +797,14 @@ run_one() {
             --log "$dir/ulogd.log") ;;
     esac
     "$BIN/bench-tally" run "${args[@]}" >>"$RESULTS"
+    # Records that name the deciding rule were verdicted; an ACCEPT record
+    # without one passed unqueued (the queue full and fail-open).
+    if ((FLOWLOGD_SG)) && [[ $listener == flowlogd ]]; then
+        {
+            grep -c '"rule":"sg-bench:' "$dir/flowlogd.jsonl" || true
+            grep -c '"action":"ACCEPT"' "$dir/flowlogd.jsonl" || true
+        } >"$dir/ruled.txt"
+    fi
     # The records can be large; keep only the small files unless asked.
     ((KEEP_RECORDS)) || rm -f "$dir/flowlogd.jsonl" "$dir/ulogd-ct.json" "$dir/ulogd-nflog.json"
 }
@@ -843,13 +868,27 @@ else
                     sg_nft_ruleset | in_vm nft -f -
                     run_one "sg-nft $step conn/s" tcp none "$STEP_SECS" 0 0 "$rate" "$PPF" 3600 30
                     in_vm nft delete table inet flbench_sg
-                    sg_row "$step" "$TMP/run-$RUN_N-none" none >>"$SG_ROWS"
+                    sg_row "$step" "$TMP/run-$RUN_N-none" none tcp >>"$SG_ROWS"
                     FLOWLOGD_SG=1
                     run_one "sg $step conn/s" tcp flowlogd "$STEP_SECS" 0 0 "$rate" "$PPF" 3600 30
                     FLOWLOGD_SG=0
                     # The daemon leaves its table in place on exit (fail open), by design.
                     in_vm "$BIN/flowlogd" remove-tracking-table --config "$TMP/run-$RUN_N-flowlogd/flowlogd.toml" >&2
-                    sg_row "$step" "$TMP/run-$RUN_N-flowlogd" flowlogd >>"$SG_ROWS"
+                    sg_row "$step" "$TMP/run-$RUN_N-flowlogd" flowlogd tcp >>"$SG_ROWS"
+                done
+                # New UDP flows from the generator's raw socket, not waiting for
+                # one another: the verdicts' throughput, and where the queue
+                # starts to drop.
+                for step in $SG_UDP_STEPS; do
+                    sg_nft_ruleset | in_vm nft -f -
+                    run_one "sg-nft udp $step flows/s" ct none "$STEP_SECS" "$step" 0 0 "$PPF" 3600 30
+                    in_vm nft delete table inet flbench_sg
+                    sg_row "$step" "$TMP/run-$RUN_N-none" none udp >>"$SG_ROWS"
+                    FLOWLOGD_SG=1
+                    run_one "sg udp $step flows/s" ct flowlogd "$STEP_SECS" "$step" 0 0 "$PPF" 3600 30
+                    FLOWLOGD_SG=0
+                    in_vm "$BIN/flowlogd" remove-tracking-table --config "$TMP/run-$RUN_N-flowlogd/flowlogd.toml" >&2
+                    sg_row "$step" "$TMP/run-$RUN_N-flowlogd" flowlogd udp >>"$SG_ROWS"
                 done
                 ;;
             flood)
@@ -889,8 +928,8 @@ else
             echo
             echo "Security groups (sg): new TCP connections verdicted by the daemon, against the same rule set in plain nftables"
             echo
-            echo "| conn/s step | path | target conn/s | achieved conn/s | failed | verdicts (queued) | queue drops | daemon CPU s | CPU s per million verdicts |"
-            echo "|---|---|---|---|---|---|---|---|---|"
+            echo "| step | path | target /s | sent /s | failed | queued (id_sequence) | ACCEPT records with the rule (verdicted) | ACCEPT records without (passed unverdicted) | queue drops | daemon CPU s | CPU s per million queued |"
+            echo "|---|---|---|---|---|---|---|---|---|---|---|"
             cat "$SG_ROWS"
         } >>"$report"
     fi
