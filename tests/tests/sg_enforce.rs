@@ -12,9 +12,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use flowlogd_tests::netns::{DaemonProcess, Netns};
+use flowlogd_tests::netns::{DaemonProcess, LineProcess, Netns};
 use flowlogd_tests::*;
 use serde_json::Value;
+
+const TRAFFIC: &str = env!("CARGO_BIN_EXE_flowlogd-traffic");
 
 /// The policy of every test: web (8080) in, telnet (2323) in dropped by a
 /// rule, smtp (2525) out dropped by a rule; anything else in falls to the
@@ -151,6 +153,41 @@ fn reaches(ns: &Netns, addr: &str, port: u16, secs: f32) -> bool {
     out.status.code() != Some(124)
 }
 
+/// A TCP connection from `client` to a server in `server` at
+/// `addr:port`, with a round trip of data (the replies passed); both
+/// processes, kept open while the caller holds them.
+#[track_caller]
+fn connection(server: &Netns, client: &Netns, addr: &str, port: u16) -> (LineProcess, LineProcess) {
+    let target = format!("{addr}:{port}");
+    let mut srv = LineProcess::traffic(server, TRAFFIC, &["tcp-server", &target]);
+    srv.expect_line("listening", Duration::from_secs(5));
+    let mut cli = LineProcess::traffic(client, TRAFFIC, &["tcp-client", &target]);
+    cli.expect_line("connected", Duration::from_secs(5));
+    cli.send_line("xfer 100 200");
+    cli.expect_line("ok", Duration::from_secs(5));
+    (srv, cli)
+}
+
+/// The conntrack mark of the (one) TCP connection to `port` in `ns`.
+#[track_caller]
+fn ct_mark(ns: &Netns, port: u16) -> u32 {
+    let out = ns.exec_ok(&["conntrack", "-L"]);
+    let out: String = out
+        .lines()
+        .filter(|l| l.contains(&format!("dport={port} ")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let line = out
+        .lines()
+        .find(|l| l.contains("mark="))
+        .unwrap_or_else(|| panic!("no entry for {port}:\n{}", ns.exec_ok(&["conntrack", "-L"])));
+    line.split("mark=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no mark in {line}"))
+}
+
 /// Sums packets of OK records by (action, direction, rule).
 fn totals(records: &[Value]) -> BTreeMap<(String, String, String), u64> {
     let mut t = BTreeMap::new();
@@ -215,6 +252,24 @@ fn rules_decide_new_connections_and_drops_are_exact_reject_records() {
             log()
         );
     }
+    // Established connections: the replies pass (never queued), and the
+    // accept verdicts carried their rule into the connections.
+    let web = connection(&s.a, &s.b, &a4, 8080);
+    let out = connection(&s.b, &s.a, &b4, 7000);
+    for (port, dir) in [(8080, "allow-web in"), (7000, "default egress accept")] {
+        let mark = ct_mark(&s.a, port);
+        assert!(
+            mark & 0x8000_0000 != 0,
+            "{dir}: ct mark {mark:#x}\n{}",
+            log()
+        );
+    }
+    assert_ne!(
+        ct_mark(&s.a, 8080),
+        ct_mark(&s.a, 7000),
+        "two rules, two marks"
+    );
+    drop((web, out));
     // A retransmitted SYN is a packet the kernel queues again.
     assert!(
         !reaches(&s.b, &a4, 2323, 1.5),
