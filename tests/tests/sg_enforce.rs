@@ -354,6 +354,25 @@ fn killed_daemon_fails_open_with_on_daemon_down_accept() {
         "fail open: the SYN must pass without a daemon"
     );
     assert!(reaches(&s.b, &a4, 8080, 2.0));
+    // Package removal's command takes the table and the queue rules away.
+    let cfg = s.path("flowlogd.toml");
+    let bin = flowlogd_bin();
+    let out = s.a.exec(&[
+        bin.to_str().unwrap(),
+        "remove-tracking-table",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!s.a.nft_tables().iter().any(|t| t == "inet flowlogd_sg"));
+    for tool in ["iptables", "ip6tables"] {
+        let listed = s.a.exec(&[tool, "-t", "mangle", "-S"]);
+        assert!(
+            !text(&listed).contains("FLOWLOGD_SG"),
+            "{tool}: {}",
+            text(&listed)
+        );
+    }
 }
 
 /// on_daemon_down = "drop": after a SIGKILL the table is still there, and
