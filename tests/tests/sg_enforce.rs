@@ -83,22 +83,40 @@ fn lab(label: &str, on_daemon_down: &str) -> Lab {
     let scenario = Scenario::builder(label)
         .veth("veth-a", "veth-b", 41)
         .build();
-    for ns in [&scenario.a, &scenario.b] {
-        load_rules(ns, SYN_COUNTERS);
+    let records = scenario.path("all.jsonl");
+    let cfg = write_config(&scenario, &security_group(on_daemon_down), None, &records);
+    lab_with(scenario, &cfg)
+}
+
+/// The lab's config with `groups` (TOML) and `daemon.user`, records to
+/// `records`.
+fn write_config(
+    scenario: &Scenario,
+    groups: &str,
+    user: Option<&str>,
+    records: &std::path::Path,
+) -> std::path::PathBuf {
+    let mut config = scenario.config().window_secs(600);
+    if let Some(u) = user {
+        config = config.daemon_key(&format!("user = \"{u}\""));
     }
-    let config = scenario
-        .config()
-        .window_secs(600)
+    let config = config
         .eni("eni-a", "veth-a", "vpc-lab")
         .flow_log(
             FlowLog::vpc("all", "vpc-lab")
                 .traffic("all")
                 .sinks(&["all"]),
         )
-        .json_sink("all", &scenario.path("all.jsonl"))
-        .toml(&security_group(on_daemon_down));
-    let cfg = scenario.write_config("flowlogd.toml", &config);
-    let daemon = scenario.start_daemon(&cfg, "daemon.log");
+        .json_sink("all", records)
+        .toml(groups);
+    scenario.write_config("flowlogd.toml", &config)
+}
+
+fn lab_with(scenario: Scenario, cfg: &std::path::Path) -> Lab {
+    for ns in [&scenario.a, &scenario.b] {
+        load_rules(ns, SYN_COUNTERS);
+    }
+    let daemon = scenario.start_daemon(cfg, "daemon.log");
     Lab {
         daemon: Some(daemon),
         scenario,
@@ -410,4 +428,78 @@ fn killed_daemon_fails_closed_with_on_daemon_down_drop() {
         "allow-web after the restart\n{}",
         lab_log(&lab)
     );
+}
+
+/// Running as `nobody` with only CAP_NET_ADMIN: the interface set is filled
+/// after the privileges are dropped (the `nft` child gets the capability as
+/// ambient), a reload that turns a drop rule into an accept lets new
+/// connections through at once, and a reload without security groups
+/// removes the table.
+#[test]
+fn as_nobody_a_reload_changes_the_rules_and_removing_the_groups_removes_the_table() {
+    if !require_root(
+        "as_nobody_a_reload_changes_the_rules_and_removing_the_groups_removes_the_table",
+    ) {
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    const STEP: Duration = Duration::from_secs(10);
+    let scenario = Scenario::builder("fl21e-user")
+        .veth("veth-a", "veth-b", 41)
+        .build();
+    let dir = scenario.path("nobody");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let records = dir.join("all.jsonl");
+    let groups = security_group("accept");
+    let cfg = write_config(&scenario, &groups, Some("nobody"), &records);
+    let mut lab = lab_with(scenario, &cfg);
+    let s = &lab.scenario;
+    let a4 = s.ea.v4.to_string();
+    assert!(
+        !reaches(&s.b, &a4, 9999, 0.5),
+        "default drop as nobody\n{}",
+        lab_log(&lab)
+    );
+    assert!(!reaches(&s.b, &a4, 2323, 0.5), "deny-telnet as nobody");
+    assert!(reaches(&s.b, &a4, 8080, 2.0), "allow-web as nobody");
+
+    let telnet_allowed = groups.replacen("policy = \"drop\"", "policy = \"accept\"", 1);
+    assert_ne!(telnet_allowed, groups);
+    write_config(&lab.scenario, &telnet_allowed, Some("nobody"), &records);
+    let pid = lab.daemon.as_ref().unwrap().pid();
+    let hup = || {
+        let o = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    hup();
+    let d = lab.daemon.as_mut().unwrap();
+    d.wait_for_log("reload: security groups replaced", STEP);
+    let s = &lab.scenario;
+    assert!(
+        reaches(&s.b, &a4, 2323, 2.0),
+        "telnet accepted after the reload\n{}",
+        lab_log(&lab)
+    );
+    assert!(!reaches(&s.b, &a4, 9999, 0.5), "the default drop stays");
+
+    write_config(&lab.scenario, "", Some("nobody"), &records);
+    hup();
+    let d = lab.daemon.as_mut().unwrap();
+    d.wait_for_log("no [[security_group]] any more: removed table", STEP);
+    let s = &lab.scenario;
+    assert!(
+        !s.a.nft_tables().iter().any(|t| t == "inet flowlogd_sg"),
+        "{}",
+        lab_log(&lab)
+    );
+    assert!(
+        reaches(&s.b, &a4, 9999, 2.0),
+        "no enforcement without groups"
+    );
+    let log = lab_log(&lab);
+    assert!(!log.contains("ERROR"), "{log}");
 }
