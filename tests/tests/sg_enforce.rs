@@ -186,6 +186,33 @@ fn connection(server: &Netns, client: &Netns, addr: &str, port: u16) -> (LinePro
     (srv, cli)
 }
 
+/// `sample` from the daemon's metrics page in `ns` once it equals `want`
+/// (published every 500 ms), or its value after 5 s.
+fn metric_when(ns: &Netns, sample: &str, want: u64) -> u64 {
+    for _ in 0..50 {
+        if metric(ns, sample) == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    metric(ns, sample)
+}
+
+/// `GET http://127.0.0.1:9750/metrics` in `ns`; the value of `sample`.
+#[track_caller]
+fn metric(ns: &Netns, sample: &str) -> u64 {
+    let page = ns.exec_ok(&[
+        "python3",
+        "-c",
+        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9750/metrics', timeout=5).read().decode())",
+    ]);
+    let line = page
+        .lines()
+        .find(|l| l.rsplit_once(' ').is_some_and(|(k, _)| k == sample))
+        .unwrap_or_else(|| panic!("no sample {sample}:\n{page}"));
+    line.rsplit_once(' ').unwrap().1.parse().unwrap()
+}
+
 /// The conntrack mark of the (one) TCP connection to `port` in `ns`.
 #[track_caller]
 fn ct_mark(ns: &Netns, port: u16) -> u32 {
@@ -302,6 +329,33 @@ fn rules_decide_new_connections_and_drops_are_exact_reject_records() {
         "{telnet} {other} {smtp}"
     );
     let tables = s.a.nft_tables();
+    // The metrics: one verdict per queued packet, the drops those of the
+    // records, nothing lost by the kernel.
+    let drops = telnet + other + smtp;
+    assert_eq!(
+        metric_when(&s.a, "flowlogd_sg_verdicts_total{action=\"drop\"}", drops),
+        drops
+    );
+    let accepted = metric(&s.a, "flowlogd_sg_verdicts_total{action=\"accept\"}");
+    assert!(accepted >= 4, "{accepted}");
+    let read = metric(&s.a, "flowlogd_sg_queue_packets_total");
+    let undecided = metric(
+        &s.a,
+        "flowlogd_sg_undecided_packets_total{reason=\"not_covered\"}",
+    ) + metric(
+        &s.a,
+        "flowlogd_sg_undecided_packets_total{reason=\"unreadable\"}",
+    );
+    assert_eq!(read, accepted + drops + undecided);
+    for reason in ["queue_full", "socket_full"] {
+        assert_eq!(
+            metric(
+                &s.a,
+                &format!("flowlogd_sg_queue_overruns_total{{reason=\"{reason}\"}}")
+            ),
+            0
+        );
+    }
     let mut daemon = lab.daemon.take().unwrap();
     daemon.stop();
     let log = daemon.log();
@@ -463,6 +517,13 @@ fn as_nobody_a_reload_changes_the_rules_and_removing_the_groups_removes_the_tabl
     );
     assert!(!reaches(&s.b, &a4, 2323, 0.5), "deny-telnet as nobody");
     assert!(reaches(&s.b, &a4, 8080, 2.0), "allow-web as nobody");
+    // allow-web's cidr is IPv4: an IPv6 SYN to 8080 falls to the default
+    // ingress drop (through ip6tables' queue rule).
+    let a6 = s.ea.v6.to_string();
+    assert!(
+        !reaches(&s.b, &a6, 8080, 0.5),
+        "IPv6 8080 is no rule's: dropped"
+    );
 
     let telnet_allowed = groups.replacen("policy = \"drop\"", "policy = \"accept\"", 1);
     assert_ne!(telnet_allowed, groups);
