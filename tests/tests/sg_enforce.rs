@@ -564,3 +564,72 @@ fn as_nobody_a_reload_changes_the_rules_and_removing_the_groups_removes_the_tabl
     let log = lab_log(&lab);
     assert!(!log.contains("ERROR"), "{log}");
 }
+
+/// An ENI whose interface appears after the start is enforced on from
+/// then on (the set follows the registry's rtnetlink events), and leaves
+/// the set when its interface goes.
+#[test]
+fn an_enis_interface_joins_and_leaves_the_enforced_set() {
+    if !require_root("an_enis_interface_joins_and_leaves_the_enforced_set") {
+        return;
+    }
+    let scenario = Scenario::builder("fl21e-hot")
+        .veth("veth-a", "veth-b", 41)
+        .build();
+    let records = scenario.path("all.jsonl");
+    let groups =
+        security_group("accept").replace("enis = [\"eni-a\"]", "enis = [\"eni-a\", \"eni-c\"]");
+    let config = scenario
+        .config()
+        .window_secs(600)
+        .eni("eni-a", "veth-a", "vpc-lab")
+        .eni("eni-c", "veth-c", "vpc-lab")
+        .flow_log(
+            FlowLog::vpc("all", "vpc-lab")
+                .traffic("all")
+                .sinks(&["all"]),
+        )
+        .json_sink("all", &records)
+        .toml(&groups);
+    let cfg = scenario.write_config("flowlogd.toml", &config);
+    let lab = lab_with(scenario, &cfg);
+    let s = &lab.scenario;
+    assert!(!covered(&s.a).contains("\"veth-c\""));
+    // Declared after the lab: removed before it.
+    let c = Netns::new("fl21e-hotc");
+    let (ec, _) = flowlogd_tests::netns::veth_pair(&s.a, "veth-c", &c, "veth-d", 42);
+    assert!(
+        wait_covered(&s.a, "veth-c", true),
+        "veth-c never joined: {}\n{}",
+        covered(&s.a),
+        lab_log(&lab)
+    );
+    let a_c = ec.v4.to_string();
+    assert!(!reaches(&c, &a_c, 9999, 0.5), "default drop on the new ENI");
+    assert!(reaches(&c, &a_c, 8080, 2.0), "allow-web on the new ENI");
+    s.a.exec_ok(&["ip", "link", "del", "veth-c"]);
+    assert!(
+        wait_covered(&s.a, "veth-c", false),
+        "veth-c never left: {}",
+        covered(&s.a)
+    );
+    assert!(covered(&s.a).contains("\"veth-a\""));
+}
+
+/// The set `covered` in `ns` as nft lists it (its elements are the quoted
+/// names, over one or more lines).
+fn covered(ns: &Netns) -> String {
+    ns.exec_ok(&["nft", "list", "set", "inet", "flowlogd_sg", "covered"])
+}
+
+/// Waits (at most 5 s) until `iface` is (or is not) in the set.
+fn wait_covered(ns: &Netns, iface: &str, present: bool) -> bool {
+    let quoted = format!("\"{iface}\"");
+    for _ in 0..50 {
+        if covered(ns).contains(&quoted) == present {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
