@@ -167,7 +167,7 @@ fn enis_mistakes() {
     );
     assert_eq!(
         error_with("\"eni-a\", \"eni-b\"", "\"eni-a\", \"eni-a\""),
-        "/etc/flowlogd.toml:33:9: security_group.enis: ENI \"eni-a\" is listed twice"
+        "/etc/flowlogd.toml:33:18: security_group.enis: ENI \"eni-a\" is listed twice"
     );
     assert_eq!(
         error_with("enis = \"all\"", "enis = \"every\""),
