@@ -300,6 +300,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             f.sinks.join(", ")
         );
     }
+    for line in flowlogd::security_groups::check_config_lines(&config) {
+        println!("{line}");
+    }
     println!("sinks:");
     for line in sink_lines {
         println!("{line}");

@@ -12,9 +12,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use flowlogd_tests::netns::{DaemonProcess, Netns};
+use flowlogd_tests::netns::{DaemonProcess, LineProcess, Netns};
 use flowlogd_tests::*;
 use serde_json::Value;
+
+const TRAFFIC: &str = env!("CARGO_BIN_EXE_flowlogd-traffic");
 
 /// The policy of every test: web (8080) in, telnet (2323) in dropped by a
 /// rule, smtp (2525) out dropped by a rule; anything else in falls to the
@@ -81,22 +83,40 @@ fn lab(label: &str, on_daemon_down: &str) -> Lab {
     let scenario = Scenario::builder(label)
         .veth("veth-a", "veth-b", 41)
         .build();
-    for ns in [&scenario.a, &scenario.b] {
-        load_rules(ns, SYN_COUNTERS);
+    let records = scenario.path("all.jsonl");
+    let cfg = write_config(&scenario, &security_group(on_daemon_down), None, &records);
+    lab_with(scenario, &cfg)
+}
+
+/// The lab's config with `groups` (TOML) and `daemon.user`, records to
+/// `records`.
+fn write_config(
+    scenario: &Scenario,
+    groups: &str,
+    user: Option<&str>,
+    records: &std::path::Path,
+) -> std::path::PathBuf {
+    let mut config = scenario.config().window_secs(600);
+    if let Some(u) = user {
+        config = config.daemon_key(&format!("user = \"{u}\""));
     }
-    let config = scenario
-        .config()
-        .window_secs(600)
+    let config = config
         .eni("eni-a", "veth-a", "vpc-lab")
         .flow_log(
             FlowLog::vpc("all", "vpc-lab")
                 .traffic("all")
                 .sinks(&["all"]),
         )
-        .json_sink("all", &scenario.path("all.jsonl"))
-        .toml(&security_group(on_daemon_down));
-    let cfg = scenario.write_config("flowlogd.toml", &config);
-    let daemon = scenario.start_daemon(&cfg, "daemon.log");
+        .json_sink("all", records)
+        .toml(groups);
+    scenario.write_config("flowlogd.toml", &config)
+}
+
+fn lab_with(scenario: Scenario, cfg: &std::path::Path) -> Lab {
+    for ns in [&scenario.a, &scenario.b] {
+        load_rules(ns, SYN_COUNTERS);
+    }
+    let daemon = scenario.start_daemon(cfg, "daemon.log");
     Lab {
         daemon: Some(daemon),
         scenario,
@@ -149,6 +169,68 @@ fn reaches(ns: &Netns, addr: &str, port: u16, secs: f32) -> bool {
     ]);
     // timeout(1) exits 124 when it had to stop the attempt.
     out.status.code() != Some(124)
+}
+
+/// A TCP connection from `client` to a server in `server` at
+/// `addr:port`, with a round trip of data (the replies passed); both
+/// processes, kept open while the caller holds them.
+#[track_caller]
+fn connection(server: &Netns, client: &Netns, addr: &str, port: u16) -> (LineProcess, LineProcess) {
+    let target = format!("{addr}:{port}");
+    let mut srv = LineProcess::traffic(server, TRAFFIC, &["tcp-server", &target]);
+    srv.expect_line("listening", Duration::from_secs(5));
+    let mut cli = LineProcess::traffic(client, TRAFFIC, &["tcp-client", &target]);
+    cli.expect_line("connected", Duration::from_secs(5));
+    cli.send_line("xfer 100 200");
+    cli.expect_line("ok", Duration::from_secs(5));
+    (srv, cli)
+}
+
+/// `sample` from the daemon's metrics page in `ns` once it equals `want`
+/// (published every 500 ms), or its value after 5 s.
+fn metric_when(ns: &Netns, sample: &str, want: u64) -> u64 {
+    for _ in 0..50 {
+        if metric(ns, sample) == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    metric(ns, sample)
+}
+
+/// `GET http://127.0.0.1:9750/metrics` in `ns`; the value of `sample`.
+#[track_caller]
+fn metric(ns: &Netns, sample: &str) -> u64 {
+    let page = ns.exec_ok(&[
+        "python3",
+        "-c",
+        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9750/metrics', timeout=5).read().decode())",
+    ]);
+    let line = page
+        .lines()
+        .find(|l| l.rsplit_once(' ').is_some_and(|(k, _)| k == sample))
+        .unwrap_or_else(|| panic!("no sample {sample}:\n{page}"));
+    line.rsplit_once(' ').unwrap().1.parse().unwrap()
+}
+
+/// The conntrack mark of the (one) TCP connection to `port` in `ns`.
+#[track_caller]
+fn ct_mark(ns: &Netns, port: u16) -> u32 {
+    let out = ns.exec_ok(&["conntrack", "-L"]);
+    let out: String = out
+        .lines()
+        .filter(|l| l.contains(&format!("dport={port} ")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let line = out
+        .lines()
+        .find(|l| l.contains("mark="))
+        .unwrap_or_else(|| panic!("no entry for {port}:\n{}", ns.exec_ok(&["conntrack", "-L"])));
+    line.split("mark=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no mark in {line}"))
 }
 
 /// Sums packets of OK records by (action, direction, rule).
@@ -215,6 +297,24 @@ fn rules_decide_new_connections_and_drops_are_exact_reject_records() {
             log()
         );
     }
+    // Established connections: the replies pass (never queued), and the
+    // accept verdicts carried their rule into the connections.
+    let web = connection(&s.a, &s.b, &a4, 8080);
+    let out = connection(&s.b, &s.a, &b4, 7000);
+    for (port, dir) in [(8080, "allow-web in"), (7000, "default egress accept")] {
+        let mark = ct_mark(&s.a, port);
+        assert!(
+            mark & 0x8000_0000 != 0,
+            "{dir}: ct mark {mark:#x}\n{}",
+            log()
+        );
+    }
+    assert_ne!(
+        ct_mark(&s.a, 8080),
+        ct_mark(&s.a, 7000),
+        "two rules, two marks"
+    );
+    drop((web, out));
     // A retransmitted SYN is a packet the kernel queues again.
     assert!(
         !reaches(&s.b, &a4, 2323, 1.5),
@@ -229,6 +329,33 @@ fn rules_decide_new_connections_and_drops_are_exact_reject_records() {
         "{telnet} {other} {smtp}"
     );
     let tables = s.a.nft_tables();
+    // The metrics: one verdict per queued packet, the drops those of the
+    // records, nothing lost by the kernel.
+    let drops = telnet + other + smtp;
+    assert_eq!(
+        metric_when(&s.a, "flowlogd_sg_verdicts_total{action=\"drop\"}", drops),
+        drops
+    );
+    let accepted = metric(&s.a, "flowlogd_sg_verdicts_total{action=\"accept\"}");
+    assert!(accepted >= 4, "{accepted}");
+    let read = metric(&s.a, "flowlogd_sg_queue_packets_total");
+    let undecided = metric(
+        &s.a,
+        "flowlogd_sg_undecided_packets_total{reason=\"not_covered\"}",
+    ) + metric(
+        &s.a,
+        "flowlogd_sg_undecided_packets_total{reason=\"unreadable\"}",
+    );
+    assert_eq!(read, accepted + drops + undecided);
+    for reason in ["queue_full", "socket_full"] {
+        assert_eq!(
+            metric(
+                &s.a,
+                &format!("flowlogd_sg_queue_overruns_total{{reason=\"{reason}\"}}")
+            ),
+            0
+        );
+    }
     let mut daemon = lab.daemon.take().unwrap();
     daemon.stop();
     let log = daemon.log();
@@ -299,6 +426,25 @@ fn killed_daemon_fails_open_with_on_daemon_down_accept() {
         "fail open: the SYN must pass without a daemon"
     );
     assert!(reaches(&s.b, &a4, 8080, 2.0));
+    // Package removal's command takes the table and the queue rules away.
+    let cfg = s.path("flowlogd.toml");
+    let bin = flowlogd_bin();
+    let out = s.a.exec(&[
+        bin.to_str().unwrap(),
+        "remove-tracking-table",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!s.a.nft_tables().iter().any(|t| t == "inet flowlogd_sg"));
+    for tool in ["iptables", "ip6tables"] {
+        let listed = s.a.exec(&[tool, "-t", "mangle", "-S"]);
+        assert!(
+            !text(&listed).contains("FLOWLOGD_SG"),
+            "{tool}: {}",
+            text(&listed)
+        );
+    }
 }
 
 /// on_daemon_down = "drop": after a SIGKILL the table is still there, and
@@ -336,4 +482,154 @@ fn killed_daemon_fails_closed_with_on_daemon_down_drop() {
         "allow-web after the restart\n{}",
         lab_log(&lab)
     );
+}
+
+/// Running as `nobody` with only CAP_NET_ADMIN: the interface set is filled
+/// after the privileges are dropped (the `nft` child gets the capability as
+/// ambient), a reload that turns a drop rule into an accept lets new
+/// connections through at once, and a reload without security groups
+/// removes the table.
+#[test]
+fn as_nobody_a_reload_changes_the_rules_and_removing_the_groups_removes_the_table() {
+    if !require_root(
+        "as_nobody_a_reload_changes_the_rules_and_removing_the_groups_removes_the_table",
+    ) {
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    const STEP: Duration = Duration::from_secs(10);
+    let scenario = Scenario::builder("fl21e-user")
+        .veth("veth-a", "veth-b", 41)
+        .build();
+    let dir = scenario.path("nobody");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let records = dir.join("all.jsonl");
+    let groups = security_group("accept");
+    let cfg = write_config(&scenario, &groups, Some("nobody"), &records);
+    let mut lab = lab_with(scenario, &cfg);
+    let s = &lab.scenario;
+    let a4 = s.ea.v4.to_string();
+    assert!(
+        !reaches(&s.b, &a4, 9999, 0.5),
+        "default drop as nobody\n{}",
+        lab_log(&lab)
+    );
+    assert!(!reaches(&s.b, &a4, 2323, 0.5), "deny-telnet as nobody");
+    assert!(reaches(&s.b, &a4, 8080, 2.0), "allow-web as nobody");
+    // allow-web's cidr is IPv4: an IPv6 SYN to 8080 falls to the default
+    // ingress drop (through ip6tables' queue rule).
+    let a6 = s.ea.v6.to_string();
+    assert!(
+        !reaches(&s.b, &a6, 8080, 0.5),
+        "IPv6 8080 is no rule's: dropped"
+    );
+
+    let telnet_allowed = groups.replacen("policy = \"drop\"", "policy = \"accept\"", 1);
+    assert_ne!(telnet_allowed, groups);
+    write_config(&lab.scenario, &telnet_allowed, Some("nobody"), &records);
+    let pid = lab.daemon.as_ref().unwrap().pid();
+    let hup = || {
+        let o = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    hup();
+    let d = lab.daemon.as_mut().unwrap();
+    d.wait_for_log("reload: security groups replaced", STEP);
+    let s = &lab.scenario;
+    assert!(
+        reaches(&s.b, &a4, 2323, 2.0),
+        "telnet accepted after the reload\n{}",
+        lab_log(&lab)
+    );
+    assert!(!reaches(&s.b, &a4, 9999, 0.5), "the default drop stays");
+
+    write_config(&lab.scenario, "", Some("nobody"), &records);
+    hup();
+    let d = lab.daemon.as_mut().unwrap();
+    d.wait_for_log("no [[security_group]] any more: removed table", STEP);
+    let s = &lab.scenario;
+    assert!(
+        !s.a.nft_tables().iter().any(|t| t == "inet flowlogd_sg"),
+        "{}",
+        lab_log(&lab)
+    );
+    assert!(
+        reaches(&s.b, &a4, 9999, 2.0),
+        "no enforcement without groups"
+    );
+    let log = lab_log(&lab);
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
+/// An ENI whose interface appears after the start is enforced on from
+/// then on (the set follows the registry's rtnetlink events), and leaves
+/// the set when its interface goes.
+#[test]
+fn an_enis_interface_joins_and_leaves_the_enforced_set() {
+    if !require_root("an_enis_interface_joins_and_leaves_the_enforced_set") {
+        return;
+    }
+    let scenario = Scenario::builder("fl21e-hot")
+        .veth("veth-a", "veth-b", 41)
+        .build();
+    let records = scenario.path("all.jsonl");
+    let groups =
+        security_group("accept").replace("enis = [\"eni-a\"]", "enis = [\"eni-a\", \"eni-c\"]");
+    let config = scenario
+        .config()
+        .window_secs(600)
+        .eni("eni-a", "veth-a", "vpc-lab")
+        .eni("eni-c", "veth-c", "vpc-lab")
+        .flow_log(
+            FlowLog::vpc("all", "vpc-lab")
+                .traffic("all")
+                .sinks(&["all"]),
+        )
+        .json_sink("all", &records)
+        .toml(&groups);
+    let cfg = scenario.write_config("flowlogd.toml", &config);
+    let lab = lab_with(scenario, &cfg);
+    let s = &lab.scenario;
+    assert!(!covered(&s.a).contains("\"veth-c\""));
+    // Declared after the lab: removed before it.
+    let c = Netns::new("fl21e-hotc");
+    let (ec, _) = flowlogd_tests::netns::veth_pair(&s.a, "veth-c", &c, "veth-d", 42);
+    assert!(
+        wait_covered(&s.a, "veth-c", true),
+        "veth-c never joined: {}\n{}",
+        covered(&s.a),
+        lab_log(&lab)
+    );
+    let a_c = ec.v4.to_string();
+    assert!(!reaches(&c, &a_c, 9999, 0.5), "default drop on the new ENI");
+    assert!(reaches(&c, &a_c, 8080, 2.0), "allow-web on the new ENI");
+    s.a.exec_ok(&["ip", "link", "del", "veth-c"]);
+    assert!(
+        wait_covered(&s.a, "veth-c", false),
+        "veth-c never left: {}",
+        covered(&s.a)
+    );
+    assert!(covered(&s.a).contains("\"veth-a\""));
+}
+
+/// The set `covered` in `ns` as nft lists it (its elements are the quoted
+/// names, over one or more lines).
+fn covered(ns: &Netns) -> String {
+    ns.exec_ok(&["nft", "list", "set", "inet", "flowlogd_sg", "covered"])
+}
+
+/// Waits (at most 5 s) until `iface` is (or is not) in the set.
+fn wait_covered(ns: &Netns, iface: &str, present: bool) -> bool {
+    let quoted = format!("\"{iface}\"");
+    for _ in 0..50 {
+        if covered(ns).contains(&quoted) == present {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
 }

@@ -315,8 +315,10 @@ fn the_nft_child_does_not_see_the_daemons_environment() {
             vars
         })
         .collect();
-    // `nft list table` (is it there?) and `nft -f -` (remove it).
-    assert_eq!(runs.len(), 2, "{seen}");
+    // `nft list table` (is the security groups' table inet flowlogd_sg
+    // there? not here), then for inet flowlogd `nft list table` (is it
+    // there?) and `nft -f -` (remove it).
+    assert_eq!(runs.len(), 3, "{seen}");
     for vars in runs {
         assert_eq!(
             vars,

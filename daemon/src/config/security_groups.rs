@@ -320,13 +320,17 @@ fn validate_group_enis(
         ));
     }
     let mut out: Vec<String> = Vec::new();
+    let mut searched_to = v.span().start;
     for item in list {
         let Some(id) = item.as_str() else {
             return Err(cx.err(v.span(), key, format!("{expected}; got {item} in the list")));
         };
         // The array's items carry no spans of their own: point at the
         // item's text inside the array when it can be found.
-        let span = item_span(cx.src, v.span(), id);
+        let span = item_span(cx.src, v.span(), searched_to, id);
+        if span != v.span() {
+            searched_to = span.end;
+        }
         let id = cx.id(&Spanned::new(span.clone(), id.to_owned()), key)?;
         if out.contains(&id) {
             return Err(cx.err(span, key, format!("ENI \"{id}\" is listed twice")));
@@ -350,12 +354,20 @@ fn validate_group_enis(
     Ok(SgEnis::List(out))
 }
 
-/// The span of `"id"` inside the array at `array`, or the array's.
-fn item_span(src: &str, array: std::ops::Range<usize>, id: &str) -> std::ops::Range<usize> {
-    let text = src.get(array.clone()).unwrap_or("");
+/// The span of `"id"` inside the array at `array`, searched from byte
+/// `from` on (past the items before it, so that a repeated id is found at
+/// its second place), or the array's.
+fn item_span(
+    src: &str,
+    array: std::ops::Range<usize>,
+    from: usize,
+    id: &str,
+) -> std::ops::Range<usize> {
+    let start = from.clamp(array.start, array.end);
+    let text = src.get(start..array.end).unwrap_or("");
     for quoted in [format!("\"{id}\""), format!("'{id}'")] {
         if let Some(at) = text.find(&quoted) {
-            return array.start + at..array.start + at + quoted.len();
+            return start + at..start + at + quoted.len();
         }
     }
     array

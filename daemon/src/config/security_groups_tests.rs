@@ -167,7 +167,7 @@ fn enis_mistakes() {
     );
     assert_eq!(
         error_with("\"eni-a\", \"eni-b\"", "\"eni-a\", \"eni-a\""),
-        "/etc/flowlogd.toml:33:9: security_group.enis: ENI \"eni-a\" is listed twice"
+        "/etc/flowlogd.toml:33:18: security_group.enis: ENI \"eni-a\" is listed twice"
     );
     assert_eq!(
         error_with("enis = \"all\"", "enis = \"every\""),
@@ -355,4 +355,22 @@ fn colliding_rule_ids() -> (String, String) {
         }
     }
     panic!("no collision among 2M names");
+}
+
+/// The commented example in the shipped config, uncommented, is valid.
+#[test]
+fn shipped_sample_security_group_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/flowlogd.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let at = text.find("# [enforcement]").expect("the example");
+    let example: String = text[at..]
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let src = format!("{}{example}", &text[..at]);
+    let c = parse(&path, &src).unwrap_or_else(|e| panic!("{e}\n{example}"));
+    assert_eq!(c.security_groups.len(), 1);
+    assert_eq!(c.security_groups[0].rules.len(), 2);
+    assert_eq!(c.enforcement, EnforcementConfig::default());
 }

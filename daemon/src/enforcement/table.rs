@@ -67,8 +67,12 @@ pub struct TableSettings {
     pub bypass: bool,
 }
 
-/// The nft table's full text: replaces whatever table of the name is
-/// there in one transaction (the leading `table` + `delete table`).
+/// The nft table's text, loaded in one transaction. Chains are declared
+/// (made if absent), flushed and filled: they replace what a previous run
+/// left. The set is only declared: the interfaces the previous run
+/// enforced on stay in it until this run has learnt its own (the loop
+/// rewrites it then), so a restart leaves no moment in which new
+/// connections on a covered ENI pass unqueued. `ifaces` are added to it.
 pub(crate) fn ruleset(ifaces: &BTreeSet<String>) -> String {
     let flag = format!("{MARK_FLAG:#010x}");
     let both = format!("{:#010x}", MARK_FLAG | QUEUE_BIT);
@@ -79,19 +83,40 @@ pub(crate) fn ruleset(ifaces: &BTreeSet<String>) -> String {
         "\t\tmeta mark & {flag} == {flag} ct mark set meta mark meta mark set 0 accept comment \"flowlogd: an accept verdict, its rule carried into the connection\"\n\
          \t\tmeta mark & {both} == {bit} meta mark set meta mark & {not_bit} comment \"flowlogd: passed unqueued (no daemon, bypass)\"\n"
     );
-    format!(
-        "table {SG_TABLE}\ndelete table {SG_TABLE}\ntable {SG_TABLE} {{\n\
-         \tset covered {{\n\t\ttype ifname;\n{elements}\t}}\n\
-         \tchain arriving {{\n\t\ttype filter hook prerouting priority -160; policy accept;\n\
+    let chains = [
+        ("arriving", "prerouting priority -160"),
+        ("arriving_verdict", "prerouting priority -149"),
+        ("leaving", "postrouting priority -160"),
+        ("leaving_verdict", "postrouting priority -149"),
+    ];
+    let mut text = format!("table {SG_TABLE} {{\n\tset covered {{\n\t\ttype ifname;\n\t}}\n");
+    for (name, hook) in chains {
+        text.push_str(&format!(
+            "\tchain {name} {{\n\t\ttype filter hook {hook}; policy accept;\n\t}}\n"
+        ));
+    }
+    text.push_str("}\n");
+    for (name, _) in chains {
+        text.push_str(&format!("flush chain {SG_TABLE} {name}\n"));
+    }
+    text.push_str(&format!(
+        "table {SG_TABLE} {{\n\
+         \tchain arriving {{\n\
          \t\tiifname @covered meta iiftype != loopback {to_queue} comment \"flowlogd: first packet arriving on a covered ENI, to the queue\"\n\
          \t}}\n\
-         \tchain arriving_verdict {{\n\t\ttype filter hook prerouting priority -149; policy accept;\n{verdict}\t}}\n\
-         \tchain leaving {{\n\t\ttype filter hook postrouting priority -160; policy accept;\n\
+         \tchain arriving_verdict {{\n{verdict}\t}}\n\
+         \tchain leaving {{\n\
          \t\toifname @covered meta oiftype != loopback ct mark & {flag} == 0 {to_queue} comment \"flowlogd: first packet leaving by a covered ENI, to the queue\"\n\
          \t}}\n\
-         \tchain leaving_verdict {{\n\t\ttype filter hook postrouting priority -149; policy accept;\n{verdict}\t}}\n}}\n",
-        elements = elements_line(ifaces),
-    )
+         \tchain leaving_verdict {{\n{verdict}\t}}\n}}\n"
+    ));
+    if !ifaces.is_empty() {
+        text.push_str(&format!(
+            "add element {SG_TABLE} covered {{ {} }}\n",
+            quoted(ifaces)
+        ));
+    }
+    text
 }
 
 /// The mangle chain's text for `iptables-restore --noflush`: declaring
@@ -104,13 +129,6 @@ pub(crate) fn xt_chain(settings: TableSettings) -> String {
         settings.queue,
         if settings.bypass { " --queue-bypass" } else { "" }
     )
-}
-
-fn elements_line(ifaces: &BTreeSet<String>) -> String {
-    if ifaces.is_empty() {
-        return String::new();
-    }
-    format!("\t\telements = {{ {} }}\n", quoted(ifaces))
 }
 
 fn quoted(ifaces: &BTreeSet<String>) -> String {
@@ -448,10 +466,17 @@ mod tests {
     fn the_table_marks_new_connections_of_the_set_and_copies_a_verdicts_mark() {
         let ifaces: BTreeSet<String> = ["eth0".to_owned(), "eth1".to_owned()].into();
         let text = ruleset(&ifaces);
-        assert!(text.contains("elements = { \"eth0\", \"eth1\" }"), "{text}");
+        assert!(
+            text.contains("add element inet flowlogd_sg covered { \"eth0\", \"eth1\" }"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("delete"),
+            "the set keeps the previous run's interfaces"
+        );
         assert!(text.contains("ct mark set meta mark meta mark set 0 accept"));
         assert!(text.contains("meta mark set meta mark | 0x40000000"));
-        assert!(!ruleset(&BTreeSet::new()).contains("elements"));
+        assert!(!ruleset(&BTreeSet::new()).contains("add element"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod cidr;
 mod mark_names;
 mod marks;
 mod policy;
+mod report;
 
 pub use cidr::{Cidr, CidrError};
 pub use mark_names::{MarkNames, MarkNamesError, MARK_NAMES_FILE, MAX_REMEMBERED_NAMES};
@@ -15,6 +16,7 @@ pub use marks::{
     MARK_FLAG,
 };
 pub use policy::{Decision, FirstPacket, Policy, RuleView};
+pub use report::check_config_lines;
 
 #[cfg(test)]
 mod tests;

@@ -223,39 +223,14 @@ impl Policy {
     /// The rules of ENI `eni_id` in the order they are tried, then the two
     /// defaults; empty for an ENI the policy does not cover.
     pub fn effective_rules(&self, eni_id: &str) -> Vec<RuleView> {
-        let Some(rules) = self.rules_of(eni_id) else {
-            return Vec::new();
-        };
-        let mut out: Vec<RuleView> = rules
-            .iter()
-            .map(|r| RuleView {
-                priority: Some(r.priority),
-                policy: r.action,
-                direction: r.direction,
-                protocol: r.protocol.as_str(),
-                port_range: match r.ports {
-                    Some((lo, hi)) => format!("{lo}/{hi}"),
-                    None => "-1/-1".to_owned(),
-                },
-                cidr: r.cidr.to_string(),
-                rule: r.mark.clone(),
-            })
-            .collect();
-        for (direction, policy, rule) in [
-            (Direction::In, RuleAction::Drop, default_ingress()),
-            (Direction::Out, RuleAction::Accept, default_egress()),
-        ] {
-            out.push(RuleView {
-                priority: None,
-                policy,
-                direction,
-                protocol: "all",
-                port_range: "-1/-1".to_owned(),
-                cidr: "any".to_owned(),
-                rule,
-            });
-        }
-        out
+        views(self.rules_of(eni_id))
+    }
+
+    /// The rules of an ENI no group lists by id (one the metadata service
+    /// reports later, say): those of the `"all"` groups; empty if there
+    /// are none.
+    pub fn effective_rules_elsewhere(&self) -> Vec<RuleView> {
+        views(self.everyone.as_ref())
     }
 
     /// Every configured rule's mark and name, in file order (the defaults
@@ -263,4 +238,41 @@ impl Policy {
     pub fn rule_marks(&self) -> &[RuleMark] {
         &self.marks
     }
+}
+
+/// `rules` as check-config shows them, then the two defaults.
+fn views(rules: Option<&Arc<[Rule]>>) -> Vec<RuleView> {
+    let Some(rules) = rules else {
+        return Vec::new();
+    };
+    let mut out: Vec<RuleView> = rules
+        .iter()
+        .map(|r| RuleView {
+            priority: Some(r.priority),
+            policy: r.action,
+            direction: r.direction,
+            protocol: r.protocol.as_str(),
+            port_range: match r.ports {
+                Some((lo, hi)) => format!("{lo}/{hi}"),
+                None => "-1/-1".to_owned(),
+            },
+            cidr: r.cidr.to_string(),
+            rule: r.mark.clone(),
+        })
+        .collect();
+    for (direction, policy, rule) in [
+        (Direction::In, RuleAction::Drop, default_ingress()),
+        (Direction::Out, RuleAction::Accept, default_egress()),
+    ] {
+        out.push(RuleView {
+            priority: None,
+            policy,
+            direction,
+            protocol: "all",
+            port_range: "-1/-1".to_owned(),
+            cidr: "any".to_owned(),
+            rule,
+        });
+    }
+    out
 }

@@ -1,1 +1,0 @@
-//! `decide` against the semantics of an Alibaba Cloud security group.

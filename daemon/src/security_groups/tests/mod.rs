@@ -1,0 +1,3 @@
+mod decide;
+mod mark_names;
+mod support;
