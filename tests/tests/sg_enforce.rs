@@ -633,3 +633,126 @@ fn wait_covered(ns: &Netns, iface: &str, present: bool) -> bool {
     }
     false
 }
+
+/// Counts UDP to port 9999 leaving (`udp-out`) and delivered (`udp-in`,
+/// after the filter) in a namespace.
+const UDP_COUNTERS: &str = r#"table inet fl21e_udp {
+	chain out {
+		type filter hook output priority 0; policy accept;
+		udp dport 9999 counter comment "udp-out"
+	}
+	chain in {
+		type filter hook input priority 0; policy accept;
+		udp dport 9999 counter comment "udp-in"
+	}
+}
+"#;
+
+/// Packets counted by the rule with `comment` in `ns`'s table `table`.
+#[track_caller]
+fn counter(ns: &Netns, table: &str, comment: &str) -> u64 {
+    let ruleset = ns.exec_ok(&["nft", "list", "table", "inet", table]);
+    let line = ruleset
+        .lines()
+        .find(|l| l.contains(&format!("comment \"{comment}\"")))
+        .unwrap_or_else(|| panic!("no rule {comment}:\n{ruleset}"));
+    line.split("counter packets ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {line}"))
+}
+
+/// `kill -<signal> <pid>`: the daemon's exact pid.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// A flood that fills the queue while the daemon cannot read it (stopped
+/// with SIGSTOP): what does not fit is dropped by the kernel, never let
+/// through undecided (even with on_daemon_down = "accept", which is about
+/// a daemon that is gone, not one that is busy); the kernel's count of
+/// those drops is in the metrics, and the ENI's window is SKIPDATA since
+/// they have no REJECT record. The queued ones are decided when the daemon
+/// runs again: REJECT records exact to the verdicts.
+#[test]
+fn a_full_queue_drops_what_it_cannot_hold_and_marks_the_window_skipdata() {
+    if !require_root("a_full_queue_drops_what_it_cannot_hold_and_marks_the_window_skipdata") {
+        return;
+    }
+    const SENT: u64 = 6000;
+    let mut lab = lab("fl21e-full", "accept");
+    let s = &lab.scenario;
+    for ns in [&s.a, &s.b] {
+        load_rules(ns, UDP_COUNTERS);
+    }
+    let a4 = s.ea.v4.to_string();
+    let pid = lab.daemon.as_ref().unwrap().pid();
+    signal(pid, "STOP");
+    // Every packet is a new connection to conntrack (a queued packet's
+    // entry is not confirmed yet), so each one is queued.
+    let send = s.b.exec(&[
+        "timeout",
+        "30",
+        "python3",
+        "-c",
+        &format!(
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             for _ in range({SENT}):\n    s.sendto(b'flood', ('{a4}', 9999))\n"
+        ),
+    ]);
+    signal(pid, "CONT");
+    assert!(send.status.success(), "{}", text(&send));
+    assert_eq!(counter(&s.b, "fl21e_udp", "udp-out"), SENT);
+    // Whatever the queue held is decided (default ingress drop), the rest
+    // was dropped by the kernel at the queue.
+    let mut drops = 0;
+    let mut full = 0;
+    for _ in 0..100 {
+        drops = metric(&s.a, "flowlogd_sg_verdicts_total{action=\"drop\"}");
+        full = metric(
+            &s.a,
+            "flowlogd_sg_queue_overruns_total{reason=\"queue_full\"}",
+        ) + metric(
+            &s.a,
+            "flowlogd_sg_queue_overruns_total{reason=\"socket_full\"}",
+        );
+        if drops + full == SENT {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        drops + full,
+        SENT,
+        "verdicts {drops}, kernel drops {full}\n{}",
+        lab_log(&lab)
+    );
+    assert!(full > 0, "the queue never filled: {drops} verdicts");
+    assert_eq!(
+        counter(&s.a, "fl21e_udp", "udp-in"),
+        0,
+        "packets passed the full queue undecided"
+    );
+    let mut daemon = lab.daemon.take().unwrap();
+    daemon.stop();
+    let log = daemon.log();
+    assert!(log.contains("before the daemon could decide them"), "{log}");
+    let records = read_json_records(&lab.scenario.path("all.jsonl"));
+    let t = totals(&records);
+    assert_eq!(
+        t.get(&key("REJECT", "in", "default")),
+        Some(&drops),
+        "{t:?}\n{log}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["log-status"] == "SKIPDATA" && r["eni-id"] == "eni-a"),
+        "no SKIPDATA for eni-a:\n{records:?}"
+    );
+}

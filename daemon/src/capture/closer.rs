@@ -290,6 +290,7 @@ impl WindowCloser {
                 // go); their DESTROY events, and those the kernel re-sends a
                 // little later, are this last window's too.
                 c.drain_until_quiet(self, "after the final dump");
+                c.note_queue_drops();
                 c.table.begin_close(end);
                 self.emit_closed_window(c, running, entries);
             }
@@ -313,6 +314,7 @@ impl WindowCloser {
         let began = std::time::Instant::now();
         c.drain_nflog(self);
         c.drain_conntrack(self);
+        c.note_queue_drops();
         c.table.begin_close(end);
         self.start_dump(c, DumpPurpose::CloseWindow, began);
     }

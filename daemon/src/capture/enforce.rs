@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::closer::WindowCloser;
 use super::error::RunError;
@@ -11,12 +12,29 @@ use super::state::Capture;
 use crate::config::Config;
 use crate::enforcement::{self, EnforcementQueue, Enforcer, SgTable};
 use crate::eni::EniRegistry;
+use crate::flows::LossScope;
 use crate::security_groups::Policy;
+
+/// How often a busy queue's kernel counters are read (a file read in
+/// /proc); a window's close always reads them.
+const KERNEL_DROPS_CHECK: Duration = Duration::from_millis(500);
 
 /// The queue, and the table that feeds it.
 pub(super) struct Enforcement {
     pub(super) enforcer: Enforcer,
     pub(super) table: SgTable,
+    /// The kernel's drops of this queue (full queue, full socket) seen so
+    /// far, and when they were last read.
+    kernel_drops_seen: u64,
+    kernel_drops_read: Instant,
+}
+
+/// Packets the kernel dropped at this queue so far (it was full, or its
+/// socket was): they got no verdict, so no REJECT record either.
+fn kernel_drops(enforcer: &Enforcer) -> u64 {
+    enforcer
+        .queue_counters()
+        .map_or(0, |k| k.queue_dropped + k.user_dropped)
 }
 
 /// Opens the queue and installs the table when the config has security
@@ -43,17 +61,19 @@ pub(super) fn open(config: &Config) -> Result<Option<Enforcement>, RunError> {
     let settings = enforcement::settings_of(config);
     // The queue first: with bypass off, a table without a reader would
     // drop every new connection.
-    let queue =
-        EnforcementQueue::open(settings.queue, settings.bypass).map_err(|source| RunError::Io {
-            what: "cannot open the security groups' NFQUEUE",
-            source,
-        })?;
+    let queue = EnforcementQueue::open(settings.queue).map_err(|source| RunError::Io {
+        what: "cannot open the security groups' NFQUEUE",
+        source,
+    })?;
     let table = SgTable::install(settings, BTreeSet::new()).map_err(|e| RunError::Io {
         what: "cannot install the security groups' nftables table",
         source: std::io::Error::other(e),
     })?;
+    let enforcer = Enforcer::new(queue, Arc::new(policy));
     Ok(Some(Enforcement {
-        enforcer: Enforcer::new(queue, Arc::new(policy)),
+        kernel_drops_seen: kernel_drops(&enforcer),
+        kernel_drops_read: Instant::now(),
+        enforcer,
         table,
     }))
 }
@@ -79,6 +99,44 @@ impl Capture {
         spills.send(&mut self.table, &self.registry);
         self.flags.drain_pending |= r.more_pending;
         e.table.poll();
+        if e.kernel_drops_read.elapsed() >= KERNEL_DROPS_CHECK {
+            self.note_queue_drops();
+        }
+    }
+
+    /// Packets the kernel dropped at the queue since the last look (a
+    /// flood filled it faster than the loop answers) were dropped without
+    /// a verdict and without a REJECT record: the windows of the covered
+    /// ENIs are marked SKIPDATA, and it is logged. Called while the queue
+    /// is busy and at each window's close, so drops land in the window
+    /// they happened in or the next.
+    pub(super) fn note_queue_drops(&mut self) {
+        let Some(e) = &mut self.enforcement else {
+            return;
+        };
+        e.kernel_drops_read = Instant::now();
+        let now = kernel_drops(&e.enforcer);
+        let new = now.saturating_sub(e.kernel_drops_seen);
+        e.kernel_drops_seen = now;
+        if new == 0 {
+            return;
+        }
+        let policy = e.enforcer.policy();
+        let covered: Vec<_> = self
+            .registry
+            .indices()
+            .filter(|eni| policy.covers(&self.registry.ids(*eni).eni_id))
+            .collect();
+        for eni in &covered {
+            self.table.mark_lost(LossScope::Eni(*eni));
+        }
+        log::warn!(
+            "security groups: the kernel dropped {new} new-connection packets at NFQUEUE {} (queue or socket \
+             full) before the daemon could decide them; they have no REJECT record, so this window is \
+             SKIPDATA for the {} covered ENIs",
+            e.enforcer.queue_number(),
+            covered.len()
+        );
     }
 
     /// After the registry changed (interfaces came or went, a reload): the
@@ -122,7 +180,7 @@ impl Capture {
         }
         let settings = enforcement::settings_of(&self.config);
         if settings != e.table.settings() {
-            if let Err(err) = e.enforcer.rebind(settings.queue, settings.bypass) {
+            if let Err(err) = e.enforcer.rebind(settings.queue) {
                 log::error!(
                     "reload: cannot move to NFQUEUE {}: {err}; keeping queue {}",
                     settings.queue,
@@ -130,6 +188,8 @@ impl Capture {
                 );
             } else {
                 e.table.set_settings(settings);
+                // Another queue's counters from here on.
+                e.kernel_drops_seen = kernel_drops(&e.enforcer);
             }
         }
         e.enforcer.set_policy(Arc::new(policy));

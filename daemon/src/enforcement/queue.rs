@@ -27,13 +27,17 @@ pub struct EnforcementQueue {
 }
 
 impl EnforcementQueue {
-    /// Opens and binds queue `number`; `fail_open` accepts (instead of
-    /// dropping) packets that find the queue full.
+    /// Opens and binds queue `number`. A packet that finds the queue (or
+    /// the socket) full is dropped, never let through: the kernel counts
+    /// those drops (`counters`) and the daemon marks the window SKIPDATA,
+    /// whereas a fail-open pass is counted nowhere and would let a new
+    /// connection in that no rule decided. `on_daemon_down` is about the
+    /// daemon being absent (`--queue-bypass`), not about it being busy.
     ///
     /// # Errors
     /// The queue cannot be opened or bound (another process has it, no
     /// CAP_NET_ADMIN).
-    pub fn open(number: u16, fail_open: bool) -> io::Result<EnforcementQueue> {
+    pub fn open(number: u16) -> io::Result<EnforcementQueue> {
         let before = netlink_fds();
         let mut queue = nfq::Queue::open()?;
         let added: Vec<RawFd> = netlink_fds().difference(&before).copied().collect();
@@ -53,7 +57,7 @@ impl EnforcementQueue {
         })?;
         queue.set_copy_range(number, COPY_RANGE)?;
         queue.set_queue_max_len(number, QUEUE_MAX_LEN)?;
-        queue.set_fail_open(number, fail_open)?;
+        queue.set_fail_open(number, false)?;
         queue.set_nonblocking(true);
         // SAFETY: fd is this queue's open socket; the value is a c_int
         // that lives across the call.
@@ -81,15 +85,16 @@ impl EnforcementQueue {
     ///
     /// # Errors
     /// The new number cannot be bound; the old one is kept then.
-    pub fn rebind(&mut self, number: u16, fail_open: bool) -> io::Result<()> {
+    pub fn rebind(&mut self, number: u16) -> io::Result<()> {
         if number != self.number {
             self.queue.bind(number)?;
             let _ = self.queue.unbind(self.number);
             self.queue.set_copy_range(number, COPY_RANGE)?;
             self.queue.set_queue_max_len(number, QUEUE_MAX_LEN)?;
+            self.queue.set_fail_open(number, false)?;
             self.number = number;
         }
-        self.queue.set_fail_open(number, fail_open)
+        Ok(())
     }
 
     /// The kernel's counters of this queue.
@@ -104,7 +109,7 @@ impl EnforcementQueue {
 pub struct QueueCounters {
     /// Packets waiting for a verdict now.
     pub waiting: u64,
-    /// Dropped (or accepted, fail-open) because the queue was full.
+    /// Dropped because the queue was full.
     pub queue_dropped: u64,
     /// Dropped because the socket's buffer was full.
     pub user_dropped: u64,

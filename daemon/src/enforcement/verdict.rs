@@ -88,8 +88,8 @@ impl Enforcer {
     ///
     /// # Errors
     /// The new queue cannot be bound.
-    pub fn rebind(&mut self, number: u16, fail_open: bool) -> io::Result<()> {
-        self.queue.rebind(number, fail_open)
+    pub fn rebind(&mut self, number: u16) -> io::Result<()> {
+        self.queue.rebind(number)
     }
 
     pub fn queue_number(&self) -> u16 {
