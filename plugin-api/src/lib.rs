@@ -13,6 +13,7 @@
 pub mod abi;
 pub mod fields;
 pub mod format;
+pub mod host_port;
 pub mod record;
 pub mod sink;
 

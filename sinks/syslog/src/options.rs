@@ -3,7 +3,6 @@
 //! socket is touched here.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use flowlogd_plugin_api::{FieldList, Options, SinkError};
@@ -104,24 +103,8 @@ impl fmt::Display for Transport {
     }
 }
 
-/// A `host:port` as written: the host stays a name until connect time, so
-/// that a syslog server's address change in DNS is followed at reconnect.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Address {
-    /// A DNS name, or an IP address (IPv6 without brackets).
-    pub host: String,
-    pub port: u16,
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
+/// A `host:port` as written (shared with the other network sinks).
+pub use flowlogd_plugin_api::host_port::HostPort as Address;
 
 /// The syslog message format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -313,40 +296,7 @@ fn parse_socket_path(path: &str) -> Result<PathBuf, String> {
 
 /// `"host:port"`, `"[v6]:port"` or `"v4:port"`; the port may not be 0.
 fn parse_address(s: &str) -> Result<Address, String> {
-    let bad = |why: &str| format!("expected \"host:port\" ({why}), got {s:?}");
-    if let Ok(sa) = s.parse::<SocketAddr>() {
-        if sa.port() == 0 {
-            return Err(bad("port 0 is not a port one can send to"));
-        }
-        return Ok(Address {
-            host: sa.ip().to_string(),
-            port: sa.port(),
-        });
-    }
-    let Some((host, port)) = s.rsplit_once(':') else {
-        return Err(bad("the port is missing"));
-    };
-    if host.contains(':') || host.starts_with('[') {
-        return Err(bad(
-            "write an IPv6 address in brackets, as \"[2001:db8::1]:514\"",
-        ));
-    }
-    let host_ok = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-    if !host_ok {
-        return Err(bad("not a host name or IP address"));
-    }
-    match port.parse::<u16>() {
-        Ok(0) => Err(bad("port 0 is not a port one can send to")),
-        Ok(port) => Ok(Address {
-            host: host.to_owned(),
-            port,
-        }),
-        Err(_) => Err(bad("the port is not a number in 1..=65535")),
-    }
+    Address::parse(s, 514)
 }
 
 fn parse_facility(name: &str) -> Option<Facility> {
