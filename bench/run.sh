@@ -49,8 +49,10 @@ usage: bash bench/run.sh [options]
                          beside each, the same rule set written directly in nftables with
                          no daemon: the cost to the packet path)
                          [ct ct-scrape nflog stop reload flood tcp tcp-flags sg]
-  --tcp-steps "R ..."    TCP connections per second of the tcp and tcp-flags kinds
-                         [2000 5000]
+  --tcp-steps "R ..."    TCP connections per second of the tcp and tcp-flags kinds; `max` =
+                         as fast as the generator's one client connects (each connection
+                         waits for the last: the pair's rates are tcp-flags' cost to the
+                         packet path) [2000 5000]
   --sg-steps "R ..."     TCP connections per second of the sg kind; `max` = as fast as
                          the generator's one client connects (each connection waits for
                          the last: the rate is the packet path's latency) [2000 5000 max]
@@ -852,7 +854,9 @@ else
                 [[ " $LISTENERS " == *" flowlogd "* ]] || continue
                 [[ $kind == tcp-flags ]] && FLOWLOGD_TCP_FLAGS=1
                 for step in $TCP_STEPS; do
-                    run_one "$kind $step conn/s" tcp flowlogd "$STEP_SECS" 0 0 "$step" "$PPF" 3600 30
+                    rate=$step
+                    [[ $step == max ]] && rate=100000
+                    run_one "$kind $step conn/s" tcp flowlogd "$STEP_SECS" 0 0 "$rate" "$PPF" 3600 30
                 done
                 FLOWLOGD_TCP_FLAGS=0
                 # Its table stays after a stop (as it should on a VM): the
