@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::flows::FlowTuple;
 use crate::model::has_ports;
 
 /// What a logged packet's headers say.
@@ -43,6 +44,25 @@ pub fn aws_tcp_flags(raw: u8) -> u8 {
         0
     };
     raw & (TCP_FIN | TCP_SYN | TCP_RST) | syn_ack
+}
+
+impl PacketHeaders {
+    /// The packet's 5-tuple as a record shows it.
+    pub fn tuple(&self) -> FlowTuple {
+        FlowTuple {
+            src: self.src,
+            src_port: self.src_port,
+            dst: self.dst,
+            dst_port: self.dst_port,
+            protocol: self.protocol,
+        }
+    }
+
+    /// The packet's TCP flags in the field's encoding ([`aws_tcp_flags`]);
+    /// 0 when it is no TCP first fragment or the copy stops short of them.
+    pub fn aws_tcp_flags(&self) -> u8 {
+        self.tcp_flags.map_or(0, aws_tcp_flags)
+    }
 }
 
 /// The flags byte of the TCP header at `at`, if `b` reaches it.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use flowlogd_plugin_api::Direction;
 
 use crate::eni::EniRegistry;
-use crate::flows::{Clock, FlowTable, FlowTuple, LossScope};
+use crate::flows::{Clock, FlowTable, LossScope};
 use crate::model::LoggedPacket;
 use crate::packet;
 
@@ -122,20 +122,14 @@ impl RejectCapture {
             p.timestamp,
             eni,
             direction,
-            FlowTuple {
-                src: headers.src,
-                src_port: headers.src_port,
-                dst: headers.dst,
-                dst_port: headers.dst_port,
-                protocol: headers.protocol,
-            },
+            headers.tuple(),
             1,
             headers.ip_len,
             rule,
             // The dropped packet's own flags: exact, and free (the copy
             // holds its TCP header); records show them only while
             // tcp-flags is captured.
-            headers.tcp_flags.map_or(0, packet::aws_tcp_flags),
+            headers.aws_tcp_flags(),
         );
     }
 }

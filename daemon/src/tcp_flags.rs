@@ -157,13 +157,7 @@ impl TcpFlagsCapture {
                 };
             }
             None => {
-                let tuple = FlowTuple {
-                    src: headers.src,
-                    src_port: headers.src_port,
-                    dst: headers.dst,
-                    dst_port: headers.dst_port,
-                    protocol: headers.protocol,
-                };
+                let tuple = headers.tuple();
                 if arriving {
                     (headers.dst, tuple, Direction::In)
                 } else {

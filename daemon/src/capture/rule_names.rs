@@ -5,7 +5,7 @@
 //! `MARK_FLAG`.
 
 use super::state::Capture;
-use crate::security_groups::{MarkNames, Policy, MARK_NAMES_FILE};
+use crate::security_groups::{MarkNames, MARK_NAMES_FILE};
 
 impl Capture {
     /// At start: the names of earlier runs, then this config's.
@@ -23,10 +23,11 @@ impl Capture {
 
     /// The config's rules join the names known (after a reload that took:
     /// the removed rules' names stay, for the connections they let in).
+    /// The policy is the enforcer's (built once per start or reload):
+    /// without enforcement no connection gets a new mark to name.
     pub(super) fn learn_rule_names(&mut self) {
-        let policy = Policy::from_config(&self.config);
-        if policy.is_enabled() {
-            self.mark_names.learn(&policy);
+        if let Some(e) = &self.enforcement {
+            self.mark_names.learn(e.enforcer.policy());
             let dir = &self.config.daemon.state_dir;
             if let Err(e) = self.mark_names.save(dir) {
                 log::warn!(

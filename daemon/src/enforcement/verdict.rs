@@ -10,7 +10,7 @@ use flowlogd_plugin_api::Direction;
 
 use super::queue::{EnforcementQueue, QueueCounters};
 use crate::eni::EniRegistry;
-use crate::flows::{Clock, FlowTable, FlowTuple};
+use crate::flows::{Clock, FlowTable};
 use crate::model::IfIndex;
 use crate::packet;
 use crate::security_groups::{FirstPacket, Policy};
@@ -177,17 +177,11 @@ impl Enforcer {
             table.add_reject(
                 eni,
                 direction,
-                FlowTuple {
-                    src: headers.src,
-                    src_port: headers.src_port,
-                    dst: headers.dst,
-                    dst_port: headers.dst_port,
-                    protocol: headers.protocol,
-                },
+                headers.tuple(),
                 1,
                 headers.ip_len,
                 Some(&decision.rule.name),
-                headers.tcp_flags.map_or(0, packet::aws_tcp_flags),
+                headers.aws_tcp_flags(),
             );
         }
     }

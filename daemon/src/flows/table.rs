@@ -17,7 +17,6 @@ use super::leaders::LeadersView;
 use super::window::{CaptureWindow, Clock};
 use crate::eni::{EniIndex, EniRegistry};
 use crate::model::{ConntrackEntry, ConntrackKind, Tuple};
-use crate::security_groups::MARK_FLAG;
 
 mod reload;
 
@@ -222,7 +221,9 @@ pub type RuleNames = Box<dyn Fn(u32) -> Option<Arc<str>> + Send>;
 /// The rule a connection's mark names, if flowlogd set the mark: other
 /// marks (the operator's own) are never looked up.
 fn rule_of(names: Option<&RuleNames>, e: &ConntrackEntry) -> Option<Arc<str>> {
-    if e.mark & MARK_FLAG == 0 {
+    // Most connections carry no mark: no call. Which marks name a rule is
+    // the lookup's to say (`security_groups::MarkNames`).
+    if e.mark == 0 {
         return None;
     }
     names?(e.mark)

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::marks::{
-    RuleMark, DEFAULT_EGRESS_ACCEPT_MARK, DEFAULT_INGRESS_DROP_MARK, DEFAULT_RULE_NAME, MARK_FLAG,
+    default_rule_name, RuleMark, DEFAULT_EGRESS_ACCEPT_MARK, DEFAULT_INGRESS_DROP_MARK, MARK_FLAG,
 };
 use super::policy::Policy;
 use crate::ids::check_id;
@@ -84,7 +84,7 @@ impl MarkNames {
             return None;
         }
         if mark == DEFAULT_EGRESS_ACCEPT_MARK || mark == DEFAULT_INGRESS_DROP_MARK {
-            return Some(DEFAULT_RULE_NAME.into());
+            return Some(default_rule_name());
         }
         self.known.get(&mark).map(|k| Arc::clone(&k.name))
     }

@@ -13,6 +13,14 @@ pub const DEFAULT_INGRESS_DROP_MARK: u32 = MARK_FLAG | 3;
 /// The rule name of both defaults, in records.
 pub const DEFAULT_RULE_NAME: &str = "default";
 
+/// [`DEFAULT_RULE_NAME`] as the one `Arc` every default decision and
+/// record shares: a default is decided per new connection and named per
+/// harvested one, so it must not allocate each time.
+pub fn default_rule_name() -> Arc<str> {
+    static NAME: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    Arc::clone(NAME.get_or_init(|| Arc::from(DEFAULT_RULE_NAME)))
+}
+
 /// The deciding rule, as the conntrack mark that carries it and its name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RuleMark {

@@ -8,7 +8,7 @@ use flowlogd_plugin_api::Direction;
 
 use super::cidr::Cidr;
 use super::marks::{
-    RuleMark, DEFAULT_EGRESS_ACCEPT_MARK, DEFAULT_INGRESS_DROP_MARK, DEFAULT_RULE_NAME,
+    default_rule_name, RuleMark, DEFAULT_EGRESS_ACCEPT_MARK, DEFAULT_INGRESS_DROP_MARK,
 };
 use crate::config::{direction_name, Config, RuleAction, SgEnis, SgProtocol};
 
@@ -108,14 +108,14 @@ pub struct Policy {
 fn default_ingress() -> RuleMark {
     RuleMark {
         mark: DEFAULT_INGRESS_DROP_MARK,
-        name: DEFAULT_RULE_NAME.into(),
+        name: default_rule_name(),
     }
 }
 
 fn default_egress() -> RuleMark {
     RuleMark {
         mark: DEFAULT_EGRESS_ACCEPT_MARK,
-        name: DEFAULT_RULE_NAME.into(),
+        name: default_rule_name(),
     }
 }
 
