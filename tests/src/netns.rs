@@ -157,6 +157,50 @@ impl Netns {
         self.exec_ok(&["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_acct=1"]);
     }
 
+    /// Loads `rules` (an `nft -f` script) into the namespace, through
+    /// nft's standard input; panics with nft's message if it refuses them.
+    #[track_caller]
+    pub fn load_nft(&self, rules: &str) {
+        use std::io::Write;
+        let out = self
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin
+                    .take()
+                    .expect("piped stdin")
+                    .write_all(rules.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("run nft");
+        assert!(
+            out.status.success(),
+            "nft -f failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The value of `sample` (`name{labels}`) on the daemon's metrics page
+    /// in this namespace (`http://127.0.0.1:9750/metrics`, the default).
+    #[track_caller]
+    pub fn metric(&self, sample: &str) -> u64 {
+        let page = self.exec_ok(&[
+            "python3",
+            "-c",
+            "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9750/metrics', timeout=5).read().decode())",
+        ]);
+        let line = page
+            .lines()
+            .find(|l| l.rsplit_once(' ').is_some_and(|(k, _)| k == sample))
+            .unwrap_or_else(|| panic!("no sample {sample}:\n{page}"));
+        line.rsplit_once(' ').unwrap().1.parse().unwrap()
+    }
+
     /// The names of the nftables tables in the namespace (`inet flowlogd`, ...).
     #[track_caller]
     pub fn nft_tables(&self) -> Vec<String> {

@@ -60,7 +60,7 @@ fn lab(
     } = Scenario::builder(label)
         .veth("veth-a", "veth-b", 31)
         .build();
-    load_rules(&a, rules);
+    a.load_nft(rules);
     let config = DaemonConfig::new(&plugins)
         .window_secs(600)
         .daemon_key("nflog_groups = [100]")
@@ -75,18 +75,6 @@ fn lab(
         b,
         a,
     }
-}
-
-fn load_rules(ns: &Netns, rules: &str) {
-    let file = std::env::temp_dir().join(format!(
-        "flowlogd-test-rules-{}-{}.nft",
-        std::process::id(),
-        ns.name()
-    ));
-    std::fs::write(&file, rules).unwrap();
-    let out = ns.exec(&["nft", "-f", file.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&file);
-    assert!(out.status.success(), "nft -f failed:\n{}", text(&out));
 }
 
 /// `(packets, bytes)` of the counter of the rule with `prefix` in `ns`.

@@ -51,18 +51,6 @@ fn observer(ports: &[(&str, u16)]) -> String {
     )
 }
 
-fn load_rules(ns: &Netns, rules: &str) {
-    let file = std::env::temp_dir().join(format!(
-        "fl21s-rules-{}-{}.nft",
-        std::process::id(),
-        ns.name()
-    ));
-    std::fs::write(&file, rules).unwrap();
-    let out = ns.exec(&["nft", "-f", file.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&file);
-    assert!(out.status.success(), "nft -f failed:\n{}", text(&out));
-}
-
 /// `(packets, bytes)` of the observer counter `name` (`in-tcp-8002`).
 #[track_caller]
 fn observed(ns: &Netns, name: &str) -> (u64, u64) {
@@ -362,20 +350,17 @@ fn verdicts_follow_priority_cidr_port_edges_and_families_with_their_rules_on_rec
             "0.0.0.0/0",
         ),
     ];
-    load_rules(
-        &s.a,
-        &observer(&[
-            ("tcp", 8001),
-            ("tcp", 8002),
-            ("tcp", 8003),
-            ("tcp", 8009),
-            ("tcp", 8013),
-            ("tcp", 8020),
-            ("tcp", 8022),
-            ("tcp", 8030),
-            ("tcp", 9001),
-        ]),
-    );
+    s.a.load_nft(&observer(&[
+        ("tcp", 8001),
+        ("tcp", 8002),
+        ("tcp", 8003),
+        ("tcp", 8009),
+        ("tcp", 8013),
+        ("tcp", 8020),
+        ("tcp", 8022),
+        ("tcp", 8030),
+        ("tcp", 9001),
+    ]));
     let cfg = config(&s, &security_group(&rules));
     let mut daemon = s.start_daemon(&cfg, "daemon.log");
 
@@ -570,7 +555,7 @@ fn replies_pass_statefully_and_a_reload_keeps_an_established_connections_rule() 
         .veth("veth-a", "veth-b", 62)
         .build();
     let (a4, b4) = (s.ea.addr(4), s.eb.addr(4));
-    load_rules(&s.a, &observer(&[("tcp", 8080), ("tcp", 9000)]));
+    s.a.load_nft(&observer(&[("tcp", 8080), ("tcp", 9000)]));
     let before = security_group(&[
         rule(
             "allow-web",

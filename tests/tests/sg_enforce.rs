@@ -114,30 +114,13 @@ fn write_config(
 
 fn lab_with(scenario: Scenario, cfg: &std::path::Path) -> Lab {
     for ns in [&scenario.a, &scenario.b] {
-        load_rules(ns, SYN_COUNTERS);
+        ns.load_nft(SYN_COUNTERS);
     }
     let daemon = scenario.start_daemon(cfg, "daemon.log");
     Lab {
         daemon: Some(daemon),
         scenario,
     }
-}
-
-fn load_rules(ns: &Netns, rules: &str) {
-    let out = ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(rules.as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("run nft");
-    assert!(out.status.success(), "nft -f failed:\n{}", text(&out));
 }
 
 /// Packets counted by the rule with `comment` in `ns`.
@@ -190,27 +173,12 @@ fn connection(server: &Netns, client: &Netns, addr: &str, port: u16) -> (LinePro
 /// (published every 500 ms), or its value after 5 s.
 fn metric_when(ns: &Netns, sample: &str, want: u64) -> u64 {
     for _ in 0..50 {
-        if metric(ns, sample) == want {
+        if ns.metric(sample) == want {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    metric(ns, sample)
-}
-
-/// `GET http://127.0.0.1:9750/metrics` in `ns`; the value of `sample`.
-#[track_caller]
-fn metric(ns: &Netns, sample: &str) -> u64 {
-    let page = ns.exec_ok(&[
-        "python3",
-        "-c",
-        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9750/metrics', timeout=5).read().decode())",
-    ]);
-    let line = page
-        .lines()
-        .find(|l| l.rsplit_once(' ').is_some_and(|(k, _)| k == sample))
-        .unwrap_or_else(|| panic!("no sample {sample}:\n{page}"));
-    line.rsplit_once(' ').unwrap().1.parse().unwrap()
+    ns.metric(sample)
 }
 
 /// The conntrack mark of the (one) TCP connection to `port` in `ns`.
@@ -336,23 +304,19 @@ fn rules_decide_new_connections_and_drops_are_exact_reject_records() {
         metric_when(&s.a, "flowlogd_sg_verdicts_total{action=\"drop\"}", drops),
         drops
     );
-    let accepted = metric(&s.a, "flowlogd_sg_verdicts_total{action=\"accept\"}");
+    let accepted = s.a.metric("flowlogd_sg_verdicts_total{action=\"accept\"}");
     assert!(accepted >= 4, "{accepted}");
-    let read = metric(&s.a, "flowlogd_sg_queue_packets_total");
-    let undecided = metric(
-        &s.a,
-        "flowlogd_sg_undecided_packets_total{reason=\"not_covered\"}",
-    ) + metric(
-        &s.a,
-        "flowlogd_sg_undecided_packets_total{reason=\"unreadable\"}",
-    );
+    let read = s.a.metric("flowlogd_sg_queue_packets_total");
+    let undecided =
+        s.a.metric("flowlogd_sg_undecided_packets_total{reason=\"not_covered\"}")
+            + s.a
+                .metric("flowlogd_sg_undecided_packets_total{reason=\"unreadable\"}");
     assert_eq!(read, accepted + drops + undecided);
     for reason in ["queue_full", "socket_full"] {
         assert_eq!(
-            metric(
-                &s.a,
-                &format!("flowlogd_sg_queue_overruns_total{{reason=\"{reason}\"}}")
-            ),
+            s.a.metric(&format!(
+                "flowlogd_sg_queue_overruns_total{{reason=\"{reason}\"}}"
+            )),
             0
         );
     }
@@ -688,7 +652,7 @@ fn a_full_queue_drops_what_it_cannot_hold_and_marks_the_window_skipdata() {
     let mut lab = lab("fl21e-full", "accept");
     let s = &lab.scenario;
     for ns in [&s.a, &s.b] {
-        load_rules(ns, UDP_COUNTERS);
+        ns.load_nft(UDP_COUNTERS);
     }
     let a4 = s.ea.v4.to_string();
     let pid = lab.daemon.as_ref().unwrap().pid();
@@ -713,14 +677,11 @@ fn a_full_queue_drops_what_it_cannot_hold_and_marks_the_window_skipdata() {
     let mut drops = 0;
     let mut full = 0;
     for _ in 0..100 {
-        drops = metric(&s.a, "flowlogd_sg_verdicts_total{action=\"drop\"}");
-        full = metric(
-            &s.a,
-            "flowlogd_sg_queue_overruns_total{reason=\"queue_full\"}",
-        ) + metric(
-            &s.a,
-            "flowlogd_sg_queue_overruns_total{reason=\"socket_full\"}",
-        );
+        drops = s.a.metric("flowlogd_sg_verdicts_total{action=\"drop\"}");
+        full =
+            s.a.metric("flowlogd_sg_queue_overruns_total{reason=\"queue_full\"}")
+                + s.a
+                    .metric("flowlogd_sg_queue_overruns_total{reason=\"socket_full\"}");
         if drops + full == SENT {
             break;
         }

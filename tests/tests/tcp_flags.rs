@@ -45,14 +45,6 @@ fn config(s: &Scenario, window_secs: i64) -> std::path::PathBuf {
     s.write_config("flowlogd.toml", &config)
 }
 
-fn load_rules(ns: &Netns, rules: &str) {
-    let file = std::env::temp_dir().join(format!("flowlogd-test-rules-{}.nft", ns.name()));
-    std::fs::write(&file, rules).unwrap();
-    let out = ns.exec(&["nft", "-f", file.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&file);
-    assert!(out.status.success(), "nft -f failed:\n{}", text(&out));
-}
-
 /// The packets counted by each rule of `table` in `ns` whose line contains
 /// `needle`, summed; asserts that `rules` such rules were found.
 #[track_caller]
@@ -76,27 +68,12 @@ fn nft_packets(ns: &Netns, table: &str, needle: &str, rules: usize) -> u64 {
 fn metric_when(ns: &Netns, sample: &str, want: u64) -> u64 {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let v = metric(ns, sample);
+        let v = ns.metric(sample);
         if v == want || std::time::Instant::now() >= deadline {
             return v;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// `GET http://127.0.0.1:9750/metrics` in `ns`; the value of `sample`.
-#[track_caller]
-fn metric(ns: &Netns, sample: &str) -> u64 {
-    let page = ns.exec_ok(&[
-        "python3",
-        "-c",
-        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9750/metrics', timeout=5).read().decode())",
-    ]);
-    let line = page
-        .lines()
-        .find(|l| l.rsplit_once(' ').is_some_and(|(k, _)| k == sample))
-        .unwrap_or_else(|| panic!("no sample {sample}:\n{page}"));
-    line.rsplit_once(' ').unwrap().1.parse().unwrap()
 }
 
 /// A TCP connection that closes cleanly: `tcp-server` in `server_ns`, a
@@ -184,7 +161,7 @@ fn flags_of_closes_refusals_and_drops() {
     let s = Scenario::builder("fl21tf")
         .veth("veth-a", "veth-b", 41)
         .build();
-    load_rules(&s.a, RULES);
+    s.a.load_nft(RULES);
     let cfg = config(&s, 600);
     let mut daemon = DaemonProcess::start(&s.a, &cfg, &s.path("daemon.log"));
     let (a4, b4) = (s.ea.v4.to_string(), s.eb.v4.to_string());
@@ -229,7 +206,7 @@ fn flags_of_closes_refusals_and_drops() {
     assert_eq!(read, logged, "control packets read vs logged by the rules");
     for reason in ["not_on_an_eni", "nat_unplaced", "bad_headers"] {
         let sample = format!("flowlogd_tcp_flags_ignored_packets_total{{reason=\"{reason}\"}}");
-        assert_eq!(metric(&s.a, &sample), 0, "{sample}");
+        assert_eq!(s.a.metric(&sample), 0, "{sample}");
     }
     let dropped_syn = nft_packets(&s.a, "sgtest", "deny-telnet", 1);
     let dropped_rst = nft_packets(&s.a, "sgtest", "deny-rst", 1);
@@ -385,9 +362,7 @@ fn a_port_forward_is_placed_or_marked() {
         &c.local.v4.to_string(),
     ]);
     s.a.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    load_rules(
-        &s.a,
-        &format!(
+    s.a.load_nft(&format!(
             "table ip fl21tnat {{\n\tchain pre {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\
              \t\ttcp dport 8080 dnat to {c4}:80\n\t}}\n}}\n"
         ),
@@ -413,10 +388,8 @@ fn a_port_forward_is_placed_or_marked() {
     let nat_logged = nft_packets(&s.a, "flowlogd", "flowlogd:nat", 1);
     // SYN and FIN from b on veth-a, SYN-ACK and FIN from c on veth-c.
     assert_eq!(nat_logged, 4, "NAT'd arriving packets");
-    let unplaced = metric(
-        &s.a,
-        "flowlogd_tcp_flags_ignored_packets_total{reason=\"nat_unplaced\"}",
-    );
+    let unplaced =
+        s.a.metric("flowlogd_tcp_flags_ignored_packets_total{reason=\"nat_unplaced\"}");
     daemon.stop();
 
     let records = read_json_records(&s.path("flags.jsonl"));
